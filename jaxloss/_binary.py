@@ -1,0 +1,223 @@
+"""Binary (sigmoid) losses: on probabilities, on logits, and focal."""
+
+import jax
+import jax.numpy as jnp
+
+from jaxloss import _checks
+from jaxloss import _jit
+from jaxloss import _reduction
+
+
+def _prepare(fn, x, x_name, labels, weight, where):
+  """Checks and float32 casts shared by the binary losses."""
+  x = _checks.floating(fn, x_name, x)
+  labels = _checks.numeric(fn, "labels", labels)
+  _checks.same_shape(fn, "labels", labels, x_name, x)
+  dtype = _reduction.stat_dtype(x.dtype)
+  if weight is not None:
+    weight = _checks.numeric(fn, "weight", weight)
+    weight = _checks.broadcastable(fn, "weight", weight, x.shape, x_name)
+    weight = weight.astype(dtype)
+  if where is not None:
+    where = _checks.boolean(fn, "where", where)
+    where = _checks.broadcastable(fn, "where", where, x.shape, x_name)
+  return x.astype(dtype), labels.astype(dtype), weight, where
+
+
+def _finish(fn, loss, weight, where, reduction):
+  if weight is not None:
+    loss = loss * weight
+  loss = _reduction.mask(loss, where)
+  return _reduction.reduce(fn, loss, reduction, keep=where)
+
+
+@jax.custom_jvp
+def _bce_on_probs(p, y):
+  # torch's BCELoss: each log is clamped at -100, so p=0 with y=1 gives 100.
+  log_p = jnp.maximum(jnp.log(p), -100.0)
+  log_not_p = jnp.maximum(jnp.log1p(-p), -100.0)
+  return -(y * log_p + (1 - y) * log_not_p)
+
+
+@_bce_on_probs.defjvp
+def _bce_on_probs_jvp(primals, tangents):
+  p, y = primals
+  dp, dy = tangents
+  log_p = jnp.maximum(jnp.log(p), -100.0)
+  log_not_p = jnp.maximum(jnp.log1p(-p), -100.0)
+  loss = -(y * log_p + (1 - y) * log_not_p)
+  # torch's backward: (p - y) / max(p (1 - p), 1e-12), finite at p in {0, 1}.
+  dloss_dp = (p - y) / jnp.maximum(p * (1 - p), 1e-12)
+  return loss, dloss_dp * dp + (log_not_p - log_p) * dy
+
+
+@_jit.jit("reduction")
+def binary_cross_entropy(probs, labels, *, weight=None, where=None,
+                         reduction="none"):
+  r"""Binary cross entropy on probabilities, with torch's ``BCELoss`` numerics.
+
+  .. math::
+    \ell = -w \left[y \max(\log p, -100) + (1 - y) \max(\log(1 - p), -100)\right]
+
+  The clamp makes ``p = 0, y = 1`` cost exactly 100 instead of ``inf``, and the
+  gradient :math:`(p - y) / \max(p (1 - p), 10^{-12})` is finite at
+  ``p`` in {0, 1}. Prefer :func:`sigmoid_binary_cross_entropy` on logits: once
+  ``sigmoid`` has rounded to 0 or 1 the clamp is all that is left, and the
+  gradient through the sigmoid vanishes.
+
+  Args:
+    probs: probabilities in [0, 1], floating, any shape.
+    labels: targets in [0, 1], same shape as ``probs``.
+    weight: optional per-element weights broadcastable to ``probs``.
+    where: optional boolean mask broadcastable to ``probs``; dropped elements
+      give loss 0 and gradient 0.
+    reduction: ``"none"``, ``"mean"`` (over kept elements) or ``"sum"``.
+
+  Returns:
+    float32 loss (float64 for float64 input): ``probs``' shape for
+    ``"none"``, else a scalar.
+
+  Example:
+    >>> import jaxloss
+    >>> p = jnp.array([0.9, 0.2, 0.0])
+    >>> y = jnp.array([1.0, 0.0, 1.0])
+    >>> print(jaxloss.binary_cross_entropy(p, y))
+    [1.0536055e-01 2.2314355e-01 1.0000000e+02]
+
+  References:
+    ``torch.nn.BCELoss`` / ``torch.nn.functional.binary_cross_entropy``, whose
+    clamp and gradient this matches.
+  """
+  fn = "binary_cross_entropy"
+  probs, labels, weight, where = _prepare(fn, probs, "probs", labels, weight,
+                                          where)
+  if where is not None:
+    probs = jnp.where(where, probs, 0.5)
+  return _finish(fn, _bce_on_probs(probs, labels), weight, where, reduction)
+
+
+def _smooth(labels, label_smoothing):
+  if label_smoothing == 0:
+    return labels
+  return labels * (1 - label_smoothing) + 0.5 * label_smoothing
+
+
+@_jit.jit("label_smoothing", "reduction")
+def sigmoid_binary_cross_entropy(logits, labels, *, pos_weight=None,
+                                 weight=None, label_smoothing=0.0, where=None,
+                                 reduction="none"):
+  r"""Binary cross entropy on logits, in the stable ``log_sigmoid`` form.
+
+  .. math::
+    \ell = -w \left[p_c\, y \log \sigma(x) + (1 - y) \log \sigma(-x)\right]
+
+  with :math:`\log\sigma(x) = -\mathrm{softplus}(-x)`, exact at saturation:
+  logit 40 with label 0 costs 40, logit 1e4 costs 1e4. With label smoothing
+  :math:`\varepsilon`, :math:`y \leftarrow y (1 - \varepsilon) + \varepsilon/2`.
+
+  Args:
+    logits: floating array of any shape.
+    labels: targets in [0, 1] (binary or soft), same shape as ``logits``.
+    pos_weight: optional weight :math:`p_c` of the positive term, broadcast
+      from the right (one per class on the last axis), as torch's
+      ``BCEWithLogitsLoss(pos_weight=...)``.
+    weight: optional per-element weights broadcastable to ``logits``.
+    label_smoothing: float in [0, 1].
+    where: optional boolean mask broadcastable to ``logits``; dropped elements
+      give loss 0 and gradient 0.
+    reduction: ``"none"``, ``"mean"`` (over kept elements) or ``"sum"``.
+
+  Returns:
+    float32 loss (float64 for float64 input): ``logits``' shape for
+    ``"none"``, else a scalar. With default options equal to
+    ``optax.losses.sigmoid_binary_cross_entropy``.
+
+  Example:
+    >>> import jaxloss
+    >>> x = jnp.array([40.0, 1e4, 0.0])
+    >>> y = jnp.array([0.0, 0.0, 1.0])
+    >>> print(jaxloss.sigmoid_binary_cross_entropy(x, y))
+    [4.0000000e+01 1.0000000e+04 6.9314718e-01]
+
+  References:
+    ``torch.nn.BCEWithLogitsLoss``; ``optax.losses.sigmoid_binary_cross_entropy``.
+  """
+  fn = "sigmoid_binary_cross_entropy"
+  _checks.in_range(fn, "label_smoothing", label_smoothing, 0, 1)
+  logits, labels, weight, where = _prepare(fn, logits, "logits", labels,
+                                           weight, where)
+  labels = _smooth(labels, label_smoothing)
+  if where is not None:
+    logits = jnp.where(where, logits, 0)
+  positive = labels * jax.nn.log_sigmoid(logits)
+  if pos_weight is not None:
+    pos_weight = _checks.numeric(fn, "pos_weight", pos_weight)
+    pos_weight = _checks.broadcastable(fn, "pos_weight", pos_weight,
+                                       logits.shape, "logits")
+    positive = positive * pos_weight.astype(logits.dtype)
+  loss = -positive - (1 - labels) * jax.nn.log_sigmoid(-logits)
+  return _finish(fn, loss, weight, where, reduction)
+
+
+@_jit.jit("gamma", "reduction")
+def sigmoid_focal_loss(logits, labels, *, alpha=None, gamma=2.0, weight=None,
+                       where=None, reduction="none"):
+  r"""Focal loss on logits, with finite gradients at any finite logit.
+
+  .. math::
+    \ell = -\alpha_t (1 - p_t)^\gamma \log p_t,\qquad
+    1 - p_t = (1 - y)\,\sigma(x) + y\,\sigma(-x)
+
+  :math:`\log(1 - p_t)` is computed in log space from ``log_sigmoid``, so the
+  modulating factor never rounds to ``0 ** gamma``: gradients stay finite at
+  logits of :math:`\pm 10^4` for every ``gamma >= 0``, including
+  ``gamma < 1`` where the naive form gives ``inf * 0``.
+
+  Args:
+    logits: floating array of any shape.
+    labels: targets in [0, 1], same shape as ``logits``.
+    alpha: optional balance in [0, 1]: weight ``alpha`` on positives,
+      ``1 - alpha`` on negatives.
+    gamma: focusing exponent, ``>= 0`` (0 gives binary cross entropy).
+    weight: optional per-element weights broadcastable to ``logits``.
+    where: optional boolean mask broadcastable to ``logits``.
+    reduction: ``"none"``, ``"mean"`` (over kept elements) or ``"sum"``.
+
+  Returns:
+    float32 loss (float64 for float64 input), ``logits``' shape for
+    ``"none"``, else a scalar. Equal to ``optax.losses.sigmoid_focal_loss``
+    with the same ``alpha`` and ``gamma``.
+
+  Example:
+    >>> import jaxloss
+    >>> x = jnp.array([2.0, -1.0])
+    >>> y = jnp.array([1.0, 1.0])
+    >>> print(jaxloss.sigmoid_focal_loss(x, y, gamma=2.0))
+    [0.00179012 0.7070278 ]
+
+  References:
+    Lin et al., `Focal Loss for Dense Object Detection
+    <https://arxiv.org/abs/1708.02002>`_, 2017;
+    ``torchvision.ops.sigmoid_focal_loss``; ``optax.losses.sigmoid_focal_loss``.
+  """
+  fn = "sigmoid_focal_loss"
+  _checks.in_range(fn, "gamma", gamma, 0, float("inf"), high_open=True)
+  logits, labels, weight, where = _prepare(fn, logits, "logits", labels,
+                                           weight, where)
+  if where is not None:
+    logits = jnp.where(where, logits, 0)
+  log_p = jax.nn.log_sigmoid(logits)
+  log_not_p = jax.nn.log_sigmoid(-logits)
+  loss = -labels * log_p - (1 - labels) * log_not_p
+  if gamma != 0:
+    # log(1 - p_t) = log((1 - y) sigmoid(x) + y sigmoid(-x)); the weights go
+    # through logsumexp's b= so that y in {0, 1} never takes log(0).
+    log_one_minus_pt = jax.nn.logsumexp(
+        jnp.stack([log_p, log_not_p]), axis=0,
+        b=jnp.stack([1 - labels, labels]))
+    loss = loss * jnp.exp(gamma * log_one_minus_pt)
+  if alpha is not None:
+    alpha = _checks.numeric(fn, "alpha", alpha).astype(logits.dtype)
+    alpha = _checks.broadcastable(fn, "alpha", alpha, logits.shape, "logits")
+    loss = loss * (alpha * labels + (1 - alpha) * (1 - labels))
+  return _finish(fn, loss, weight, where, reduction)

@@ -1,0 +1,125 @@
+"""Argument checks shared by every public function.
+
+Every check runs at trace time on static information (shapes, dtypes, Python
+options), so it costs nothing under ``jax.jit``. Messages follow one pattern:
+``<function>: <argument> <what was expected>, got <what was given>``.
+"""
+
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def fail(fn, message, error=ValueError):
+  raise error(f"{fn}: {message}")
+
+
+def reduction(fn, value, allowed=REDUCTIONS):
+  if not isinstance(value, str) or value not in allowed:
+    fail(fn, f"reduction must be one of {', '.join(map(repr, allowed))}, "
+         f"got {value!r}")
+  return value
+
+
+def floating(fn, name, x):
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    fail(fn, f"{name} must have a floating dtype, got {x.dtype}", TypeError)
+  return x
+
+
+def integer(fn, name, x):
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.integer):
+    fail(fn, f"{name} must have an integer dtype (class indices), got "
+         f"{x.dtype}", TypeError)
+  return x
+
+
+def numeric(fn, name, x):
+  """Floats, integers or booleans: labels that are read as numbers."""
+  x = jnp.asarray(x)
+  if not (jnp.issubdtype(x.dtype, jnp.number) or x.dtype == jnp.bool_):
+    fail(fn, f"{name} must be numeric, got {x.dtype}", TypeError)
+  if jnp.issubdtype(x.dtype, jnp.complexfloating):
+    fail(fn, f"{name} must be real, got {x.dtype}", TypeError)
+  return x
+
+
+def boolean(fn, name, x):
+  x = jnp.asarray(x)
+  if x.dtype != jnp.bool_:
+    fail(fn, f"{name} must be a boolean mask, got {x.dtype}", TypeError)
+  return x
+
+
+def same_shape(fn, name, x, ref_name, ref):
+  if x.shape != ref.shape:
+    fail(fn, f"{name} shape {x.shape} does not match {ref_name} shape "
+         f"{ref.shape}")
+
+
+def shape_is(fn, name, x, shape, description):
+  if x.shape != tuple(shape):
+    fail(fn, f"{name} must have shape {tuple(shape)} ({description}), got "
+         f"{x.shape}")
+
+
+def broadcastable(fn, name, x, shape, ref_name):
+  """``x`` broadcasts to ``shape`` by numpy's rules, aligned from the right."""
+  try:
+    if np.broadcast_shapes(x.shape, tuple(shape)) == tuple(shape):
+      return jnp.broadcast_to(x, shape)
+  except ValueError:
+    pass
+  fail(fn, f"{name} shape {x.shape} does not broadcast to {ref_name} shape "
+       f"{tuple(shape)}")
+
+
+def at_least_rank(fn, name, x, rank):
+  if x.ndim < rank:
+    fail(fn, f"{name} must have at least {rank} dimension"
+         f"{'s' if rank > 1 else ''}, got shape {x.shape}")
+
+
+def in_range(fn, name, value, low, high, *, low_open=False, high_open=False):
+  """A Python scalar option inside an interval."""
+  if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+    fail(fn, f"{name} must be a Python number, got {type(value).__name__}",
+         TypeError)
+  too_low = value <= low if low_open else value < low
+  too_high = value >= high if high_open else value > high
+  if too_low or too_high or value != value:
+    interval = (f"{'(' if low_open else '['}{low}, {high}"
+                f"{')' if high_open else ']'}")
+    fail(fn, f"{name} must be in {interval}, got {value!r}")
+  return value
+
+
+def optional_int(fn, name, value):
+  if value is not None and (isinstance(value, bool)
+                            or not isinstance(value, (int, np.integer))):
+    fail(fn, f"{name} must be an int or None, got {value!r}", TypeError)
+  return value
+
+
+def axes(fn, axis, ndim):
+  """Canonical, sorted, distinct non-negative axes from an int or a tuple."""
+  if isinstance(axis, (int, np.integer)) and not isinstance(axis, bool):
+    axis = (int(axis),)
+  elif not (isinstance(axis, Sequence) and axis and all(
+      isinstance(a, (int, np.integer)) and not isinstance(a, bool)
+      for a in axis)):
+    fail(fn, f"axis must be an int or a non-empty tuple of ints, got {axis!r}",
+         TypeError)
+  out = []
+  for a in axis:
+    if not -ndim <= a < ndim:
+      fail(fn, f"axis {a} is out of bounds for logits of rank {ndim}")
+    out.append(int(a) % ndim)
+  if len(set(out)) != len(out):
+    fail(fn, f"axis {tuple(axis)} repeats an axis")
+  return tuple(sorted(out))

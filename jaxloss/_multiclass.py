@@ -1,0 +1,345 @@
+"""Softmax cross entropy (probability and integer labels) and NLL."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from jaxloss import _checks
+from jaxloss import _jit
+from jaxloss import _reduction
+
+
+def classes_last(fn, x, axis):
+  """Moves the class axes of ``x`` last and flattens them into one.
+
+  Returns the reshaped array, the batch shape and the canonical class axes.
+  """
+  axes = _checks.axes(fn, axis, x.ndim)
+  batch_axes = tuple(a for a in range(x.ndim) if a not in axes)
+  batch_shape = tuple(x.shape[a] for a in batch_axes)
+  if axes != tuple(range(x.ndim - len(axes), x.ndim)):
+    x = jnp.transpose(x, batch_axes + axes)
+  num_classes = math.prod(x.shape[len(batch_shape):])
+  return x.reshape(batch_shape + (num_classes,)), batch_shape, axes
+
+
+def split_where(fn, where, shape, axis, batch_shape, arg="logits"):
+  """Reads ``where`` as optax does: a row mask, or a mask over the classes.
+
+  A mask with fewer dimensions than ``arg`` broadcasts to the batch shape and
+  drops whole rows; a mask of ``arg``'s rank broadcasts to its shape and
+  drops classes (a row with no class left is dropped).
+
+  Returns ``(row_keep, class_keep)``, either possibly None; ``class_keep`` is
+  laid out like the output of :func:`classes_last`.
+  """
+  if where is None:
+    return None, None
+  where = _checks.boolean(fn, "where", where)
+  if where.ndim == len(shape):
+    where = _checks.broadcastable(fn, "where", where, shape, arg)
+    class_keep, _, _ = classes_last(fn, where, axis)
+    return jnp.any(class_keep, axis=-1), class_keep
+  return _checks.broadcastable(fn, "where", where, batch_shape,
+                               f"the batch shape of {arg}"), None
+
+
+def _class_weight(fn, weight, num_classes, dtype):
+  if weight is None:
+    return None
+  weight = _checks.numeric(fn, "weight", weight)
+  _checks.shape_is(fn, "weight", weight, (num_classes,), "one per class")
+  return weight.astype(dtype)
+
+
+def _and(a, b):
+  if a is None:
+    return b
+  return a if b is None else a & b
+
+
+def integer_rows(fn, x, labels, batch_shape, *, ignore_index, row_keep,
+                 weight):
+  """What integer-label losses share: the label logit, weight and masks.
+
+  Args:
+    x: [..., C] scores (logits or log-probabilities), classes last.
+    labels: integer labels of shape ``batch_shape``.
+    ignore_index: label value whose rows are dropped, or None.
+    row_keep: boolean [...] of rows to keep, or None.
+    weight: [C] class weights in ``x``'s dtype, or None.
+
+  Returns:
+    ``(x, label_x, label_w, keep, valid)``: ``x`` with dropped rows zeroed
+    (so their gradient is an exact 0, whatever their values), the score of
+    each row's label, its class weight, the kept rows (None if every row is
+    kept) and the rows whose label lies in [0, C).
+  """
+  labels = _checks.integer(fn, "labels", labels)
+  if labels.shape != batch_shape:
+    _checks.fail(fn, f"labels shape {labels.shape} does not match the batch "
+                 f"shape {batch_shape} of logits (logits shape without the "
+                 "class axis)")
+  num_classes = x.shape[-1]
+  keep = row_keep
+  if ignore_index is not None:
+    keep = _and(keep, labels != ignore_index)
+  valid = (labels >= 0) & (labels < num_classes)
+  safe = jnp.where(valid, labels, 0)
+  if keep is not None:
+    safe = jnp.where(keep, safe, 0)
+    x = jnp.where(keep[..., None], x, 0)
+  label_x = jnp.take_along_axis(x, safe[..., None], axis=-1)[..., 0]
+  label_w = None if weight is None else weight[safe]
+  return x, label_x, label_w, keep, valid
+
+
+def finish_rows(fn, loss, label_w, keep, valid, reduction):
+  """Masks, flags out-of-range labels with NaN, and reduces."""
+  loss = _reduction.mask(loss, keep)
+  # A label outside [0, C) that is not ignored has no meaning: NaN, never the
+  # plausible number a wrapped-around index would give.
+  bad = ~valid if keep is None else keep & ~valid
+  loss = jnp.where(bad, jnp.nan, loss)
+  denominator = label_w
+  if keep is not None:
+    denominator = _reduction.mask(
+        jnp.ones_like(loss) if label_w is None else label_w, keep)
+  return _reduction.reduce(fn, loss, reduction, denominator=denominator)
+
+
+def support(x, class_keep):
+  """Classes that can carry probability: kept by ``where`` and not ``-inf``."""
+  return _and(x > -jnp.inf, class_keep)
+
+
+def smoothing_term(x, lse, weight, class_keep):
+  r"""Per row, :math:`\frac{1}{C'} \sum_{j} w_j (\mathrm{lse} - x_j)` over the
+  support: the cross entropy against the uniform distribution.
+
+  ``-inf`` logits and classes dropped by ``where`` are outside the support, so
+  the uniform part of a smoothed target never lands on an impossible class.
+  """
+  s = support(x, class_keep)
+  w = jnp.ones_like(x) if weight is None else jnp.broadcast_to(weight, x.shape)
+  w = jnp.where(s, w, 0)
+  wx = jnp.sum(jnp.where(s, w * x, 0), axis=-1)
+  count = jnp.sum(s, axis=-1, dtype=x.dtype)
+  total = lse * jnp.sum(w, axis=-1) - wx
+  return total / jnp.maximum(count, 1)
+
+
+def _options(fn, label_smoothing, z_loss=0.0, ignore_index=None):
+  _checks.in_range(fn, "label_smoothing", label_smoothing, 0, 1)
+  _checks.in_range(fn, "z_loss", z_loss, 0, float("inf"), high_open=True)
+  _checks.optional_int(fn, "ignore_index", ignore_index)
+
+
+@_jit.jit("axis", "ignore_index", "label_smoothing", "z_loss", "reduction")
+def softmax_cross_entropy_with_integer_labels(
+    logits, labels, *, axis=-1, where=None, ignore_index=None, weight=None,
+    label_smoothing=0.0, z_loss=0.0, reduction="none"):
+  r"""Softmax cross entropy against integer class labels.
+
+  With :math:`\mathrm{lse} = \log \sum_j e^{x_j}`, class weights :math:`w`
+  and label smoothing :math:`\varepsilon` over :math:`C` classes:
+
+  .. math::
+    \ell = w_y \left[(1 - \varepsilon)(\mathrm{lse} - x_y)
+      + \zeta\, \mathrm{lse}^2\right]
+      + \frac{\varepsilon}{C} \sum_j w_j (\mathrm{lse} - x_j)
+
+  which is torch's ``CrossEntropyLoss`` (including how it weights the
+  smoothing term) plus PaLM's z-loss :math:`\zeta`.
+
+  ``reduction="mean"`` divides by the sum of :math:`w_y` over kept rows, as
+  torch does. Rows whose label is ``ignore_index``, or dropped by ``where``,
+  give loss 0 and gradient 0; a mean over no kept row is 0 with zero gradient
+  (torch returns NaN). A label outside ``[0, C)`` that is not ``ignore_index``
+  gives NaN for its row (optax silently reads a wrapped-around class).
+
+  ``-inf`` logits mark impossible classes: they are fine anywhere but at the
+  label, and the smoothing mass spreads over the other classes only (torch
+  gives ``inf`` there); gradients of finite-loss rows are never NaN.
+
+  Args:
+    logits: floating [..., C, ...] logits; half precision is upcast to
+      float32 for the statistics.
+    labels: integer labels with the shape of ``logits`` without ``axis``.
+    axis: class axis, or tuple of axes whose flattened slice is indexed by
+      the label (as optax).
+    where: optional boolean mask: batch-shaped to drop rows, or
+      ``logits``-shaped to restrict the softmax to some classes (as optax).
+    ignore_index: optional label value whose rows are dropped, as torch's
+      (torch's default is -100; here None, no label is ignored).
+    weight: optional [C] class weights.
+    label_smoothing: :math:`\varepsilon` in [0, 1].
+    z_loss: :math:`\zeta \geq 0`, the weight of :math:`\mathrm{lse}^2`.
+    reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+
+  Returns:
+    float32 loss (float64 for float64 logits): the batch shape for
+    ``"none"``, else a scalar. Gradients come back in the logits' dtype.
+
+  Example:
+    >>> import jaxloss
+    >>> logits = jnp.array([[1.2, -0.8, -0.5], [0.9, -1.2, 1.1]])
+    >>> labels = jnp.array([0, 1])
+    >>> print(jaxloss.softmax_cross_entropy_with_integer_labels(logits, labels))
+    [0.2761 2.9518]
+    >>> print(jaxloss.softmax_cross_entropy_with_integer_labels(
+    ...     logits, jnp.array([0, -100]), ignore_index=-100, reduction="mean"))
+    0.2761
+
+  References:
+    ``torch.nn.CrossEntropyLoss``;
+    ``optax.losses.softmax_cross_entropy_with_integer_labels``; Chowdhery et
+    al., `PaLM <https://arxiv.org/abs/2204.02311>`_ (z-loss), 2022.
+  """
+  fn = "softmax_cross_entropy_with_integer_labels"
+  _options(fn, label_smoothing, z_loss, ignore_index)
+  logits = _checks.floating(fn, "logits", logits)
+  shape = logits.shape
+  x, batch_shape, _ = classes_last(fn, logits, axis)
+  x = x.astype(_reduction.stat_dtype(x.dtype))
+  row_keep, class_keep = split_where(fn, where, shape, axis, batch_shape)
+  weight = _class_weight(fn, weight, x.shape[-1], x.dtype)
+  x, label_x, label_w, keep, valid = integer_rows(
+      fn, x, labels, batch_shape, ignore_index=ignore_index,
+      row_keep=row_keep, weight=weight)
+  lse = jax.nn.logsumexp(x, axis=-1, where=class_keep)
+  loss = (1 - label_smoothing) * (lse - label_x)
+  if z_loss:
+    loss = loss + z_loss * lse**2
+  if label_w is not None:
+    loss = label_w * loss
+  if label_smoothing:
+    loss = loss + label_smoothing * smoothing_term(x, lse, weight, class_keep)
+  return finish_rows(fn, loss, label_w, keep, valid, reduction)
+
+
+@_jit.jit("axis", "ignore_index", "reduction")
+def nll_loss(log_probs, labels, *, axis=-1, where=None, ignore_index=None,
+             weight=None, reduction="none"):
+  r"""Negative log-likelihood of integer labels under given log-probabilities.
+
+  .. math::
+    \ell = -w_y \log p_y
+
+  ``reduction="mean"`` divides by the sum of :math:`w_y` over kept rows, as
+  torch's ``NLLLoss``; dropped rows give 0 and a mean over nothing is 0.
+  A label outside ``[0, C)`` that is not ``ignore_index`` gives NaN.
+
+  Args:
+    log_probs: floating [..., C, ...] log-probabilities (from
+      :func:`log_softmax`).
+    labels: integer labels with the shape of ``log_probs`` without ``axis``.
+    axis: class axis or tuple of axes.
+    where: optional boolean row mask with the batch shape.
+    ignore_index: optional label value whose rows are dropped.
+    weight: optional [C] class weights.
+    reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+
+  Returns:
+    float32 loss (float64 for float64 input): the batch shape for
+    ``"none"``, else a scalar.
+
+  Example:
+    >>> import jaxloss
+    >>> log_probs = jnp.log(jnp.array([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6]]))
+    >>> print(jaxloss.nll_loss(log_probs, jnp.array([0, 2])))
+    [0.5108 0.5108]
+
+  References:
+    ``torch.nn.NLLLoss`` / ``torch.nn.functional.nll_loss``.
+  """
+  fn = "nll_loss"
+  _checks.optional_int(fn, "ignore_index", ignore_index)
+  log_probs = _checks.floating(fn, "log_probs", log_probs)
+  x, batch_shape, _ = classes_last(fn, log_probs, axis)
+  x = x.astype(_reduction.stat_dtype(x.dtype))
+  if where is not None and jnp.ndim(where) == log_probs.ndim:
+    _checks.fail(fn, f"where must be a row mask with the batch shape "
+                 f"{batch_shape}, got shape {jnp.shape(where)}")
+  row_keep, _ = split_where(fn, where, log_probs.shape, axis, batch_shape,
+                            "log_probs")
+  weight = _class_weight(fn, weight, x.shape[-1], x.dtype)
+  _, label_x, label_w, keep, valid = integer_rows(
+      fn, x, labels, batch_shape, ignore_index=ignore_index,
+      row_keep=row_keep, weight=weight)
+  loss = -label_x if label_w is None else -label_w * label_x
+  return finish_rows(fn, loss, label_w, keep, valid, reduction)
+
+
+@_jit.jit("axis", "label_smoothing", "reduction")
+def softmax_cross_entropy(logits, labels, *, axis=-1, where=None, weight=None,
+                          label_smoothing=0.0, reduction="none"):
+  r"""Softmax cross entropy against probability labels.
+
+  .. math::
+    \ell = -\sum_j w_j\, y_j \log \mathrm{softmax}(x)_j,\qquad
+    y \leftarrow (1 - \varepsilon)\, y + \varepsilon / C
+
+  Terms with :math:`y_j w_j = 0` count 0 even where :math:`x_j = -\infty`
+  (optax's function of the same name returns NaN there): ``-inf`` marks an
+  impossible class, outside the support of the smoothing too. A row with
+  probability on a ``-inf`` class costs ``inf``.
+
+  ``reduction="mean"`` divides by the number of kept rows, as torch does for
+  probability targets, whatever the class weights.
+
+  Args:
+    logits: floating [..., C, ...] logits.
+    labels: probabilities broadcastable to ``logits``' shape.
+    axis: class axis or tuple of axes.
+    where: optional boolean mask: batch-shaped to drop rows, or
+      ``logits``-shaped to restrict the softmax to some classes (as optax).
+    weight: optional [C] class weights, as torch's.
+    label_smoothing: :math:`\varepsilon` in [0, 1].
+    reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+
+  Returns:
+    float32 loss (float64 for float64 logits): the batch shape for
+    ``"none"``, else a scalar.
+
+  Example:
+    >>> import jaxloss
+    >>> logits = jnp.array([[1.2, -0.8, -jnp.inf], [0.9, -1.2, 1.1]])
+    >>> labels = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    >>> print(jaxloss.softmax_cross_entropy(logits, labels))
+    [0.1269 2.9518]
+
+  References:
+    ``torch.nn.CrossEntropyLoss`` with probability targets;
+    ``optax.losses.softmax_cross_entropy`` and
+    ``optax.losses.safe_softmax_cross_entropy``.
+  """
+  fn = "softmax_cross_entropy"
+  _options(fn, label_smoothing)
+  logits = _checks.floating(fn, "logits", logits)
+  labels = _checks.numeric(fn, "labels", labels)
+  shape = logits.shape
+  labels = _checks.broadcastable(fn, "labels", labels, shape, "logits")
+  x, batch_shape, _ = classes_last(fn, logits, axis)
+  x = x.astype(_reduction.stat_dtype(x.dtype))
+  y, _, _ = classes_last(fn, labels, axis)
+  y = y.astype(x.dtype)
+  row_keep, class_keep = split_where(fn, where, shape, axis, batch_shape)
+  weight = _class_weight(fn, weight, x.shape[-1], x.dtype)
+  if row_keep is not None:
+    x = jnp.where(row_keep[..., None], x, 0)
+  lse = jax.nn.logsumexp(x, axis=-1, where=class_keep)
+  if label_smoothing:
+    s = support(x, class_keep)
+    count = jnp.maximum(jnp.sum(s, axis=-1, keepdims=True, dtype=x.dtype), 1)
+    y = (1 - label_smoothing) * y + label_smoothing * s / count
+  coef = y if weight is None else y * jnp.broadcast_to(weight, y.shape)
+  if class_keep is not None:
+    coef = jnp.where(class_keep, coef, 0)
+  # Zero-coefficient terms read lse instead of x: no 0 * inf in the value, no
+  # 0 * nan in the gradient of -inf logits.
+  safe_x = jnp.where(coef == 0, lse[..., None], x)
+  loss = jnp.sum(coef * (lse[..., None] - safe_x), axis=-1)
+  loss = _reduction.mask(loss, row_keep)
+  return _reduction.reduce(fn, loss, reduction, keep=row_keep)
