@@ -1,0 +1,102 @@
+"""Timing and memory helpers shared by the benchmark scripts.
+
+Everything a benchmark compares runs in one process, on the same inputs:
+warm-up (compilation) excluded, ``block_until_ready`` after each call, the
+median of several repeats reported. Temporaries come from XLA's own
+``memory_analysis()`` of the compiled executable.
+"""
+
+import json
+import pathlib
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+RESULTS = pathlib.Path(__file__).parent / "results"
+
+
+def device_name():
+  d = jax.devices()[0]
+  kind = getattr(d, "device_kind", "") or d.platform
+  if d.platform == "cpu":
+    kind = f"cpu ({platform.processor() or platform.machine()}, " \
+           f"{jax.device_count()} device)"
+  return kind
+
+
+def median_ms(fn, *args, repeats=10, min_seconds=0.2):
+  """Median wall time of ``fn(*args)`` in milliseconds, compilation excluded.
+
+  Runs at least ``repeats`` times and at least ``min_seconds`` in total.
+  """
+  jax.block_until_ready(fn(*args))
+  times = []
+  start = time.perf_counter()
+  while len(times) < repeats or time.perf_counter() - start < min_seconds:
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t0)
+    if len(times) >= 1000:
+      break
+  return 1e3 * statistics.median(times)
+
+
+def temp_bytes(fn, *args):
+  """Bytes of temporaries XLA allocates for ``jit(fn)(*args)``, or None."""
+  compiled = jax.jit(fn).lower(*args).compile()
+  analysis = compiled.memory_analysis()
+  if analysis is None:
+    return None
+  return int(analysis.temp_size_in_bytes)
+
+
+def copy_bandwidth_gbs(nbytes=1 << 28):
+  """Device copy bandwidth in GB/s (one read and one write of ``nbytes``)."""
+  n = nbytes // 4
+  x = jnp.ones((n,), jnp.float32)
+  copy = jax.jit(lambda a: a * 1.0001)
+  ms = median_ms(copy, x)
+  return 2 * n * 4 / (ms * 1e-3) / 1e9
+
+
+def gbs(nbytes, ms):
+  return nbytes / (ms * 1e-3) / 1e9
+
+
+def fmt_bytes(n):
+  if n is None:
+    return "n/a"
+  for unit in ("B", "KiB", "MiB", "GiB"):
+    if abs(n) < 1024 or unit == "GiB":
+      return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+    n /= 1024
+  return f"{n:.2f} GiB"
+
+
+def table(rows, columns):
+  """A Markdown table of ``rows`` (dicts) in the given ``columns`` order."""
+  def cell(v):
+    if isinstance(v, float):
+      return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return "" if v is None else str(v)
+  lines = ["| " + " | ".join(columns) + " |",
+           "|" + "|".join(" --- " for _ in columns) + "|"]
+  for r in rows:
+    lines.append("| " + " | ".join(cell(r.get(c)) for c in columns) + " |")
+  return "\n".join(lines)
+
+
+def write_json(name, payload):
+  """Writes ``results/<name>-<device>.json`` and returns its path."""
+  RESULTS.mkdir(exist_ok=True)
+  device = device_name()
+  slug = "".join(ch if ch.isalnum() else "-" for ch in device.lower())
+  slug = "-".join(filter(None, slug.split("-")))
+  path = RESULTS / f"{name}-{slug}.json"
+  payload = {"device": device, "jax": jax.__version__,
+             "backend": jax.default_backend(), **payload}
+  path.write_text(json.dumps(payload, indent=2) + "\n")
+  return path
