@@ -11,13 +11,13 @@ from jaxloss._multiclass import nll_loss as nll_loss
 from jaxloss._multiclass import softmax_cross_entropy as softmax_cross_entropy
 from jaxloss._multiclass import softmax_cross_entropy_with_integer_labels as softmax_cross_entropy_with_integer_labels
 
-# Catalogue: classification, KL divergences, sparsemax, ranking, CTC.
+# Catalogue: classification, margins, focal, KL divergences, sparsemax.
+
+# Catalogue: CTC and the registry.
 
 # Catalogue: regression, distances, segmentation, contrastive, torch and Keras.
 
 # Fused linear + cross entropy.
-
-# Registry.
 
 __version__ = "0.1.0"
 
