@@ -193,7 +193,7 @@ def sigmoid_focal_loss(logits, labels, *, alpha=None, gamma=2.0, weight=None,
     >>> x = jnp.array([2.0, -1.0])
     >>> y = jnp.array([1.0, 1.0])
     >>> print(jaxloss.sigmoid_focal_loss(x, y, gamma=2.0))
-    [0.00179012 0.7070278 ]
+    [0.0018 0.7019]
 
   References:
     Lin et al., `Focal Loss for Dense Object Detection
