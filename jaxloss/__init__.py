@@ -7,6 +7,8 @@ from jaxloss._activations import softmax as softmax
 from jaxloss._binary import binary_cross_entropy as binary_cross_entropy
 from jaxloss._binary import sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy
 from jaxloss._binary import sigmoid_focal_loss as sigmoid_focal_loss
+from jaxloss._checked import CheckError as CheckError
+from jaxloss._checked import checked as checked
 from jaxloss._multiclass import nll_loss as nll_loss
 from jaxloss._multiclass import softmax_cross_entropy as softmax_cross_entropy
 from jaxloss._multiclass import softmax_cross_entropy_with_integer_labels as softmax_cross_entropy_with_integer_labels

@@ -21,7 +21,19 @@ def _prepare(fn, x, x_name, labels, weight, where):
   if where is not None:
     where = _checks.boolean(fn, "where", where)
     where = _checks.broadcastable(fn, "where", where, x.shape, x_name)
-  return x.astype(dtype), labels.astype(dtype), weight, where
+  x, labels = x.astype(dtype), labels.astype(dtype)
+  if x_name == "probs":
+    _value_check(fn, "probs", (x >= 0) & (x <= 1), "must be in [0, 1]", x,
+                 where)
+  else:
+    _value_check(fn, x_name, ~jnp.isnan(x), "must not be NaN", x, where)
+  _value_check(fn, "labels", (labels >= 0) & (labels <= 1),
+               "must be in [0, 1]", labels, where)
+  return x, labels, weight, where
+
+
+def _value_check(fn, name, ok, check, x, where):
+  _checks.values(fn, name, ok if where is None else ok | ~where, check, x)
 
 
 def _finish(fn, loss, weight, where, reduction):

@@ -123,3 +123,23 @@ def axes(fn, axis, ndim):
   if len(set(out)) != len(out):
     fail(fn, f"axis {tuple(axis)} repeats an axis")
   return tuple(sorted(out))
+
+
+def values(fn, name, ok, check, x):
+  """A check on values, active only under :func:`jaxloss.checked`.
+
+  ``ok`` is an elementwise boolean of ``x``'s shape. Outside ``checked`` the
+  check is a ``checkify.debug_check``, which lowers to nothing: XLA removes
+  the unused predicate, so valid code pays nothing. Under ``checked`` a
+  failure raises with the argument, the check and the first offending index
+  and value.
+  """
+  from jax.experimental import checkify  # noqa: PLC0415
+  bad = ~ok
+  flat = jnp.argmax(bad.reshape(-1))
+  index = jnp.unravel_index(flat, bad.shape) if bad.ndim else ()
+  slots = ", ".join("{}" for _ in index)
+  checkify.debug_check(
+      ~jnp.any(bad),
+      f"{fn}: {name} {check}; first offending element {name}[{slots}] = {{}}",
+      *index, x.reshape(-1)[flat] if x.ndim else x)

@@ -1,0 +1,58 @@
+"""``checked``: value checks that raise, even under ``jax.jit``."""
+
+import functools
+
+from jax.experimental import checkify
+
+
+class CheckError(ValueError):
+  """An input value a loss has no meaning for, caught by :func:`checked`."""
+
+
+def checked(fn):
+  r"""Wraps a jaxloss loss, or any function calling them, with value checks.
+
+  Shapes, dtypes and options are checked at trace time always. What can only
+  be seen in the values (an integer label outside ``[0, C)`` that is not
+  ``ignore_index``, a probability outside [0, 1], a negative target where the
+  loss needs it non-negative, NaN or infinite inputs where the loss has no
+  meaning for them, a negative variance) is checked only inside ``checked``,
+  with ``jax.experimental.checkify``: the function still runs compiled, and a
+  failed check raises :class:`CheckError` (a ``ValueError``) naming the
+  function, the argument, the check and the first offending element. Outside
+  ``checked`` these checks compile to nothing.
+
+  Args:
+    fn: a function of arrays, typically a jaxloss loss or a user loss
+      function that calls them; it may itself be jitted.
+
+  Returns:
+    A function with ``fn``'s signature and result that raises
+    :class:`CheckError` on invalid values and otherwise returns exactly what
+    ``fn`` returns.
+
+  Example:
+    >>> import jaxloss
+    >>> ce = jaxloss.checked(jaxloss.softmax_cross_entropy_with_integer_labels)
+    >>> logits = jnp.zeros((3, 4))
+    >>> print(ce(logits, jnp.array([0, 1, 3])))
+    [1.3863 1.3863 1.3863]
+    >>> ce(logits, jnp.array([0, 7, 3]))
+    Traceback (most recent call last):
+    ...
+    jaxloss._checked.CheckError: softmax_cross_entropy_with_integer_labels: labels must be in [0, 4) or equal ignore_index; first offending element labels[1] = 7 ...
+
+  References:
+    ``jax.experimental.checkify``.
+  """
+  checkified = checkify.checkify(fn, errors=checkify.user_checks)
+
+  @functools.wraps(fn)
+  def wrapper(*args, **kwargs):
+    error, out = checkified(*args, **kwargs)
+    message = error.get()
+    if message is not None:
+      raise CheckError(message)
+    return out
+
+  return wrapper
