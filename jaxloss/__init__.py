@@ -14,6 +14,31 @@ from jaxloss._multiclass import softmax_cross_entropy as softmax_cross_entropy
 from jaxloss._multiclass import softmax_cross_entropy_with_integer_labels as softmax_cross_entropy_with_integer_labels
 
 # Catalogue: classification, margins, focal, KL divergences, sparsemax.
+from jaxloss._classification import binary_focal_cross_entropy as binary_focal_cross_entropy
+from jaxloss._classification import categorical_focal_cross_entropy as categorical_focal_cross_entropy
+from jaxloss._classification import categorical_hinge as categorical_hinge
+from jaxloss._classification import hinge_loss as hinge_loss
+from jaxloss._classification import multi_margin_loss as multi_margin_loss
+from jaxloss._classification import multiclass_hinge_loss as multiclass_hinge_loss
+from jaxloss._classification import multiclass_perceptron_loss as multiclass_perceptron_loss
+from jaxloss._classification import multilabel_margin_loss as multilabel_margin_loss
+from jaxloss._classification import multilabel_soft_margin_loss as multilabel_soft_margin_loss
+from jaxloss._classification import perceptron_loss as perceptron_loss
+from jaxloss._classification import poly_loss_cross_entropy as poly_loss_cross_entropy
+from jaxloss._classification import ranking_softmax_loss as ranking_softmax_loss
+from jaxloss._classification import safe_softmax_cross_entropy as safe_softmax_cross_entropy
+from jaxloss._classification import smooth_labels as smooth_labels
+from jaxloss._classification import soft_margin_loss as soft_margin_loss
+from jaxloss._classification import squared_hinge as squared_hinge
+from jaxloss._divergence import convex_kl_divergence as convex_kl_divergence
+from jaxloss._divergence import generalized_kl_divergence as generalized_kl_divergence
+from jaxloss._divergence import kl_div as kl_div
+from jaxloss._divergence import kl_divergence as kl_divergence
+from jaxloss._divergence import kl_divergence_with_log_targets as kl_divergence_with_log_targets
+from jaxloss._sparsemax import make_fenchel_young_loss as make_fenchel_young_loss
+from jaxloss._sparsemax import multiclass_sparsemax_loss as multiclass_sparsemax_loss
+from jaxloss._sparsemax import sparsemax as sparsemax
+from jaxloss._sparsemax import sparsemax_loss as sparsemax_loss
 
 # Catalogue: CTC and the registry.
 

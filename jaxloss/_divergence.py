@@ -1,0 +1,307 @@
+"""Kullback-Leibler divergences: optax's row-wise ones and torch's ``kl_div``."""
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxloss import _checks
+from jaxloss import _jit
+from jaxloss import _reduction
+
+
+def _common_shape(fn, a_name, a, b_name, b):
+  try:
+    return np.broadcast_shapes(a.shape, b.shape)
+  except ValueError:
+    _checks.fail(fn, f"{b_name} shape {b.shape} does not broadcast with "
+                 f"{a_name} shape {a.shape}")
+
+
+def _inputs(fn, log_predictions, targets, t_name, t_floating=False):
+  """Both arrays checked, broadcast to one shape and cast to float32/64."""
+  log_predictions = _checks.floating(fn, "log_predictions", log_predictions)
+  targets = (_checks.floating if t_floating else _checks.numeric)(
+      fn, t_name, targets)
+  shape = _common_shape(fn, "log_predictions", log_predictions, t_name,
+                        targets)
+  dtype = _reduction.stat_dtype(log_predictions.dtype)
+  return (jnp.broadcast_to(log_predictions, shape).astype(dtype),
+          jnp.broadcast_to(targets, shape).astype(dtype))
+
+
+def _summed_axes(fn, axis, ndim):
+  if axis is None:
+    return tuple(range(ndim))
+  for a in (axis if isinstance(axis, (tuple, list)) else (axis,)):
+    if isinstance(a, (int, np.integer)) and not -ndim <= a < ndim:
+      _checks.fail(fn, f"axis {a} is out of bounds for log_predictions of "
+                   f"rank {ndim}")
+  return _checks.axes(fn, axis, ndim)
+
+
+def _elementwise_kl(lp, t):
+  r""":math:`t (\log t - \log p)` with :math:`0 \log 0 = 0` and :math:`0 \cdot
+  (-\infty) = 0`: zero targets contribute 0 with zero gradients."""
+  # Double where: zero targets never reach log or the product, so neither the
+  # value nor the gradient sees log(0) or 0 * -inf.
+  on = t != 0
+  safe_t = jnp.where(on, t, 1)
+  safe_lp = jnp.where(on, lp, 0)
+  return jnp.where(on, safe_t * (jnp.log(safe_t) - safe_lp), 0)
+
+
+def _elementwise_kl_log_targets(lp, lt):
+  r""":math:`e^{\log t} (\log t - \log p)`, 0 where :math:`\log t = -\infty`."""
+  on = lt > -jnp.inf
+  safe_lt = jnp.where(on, lt, 0)
+  safe_lp = jnp.where(on, lp, 0)
+  return jnp.where(on, jnp.exp(safe_lt) * (safe_lt - safe_lp), 0)
+
+
+def _rowwise(fn, elementwise, log_predictions, targets, t_name, axis, where,
+             reduction, extra=None):
+  """Sums ``elementwise`` over ``axis`` where kept, then reduces the rows."""
+  lp, t = _inputs(fn, log_predictions, targets, t_name, t_floating=True)
+  axes = _summed_axes(fn, axis, lp.ndim)
+  keep = None
+  if where is not None:
+    where = _checks.boolean(fn, "where", where)
+    where = _checks.broadcastable(fn, "where", where, lp.shape,
+                                  "log_predictions")
+    # Dropped entries are fed safe values, so that whatever they held (NaN,
+    # +inf) gives an exact zero gradient.
+    lp = jnp.where(where, lp, 0)
+    t = jnp.where(where, t, 0)
+  loss = elementwise(lp, t)
+  if extra is not None:
+    loss = loss + extra(lp, t)
+  if where is not None:
+    loss = jnp.where(where, loss, 0)
+    keep = jnp.any(where, axis=axes)
+  loss = jnp.sum(loss, axis=axes)
+  return _reduction.reduce(fn, loss, reduction, keep=keep)
+
+
+@_jit.jit("axis", "reduction")
+def kl_divergence(log_predictions, targets, axis=-1, where=None, *,
+                  reduction="none"):
+  r"""Kullback-Leibler divergence of predictions from targets, per row.
+
+  .. math::
+    \mathrm{KL}(t \,\|\, p) = \sum_j t_j (\log t_j - \log p_j)
+
+  with the convention :math:`0 \log 0 = 0 \cdot \log p = 0`: a zero target
+  contributes 0 with zero gradients, also where :math:`\log p_j = -\infty`
+  (optax returns NaN there, and NaN gradients for every zero target). A
+  positive target on a ``-inf`` log-prediction costs ``inf`` with a finite
+  gradient :math:`-t_j` for ``log_predictions``.
+
+  Args:
+    log_predictions: floating [..., C] log-probabilities of the prediction.
+    targets: floating probabilities broadcastable with ``log_predictions``.
+    axis: axis, tuple of axes or None (all axes) summed over.
+    where: optional boolean mask broadcastable to ``log_predictions``: the
+      entries summed. Dropped entries give zero gradients.
+    reduction: ``"none"``, ``"mean"`` (over rows with a kept entry) or
+      ``"sum"``.
+
+  Returns:
+    float32 divergence (float64 for float64 input): the shape without
+    ``axis`` for ``"none"``, else a scalar.
+
+  Example:
+    >>> import jaxloss
+    >>> log_p = jnp.log(jnp.array([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]]))
+    >>> t = jnp.array([[0.8, 0.2, 0.0], [0.1, 0.1, 0.8]])
+    >>> print(jaxloss.kl_divergence(log_p, t))
+    [0.19274478 0.196827  ]
+
+  References:
+    Kullback and Leibler, `On Information and Sufficiency
+    <https://www.jstor.org/stable/2236703>`_, 1951;
+    ``optax.losses.kl_divergence``; ``torch.nn.functional.kl_div`` summed over
+    the classes.
+  """
+  return _rowwise("kl_divergence", _elementwise_kl, log_predictions, targets,
+                  "targets", axis, where, reduction)
+
+
+@_jit.jit("axis", "reduction")
+def kl_divergence_with_log_targets(log_predictions, log_targets, axis=-1,
+                                   where=None, *, reduction="none"):
+  r"""Kullback-Leibler divergence with targets given as log-probabilities.
+
+  .. math::
+    \mathrm{KL}(t \,\|\, p) = \sum_j e^{\log t_j} (\log t_j - \log p_j)
+
+  A ``-inf`` log-target contributes 0 with zero gradients, whatever the
+  log-prediction (optax returns NaN, as ``0 \cdot (-\infty)``).
+
+  Args:
+    log_predictions: floating [..., C] log-probabilities of the prediction.
+    log_targets: floating log-probabilities broadcastable with
+      ``log_predictions``.
+    axis: axis, tuple of axes or None (all axes) summed over.
+    where: optional boolean mask broadcastable to ``log_predictions``.
+    reduction: ``"none"``, ``"mean"`` (over rows with a kept entry) or
+      ``"sum"``.
+
+  Returns:
+    float32 divergence (float64 for float64 input): the shape without
+    ``axis`` for ``"none"``, else a scalar.
+
+  Example:
+    >>> import jaxloss
+    >>> log_p = jnp.log(jnp.array([0.2, 0.3, 0.5]))
+    >>> log_t = jnp.array([-jnp.inf, jnp.log(0.5), jnp.log(0.5)])
+    >>> print(jaxloss.kl_divergence_with_log_targets(log_p, log_t))
+    0.2554
+
+  References:
+    ``optax.losses.kl_divergence_with_log_targets``;
+    ``torch.nn.functional.kl_div(..., log_target=True)`` summed over the
+    classes.
+  """
+  return _rowwise("kl_divergence_with_log_targets",
+                  _elementwise_kl_log_targets, log_predictions, log_targets,
+                  "log_targets", axis, where, reduction)
+
+
+def _mass_difference(lp, t):
+  return jnp.exp(lp) - t
+
+
+@_jit.jit("axis", "reduction")
+def generalized_kl_divergence(log_predictions, targets, axis=-1, where=None,
+                              *, reduction="none"):
+  r"""Generalized Kullback-Leibler divergence, for unnormalized measures.
+
+  .. math::
+    D(t \,\|\, p) = \sum_j t_j (\log t_j - \log p_j) + p_j - t_j
+
+  the Bregman divergence of :math:`x \log x - x`; it equals
+  :func:`kl_divergence` when both sum to 1. Zero targets follow
+  :func:`kl_divergence`'s convention (optax gives NaN values or gradients).
+
+  Args:
+    log_predictions: floating [..., C] log of the predicted measure.
+    targets: floating non-negative target measure broadcastable with
+      ``log_predictions``.
+    axis: axis, tuple of axes or None (all axes) summed over.
+    where: optional boolean mask broadcastable to ``log_predictions``.
+    reduction: ``"none"``, ``"mean"`` (over rows with a kept entry) or
+      ``"sum"``.
+
+  Returns:
+    float32 divergence (float64 for float64 input): the shape without
+    ``axis`` for ``"none"``, else a scalar.
+
+  Example:
+    >>> import jaxloss
+    >>> log_p = jnp.log(jnp.array([1.0, 2.0, 0.5]))
+    >>> print(jaxloss.generalized_kl_divergence(log_p, jnp.array([2.0, 2.0, 0.0])))
+    0.8863
+
+  References:
+    Boyd and Vandenberghe, `Convex Optimization
+    <https://stanford.edu/~boyd/cvxbook/bv_cvxbook.pdf>`_, p. 90;
+    ``optax.losses.generalized_kl_divergence``.
+  """
+  return _rowwise("generalized_kl_divergence", _elementwise_kl,
+                  log_predictions, targets, "targets", axis, where, reduction,
+                  extra=_mass_difference)
+
+
+@_jit.jit("axis", "reduction")
+def convex_kl_divergence(log_predictions, targets, axis=-1, where=None, *,
+                         reduction="none"):
+  r"""The generalized KL divergence under its older optax name.
+
+  .. math::
+    D(t \,\|\, p) = \sum_j t_j (\log t_j - \log p_j) + p_j - t_j
+
+  Same function as :func:`generalized_kl_divergence`, kept so that code
+  calling ``optax.losses.convex_kl_divergence`` (deprecated there, with a
+  warning) ports unchanged; jaxloss does not warn.
+
+  Args:
+    log_predictions: floating [..., C] log of the predicted measure.
+    targets: floating non-negative target measure broadcastable with
+      ``log_predictions``.
+    axis: axis, tuple of axes or None (all axes) summed over.
+    where: optional boolean mask broadcastable to ``log_predictions``.
+    reduction: ``"none"``, ``"mean"`` (over rows with a kept entry) or
+      ``"sum"``.
+
+  Returns:
+    float32 divergence (float64 for float64 input): the shape without
+    ``axis`` for ``"none"``, else a scalar.
+
+  Example:
+    >>> import jaxloss
+    >>> log_p = jnp.log(jnp.array([1.0, 2.0, 0.5]))
+    >>> print(jaxloss.convex_kl_divergence(log_p, jnp.array([2.0, 2.0, 0.0])))
+    0.8863
+
+  References:
+    ``optax.losses.convex_kl_divergence``.
+  """
+  return _rowwise("convex_kl_divergence", _elementwise_kl, log_predictions,
+                  targets, "targets", axis, where, reduction,
+                  extra=_mass_difference)
+
+
+_KL_DIV_REDUCTIONS = ("none", "mean", "sum", "batchmean")
+
+
+@_jit.jit("log_target", "reduction")
+def kl_div(log_predictions, targets, *, log_target=False, reduction="none"):
+  r"""Pointwise Kullback-Leibler divergence with torch's conventions.
+
+  .. math::
+    \ell = t (\log t - x)\quad\text{or, with } \texttt{log\_target},\quad
+    \ell = e^{t} (t - x)
+
+  where :math:`x` is the log-prediction. Unlike :func:`kl_divergence`
+  nothing is summed per row: ``"none"`` gives one term per element,
+  ``"mean"`` averages every element, ``"batchmean"`` divides the sum by
+  ``log_predictions.shape[0]`` (the mathematical KL per sample, what torch
+  recommends), ``"sum"`` sums. A zero target (``-inf`` with ``log_target``)
+  contributes 0 with zero gradients, also against a ``-inf`` log-prediction,
+  where torch gives NaN, and torch's gradient for a zero target is NaN too.
+
+  Args:
+    log_predictions: floating log-probabilities (torch's ``input``).
+    targets: probabilities, or log-probabilities with ``log_target``
+      (torch's ``target``), broadcastable with ``log_predictions``.
+    log_target: whether ``targets`` are log-probabilities.
+    reduction: ``"none"``, ``"mean"``, ``"sum"`` or ``"batchmean"``
+      (torch's default is ``"mean"``; here ``"none"``).
+
+  Returns:
+    float32 loss (float64 for float64 input): the broadcast shape for
+    ``"none"``, else a scalar.
+
+  Example:
+    >>> import jaxloss
+    >>> log_p = jnp.log(jnp.array([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]]))
+    >>> t = jnp.array([[0.8, 0.2, 0.0], [0.1, 0.1, 0.8]])
+    >>> print(jaxloss.kl_div(log_p, t, reduction="batchmean"))
+    0.19478588
+
+  References:
+    ``torch.nn.functional.kl_div`` / ``torch.nn.KLDivLoss`` (same arguments,
+    ``input, target`` named ``log_predictions, targets`` as in
+    :func:`kl_divergence`).
+  """
+  fn = "kl_div"
+  _checks.reduction(fn, reduction, _KL_DIV_REDUCTIONS)
+  if not isinstance(log_target, (bool, np.bool_)):
+    _checks.fail(fn, f"log_target must be a bool, got {log_target!r}",
+                 TypeError)
+  lp, t = _inputs(fn, log_predictions, targets, "targets")
+  loss = (_elementwise_kl_log_targets if log_target else _elementwise_kl)(
+      lp, t)
+  if reduction == "batchmean":
+    batch = jnp.shape(log_predictions)[0] if jnp.ndim(log_predictions) else 1
+    return jnp.sum(loss) / max(batch, 1)
+  return _reduction.reduce(fn, loss, reduction)

@@ -1,0 +1,324 @@
+"""Sparsemax, its losses, and Fenchel-Young losses from a max function."""
+
+import jax
+import jax.numpy as jnp
+
+from jaxloss import _checks
+from jaxloss import _jit
+from jaxloss import _reduction
+from jaxloss._multiclass import classes_last
+from jaxloss._multiclass import finish_rows
+from jaxloss._multiclass import integer_rows
+from jaxloss._multiclass import split_where
+
+
+@jax.custom_jvp
+def _sparsemax_rows(z):
+  """Euclidean projection of each row of ``z`` (classes last) on the simplex.
+
+  ``-inf`` entries get probability 0; a row with no finite entry gives 0s.
+  """
+  top = jnp.max(z, axis=-1, keepdims=True)
+  z = z - jnp.where(jnp.isfinite(top), top, 0)
+  ranked = -jnp.sort(-z, axis=-1)
+  k = jnp.arange(1, z.shape[-1] + 1, dtype=z.dtype).reshape(
+      (1,) * (z.ndim - 1) + (-1,))
+  # Martins & Astudillo: the support is the longest prefix of the sorted
+  # scores with 1 + k z_(k) > sum_{j <= k} z_(j). -inf entries fail the test
+  # (-inf > -inf is false), so they never enter the support.
+  in_support = 1 + k * ranked > jnp.cumsum(ranked, axis=-1)
+  size = jnp.sum(in_support, axis=-1, keepdims=True, dtype=z.dtype)
+  total = jnp.sum(jnp.where(in_support, ranked, 0), axis=-1, keepdims=True)
+  tau = (total - 1) / jnp.maximum(size, 1)
+  return jnp.maximum(z - tau, 0)
+
+
+@_sparsemax_rows.defjvp
+def _sparsemax_rows_jvp(primals, tangents):
+  (z,), (dz,) = primals, tangents
+  p = _sparsemax_rows(z)
+  # The Jacobian is diag(s) - s s^T / |s| on the support s: the tangent,
+  # centred over the support, zero outside it (also at -inf entries).
+  s = p > 0
+  dz = jnp.where(s, dz, 0)
+  mean = jnp.sum(dz, axis=-1, keepdims=True) / jnp.maximum(
+      jnp.sum(s, axis=-1, keepdims=True, dtype=p.dtype), 1)
+  return p, jnp.where(s, dz - mean, 0)
+
+
+@_jit.jit("axis")
+def sparsemax(x, axis=-1, where=None):
+  r"""Sparsemax along ``axis``: the Euclidean projection onto the simplex.
+
+  .. math::
+    \mathrm{sparsemax}(x) = \arg\min_{p \in \Delta} \|p - x\|^2
+      = \max(x - \tau(x), 0)
+
+  with :math:`\tau` the threshold making the output sum to 1. Unlike softmax,
+  it gives exact zeros: scores more than :math:`\tau` below the top get
+  probability 0. ``-inf`` entries and entries excluded by ``where`` get 0; a
+  slice with no finite entry gives all zeros (softmax gives NaN there).
+  The gradient is the Jacobian :math:`\mathrm{diag}(s) - s s^\top / |s|` on
+  the support :math:`s`, set with a custom JVP.
+
+  Args:
+    x: floating array.
+    axis: int or tuple of ints, the axes projected over together.
+    where: optional boolean mask broadcastable to ``x``: the entries taking
+      part.
+
+  Returns:
+    Probabilities, same shape and dtype as ``x`` (computed in float32 for
+    half precision input).
+
+  Example:
+    >>> import jaxloss
+    >>> print(jaxloss.sparsemax(jnp.array([[0.5, 0.3, -1.0], [2.0, 0.0, 0.0]])))
+    [[0.6 0.4 0. ]
+     [1.  0.  0. ]]
+
+  References:
+    Martins and Astudillo, `From Softmax to Sparsemax
+    <https://arxiv.org/abs/1602.02068>`_, 2016. Same call as
+    :func:`jaxloss.softmax`; neither ``jax.nn`` nor optax exports a sparsemax
+    activation: on a single vector this equals
+    ``optax.projections.projection_simplex``.
+  """
+  fn = "sparsemax"
+  x = _checks.floating(fn, "x", x)
+  dtype = x.dtype
+  shape = x.shape
+  z = x.astype(_reduction.stat_dtype(dtype))
+  if where is not None:
+    where = _checks.boolean(fn, "where", where)
+    where = _checks.broadcastable(fn, "where", where, shape, "x")
+    z = jnp.where(where, z, -jnp.inf)
+  rows, batch_shape, axes = classes_last(fn, z, axis)
+  p = _sparsemax_rows(rows)
+  # Undo classes_last: unflatten the classes, then restore the axis order.
+  batch_axes = tuple(a for a in range(len(shape)) if a not in axes)
+  p = p.reshape(batch_shape + tuple(shape[a] for a in axes))
+  p = jnp.transpose(p, tuple(
+      (batch_axes + axes).index(a) for a in range(len(shape))))
+  return p.astype(dtype)
+
+
+@jax.custom_jvp
+def _gini_conjugate(z):
+  r"""Per row, :math:`\max_{p \in \Delta} \langle p, z\rangle + (1 - \|p\|^2)/2`."""
+  p = _sparsemax_rows(z)
+  # p is 0 wherever z may be -inf: read those entries as 0, not 0 * -inf.
+  zp = jnp.sum(p * jnp.where(p > 0, z, 0), axis=-1)
+  return zp + 0.5 * (1 - jnp.sum(p * p, axis=-1))
+
+
+@_gini_conjugate.defjvp
+def _gini_conjugate_jvp(primals, tangents):
+  (z,), (dz,) = primals, tangents
+  # Danskin: the gradient of the max is the maximiser, sparsemax(z).
+  p = _sparsemax_rows(z)
+  zp = jnp.sum(p * jnp.where(p > 0, z, 0), axis=-1)
+  value = zp + 0.5 * (1 - jnp.sum(p * p, axis=-1))
+  return value, jnp.sum(p * jnp.where(p > 0, dz, 0), axis=-1)
+
+
+@_jit.jit("axis", "reduction")
+def multiclass_sparsemax_loss(scores, labels, *, axis=-1, where=None,
+                              reduction="none"):
+  r"""Sparsemax loss against integer labels: the Fenchel-Young loss of sparsemax.
+
+  .. math::
+    \ell = \langle p, x - x_y \rangle + \tfrac12 (1 - \|p\|^2),\qquad
+    p = \mathrm{sparsemax}(x)
+
+  It is 0 exactly when :math:`\mathrm{sparsemax}(x)` is the one-hot label, and
+  its gradient is :math:`p - e_y` (set with a custom JVP, never through the
+  sort). ``-inf`` scores are impossible classes (probability 0); a ``-inf``
+  score at the label costs ``inf`` with a finite gradient. A label outside
+  ``[0, C)`` gives NaN (optax reads a clamped or wrapped-around class).
+
+  Args:
+    scores: floating [..., C, ...] scores.
+    labels: integer labels with the shape of ``scores`` without ``axis``.
+    axis: class axis or tuple of axes (optax: last axis only).
+    where: optional boolean mask: batch-shaped to drop rows, or
+      ``scores``-shaped to restrict the sparsemax to some classes.
+    reduction: ``"none"``, ``"mean"`` (over kept rows) or ``"sum"``.
+
+  Returns:
+    float32 loss (float64 for float64 scores): the batch shape for
+    ``"none"``, else a scalar.
+
+  Example:
+    >>> import jaxloss
+    >>> scores = jnp.array([[0.5, 0.3, -1.0], [2.0, 0.0, 0.0]])
+    >>> print(jaxloss.multiclass_sparsemax_loss(scores, jnp.array([0, 1])))
+    [0.15999997 2.        ]
+
+  References:
+    Martins and Astudillo, `From Softmax to Sparsemax
+    <https://arxiv.org/abs/1602.02068>`_, 2016;
+    ``optax.losses.multiclass_sparsemax_loss``, which takes [N, C] scores
+    only.
+  """
+  fn = "multiclass_sparsemax_loss"
+  scores = _checks.floating(fn, "scores", scores)
+  shape = scores.shape
+  x, batch_shape, _ = classes_last(fn, scores, axis)
+  x = x.astype(_reduction.stat_dtype(x.dtype))
+  row_keep, class_keep = split_where(fn, where, shape, axis, batch_shape,
+                                     "scores")
+  if class_keep is not None:
+    x = jnp.where(class_keep, x, -jnp.inf)
+  x, label_x, _, keep, valid = integer_rows(
+      fn, x, labels, batch_shape, ignore_index=None, row_keep=row_keep,
+      weight=None)
+  # The loss is shift invariant: shifting by the label's score keeps the
+  # value exact for large scores; a -inf label score costs inf.
+  finite = jnp.isfinite(label_x)
+  shift = jax.lax.stop_gradient(jnp.where(finite, label_x, 0))
+  loss = _gini_conjugate(x - shift[..., None]) - jnp.where(
+      finite, label_x - shift, label_x)
+  return finish_rows(fn, loss, None, keep, valid, reduction)
+
+
+def _binary_inputs(fn, logits, labels, weight, where):
+  logits = _checks.floating(fn, "logits", logits)
+  labels = _checks.numeric(fn, "labels", labels)
+  _checks.same_shape(fn, "labels", labels, "logits", logits)
+  dtype = _reduction.stat_dtype(logits.dtype)
+  if weight is not None:
+    weight = _checks.numeric(fn, "weight", weight)
+    weight = _checks.broadcastable(fn, "weight", weight, logits.shape,
+                                   "logits").astype(dtype)
+  if where is not None:
+    where = _checks.boolean(fn, "where", where)
+    where = _checks.broadcastable(fn, "where", where, logits.shape, "logits")
+  return logits.astype(dtype), labels.astype(dtype), weight, where
+
+
+@_jit.jit("reduction")
+def sparsemax_loss(logits, labels, *, weight=None, where=None,
+                   reduction="none"):
+  r"""Binary sparsemax loss: the Fenchel-Young loss of the sparse sigmoid.
+
+  .. math::
+    \ell = y\, s(-x) + (1 - y)\, s(x) - y (1 - y),\qquad
+    s(x) = \begin{cases} 0 & x \le -1 \\ (x + 1)^2 / 4 & |x| < 1 \\
+      x & x \ge 1 \end{cases}
+
+  with :math:`s` = ``jax.nn.sparse_plus``. It is 0 exactly when
+  ``jax.nn.sparse_sigmoid(logits) == labels``; its gradient is
+  :math:`\mathrm{sparse\_sigmoid}(x) - y`. For labels in {0, 1} this is
+  optax's loss; soft labels in [0, 1] give the Fenchel-Young loss (optax
+  reads any non-zero label as 1).
+
+  Args:
+    logits: floating array of any shape.
+    labels: targets in [0, 1] (binary, boolean or soft), same shape as
+      ``logits``.
+    weight: optional per-element weights broadcastable to ``logits``.
+    where: optional boolean mask broadcastable to ``logits``; dropped
+      elements give loss 0 and gradient 0.
+    reduction: ``"none"``, ``"mean"`` (over kept elements) or ``"sum"``.
+
+  Returns:
+    float32 loss (float64 for float64 logits): ``logits``' shape for
+    ``"none"``, else a scalar.
+
+  Example:
+    >>> import jaxloss
+    >>> x = jnp.array([-2.0, 0.0, 0.5, 3.0])
+    >>> print(jaxloss.sparsemax_loss(x, jnp.array([1, 1, 0, 1])))
+    [2.     0.25   0.5625 0.    ]
+
+  References:
+    Blondel, Martins and Niculae, `Learning with Fenchel-Young Losses
+    <https://arxiv.org/abs/1901.02324>`_, JMLR 2020 (sec. 4.4);
+    ``optax.losses.sparsemax_loss``.
+  """
+  fn = "sparsemax_loss"
+  logits, labels, weight, where = _binary_inputs(fn, logits, labels, weight,
+                                                 where)
+  if where is not None:
+    logits = jnp.where(where, logits, 0)
+  loss = (labels * jax.nn.sparse_plus(-logits)
+          + (1 - labels) * jax.nn.sparse_plus(logits)
+          - labels * (1 - labels))
+  if weight is not None:
+    loss = loss * weight
+  loss = _reduction.mask(loss, where)
+  return _reduction.reduce(fn, loss, reduction, keep=where)
+
+
+def make_fenchel_young_loss(max_fun, *, reduction="none"):
+  r"""Builds the Fenchel-Young loss of a max function (its convex conjugate).
+
+  .. math::
+    \ell(x, y) = \Omega^*(x) - \langle y, x \rangle
+
+  where :math:`\Omega^*` is ``max_fun`` applied over the last axis (for
+  instance ``jax.nn.logsumexp`` gives the softmax cross entropy up to the
+  targets' entropy). Terms with a zero target count 0 in the inner product,
+  even where the score is ``-inf`` (optax gives NaN there), so ``-inf``
+  scores can mark impossible classes. Half precision scores and targets are
+  upcast to float32 before ``max_fun`` sees them.
+
+  Extra arguments of the loss reach ``max_fun`` unchanged, the same for
+  every row. (optax's version vectorizes ``max_fun`` with
+  ``jnp.vectorize``, which silently drops keyword arguments and rejects
+  positional ones.)
+
+  Args:
+    max_fun: a function of a 1-D array returning a scalar, with optional
+      extra arguments.
+    reduction: ``"none"``, ``"mean"`` or ``"sum"``, applied by the returned
+      loss to its [...] output.
+
+  Returns:
+    ``fenchel_young_loss(scores, targets, *args, **kwargs)``: takes floating
+    [..., C] ``scores`` and ``targets`` broadcastable to them, forwards
+    ``args`` and ``kwargs`` to ``max_fun``, and returns the loss, float32
+    (float64 for float64 scores), of shape [...] for ``"none"`` or a scalar.
+    It is traced in the caller's ``jax.jit``.
+
+  Example:
+    >>> import jaxloss
+    >>> loss = jaxloss.make_fenchel_young_loss(jax.nn.logsumexp)
+    >>> scores = jnp.array([[1.2, -0.8, -jnp.inf], [0.9, -1.2, 1.1]])
+    >>> print(loss(scores, jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])))
+    [0.12692809 2.951799  ]
+
+  References:
+    Blondel, Martins and Niculae, `Learning with Fenchel-Young Losses
+    <https://arxiv.org/abs/1901.02324>`_, JMLR 2020;
+    ``optax.losses.make_fenchel_young_loss``.
+  """
+  fn = "make_fenchel_young_loss"
+  if not callable(max_fun):
+    _checks.fail(fn, f"max_fun must be callable, got "
+                 f"{type(max_fun).__name__}", TypeError)
+  _checks.reduction(fn, reduction)
+
+  def fenchel_young_loss(scores, targets, *args, **kwargs):
+    """The Fenchel-Young loss of ``max_fun``; see make_fenchel_young_loss."""
+    name = "fenchel_young_loss"
+    scores = _checks.floating(name, "scores", scores)
+    _checks.at_least_rank(name, "scores", scores, 1)
+    targets = _checks.numeric(name, "targets", targets)
+    targets = _checks.broadcastable(name, "targets", targets, scores.shape,
+                                    "scores")
+    scores = scores.astype(_reduction.stat_dtype(scores.dtype))
+    targets = targets.astype(scores.dtype)
+    # A zero target reads its score as 0: no 0 * -inf in the value, no
+    # 0 * nan in the gradient.
+    zero = targets == 0
+    inner = jnp.sum(targets * jnp.where(zero, 0, scores), axis=-1)
+
+    def row_max(row):
+      return max_fun(row, *args, **kwargs)
+
+    loss = jnp.vectorize(row_max, signature="(n)->()")(scores) - inner
+    return _reduction.reduce(name, loss, reduction)
+
+  return fenchel_young_loss

@@ -1,0 +1,607 @@
+"""Margins, poly, ranking, smoothing, torch's margin losses and Keras's focal."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.test_util import check_grads
+
+import jaxloss
+
+rng = np.random.default_rng(5)
+N, C = 4, 5
+X = rng.normal(0, 1.5, (N, C))
+SIGNS = rng.choice([-1.0, 1.0], (N, C))
+LABELS = np.array([0, 3, 4, 1])
+PROBS = rng.dirichlet(np.ones(C), N)
+ONE_HOT = np.eye(C)[LABELS]
+KEEP = rng.random((N, C)) > 0.3
+KEEP[:, 0] = True
+RELEVANCE = rng.integers(0, 3, (N, C)).astype(np.float64)
+BINARY = rng.integers(0, 2, (N, C)).astype(np.float64)
+P = rng.uniform(0.05, 0.95, (N, C))
+EPS = 1e-7                                   # Keras's backend.epsilon()
+
+
+def f32(a):
+  return jnp.asarray(a, jnp.float32)
+
+
+def value_and_grad(fn, x, *args, **kwargs):
+  return jax.jit(jax.value_and_grad(
+      lambda x, *a: jnp.sum(fn(x, *a, **kwargs))))(x, *args)
+
+
+# ----------------------------------------------------------------------------
+# Float64 NumPy references.
+
+
+def log_softmax(x, keep=None):
+  x = np.where(keep, x, -np.inf) if keep is not None else x
+  m = np.max(x, -1, keepdims=True)
+  return x - m - np.log(np.sum(np.exp(x - m), -1, keepdims=True))
+
+
+def ref_poly(x, y, eps, keep=None):
+  keep = np.ones(x.shape, bool) if keep is None else keep
+  lp = log_softmax(x, keep)
+  with np.errstate(invalid="ignore"):
+    ce = -np.sum(np.where(keep & (y != 0), y * lp, 0), -1)
+  one_minus = np.sum(np.where(keep, y * (1 - np.exp(lp)), 0), -1)
+  return ce + eps * one_minus
+
+
+def ref_multi_margin(x, y, p, margin, w=None):
+  xy = np.take_along_axis(x, y[:, None], -1)
+  h = np.maximum(margin - xy + x, 0) ** p
+  h[np.arange(len(y)), y] = 0
+  loss = h.sum(-1) / x.shape[-1]
+  return loss * (w[y] if w is not None else 1)
+
+
+def ref_multilabel_margin(x, t):
+  out = []
+  for row, targ in zip(x, t):
+    listed = []
+    for j in targ:
+      if j < 0:
+        break
+      listed.append(j)
+    total = sum(max(0, 1 - (row[j] - row[i])) for j in listed
+                for i in range(len(row)) if i not in listed)
+    out.append(total / len(row))
+  return np.array(out)
+
+
+def log_sigmoid(x):
+  return -np.logaddexp(0, -x)
+
+
+def ref_keras_binary_focal(pred, y, balance=False, alpha=0.25, gamma=2.0,
+                           from_logits=False, smoothing=0.0):
+  """Keras 3's binary_focal_crossentropy, without its probability clip."""
+  if smoothing:
+    y = y * (1 - smoothing) + 0.5 * smoothing
+  if from_logits:
+    bce = -(y * log_sigmoid(pred) + (1 - y) * log_sigmoid(-pred))
+    pred = 1 / (1 + np.exp(-pred))
+  else:
+    bce = -(y * np.log(pred) + (1 - y) * np.log(1 - pred))
+  p_t = y * pred + (1 - y) * (1 - pred)
+  loss = (1 - p_t) ** gamma * bce
+  if balance:
+    loss = (y * alpha + (1 - y) * (1 - alpha)) * loss
+  return loss.mean(-1)
+
+
+def ref_keras_categorical_focal(pred, y, alpha=0.25, gamma=2.0,
+                                from_logits=False, smoothing=0.0):
+  """Keras 3's categorical_focal_crossentropy, without its clip."""
+  if smoothing:
+    y = y * (1 - smoothing) + smoothing / y.shape[-1]
+  if from_logits:
+    pred = np.exp(log_softmax(pred))
+  out = pred / pred.sum(-1, keepdims=True)
+  return np.sum(alpha * (1 - out) ** gamma * -y * np.log(out), -1)
+
+
+def keras_hinge_labels(t):
+  return 2 * t - 1 if np.all((t == 0) | (t == 1)) else t
+
+
+def ref_squared_hinge(x, t):
+  return np.mean(np.maximum(1 - keras_hinge_labels(t) * x, 0) ** 2, -1)
+
+
+def ref_categorical_hinge(x, t):
+  return np.maximum(np.max((1 - t) * x, -1) - np.sum(t * x, -1) + 1, 0)
+
+
+def ref_multilabel_soft_margin(x, y, w=None):
+  terms = -(y * log_sigmoid(x) + (1 - y) * log_sigmoid(-x))
+  return np.mean(terms * (w if w is not None else 1), -1)
+
+
+MULTILABEL = np.array([[3, 0, -1, 1, 2], [1, -1, -1, -1, -1],
+                       [0, 1, 2, 3, 4], [2, 2, -1, 0, 0]])
+
+# name: (keyword options, float64 reference, inputs (model output, target)).
+REFERENCES = {
+    "hinge_loss": ({}, lambda x, y: np.maximum(0, 1 - x * y), (X, SIGNS)),
+    "perceptron_loss": ({}, lambda x, y: np.maximum(0, -x * y), (X, SIGNS)),
+    "multiclass_hinge_loss": (
+        {}, lambda x, y: np.max(x + 1 - np.eye(C)[y], -1)
+        - np.take_along_axis(x, y[:, None], -1)[:, 0], (X, LABELS)),
+    "multiclass_perceptron_loss": (
+        {}, lambda x, y: np.max(x, -1)
+        - np.take_along_axis(x, y[:, None], -1)[:, 0], (X, LABELS)),
+    "poly_loss_cross_entropy": (
+        {"epsilon": 1.5}, lambda x, y: ref_poly(x, y, 1.5), (X, PROBS)),
+    "safe_softmax_cross_entropy": (
+        {}, lambda x, y: -np.sum(y * log_softmax(x), -1), (X, PROBS)),
+    "ranking_softmax_loss": (
+        {"reduce_fn": None}, lambda x, y: -np.sum(y * log_softmax(x), -1),
+        (X, RELEVANCE)),
+    "multi_margin_loss": (
+        {"p": 2, "margin": 0.7}, lambda x, y: ref_multi_margin(x, y, 2, 0.7),
+        (X, LABELS)),
+    "multilabel_margin_loss": ({}, ref_multilabel_margin, (X, MULTILABEL)),
+    "soft_margin_loss": ({}, lambda x, y: np.logaddexp(0, -x * y),
+                         (X, SIGNS)),
+    "multilabel_soft_margin_loss": ({}, ref_multilabel_soft_margin,
+                                    (X, BINARY)),
+    "squared_hinge": ({}, ref_squared_hinge, (X, BINARY)),
+    "categorical_hinge": ({}, ref_categorical_hinge, (X, ONE_HOT)),
+    "binary_focal_cross_entropy": (
+        {"apply_class_balancing": True, "alpha": 0.3, "gamma": 1.5,
+         "from_logits": True, "label_smoothing": 0.1},
+        lambda x, y: ref_keras_binary_focal(x, y, True, 0.3, 1.5, True, 0.1),
+        (X, BINARY)),
+    "categorical_focal_cross_entropy": (
+        {"alpha": 0.4, "gamma": 0.5, "from_logits": True,
+         "label_smoothing": 0.2},
+        lambda x, y: ref_keras_categorical_focal(x, y, 0.4, 0.5, True, 0.2),
+        (X, ONE_HOT)),
+}
+
+
+def call(name, **extra):
+  kwargs = {**REFERENCES[name][0], **extra}
+  if "reduction" in extra:
+    kwargs.pop("reduce_fn", None)
+  return lambda x, y: getattr(jaxloss, name)(x, y, **kwargs)
+
+
+def inputs32(name):
+  x, y = REFERENCES[name][2]
+  return f32(x), (jnp.asarray(y) if y.dtype.kind == "i" else f32(y))
+
+
+# Where finite differences check the gradient: the losses whose gradient
+# takes more than one line of algebra (log space, custom derivatives, masks),
+# at inputs away from any hinge's kink.
+CHECK_GRADS = ("poly_loss_cross_entropy", "ranking_softmax_loss",
+               "multi_margin_loss", "multilabel_soft_margin_loss",
+               "binary_focal_cross_entropy", "categorical_focal_cross_entropy")
+# Losses with a row structure, where vmap over rows is worth checking.
+VMAP = ("multiclass_hinge_loss", "poly_loss_cross_entropy",
+        "ranking_softmax_loss", "multi_margin_loss", "multilabel_margin_loss",
+        "categorical_focal_cross_entropy")
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_reference_float64_and_half_precision(name):
+  fn, ref, (x, y) = call(name), REFERENCES[name][1], REFERENCES[name][2]
+  with jax.enable_x64(True):
+    got = fn(jnp.asarray(x), jnp.asarray(y))
+    assert got.dtype == jnp.float64
+    np.testing.assert_allclose(got, ref(x, y), rtol=1e-12, atol=1e-14)
+    if name in CHECK_GRADS:
+      check_grads(lambda x: fn(x, jnp.asarray(y)), (jnp.asarray(x),),
+                  order=1, modes=("rev",), eps=1e-6)
+  xf, yf = inputs32(name)
+  for dtype in (jnp.float16, jnp.bfloat16):
+    half = fn(xf.astype(dtype), yf)
+    assert half.dtype == jnp.float32
+    np.testing.assert_allclose(
+        half, ref(np.asarray(xf.astype(dtype), np.float64), y), rtol=1e-5,
+        atol=1e-5)
+  if name in VMAP:
+    np.testing.assert_allclose(jax.vmap(fn)(xf, yf), fn(xf, yf), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_jit_and_eager_agree():
+  # Op by op is costly (every primitive compiles on its own): two losses.
+  for name in ("hinge_loss", "multiclass_hinge_loss"):
+    xf, yf = inputs32(name)
+    with jax.disable_jit():
+      eager = call(name)(xf, yf)
+    np.testing.assert_allclose(eager, call(name)(xf, yf), rtol=1e-6,
+                               atol=1e-7)
+
+
+def test_reductions():
+  # Every loss reduces through the same helper: one of each kind of loss.
+  for name in ("hinge_loss", "multiclass_perceptron_loss",
+               "binary_focal_cross_entropy"):
+    xf, yf = inputs32(name)
+    per = call(name)(xf, yf)
+    np.testing.assert_allclose(call(name, reduction="mean")(xf, yf),
+                               per.mean(), rtol=1e-6)
+    np.testing.assert_allclose(call(name, reduction="sum")(xf, yf),
+                               per.sum(), rtol=1e-6)
+
+
+# Large logits: every loss stays finite with finite gradients at +-1e4.
+EXTREME = np.array([[1e4, -1e4, 0.5, -0.5, 1e4],
+                    [-1e4, 1e4, -1e4, 1e4, 0.0],
+                    [0.0, 0.0, 0.0, 0.0, -1e4],
+                    [1e4, 1e4, 1e4, 1e4, 1e4]])
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_extreme_inputs_finite_gradients(name):
+  _, yf = inputs32(name)
+  value, grad = value_and_grad(call(name), f32(EXTREME), yf)
+  assert np.isfinite(value)
+  assert np.all(np.isfinite(grad))
+
+
+# ----------------------------------------------------------------------------
+# optax parity.
+
+OPTAX = {
+    "hinge_loss": ({}, (X, SIGNS)),
+    "perceptron_loss": ({}, (X, SIGNS)),
+    "multiclass_hinge_loss": ({}, (X, LABELS)),
+    "multiclass_perceptron_loss": ({}, (X, LABELS)),
+    "poly_loss_cross_entropy": ({"epsilon": 1.5}, (X, PROBS)),
+    "poly_loss_cross_entropy-where": ({"where": KEEP}, (X, PROBS)),
+    "safe_softmax_cross_entropy": ({}, (X, PROBS)),
+    "ranking_softmax_loss": ({}, (X, RELEVANCE)),
+    "ranking_softmax_loss-options": (
+        {"where": KEEP, "weights": P, "reduce_fn": None}, (X, RELEVANCE)),
+    "ranking_softmax_loss-sum": ({"where": KEEP, "reduce_fn": jnp.sum},
+                                 (X, RELEVANCE)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OPTAX))
+def test_optax_parity(case):
+  name = case.split("-")[0]
+  kwargs, (x, y) = OPTAX[case]
+  kwargs = {k: (jnp.asarray(v) if isinstance(v, np.ndarray) else v)
+            for k, v in kwargs.items()}
+  xf = f32(x)
+  yf = jnp.asarray(y) if y.dtype.kind == "i" else f32(y)
+  ours, our_grad = value_and_grad(getattr(jaxloss, name), xf, yf, **kwargs)
+  theirs, their_grad = value_and_grad(getattr(optax.losses, name), xf, yf,
+                                      **kwargs)
+  np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+  np.testing.assert_allclose(our_grad, their_grad, rtol=1e-5, atol=1e-6)
+  per_ours = getattr(jaxloss, name)(xf, yf, **kwargs)
+  per_theirs = jax.jit(lambda x, y: getattr(optax.losses, name)(
+      x, y, **kwargs))(xf, yf)
+  assert per_ours.shape == per_theirs.shape
+  np.testing.assert_allclose(per_ours, per_theirs, rtol=1e-6, atol=1e-7)
+
+
+def test_smooth_labels_optax_parity_and_where():
+  y = f32(ONE_HOT)
+  np.testing.assert_allclose(jaxloss.smooth_labels(y, 0.1),
+                             optax.losses.smooth_labels(y, 0.1), rtol=1e-6)
+  keep = jnp.asarray(KEEP)
+  ours = jaxloss.smooth_labels(y, 0.1, where=keep)
+  theirs = optax.losses.smooth_labels(y, 0.1, where=keep)
+  np.testing.assert_allclose(jnp.where(keep, ours, 0),
+                             jnp.where(keep, theirs, 0), rtol=1e-6)
+  # Dropped classes get no smoothing mass (optax adds alpha / K there too).
+  np.testing.assert_allclose(jnp.where(keep, 0, ours), 0)
+  np.testing.assert_allclose(ours.sum(-1), 1, rtol=1e-6)
+  assert not np.allclose(jnp.where(keep, 0, theirs), 0)
+  # Integer labels, per-row alpha, tuple axes, half precision.
+  np.testing.assert_allclose(
+      jaxloss.smooth_labels(jnp.asarray(LABELS[:, None] == np.arange(C)),
+                            0.1), jaxloss.smooth_labels(y, 0.1))
+  alpha = jnp.linspace(0, 1, N)[:, None]
+  np.testing.assert_allclose(jaxloss.smooth_labels(y, alpha),
+                             (1 - alpha) * y + alpha / C, rtol=1e-6)
+  cube = f32(rng.dirichlet(np.ones(6), 2).reshape(2, 3, 2))
+  np.testing.assert_allclose(
+      jaxloss.smooth_labels(cube, 0.3, axis=(1, 2)), 0.7 * cube + 0.05,
+      rtol=1e-6)
+  assert jaxloss.smooth_labels(y.astype(jnp.bfloat16), 0.1).dtype == \
+      jnp.bfloat16
+
+
+# ----------------------------------------------------------------------------
+# Edges where jaxloss deliberately differs from optax.
+
+
+def test_out_of_range_labels_give_nan():
+  x, bad = f32(X), jnp.array([0, 5, -1, 2])
+  for name in ("multiclass_hinge_loss", "multiclass_perceptron_loss"):
+    ours = getattr(jaxloss, name)(x, bad)
+    theirs = getattr(optax.losses, name)(x, bad)
+    np.testing.assert_array_equal(np.isnan(ours), [False, True, True, False])
+    assert np.all(np.isfinite(theirs))            # optax: a plausible number
+    np.testing.assert_allclose(np.asarray(ours)[[0, 3]],
+                               np.asarray(theirs)[[0, 3]], rtol=1e-6)
+  loss = jaxloss.multi_margin_loss(x, bad)
+  np.testing.assert_array_equal(np.isnan(loss), [False, True, True, False])
+  bad_multi = MULTILABEL.copy()
+  bad_multi[0, 0] = C
+  bad_multi[1, 1] = -2
+  np.testing.assert_array_equal(
+      np.isnan(jaxloss.multilabel_margin_loss(x, jnp.asarray(bad_multi))),
+      [True, True, False, False])
+  # Masked rows are dropped before the label is read.
+  np.testing.assert_array_equal(
+      jaxloss.multiclass_hinge_loss(x, bad, where=jnp.array([1, 0, 0, 1],
+                                                            bool))[1:3], 0)
+
+
+def test_minus_inf_logits():
+  x = f32(X).at[0, 1].set(-jnp.inf).at[2, :2].set(-jnp.inf)
+  y = f32(PROBS).at[0, 1].set(0).at[2, :2].set(0)
+  y = y / y.sum(-1, keepdims=True)
+  for name, kwargs in (("poly_loss_cross_entropy", {}),
+                       ("safe_softmax_cross_entropy", {}),
+                       ("ranking_softmax_loss", {"reduce_fn": None})):
+    value, grad = value_and_grad(getattr(jaxloss, name), x, y, **kwargs)
+    assert np.isfinite(value) and np.all(np.isfinite(grad)), name
+    np.testing.assert_array_equal(grad[0, 1], 0)
+  # optax's poly loss and ranking loss read 0 * -inf.
+  their_poly = jax.jit(optax.losses.poly_loss_cross_entropy)
+  assert np.isnan(their_poly(x, y)[0])
+  assert np.isnan(jax.jit(lambda x, y: optax.losses.ranking_softmax_loss(
+      x, y, reduce_fn=None))(x, y)[0])
+  keep = jnp.isfinite(x)
+  np.testing.assert_allclose(
+      jaxloss.poly_loss_cross_entropy(x, y),
+      their_poly(jnp.where(keep, x, 0), y, where=keep), rtol=1e-5)
+  # Keras's categorical focal loss on logits: -inf marks impossible classes.
+  value, grad = value_and_grad(jaxloss.categorical_focal_cross_entropy,
+                               x, y, from_logits=True, label_smoothing=0.1)
+  assert np.isfinite(value) and np.all(np.isfinite(grad))
+  # A probability on a -inf class costs inf.
+  assert jaxloss.poly_loss_cross_entropy(x, f32(PROBS))[0] == jnp.inf
+
+
+def masked_max(a, where=None):
+  return jnp.max(a, where=where, initial=-jnp.inf)
+
+
+def test_poly_and_ranking_masks():
+  x, y, keep = f32(X), f32(PROBS), jnp.asarray(KEEP)
+  rows = jnp.array([True, False, True, True])
+  full = jaxloss.poly_loss_cross_entropy(x, y)
+  np.testing.assert_allclose(
+      jaxloss.poly_loss_cross_entropy(x, y, where=rows),
+      jnp.where(rows, full, 0), rtol=1e-6)
+  np.testing.assert_allclose(
+      jaxloss.poly_loss_cross_entropy(x, y, where=rows, reduction="mean"),
+      full[rows].mean(), rtol=1e-6)
+  with jax.enable_x64(True):
+    np.testing.assert_allclose(
+        jaxloss.poly_loss_cross_entropy(jnp.asarray(X), jnp.asarray(PROBS),
+                                        epsilon=jnp.arange(N) / 2.0,
+                                        where=jnp.asarray(KEEP)),
+        ref_poly(X, PROBS, np.arange(N) / 2.0, KEEP), rtol=1e-12)
+  # A list with no valid item: 0, out of the mean, zero gradient.
+  none = keep.at[1].set(False)
+  value, grad = value_and_grad(jaxloss.ranking_softmax_loss, x, y, where=none)
+  per = jaxloss.ranking_softmax_loss(x, y, where=none, reduce_fn=None)
+  assert per[1] == 0 and np.all(grad[1] == 0)
+  np.testing.assert_allclose(value, per.sum() / 3, rtol=1e-6)
+  assert jaxloss.ranking_softmax_loss(x, y, where=jnp.zeros_like(keep)) == 0
+  np.testing.assert_allclose(
+      jaxloss.ranking_softmax_loss(x, y, reduction="sum"),
+      jaxloss.ranking_softmax_loss(x, y, reduce_fn=jnp.sum), rtol=1e-6)
+  # Any other reduce_fn is called with the valid lists, as optax does.
+  np.testing.assert_allclose(
+      jaxloss.ranking_softmax_loss(x, y, where=none, reduce_fn=masked_max),
+      jnp.max(jnp.where(jnp.arange(N) != 1, per, -jnp.inf)), rtol=1e-6)
+
+
+def test_binary_margin_options():
+  x, t = f32(X), f32(SIGNS)
+  w, keep = f32(P), jnp.asarray(KEEP)
+  for fn in (jaxloss.hinge_loss, jaxloss.perceptron_loss):
+    plain = fn(x, t)
+    np.testing.assert_allclose(fn(x, t, weight=w, where=keep),
+                               jnp.where(keep, plain * w, 0), rtol=1e-6)
+    np.testing.assert_allclose(fn(x, t, where=keep, reduction="mean"),
+                               plain[keep].mean(), rtol=1e-6)
+    # Broadcasting, as optax: one target row against every row.
+    np.testing.assert_allclose(fn(x, t[0]),
+                               fn(x, jnp.broadcast_to(t[0], x.shape)))
+
+
+# ----------------------------------------------------------------------------
+# Keras losses: options against the reference formulas.
+
+
+def test_binary_focal_options_against_keras():
+  y = BINARY
+  with jax.enable_x64(True):
+    for balance, alpha, gamma, from_logits, smoothing in [
+        (False, 0.25, 2.0, False, 0.0), (True, 0.25, 2.0, False, 0.2),
+        (False, 0.25, 0.0, True, 0.0), (True, 0.6, 0.5, True, 0.0)]:
+      pred = X if from_logits else P
+      got = jaxloss.binary_focal_cross_entropy(
+          jnp.asarray(pred), jnp.asarray(y),
+          apply_class_balancing=balance, alpha=alpha, gamma=gamma,
+          from_logits=from_logits, label_smoothing=smoothing)
+      np.testing.assert_allclose(
+          got, ref_keras_binary_focal(pred, y, balance, alpha, gamma,
+                                      from_logits, smoothing), rtol=1e-12)
+    # axis and reduction.
+    got = jaxloss.binary_focal_cross_entropy(jnp.asarray(P), jnp.asarray(y),
+                                             axis=0, reduction="sum")
+    np.testing.assert_allclose(
+        got, ref_keras_binary_focal(P.T, y.T).sum(), rtol=1e-12)
+  # Keras clips probabilities to [1e-7, 1 - 1e-7]: so does jaxloss on
+  # probabilities; on logits jaxloss stays exact where Keras saturates.
+  edge = f32([[0.0, 1.0]])
+  top = np.float32(1) - np.float32(EPS)          # 1 - 1e-7 in float32
+  np.testing.assert_allclose(
+      jaxloss.binary_focal_cross_entropy(edge, f32([[1.0, 0.0]]), gamma=0.0),
+      -(np.log(EPS) + np.log(1 - top)) / 2, rtol=1e-5)
+  logits = f32([[40.0, -40.0]])
+  np.testing.assert_allclose(
+      jaxloss.binary_focal_cross_entropy(logits, f32([[0.0, 1.0]]),
+                                         gamma=0.0, from_logits=True), 40.0,
+      rtol=1e-6)
+
+
+def test_categorical_focal_options_against_keras():
+  y = ONE_HOT
+  with jax.enable_x64(True):
+    for alpha, gamma, from_logits, smoothing in [
+        (0.25, 2.0, False, 0.0), (0.25, 2.0, False, 0.1),
+        (0.5, 0.0, True, 0.0), (np.linspace(0.1, 0.5, C), 3.0, True, 0.3)]:
+      pred = X if from_logits else PROBS
+      got = jaxloss.categorical_focal_cross_entropy(
+          jnp.asarray(pred), jnp.asarray(y), alpha=jnp.asarray(alpha),
+          gamma=gamma, from_logits=from_logits, label_smoothing=smoothing)
+      np.testing.assert_allclose(
+          got, ref_keras_categorical_focal(pred, y, alpha, gamma,
+                                           from_logits, smoothing),
+          rtol=1e-10)
+    got = jaxloss.categorical_focal_cross_entropy(
+        jnp.asarray(PROBS.T), jnp.asarray(y.T), axis=0, reduction="mean")
+    np.testing.assert_allclose(
+        got, ref_keras_categorical_focal(PROBS, y).mean(), rtol=1e-12)
+    # Probabilities are renormalised first, as Keras does.
+    np.testing.assert_allclose(
+        jaxloss.categorical_focal_cross_entropy(jnp.asarray(PROBS * 3),
+                                                jnp.asarray(y)),
+        ref_keras_categorical_focal(PROBS, y), rtol=1e-12)
+
+
+def test_categorical_focal_gradient_at_certainty():
+  # p = 1 for the true class: (1 - p)^gamma * log p has derivative 0 for
+  # every gamma > 0; autodiff through the power gives 0 * inf = NaN there
+  # for gamma < 1.
+  x = f32([[60.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+  y = f32([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+  for gamma in (0.5, 2.0):
+    value, grad = value_and_grad(jaxloss.categorical_focal_cross_entropy,
+                                 x, y, gamma=gamma, from_logits=True)
+    assert np.isfinite(value) and np.all(np.isfinite(grad)), gamma
+    np.testing.assert_allclose(grad[0], 0, atol=1e-12)
+  with jax.enable_x64(True):
+    check_grads(
+        lambda x: jaxloss.categorical_focal_cross_entropy(
+            x, jnp.asarray(ONE_HOT), gamma=0.5, from_logits=True),
+        (jnp.asarray(X),), order=1, modes=("fwd",), eps=1e-6)
+
+
+def test_keras_hinges():
+  x = f32(X)
+  # All-binary targets map to -1/1; mixed ones are left alone, as Keras.
+  mixed = SIGNS.copy()
+  mixed[0, 0] = 0
+  np.testing.assert_allclose(jaxloss.squared_hinge(x, f32(mixed)),
+                             ref_squared_hinge(X, mixed), rtol=1e-5)
+  np.testing.assert_allclose(jaxloss.squared_hinge(x, f32(BINARY)),
+                             jaxloss.squared_hinge(x, f32(2 * BINARY - 1)),
+                             rtol=1e-6)
+  # The true class enters Keras's max as 0.
+  neg = f32([[1.0, -2.0, -3.0]])
+  np.testing.assert_allclose(jaxloss.categorical_hinge(neg, f32([[1, 0, 0]])),
+                             0.0)
+
+
+# ----------------------------------------------------------------------------
+# Argument checks.
+
+
+def test_errors():
+  x2, y2 = jnp.ones((2, 3)), jnp.zeros(2, int)
+  cases = [
+      (TypeError, "hinge_loss: predictor_outputs must have a floating dtype",
+       lambda: jaxloss.hinge_loss(jnp.ones(3, int), jnp.ones(3))),
+      (ValueError, r"perceptron_loss: targets shape \(2,\) does not "
+       r"broadcast with predictor_outputs shape \(3,\)",
+       lambda: jaxloss.perceptron_loss(jnp.ones(3), jnp.ones(2))),
+      (TypeError, "hinge_loss: where must be a boolean mask",
+       lambda: jaxloss.hinge_loss(jnp.ones(3), jnp.ones(3), where=jnp.ones(3))),
+      (TypeError, "multiclass_hinge_loss: labels must have an integer dtype",
+       lambda: jaxloss.multiclass_hinge_loss(x2, jnp.zeros(2))),
+      (ValueError, r"multiclass_perceptron_loss: labels shape \(3,\) does not "
+       r"match the batch shape \(2,\) of scores",
+       lambda: jaxloss.multiclass_perceptron_loss(x2, jnp.zeros(3, int))),
+      (ValueError, r"multiclass_hinge_loss: where must be a row mask with the "
+       r"batch shape \(2,\), got shape \(2, 3\)",
+       lambda: jaxloss.multiclass_hinge_loss(x2, y2,
+                                             where=jnp.ones((2, 3), bool))),
+      (ValueError, r"poly_loss_cross_entropy: epsilon shape \(3,\) does not "
+       r"broadcast to the batch shape of logits shape \(2,\)",
+       lambda: jaxloss.poly_loss_cross_entropy(x2, x2, epsilon=jnp.ones(3))),
+      (ValueError, "safe_softmax_cross_entropy: label_smoothing must be in",
+       lambda: jaxloss.safe_softmax_cross_entropy(x2, x2,
+                                                  label_smoothing=2.0)),
+      (ValueError, "ranking_softmax_loss: pass reduce_fn or reduction, not "
+       "both", lambda: jaxloss.ranking_softmax_loss(
+           x2, x2, reduce_fn=jnp.sum, reduction="sum")),
+      (ValueError, "ranking_softmax_loss: reduction must be one of",
+       lambda: jaxloss.ranking_softmax_loss(x2, x2, reduction="avg")),
+      (TypeError, "ranking_softmax_loss: reduce_fn must be callable or None",
+       lambda: jaxloss.ranking_softmax_loss(x2, x2, reduce_fn="mean")),
+      (ValueError, r"ranking_softmax_loss: weights shape \(4,\) does not "
+       r"broadcast to logits shape \(2, 3\)",
+       lambda: jaxloss.ranking_softmax_loss(x2, x2, weights=jnp.ones(4))),
+      (ValueError, r"smooth_labels: alpha must be in \[0, 1\], got 1.5",
+       lambda: jaxloss.smooth_labels(x2, 1.5)),
+      (ValueError, "multi_margin_loss: p must be 1 or 2, got 3",
+       lambda: jaxloss.multi_margin_loss(x2, y2, p=3)),
+      (ValueError, r"multi_margin_loss: weight must have shape \(3,\) \(one "
+       r"per class\), got \(2,\)",
+       lambda: jaxloss.multi_margin_loss(x2, y2, weight=jnp.ones(2))),
+      (TypeError, "multi_margin_loss: targets must have an integer dtype",
+       lambda: jaxloss.multi_margin_loss(x2, jnp.zeros(2))),
+      (ValueError, "multi_margin_loss: predictions must have at least 1 "
+       r"dimension, got shape \(\)",
+       lambda: jaxloss.multi_margin_loss(jnp.ones(()), jnp.zeros((), int))),
+      (ValueError, r"multilabel_margin_loss: targets shape \(2,\) does not "
+       r"match predictions shape \(2, 3\)",
+       lambda: jaxloss.multilabel_margin_loss(x2, y2)),
+      (ValueError, r"soft_margin_loss: targets shape \(3,\) does not match "
+       r"predictions shape \(2, 3\)",
+       lambda: jaxloss.soft_margin_loss(x2, jnp.ones(3))),
+      (ValueError, r"multilabel_soft_margin_loss: weight shape \(2,\) does "
+       r"not broadcast to predictions shape \(2, 3\)",
+       lambda: jaxloss.multilabel_soft_margin_loss(x2, x2,
+                                                   weight=jnp.ones(2))),
+      (ValueError, r"squared_hinge: predictions must have at least 1 "
+       r"dimension", lambda: jaxloss.squared_hinge(jnp.ones(()), 1.0)),
+      (TypeError, "categorical_hinge: targets must be real, got complex64",
+       lambda: jaxloss.categorical_hinge(x2, x2.astype(jnp.complex64))),
+      (ValueError, r"binary_focal_cross_entropy: gamma must be in \[0, inf\)",
+       lambda: jaxloss.binary_focal_cross_entropy(x2, x2, gamma=-1.0)),
+      (TypeError, "binary_focal_cross_entropy: apply_class_balancing must be "
+       "a bool, got 1", lambda: jaxloss.binary_focal_cross_entropy(
+           x2, x2, apply_class_balancing=1)),
+      (ValueError, r"binary_focal_cross_entropy: alpha must be in \[0, 1\]",
+       lambda: jaxloss.binary_focal_cross_entropy(x2, x2, alpha=2.0)),
+      (TypeError, "categorical_focal_cross_entropy: from_logits must be a "
+       "bool", lambda: jaxloss.categorical_focal_cross_entropy(
+           x2, x2, from_logits="yes")),
+      (TypeError, "categorical_focal_cross_entropy: axis must be an int, got "
+       r"\(0, 1\)", lambda: jaxloss.categorical_focal_cross_entropy(
+           x2, x2, axis=(0, 1))),
+      (ValueError, r"categorical_focal_cross_entropy: alpha must have shape "
+       r"\(3,\) \(one per class\), got \(2,\)",
+       lambda: jaxloss.categorical_focal_cross_entropy(x2, x2,
+                                                       alpha=jnp.ones(2))),
+      (ValueError, r"categorical_focal_cross_entropy: label_smoothing must be "
+       r"in \[0, 1\], got -0.1", lambda: jaxloss.categorical_focal_cross_entropy(
+           x2, x2, label_smoothing=-0.1)),
+  ]
+  for error, message, call in cases:
+    with pytest.raises(error, match=message):
+      call()

@@ -1,0 +1,255 @@
+"""KL divergences: optax's row-wise ones and torch's pointwise kl_div."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.test_util import check_grads
+
+import jaxloss
+
+rng = np.random.default_rng(11)
+N, C = 3, 4
+LOG_P = np.log(rng.dirichlet(np.ones(C), N))
+T = rng.dirichlet(np.ones(C), N)
+T_ZERO = T.copy()
+T_ZERO[0, 1] = T_ZERO[2, 3] = 0.0
+LOG_P_INF = LOG_P.copy()
+LOG_P_INF[0, 1] = -np.inf                # zero target on a -inf prediction
+MEASURE = rng.uniform(0.2, 2.0, (N, C))
+
+
+def ref_kl_terms(lp, t):
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return np.where(t > 0, t * (np.log(np.where(t > 0, t, 1)) - lp), 0)
+
+
+def ref_generalized_terms(lp, t):
+  return ref_kl_terms(lp, t) + np.exp(lp) - t
+
+
+ROWWISE = {
+    "kl_divergence": ref_kl_terms,
+    "generalized_kl_divergence": ref_generalized_terms,
+    "convex_kl_divergence": ref_generalized_terms,
+}
+
+
+def optax_fn(name):
+  fn = getattr(optax.losses, name)
+
+  def quiet(*args, **kwargs):
+    with warnings.catch_warnings():
+      # optax's convex_kl_divergence is deprecated there, with a warning.
+      warnings.simplefilter("ignore", DeprecationWarning)
+      return fn(*args, **kwargs)
+  return jax.jit(quiet, static_argnames="axis")
+
+
+def value_and_grads(fn, *args, **kwargs):
+  return jax.jit(jax.value_and_grad(
+      lambda *a: jnp.sum(fn(*a, **kwargs)), argnums=(0, 1)))(*args)
+
+
+@pytest.mark.parametrize("name", sorted(ROWWISE))
+def test_rowwise_reference_float64(name):
+  fn, ref = getattr(jaxloss, name), ROWWISE[name]
+  keep = rng.random((N, C)) > 0.3
+  with jax.enable_x64(True):
+    lp, t = jnp.asarray(LOG_P_INF), jnp.asarray(T_ZERO)
+    got = fn(lp, t)
+    assert got.dtype == jnp.float64 and got.shape == (N,)
+    np.testing.assert_allclose(got, ref(LOG_P_INF, T_ZERO).sum(-1),
+                               rtol=1e-12)
+    np.testing.assert_allclose(
+        fn(lp, t, where=jnp.asarray(keep)),
+        np.where(keep, ref(LOG_P_INF, T_ZERO), 0).sum(-1), rtol=1e-12)
+    np.testing.assert_allclose(fn(lp, t, axis=None),
+                               ref(LOG_P_INF, T_ZERO).sum(), rtol=1e-12)
+    np.testing.assert_allclose(fn(lp.T, t.T, axis=0), got, rtol=1e-12)
+    np.testing.assert_allclose(fn(lp, t, reduction="mean"), got.mean(),
+                               rtol=1e-12)
+    np.testing.assert_allclose(fn(lp, t, reduction="sum"), got.sum(),
+                               rtol=1e-12)
+    check_grads(fn, (jnp.asarray(LOG_P), jnp.asarray(MEASURE)), order=1,
+                modes=("rev",), eps=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(ROWWISE))
+def test_rowwise_optax_parity(name):
+  fn, theirs = getattr(jaxloss, name), optax_fn(name)
+  lp, t = jnp.asarray(LOG_P, jnp.float32), jnp.asarray(T_ZERO, jnp.float32)
+  keep = jnp.asarray(rng.random((N, C)) > 0.3)
+  np.testing.assert_allclose(fn(lp, t), theirs(lp, t), rtol=1e-6)
+  np.testing.assert_allclose(fn(lp, t, where=keep), theirs(lp, t, where=keep),
+                             rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(fn(lp, t, axis=None), theirs(lp, t, axis=None),
+                             rtol=1e-6)
+  # Zero targets against -inf log-predictions: optax gives NaN, and NaN
+  # target gradients at every zero target.
+  lp_inf = jnp.asarray(LOG_P_INF, jnp.float32)
+  assert np.isnan(theirs(lp_inf, t)[0])
+  _, (_, their_dt) = value_and_grads(theirs, lp, t)
+  assert np.isnan(their_dt[0, 1])
+  value, (d_lp, d_t) = value_and_grads(fn, lp_inf, t)
+  assert np.isfinite(value)
+  assert np.all(np.isfinite(d_lp)) and np.all(np.isfinite(d_t))
+  # At a zero target the t log t term carries no gradient; the generalized
+  # divergence keeps the -t term's -1.
+  zero_slope = 0 if name == "kl_divergence" else -1
+  assert d_t[0, 1] == zero_slope and d_t[2, 3] == zero_slope
+  assert d_lp[0, 1] == 0
+
+
+def test_kl_divergence_gradients_and_extremes():
+  lp, t = jnp.asarray(LOG_P, jnp.float32), jnp.asarray(T, jnp.float32)
+  _, (d_lp, d_t) = value_and_grads(jaxloss.kl_divergence, lp, t)
+  np.testing.assert_allclose(d_lp, -t, rtol=1e-6)
+  np.testing.assert_allclose(d_t, jnp.log(t) + 1 - lp, rtol=1e-5)
+  # A positive target on a -inf or -1e4 log-prediction: inf or 1e4-sized,
+  # with finite gradients for the log-predictions.
+  lp_extreme = lp.at[0, 0].set(-jnp.inf).at[1, 0].set(-1e4)
+  value, (d_lp, _) = value_and_grads(jaxloss.kl_divergence, lp_extreme, t)
+  assert value == jnp.inf
+  np.testing.assert_allclose(d_lp, -t, rtol=1e-6)
+  assert float(jaxloss.kl_divergence(lp_extreme, t)[1]) == pytest.approx(
+      1e4 * float(t[1, 0]), rel=1e-3)
+
+
+def test_kl_divergence_with_log_targets():
+  with np.errstate(divide="ignore"):
+    lt = np.log(T_ZERO)                         # -inf at the zero targets
+  with jax.enable_x64(True):
+    got = jaxloss.kl_divergence_with_log_targets(jnp.asarray(LOG_P_INF),
+                                                 jnp.asarray(lt))
+    np.testing.assert_allclose(got, ref_kl_terms(LOG_P_INF, T_ZERO).sum(-1),
+                               rtol=1e-12)
+    check_grads(jaxloss.kl_divergence_with_log_targets,
+                (jnp.asarray(LOG_P), jnp.asarray(np.log(T))), order=1,
+                modes=("rev",), eps=1e-6)
+  lp, ltf = jnp.asarray(LOG_P, jnp.float32), jnp.asarray(np.log(T), jnp.float32)
+  theirs = optax_fn("kl_divergence_with_log_targets")
+  np.testing.assert_allclose(
+      jaxloss.kl_divergence_with_log_targets(lp, ltf), theirs(lp, ltf),
+      rtol=1e-6)
+  lt32 = jnp.asarray(lt, jnp.float32)
+  assert np.isnan(theirs(lp, lt32)[0])
+  value, grads = value_and_grads(jaxloss.kl_divergence_with_log_targets,
+                                 jnp.asarray(LOG_P_INF, jnp.float32), lt32)
+  assert np.isfinite(value)
+  assert all(np.all(np.isfinite(g)) for g in grads)
+  assert grads[0][0, 1] == 0 and grads[1][0, 1] == 0
+
+
+def test_rowwise_transforms_and_dtypes():
+  lp, t = jnp.asarray(LOG_P, jnp.float32), jnp.asarray(T, jnp.float32)
+  plain = jaxloss.kl_divergence(lp, t)
+  np.testing.assert_allclose(jax.vmap(jaxloss.kl_divergence)(lp, t), plain,
+                             rtol=1e-6)
+  with jax.disable_jit():
+    eager = jaxloss.kl_divergence(lp, t)
+  np.testing.assert_allclose(eager, plain, rtol=1e-6)
+  # Broadcasting: one prediction against several targets.
+  np.testing.assert_allclose(jaxloss.kl_divergence(lp[:1], t),
+                             jaxloss.kl_divergence(jnp.broadcast_to(lp[:1],
+                                                                    t.shape), t))
+  for dtype in (jnp.float16, jnp.bfloat16):
+    got = jaxloss.kl_divergence(lp.astype(dtype), t.astype(dtype))
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(got, plain, rtol=0.05, atol=0.02)
+  # A mean over no kept row is 0.
+  assert jaxloss.kl_divergence(lp, t, where=jnp.zeros((N, C), bool),
+                               reduction="mean") == 0
+  half_rows = jnp.zeros((N, C), bool).at[0].set(True)
+  np.testing.assert_allclose(
+      jaxloss.kl_divergence(lp, t, where=half_rows, reduction="mean"),
+      plain[0], rtol=1e-6)
+
+
+def test_rowwise_errors():
+  lp = jnp.zeros((2, 3))
+  with pytest.raises(TypeError, match="kl_divergence: targets must have a "
+                     "floating dtype, got int32"):
+    jaxloss.kl_divergence(lp, jnp.zeros((2, 3), int))
+  with pytest.raises(TypeError, match="kl_divergence: log_predictions must "
+                     "have a floating dtype"):
+    jaxloss.kl_divergence(jnp.zeros((2, 3), int), lp)
+  with pytest.raises(ValueError, match=r"generalized_kl_divergence: targets "
+                     r"shape \(2, 4\) does not broadcast with log_predictions "
+                     r"shape \(2, 3\)"):
+    jaxloss.generalized_kl_divergence(lp, jnp.zeros((2, 4)))
+  with pytest.raises(ValueError, match="kl_divergence_with_log_targets: axis "
+                     "2 is out of bounds for log_predictions of rank 2"):
+    jaxloss.kl_divergence_with_log_targets(lp, lp, axis=2)
+  with pytest.raises(TypeError, match="convex_kl_divergence: where must be a "
+                     "boolean mask"):
+    jaxloss.convex_kl_divergence(lp, lp, where=jnp.ones((2, 3)))
+  with pytest.raises(ValueError, match="kl_divergence: reduction must be one "
+                     "of 'none', 'mean', 'sum', got 'batchmean'"):
+    jaxloss.kl_divergence(lp, lp, reduction="batchmean")
+
+
+# ----------------------------------------------------------------------------
+# kl_div (torch's conventions)
+
+
+def test_kl_div_reference_and_reductions():
+  with jax.enable_x64(True):
+    lp, t = jnp.asarray(LOG_P_INF), jnp.asarray(T_ZERO)
+    terms = ref_kl_terms(LOG_P_INF, T_ZERO)
+    got = jaxloss.kl_div(lp, t)
+    assert got.shape == (N, C)
+    np.testing.assert_allclose(got, terms, rtol=1e-12)
+    np.testing.assert_allclose(jaxloss.kl_div(lp, t, reduction="sum"),
+                               terms.sum(), rtol=1e-12)
+    np.testing.assert_allclose(jaxloss.kl_div(lp, t, reduction="mean"),
+                               terms.mean(), rtol=1e-12)
+    np.testing.assert_allclose(jaxloss.kl_div(lp, t, reduction="batchmean"),
+                               terms.sum() / N, rtol=1e-12)
+    np.testing.assert_allclose(
+        jaxloss.kl_div(lp, jnp.log(t), log_target=True), terms, rtol=1e-12)
+    # batchmean of an unbatched (0-d) input divides by 1, as torch.
+    np.testing.assert_allclose(
+        jaxloss.kl_div(lp[2, 0], t[2, 0], reduction="batchmean"), terms[2, 0],
+        rtol=1e-12)
+  # Every row's sum is kl_divergence.
+  np.testing.assert_allclose(
+      jaxloss.kl_div(jnp.asarray(LOG_P, jnp.float32),
+                     jnp.asarray(T, jnp.float32)).sum(-1),
+      jaxloss.kl_divergence(jnp.asarray(LOG_P, jnp.float32),
+                            jnp.asarray(T, jnp.float32)), rtol=1e-6)
+
+
+def test_kl_div_edges_and_dtypes():
+  lp = jnp.asarray(LOG_P_INF, jnp.float32)
+  t = jnp.asarray(T_ZERO, jnp.float32)
+  value, (d_lp, d_t) = value_and_grads(jaxloss.kl_div, lp, t)
+  assert np.isfinite(value)                 # torch: NaN at 0 * -inf
+  assert np.all(np.isfinite(d_lp)) and np.all(np.isfinite(d_t))
+  lt = jnp.log(t)
+  value, (d_lp, d_lt) = value_and_grads(jaxloss.kl_div, lp, lt,
+                                        log_target=True)
+  assert np.isfinite(value)
+  assert np.all(np.isfinite(d_lp)) and np.all(np.isfinite(d_lt))
+  for dtype in (jnp.float16, jnp.bfloat16):
+    assert jaxloss.kl_div(lp.astype(dtype), t).dtype == jnp.float32
+  np.testing.assert_allclose(jax.vmap(jaxloss.kl_div)(lp, t),
+                             jaxloss.kl_div(lp, t), rtol=1e-6)
+
+
+def test_kl_div_errors():
+  with pytest.raises(ValueError, match="kl_div: reduction must be one of "
+                     "'none', 'mean', 'sum', 'batchmean', got 'avg'"):
+    jaxloss.kl_div(jnp.zeros(3), jnp.zeros(3), reduction="avg")
+  with pytest.raises(TypeError, match="kl_div: log_target must be a bool, "
+                     "got 1"):
+    jaxloss.kl_div(jnp.zeros(3), jnp.zeros(3), log_target=1)
+  with pytest.raises(ValueError, match=r"kl_div: targets shape \(2,\) does "
+                     r"not broadcast with log_predictions shape \(3,\)"):
+    jaxloss.kl_div(jnp.zeros(3), jnp.zeros(2))
+  with pytest.raises(TypeError, match="kl_div: targets must be real, got "
+                     "complex64"):
+    jaxloss.kl_div(jnp.zeros(3), jnp.zeros(3, jnp.complex64))
