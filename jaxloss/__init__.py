@@ -43,6 +43,32 @@ from jaxloss._sparsemax import sparsemax_loss as sparsemax_loss
 # Catalogue: CTC and the registry.
 
 # Catalogue: regression, distances, segmentation, contrastive, torch and Keras.
+from jaxloss._embedding import circle_loss as circle_loss
+from jaxloss._embedding import cosine_distance as cosine_distance
+from jaxloss._embedding import cosine_embedding_loss as cosine_embedding_loss
+from jaxloss._embedding import cosine_similarity as cosine_similarity
+from jaxloss._embedding import hinge_embedding_loss as hinge_embedding_loss
+from jaxloss._embedding import margin_ranking_loss as margin_ranking_loss
+from jaxloss._embedding import ntxent as ntxent
+from jaxloss._embedding import pairwise_distance as pairwise_distance
+from jaxloss._embedding import triplet_margin_loss as triplet_margin_loss
+from jaxloss._embedding import triplet_margin_with_distance_loss as triplet_margin_with_distance_loss
+from jaxloss._regression import gaussian_nll_loss as gaussian_nll_loss
+from jaxloss._regression import huber_loss as huber_loss
+from jaxloss._regression import l1_loss as l1_loss
+from jaxloss._regression import l2_loss as l2_loss
+from jaxloss._regression import log_cosh as log_cosh
+from jaxloss._regression import mean_absolute_percentage_error as mean_absolute_percentage_error
+from jaxloss._regression import mean_squared_logarithmic_error as mean_squared_logarithmic_error
+from jaxloss._regression import mse_loss as mse_loss
+from jaxloss._regression import poisson as poisson
+from jaxloss._regression import poisson_nll_loss as poisson_nll_loss
+from jaxloss._regression import smooth_l1_loss as smooth_l1_loss
+from jaxloss._regression import squared_error as squared_error
+from jaxloss._segmentation import binary_dice_loss as binary_dice_loss
+from jaxloss._segmentation import dice_loss as dice_loss
+from jaxloss._segmentation import multiclass_generalized_dice_loss as multiclass_generalized_dice_loss
+from jaxloss._segmentation import tversky_loss as tversky_loss
 
 # Fused linear + cross entropy.
 

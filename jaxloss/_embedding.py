@@ -1,0 +1,696 @@
+"""Similarities, distances, and the losses built on them: triplet, ranking,
+embedding and contrastive (NT-Xent, circle)."""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxloss import _checks
+from jaxloss import _jit
+from jaxloss import _reduction
+from jaxloss._regression import abs_zero_slope
+from jaxloss._regression import broadcast_together
+
+
+def _floats(fn, named):
+  """Checks floating inputs and broadcasts them together in the loss dtype."""
+  arrays = [_checks.floating(fn, name, x) for name, x in named]
+  dtype = _reduction.stat_dtype(jnp.result_type(*arrays))
+  arrays = broadcast_together(
+      fn, [(name, x) for (name, _), x in zip(named, arrays)])
+  return [x.astype(dtype) for x in arrays]
+
+
+def _axes(fn, axis, ndim, arg):
+  """Canonical axes from None, an int or a tuple of ints."""
+  if axis is None:
+    return tuple(range(ndim))
+  if isinstance(axis, (int, np.integer)) and not isinstance(axis, bool):
+    axis = (int(axis),)
+  elif not (isinstance(axis, Sequence) and all(
+      isinstance(a, (int, np.integer)) and not isinstance(a, bool)
+      for a in axis)):
+    _checks.fail(fn, f"axis must be None, an int or a tuple of ints, got "
+                 f"{axis!r}", TypeError)
+  out = []
+  for a in axis:
+    if not -ndim <= a < ndim:
+      _checks.fail(fn, f"axis {a} is out of bounds for {arg} of rank {ndim}")
+    out.append(int(a) % ndim)
+  if len(set(out)) != len(out):
+    _checks.fail(fn, f"axis {tuple(axis)} repeats an axis")
+  return tuple(out)
+
+
+def _safe_rsqrt(x):
+  """``1/sqrt(x)`` for ``x > 0``, else 0, with zero gradient there."""
+  positive = x > 0
+  return jnp.where(positive, lax.rsqrt(jnp.where(positive, x, 1)), 0)
+
+
+def _safe_root(s, p):
+  """``s ** (1/p)`` for ``s > 0``, else 0, with zero gradient there."""
+  positive = s > 0
+  safe = jnp.where(positive, s, 1)
+  root = jnp.sqrt(safe) if p == 2 else safe**(1 / p)
+  return jnp.where(positive, root, 0)
+
+
+def _abs_pow(v, p):
+  """``|v| ** p`` with a zero (not NaN) gradient at 0 for every ``p > 0``."""
+  if p == 2:
+    return v * v
+  if p == 1:
+    return abs_zero_slope(v)
+  a = jnp.abs(v)
+  nonzero = a > 0
+  return jnp.where(nonzero, jnp.where(nonzero, a, 1)**p, 0)
+
+
+def _pnorm(v, p, axis, keepdims=False):
+  """The p-norm along ``axis``; its gradient at the zero vector is 0."""
+  if p == float("inf"):
+    return jnp.max(abs_zero_slope(v), axis=axis, keepdims=keepdims)
+  return _safe_root(jnp.sum(_abs_pow(v, p), axis=axis, keepdims=keepdims), p)
+
+
+def _norm_degree(fn, name, p):
+  return _checks.in_range(fn, name, p, 0, float("inf"), low_open=True)
+
+
+# ---------------------------------------------------------------------------
+# Similarities and distances.
+
+
+def _unit(x, axis, where, epsilon):
+  norm2 = jnp.sum(x * x, axis=axis, where=where, keepdims=True)
+  return x * _safe_rsqrt(jnp.maximum(norm2, epsilon))
+
+
+def _cosine(fn, predictions, targets, epsilon, axis, where):
+  predictions, targets = _floats(
+      fn, [("predictions", predictions), ("targets", targets)])
+  axes = _axes(fn, axis, predictions.ndim, "predictions")
+  if where is not None:
+    where = _checks.boolean(fn, "where", where)
+    where = _checks.broadcastable(fn, "where", where, predictions.shape,
+                                  "predictions")
+  epsilon = jnp.asarray(epsilon, predictions.dtype)
+  a = _unit(predictions, axes, where, epsilon)
+  b = _unit(targets, axes, where, epsilon)
+  return jnp.sum(a * b, axis=axes, where=where)
+
+
+@_jit.jit("axis", "reduction")
+def cosine_similarity(predictions, targets, *, epsilon=0.0, axis=-1,
+                      where=None, reduction="none"):
+  r"""Cosine of the angle between vectors: their inner product over norms.
+
+  .. math::
+    s = \frac{\langle a, b\rangle}
+      {\sqrt{\max(\|a\|^2, \varepsilon)}\,\sqrt{\max(\|b\|^2, \varepsilon)}}
+
+  A zero vector has similarity 0 with everything, with zero gradient:
+  ``optax.losses.cosine_similarity`` with its default ``epsilon=0`` returns
+  NaN there, in value and gradient.
+
+  Args:
+    predictions: floating [..., dim] vectors.
+    targets: floating vectors broadcastable with ``predictions``.
+    epsilon: floor of the squared norms.
+    axis: axis or tuple of axes holding the vectors; None for all.
+    where: optional boolean mask broadcastable to ``predictions``: only
+      these elements enter the sums (optax's ``where``).
+    reduction: ``"none"``, ``"mean"`` or ``"sum"`` over the remaining axes.
+
+  Returns:
+    float32 similarities in [-1, 1] (float64 for float64 input): the shape
+    without ``axis`` for ``"none"``, else a scalar.
+
+  Example:
+    >>> import jaxloss
+    >>> a = jnp.array([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+    >>> b = jnp.array([[0.0, 1.0], [2.0, 2.0], [1.0, 0.0]])
+    >>> print(jaxloss.cosine_similarity(a, b))
+    [0. 1. 0. ]
+
+  References:
+    ``optax.losses.cosine_similarity``, which this equals away from zero
+    vectors; ``torch.nn.functional.cosine_similarity`` (which floors the
+    norms at ``eps=1e-8``).
+  """
+  fn = "cosine_similarity"
+  return _reduction.reduce(
+      fn, _cosine(fn, predictions, targets, epsilon, axis, where), reduction)
+
+
+@_jit.jit("axis", "reduction")
+def cosine_distance(predictions, targets, *, epsilon=0.0, axis=-1,
+                    where=None, reduction="none"):
+  r"""One minus the cosine similarity.
+
+  .. math::
+    d = 1 - \frac{\langle a, b\rangle}
+      {\sqrt{\max(\|a\|^2, \varepsilon)}\,\sqrt{\max(\|b\|^2, \varepsilon)}}
+
+  A zero vector is at distance 1 from everything, with zero gradient
+  (``optax.losses.cosine_distance``: NaN at its default ``epsilon=0``).
+
+  Args:
+    predictions: floating [..., dim] vectors.
+    targets: floating vectors broadcastable with ``predictions``.
+    epsilon: floor of the squared norms.
+    axis: axis or tuple of axes holding the vectors; None for all.
+    where: optional boolean mask broadcastable to ``predictions``.
+    reduction: ``"none"``, ``"mean"`` or ``"sum"`` over the remaining axes.
+
+  Returns:
+    float32 distances in [0, 2] (float64 for float64 input): the shape
+    without ``axis`` for ``"none"``, else a scalar.
+
+  Example:
+    >>> import jaxloss
+    >>> a = jnp.array([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+    >>> b = jnp.array([[0.0, 1.0], [-2.0, -2.0], [1.0, 0.0]])
+    >>> print(jaxloss.cosine_distance(a, b))
+    [1. 2. 1.]
+
+  References:
+    ``optax.losses.cosine_distance``.
+  """
+  fn = "cosine_distance"
+  return _reduction.reduce(
+      fn, 1 - _cosine(fn, predictions, targets, epsilon, axis, where),
+      reduction)
+
+
+@_jit.jit("p", "keepdim")
+def pairwise_distance(x1, x2, *, p=2.0, eps=1e-6, keepdim=False):
+  r"""The p-norm distance between vectors along the last axis, as torch's.
+
+  .. math::
+    d(x_1, x_2) = \| x_1 - x_2 + \varepsilon \|_p
+
+  The gradient at zero distance is 0 (a plain ``jnp.linalg.norm`` gives NaN
+  there), as torch's. This is the default ``distance_function`` of
+  :func:`triplet_margin_with_distance_loss`.
+
+  Args:
+    x1: floating [..., dim] vectors.
+    x2: floating vectors broadcastable with ``x1``.
+    p: Python number :math:`p > 0`, or ``float("inf")`` (static under
+      ``jax.jit``).
+    eps: :math:`\varepsilon`, added to every difference (torch's
+      convention).
+    keepdim: keep the vector axis, with size 1.
+
+  Returns:
+    float32 distances (float64 for float64 input), the broadcast shape
+    without (or, with ``keepdim``, with size 1 on) the last axis.
+
+  Example:
+    >>> import jaxloss
+    >>> a = jnp.array([[0.0, 0.0], [1.0, 1.0]])
+    >>> b = jnp.array([[3.0, 4.0], [1.0, 1.0]])
+    >>> print(jaxloss.pairwise_distance(a, b, eps=0.0))
+    [5. 0.]
+
+  References:
+    ``torch.nn.functional.pairwise_distance`` / ``torch.nn.PairwiseDistance``.
+  """
+  fn = "pairwise_distance"
+  _norm_degree(fn, "p", p)
+  x1, x2 = _floats(fn, [("x1", x1), ("x2", x2)])
+  _checks.at_least_rank(fn, "x1", x1, 1)
+  return _pnorm(x1 - x2 + eps, p, -1, keepdim)
+
+
+# ---------------------------------------------------------------------------
+# Triplet, ranking and embedding losses.
+
+_DISTANCES = ("optax", "torch")
+
+
+def _triplet_distance(distance, v, norm_degree, eps, axis):
+  if distance == "torch":
+    return _pnorm(v + eps, norm_degree, axis)
+  if norm_degree == float("inf"):
+    return jnp.max(abs_zero_slope(v), axis=axis) + eps
+  return _safe_root(jnp.sum(_abs_pow(v, norm_degree), axis=axis) + eps,
+                    norm_degree)
+
+
+@_jit.jit("axis", "norm_degree", "swap", "distance", "reduction")
+def triplet_margin_loss(anchors, positives, negatives, axis=-1, norm_degree=2,
+                        margin=1.0, eps=1e-6, *, swap=False,
+                        distance="optax", reduction="none"):
+  r"""Triplet margin loss: the positive closer than the negative by a margin.
+
+  .. math::
+    \ell = \max\left(d(a, p) - d(a, n) + m,\ 0\right),\qquad
+    d(u, v) = \left(\textstyle\sum_i |u_i - v_i|^q + \varepsilon\right)^{1/q}
+
+  with ``swap=True`` replacing :math:`d(a, n)` by
+  :math:`\min(d(a, n), d(p, n))` (Balntas et al.'s distance swap, torch's
+  ``swap``). ``distance="torch"`` uses torch's
+  :math:`d(u, v) = \|u - v + \varepsilon\|_q` instead, so that
+  ``torch.nn.TripletMarginLoss(margin, p, eps, swap)`` is
+  ``triplet_margin_loss(a, p, n, norm_degree=p, margin=margin, eps=eps,
+  swap=swap, distance="torch", reduction="mean")``.
+
+  ``optax.losses.triplet_margin_loss`` raises the differences themselves to
+  the power :math:`q`, without the absolute value: any odd ``norm_degree``
+  gives a wrong distance (NaN for ``norm_degree=3`` when the sum is
+  negative). Here it is the :math:`q`-norm for every :math:`q > 0`;
+  gradients are finite at zero distance, including with ``eps=0``.
+
+  Args:
+    anchors: floating [..., dim] anchor embeddings.
+    positives: embeddings broadcastable with ``anchors``.
+    negatives: embeddings broadcastable with ``anchors``.
+    axis: the vector axis.
+    norm_degree: :math:`q`, a Python number > 0 or ``float("inf")``.
+    margin: :math:`m`.
+    eps: :math:`\varepsilon`, placed as ``distance`` says.
+    swap: use the distance swap.
+    distance: ``"optax"`` (default) or ``"torch"``, where ``eps`` goes.
+    reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+
+  Returns:
+    float32 loss (float64 for float64 input): the broadcast shape without
+    ``axis`` for ``"none"``, else a scalar.
+
+  Example:
+    >>> import jaxloss
+    >>> anchors = jnp.array([[0.0, 0.0], [1.0, 1.0]])
+    >>> positives = jnp.array([[0.1, 0.1], [1.1, 1.1]])
+    >>> negatives = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> print(jaxloss.triplet_margin_loss(anchors, positives, negatives))
+    [0.14142442 0.14142442]
+
+  References:
+    Balntas et al., `Learning shallow convolutional feature descriptors with
+    triplet losses
+    <https://bmva-archive.org.uk/bmvc/2016/papers/paper119/>`_, 2016;
+    ``optax.losses.triplet_margin_loss``; ``torch.nn.TripletMarginLoss``.
+  """
+  fn = "triplet_margin_loss"
+  _norm_degree(fn, "norm_degree", norm_degree)
+  if distance not in _DISTANCES:
+    _checks.fail(fn, f"distance must be 'optax' or 'torch', got {distance!r}")
+  if not isinstance(swap, bool):
+    _checks.fail(fn, f"swap must be a bool, got {swap!r}", TypeError)
+  anchors, positives, negatives = _floats(
+      fn, [("anchors", anchors), ("positives", positives),
+           ("negatives", negatives)])
+  _checks.at_least_rank(fn, "anchors", anchors, 1)
+  (ax,) = _axes(fn, axis, anchors.ndim, "anchors")
+  dtype = anchors.dtype
+  eps = jnp.asarray(eps, dtype)
+
+  def dist(u, v):
+    return _triplet_distance(distance, u - v, norm_degree, eps, ax)
+
+  d_pos = dist(anchors, positives)
+  d_neg = dist(anchors, negatives)
+  if swap:
+    d_neg = jnp.minimum(d_neg, dist(positives, negatives))
+  loss = jnp.maximum(d_pos - d_neg + jnp.asarray(margin, dtype), 0)
+  return _reduction.reduce(fn, loss, reduction)
+
+
+@_jit.jit("distance_function", "margin", "swap", "reduction")
+def triplet_margin_with_distance_loss(anchor, positive, negative, *,
+                                      distance_function=None, margin=1.0,
+                                      swap=False, reduction="none"):
+  r"""Triplet margin loss under any distance function, as torch's.
+
+  .. math::
+    \ell = \max\left(d(a, p) - d(a, n) + m,\ 0\right)
+
+  with :math:`d(a, n)` replaced by :math:`\min(d(a, n), d(p, n))` when
+  ``swap``. ``distance_function`` defaults to :func:`pairwise_distance`
+  (Euclidean, ``eps=1e-6``), as torch.
+
+  Args:
+    anchor: floating [..., dim] embeddings.
+    positive: embeddings broadcastable with ``anchor``.
+    negative: embeddings broadcastable with ``anchor``.
+    distance_function: a hashable callable ``(x1, x2) -> distances`` of JAX
+      arrays (static under ``jax.jit``: pass the same function object, not a
+      fresh lambda, to avoid recompiling), returning the batch shape.
+    margin: Python number :math:`m > 0`, as torch requires.
+    swap: use the distance swap.
+    reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+
+  Returns:
+    the loss in the distances' dtype (float32, or float64 for float64
+    input, with the default distance): the batch shape for ``"none"``, else
+    a scalar.
+
+  Example:
+    >>> import jaxloss
+    >>> a = jnp.array([[1.0, 0.0]])
+    >>> p = jnp.array([[4.0, 4.0]])
+    >>> n = jnp.array([[0.0, 2.0]])
+    >>> print(jaxloss.triplet_margin_with_distance_loss(a, p, n))
+    [3.7639]
+    >>> print(jaxloss.triplet_margin_with_distance_loss(
+    ...     a, p, n, distance_function=jaxloss.cosine_distance))
+    [0.2929]
+
+  References:
+    ``torch.nn.TripletMarginWithDistanceLoss`` /
+    ``torch.nn.functional.triplet_margin_with_distance_loss``.
+  """
+  fn = "triplet_margin_with_distance_loss"
+  _checks.in_range(fn, "margin", margin, 0, float("inf"), low_open=True)
+  if not isinstance(swap, bool):
+    _checks.fail(fn, f"swap must be a bool, got {swap!r}", TypeError)
+  if distance_function is not None and not callable(distance_function):
+    _checks.fail(fn, "distance_function must be callable or None, got "
+                 f"{distance_function!r}", TypeError)
+  anchor, positive, negative = (
+      _checks.floating(fn, name, x) for name, x in
+      (("anchor", anchor), ("positive", positive), ("negative", negative)))
+  if not anchor.ndim == positive.ndim == negative.ndim:
+    _checks.fail(fn, "anchor, positive and negative must have the same "
+                 f"number of dimensions, got shapes {anchor.shape}, "
+                 f"{positive.shape} and {negative.shape}")
+  dist = pairwise_distance if distance_function is None else distance_function
+  d_pos = jnp.asarray(dist(anchor, positive))
+  d_neg = jnp.asarray(dist(anchor, negative))
+  if swap:
+    d_neg = jnp.minimum(d_neg, jnp.asarray(dist(positive, negative)))
+  d_pos, d_neg = broadcast_together(fn, [("d(anchor, positive)", d_pos),
+                                         ("d(anchor, negative)", d_neg)])
+  dtype = _reduction.stat_dtype(jnp.result_type(d_pos, d_neg))
+  loss = jnp.maximum(margin + d_pos.astype(dtype) - d_neg.astype(dtype), 0)
+  return _reduction.reduce(fn, loss, reduction)
+
+
+@_jit.jit("reduction")
+def margin_ranking_loss(input1, input2, target, *, margin=0.0,
+                        reduction="none"):
+  r"""Margin ranking loss: ``input1`` above ``input2`` where the target is 1.
+
+  .. math::
+    \ell = \max\left(0,\ -y\,(x_1 - x_2) + m\right)
+
+  Args:
+    input1: floating scores.
+    input2: floating scores broadcastable with ``input1``.
+    target: :math:`y \in \{1, -1\}` (numeric), broadcastable with them.
+    margin: :math:`m`.
+    reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+
+  Returns:
+    float32 loss (float64 for float64 input): the broadcast shape for
+    ``"none"``, else a scalar.
+
+  Example:
+    >>> import jaxloss
+    >>> x1, x2 = jnp.array([1.0, 0.2]), jnp.array([0.5, 0.4])
+    >>> print(jaxloss.margin_ranking_loss(x1, x2, jnp.array([1.0, 1.0]),
+    ...                                   margin=0.1))
+    [0.  0.3]
+
+  References:
+    ``torch.nn.MarginRankingLoss`` /
+    ``torch.nn.functional.margin_ranking_loss``.
+  """
+  fn = "margin_ranking_loss"
+  target = _checks.numeric(fn, "target", target)
+  input1, input2 = _floats(fn, [("input1", input1), ("input2", input2)])
+  input1, input2, target = broadcast_together(
+      fn, [("input1", input1), ("input2", input2), ("target", target)])
+  target = target.astype(input1.dtype)
+  loss = jnp.maximum(-target * (input1 - input2) + margin, 0)
+  return _reduction.reduce(fn, loss, reduction)
+
+
+@_jit.jit("reduction")
+def hinge_embedding_loss(predictions, targets, *, margin=1.0,
+                         reduction="none"):
+  r"""Hinge embedding loss: small for similar pairs, above a margin for others.
+
+  For a distance-like input :math:`x` and :math:`y \in \{1, -1\}`:
+
+  .. math::
+    \ell = \begin{cases} x & y = 1 \\ \max(0, m - x) & y = -1 \end{cases}
+
+  As torch, a target that is neither 1 nor -1 gets both terms.
+
+  Args:
+    predictions: floating inputs (typically distances).
+    targets: :math:`y \in \{1, -1\}` (numeric), broadcastable with them.
+    margin: :math:`m`.
+    reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+
+  Returns:
+    float32 loss (float64 for float64 input): the broadcast shape for
+    ``"none"``, else a scalar.
+
+  Example:
+    >>> import jaxloss
+    >>> d = jnp.array([0.3, 0.3, 1.5])
+    >>> print(jaxloss.hinge_embedding_loss(d, jnp.array([1, -1, -1])))
+    [0.3 0.7 0. ]
+
+  References:
+    ``torch.nn.HingeEmbeddingLoss`` /
+    ``torch.nn.functional.hinge_embedding_loss``.
+  """
+  fn = "hinge_embedding_loss"
+  predictions = _checks.floating(fn, "predictions", predictions)
+  targets = _checks.numeric(fn, "targets", targets)
+  x, targets = broadcast_together(
+      fn, [("predictions", predictions), ("targets", targets)])
+  x = x.astype(_reduction.stat_dtype(x.dtype))
+  loss = (jnp.where(targets != 1, jnp.maximum(margin - x, 0), 0)
+          + jnp.where(targets != -1, x, 0))
+  return _reduction.reduce(fn, loss, reduction)
+
+
+_TORCH_COSINE_EPS = 1e-12
+
+
+@_jit.jit("reduction")
+def cosine_embedding_loss(input1, input2, target, *, margin=0.0,
+                          reduction="none"):
+  r"""Cosine embedding loss: align pairs with target 1, separate those with -1.
+
+  .. math::
+    \ell = \begin{cases} 1 - \cos(x_1, x_2) & y = 1 \\
+      \max(0, \cos(x_1, x_2) - m) & y = -1 \end{cases},\qquad
+    \cos(x_1, x_2) = \frac{\langle x_1, x_2\rangle}
+      {\sqrt{(\|x_1\|^2 + 10^{-12})(\|x_2\|^2 + 10^{-12})}}
+
+  torch's :math:`10^{-12}` keeps zero vectors finite (cosine 0). Targets
+  other than 1 and -1 give 0, as torch.
+
+  Args:
+    input1: floating [..., dim] vectors (torch: [N, D] or [D]).
+    input2: floating vectors broadcastable with ``input1``.
+    target: :math:`y` (numeric) with the batch shape, ``input1``'s shape
+      without its last axis.
+    margin: :math:`m`, usually in [-1, 1].
+    reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+
+  Returns:
+    float32 loss (float64 for float64 input): the batch shape for
+    ``"none"``, else a scalar.
+
+  Example:
+    >>> import jaxloss
+    >>> x1 = jnp.array([[1.0, 0.0], [1.0, 1.0]])
+    >>> x2 = jnp.array([[0.0, 1.0], [1.0, 1.0]])
+    >>> print(jaxloss.cosine_embedding_loss(x1, x2, jnp.array([1, -1]),
+    ...                                     margin=0.5))
+    [1.  0.5]
+
+  References:
+    ``torch.nn.CosineEmbeddingLoss`` /
+    ``torch.nn.functional.cosine_embedding_loss``.
+  """
+  fn = "cosine_embedding_loss"
+  input1, input2 = _floats(fn, [("input1", input1), ("input2", input2)])
+  _checks.at_least_rank(fn, "input1", input1, 1)
+  target = _checks.numeric(fn, "target", target)
+  target = _checks.broadcastable(fn, "target", target, input1.shape[:-1],
+                                 "the batch shape of input1")
+  dot = jnp.sum(input1 * input2, axis=-1)
+  norm1 = jnp.sqrt(jnp.sum(input1 * input1, axis=-1) + _TORCH_COSINE_EPS)
+  norm2 = jnp.sqrt(jnp.sum(input2 * input2, axis=-1) + _TORCH_COSINE_EPS)
+  cos = dot / (norm1 * norm2)
+  loss = (jnp.where(target == 1, 1 - cos, 0)
+          + jnp.where(target == -1, jnp.maximum(cos - margin, 0), 0))
+  return _reduction.reduce(fn, loss, reduction)
+
+
+# ---------------------------------------------------------------------------
+# Contrastive losses.
+
+
+@_jit.jit()
+def ntxent(embeddings, labels, temperature=0.07):
+  r"""Normalized temperature-scaled cross entropy (NT-Xent, SimCLR).
+
+  With cosine similarities :math:`s_{ij}` scaled by :math:`1/\tau`, positive
+  pairs :math:`P` (same label, :math:`i \ne j`) and negatives :math:`N(i)`
+  (other labels):
+
+  .. math::
+    \ell = \frac{1}{|P|} \sum_{(i, j) \in P} -\log
+      \frac{e^{s_{ij}}}{e^{s_{ij}} + \sum_{k \in N(i)} e^{s_{ik}}}
+
+  computed with ``logaddexp`` and ``logsumexp``. A batch without positive
+  pairs gives 0 with zero gradient (``optax.losses.ntxent``: NaN); rows
+  without negatives contribute 0 with exact zero gradients.
+
+  Args:
+    embeddings: floating [batch, dim] embeddings.
+    labels: [batch] group labels (numeric); equal labels are positive pairs.
+    temperature: :math:`\tau > 0`, a number or a (learnable) scalar array.
+
+  Returns:
+    float32 scalar (float64 for float64 input): the mean over positive
+    pairs, as optax.
+
+  Example:
+    >>> import jaxloss
+    >>> z = jnp.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    >>> print(jaxloss.ntxent(z, jnp.array([0, 0, 1, 1]), 0.5))
+    0.2965
+
+  References:
+    Chen et al., `A Simple Framework for Contrastive Learning of Visual
+    Representations <https://arxiv.org/abs/2002.05709>`_, 2020;
+    ``optax.losses.ntxent``, which this equals where positive pairs exist.
+  """
+  fn = "ntxent"
+  embeddings = _checks.floating(fn, "embeddings", embeddings)
+  if embeddings.ndim != 2:
+    _checks.fail(fn, f"embeddings must have shape [batch, dim], got shape "
+                 f"{embeddings.shape}")
+  labels = _checks.numeric(fn, "labels", labels)
+  _checks.shape_is(fn, "labels", labels, embeddings.shape[:1],
+                   "one per embedding")
+  x = embeddings.astype(_reduction.stat_dtype(embeddings.dtype))
+  eps = jnp.finfo(x.dtype).eps
+  unit = _unit(x, (1,), None, eps)
+  sims = (unit @ unit.T) / jnp.asarray(temperature, x.dtype)
+  same = labels[:, None] == labels[None, :]
+  positive = same & ~jnp.eye(len(labels), dtype=bool)
+  negative = ~same
+  has_negative = jnp.any(negative, axis=1, keepdims=True)
+  # Rows without negatives take a harmless logsumexp over every entry, then
+  # -inf: logaddexp(s, -inf) = s with zero gradient into the fallback.
+  lse_neg = jax.nn.logsumexp(
+      sims, axis=1, keepdims=True,
+      where=jnp.where(has_negative, negative, True))
+  lse_neg = jnp.where(has_negative, lse_neg, -jnp.inf)
+  lse_neg = jnp.broadcast_to(lse_neg, sims.shape)
+  safe_sims = jnp.where(positive, sims, 0)
+  pair_loss = jnp.logaddexp(safe_sims, lse_neg) - safe_sims
+  pair_loss = jnp.where(positive, pair_loss, 0)
+  return _reduction.reduce(fn, pair_loss, "mean", keep=positive)
+
+
+@_jit.jit("reduction")
+def circle_loss(positive_scores, negative_scores, *, margin=0.4, gamma=80.0,
+                positive_where=None, negative_where=None, reduction="none"):
+  r"""Circle loss on similarity scores: self-paced pair weighting.
+
+  For each anchor, similarities :math:`s_p` to its positives and
+  :math:`s_n` to its negatives (cosines, in [-1, 1]):
+
+  .. math::
+    \ell = \mathrm{softplus}\Big(
+      \mathrm{logsumexp}_j\, \gamma\, \alpha_n^j (s_n^j - m)
+      + \mathrm{logsumexp}_i\, {-\gamma}\, \alpha_p^i (s_p^i - 1 + m)\Big)
+
+  with weights :math:`\alpha_p = [1 + m - s_p]_+` and
+  :math:`\alpha_n = [s_n + m]_+` held constant in the gradient (as the
+  paper's official code; Keras differentiates through them). That is
+  :math:`\log[1 + \sum_j e^{\gamma \alpha_n^j (s_n^j - \Delta_n)}
+  \sum_i e^{-\gamma \alpha_p^i (s_p^i - \Delta_p)}]` with
+  :math:`\Delta_p = 1 - m`, :math:`\Delta_n = m`, computed without overflow
+  for any :math:`\gamma`. An anchor without positives or without negatives
+  costs 0, with zero gradient.
+
+  To score a batch of embeddings ``z`` with integer ``labels`` against
+  itself, as ``keras.losses.Circle`` does: ``s = u @ u.T`` for unit rows
+  ``u``, ``same = labels[:, None] == labels[None, :]``, then
+  ``circle_loss(s, s, positive_where=same & ~eye, negative_where=~same)``.
+
+  Args:
+    positive_scores: floating [..., P] similarities to positives.
+    negative_scores: floating [..., N] similarities to negatives; the batch
+      shapes ``[...]`` must match.
+    margin: relaxation :math:`m` (Keras's default 0.4; the paper uses
+      0.25 for face recognition).
+    gamma: scale :math:`\gamma` (Keras's default 80; the paper uses 256 for
+      faces).
+    positive_where: optional boolean mask broadcastable to
+      ``positive_scores``: which positives count.
+    negative_where: optional boolean mask broadcastable to
+      ``negative_scores``.
+    reduction: ``"none"``, ``"mean"`` (over anchors with at least one
+      positive and one negative) or ``"sum"``.
+
+  Returns:
+    float32 loss (float64 for float64 input): the batch shape for
+    ``"none"``, else a scalar.
+
+  Example:
+    >>> import jaxloss
+    >>> s_p = jnp.array([[0.8, 0.6], [0.9, 0.9]])
+    >>> s_n = jnp.array([[0.3, -0.2, 0.1], [0.0, 0.1, 0.0]])
+    >>> print(jaxloss.circle_loss(s_p, s_n, margin=0.25, gamma=32.0))
+    [4.2814 0.1573]
+
+  References:
+    Sun et al., `Circle Loss: A Unified Perspective of Pair Similarity
+    Optimization <https://arxiv.org/abs/2002.10857>`_, 2020;
+    ``keras.losses.Circle``, which computes this on a batch of embeddings
+    and labels (the reduction above).
+  """
+  fn = "circle_loss"
+  s_p = _checks.floating(fn, "positive_scores", positive_scores)
+  s_n = _checks.floating(fn, "negative_scores", negative_scores)
+  _checks.at_least_rank(fn, "positive_scores", s_p, 1)
+  _checks.at_least_rank(fn, "negative_scores", s_n, 1)
+  if s_p.shape[:-1] != s_n.shape[:-1]:
+    _checks.fail(fn, f"positive_scores shape {s_p.shape} and negative_scores "
+                 f"shape {s_n.shape} must share their batch shape (all but "
+                 "the last axis)")
+  dtype = _reduction.stat_dtype(jnp.result_type(s_p, s_n))
+  s_p, s_n = s_p.astype(dtype), s_n.astype(dtype)
+  margin = jnp.asarray(margin, dtype)
+  gamma = jnp.asarray(gamma, dtype)
+
+  def lse(logits, where, name, arg):
+    if where is None:
+      return jax.nn.logsumexp(logits, axis=-1), None
+    where = _checks.boolean(fn, name, where)
+    where = _checks.broadcastable(fn, name, where, logits.shape, arg)
+    any_kept = jnp.any(where, axis=-1)
+    # An empty row reads every entry (finite), and its result is discarded.
+    safe_where = where | ~any_kept[..., None]
+    return jax.nn.logsumexp(logits, axis=-1, where=safe_where), any_kept
+
+  alpha_p = lax.stop_gradient(jnp.maximum(1 + margin - s_p, 0))
+  alpha_n = lax.stop_gradient(jnp.maximum(s_n + margin, 0))
+  lse_p, keep_p = lse(-gamma * alpha_p * (s_p - (1 - margin)),
+                      positive_where, "positive_where", "positive_scores")
+  lse_n, keep_n = lse(gamma * alpha_n * (s_n - margin),
+                      negative_where, "negative_where", "negative_scores")
+  loss = jax.nn.softplus(lse_p + lse_n)
+  keep = keep_p if keep_n is None else (
+      keep_n if keep_p is None else keep_p & keep_n)
+  loss = _reduction.mask(loss, keep)
+  return _reduction.reduce(fn, loss, reduction, keep=keep)

@@ -1,0 +1,637 @@
+"""Regression losses: optax's, torch.nn.functional's and Keras's."""
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxloss import _checks
+from jaxloss import _jit
+from jaxloss import _reduction
+
+
+def broadcast_together(fn, named):
+  """Broadcasts ``[(name, array), ...]`` to their common shape, explicitly."""
+  try:
+    shape = np.broadcast_shapes(*(x.shape for _, x in named))
+  except ValueError:
+    shapes = ", ".join(f"{name} {x.shape}" for name, x in named)
+    _checks.fail(fn, f"shapes do not broadcast together: {shapes}")
+  return [jnp.broadcast_to(x, shape) for _, x in named]
+
+
+def pair(fn, predictions, targets):
+  """Checked ``predictions`` and ``targets`` (or None) in the loss dtype.
+
+  The two broadcast together; half precision is computed in float32.
+  """
+  predictions = _checks.floating(fn, "predictions", predictions)
+  if targets is None:
+    return predictions.astype(_reduction.stat_dtype(predictions.dtype)), None
+  targets = _checks.numeric(fn, "targets", targets)
+  dtype = _reduction.stat_dtype(jnp.result_type(predictions, targets))
+  predictions, targets = broadcast_together(
+      fn, [("predictions", predictions), ("targets", targets)])
+  return predictions.astype(dtype), targets.astype(dtype)
+
+
+def _errors(predictions, targets):
+  return predictions if targets is None else predictions - targets
+
+
+def _weighted(fn, loss, weight, reduction):
+  """Applies per-element weights; ``"mean"`` divides by their sum (torch)."""
+  if weight is None:
+    return _reduction.reduce(fn, loss, reduction)
+  weight = _checks.numeric(fn, "weight", weight)
+  weight = _checks.broadcastable(fn, "weight", weight, loss.shape, "the loss")
+  weight = weight.astype(loss.dtype)
+  return _reduction.reduce(fn, loss * weight, reduction, denominator=weight)
+
+
+def abs_zero_slope(x):
+  """``|x|`` with slope 0 at 0, as torch (``jnp.abs`` has slope 1 there)."""
+  return jnp.sign(x) * x
+
+
+def _xlogy(y, x):
+  """``y log x``, 0 where ``y = 0``: ``d/dx = 0`` there, ``d/dy = log x``.
+
+  ``jax.scipy.special.xlogy`` has the value but a NaN ``d/dx`` at
+  ``x = y = 0``; here that point reads ``log 1`` (value 0, gradients 0).
+  """
+  safe_x = jnp.where((y == 0) & (x <= 0), 1, x)
+  return y * jnp.log(safe_x)
+
+
+def _huber(abs_errors, delta):
+  quadratic = jnp.minimum(abs_errors, delta)
+  # |e| - min(|e|, delta), not max(|e| - delta, 0): one gradient path, so the
+  # kink at |e| = delta is not counted twice.
+  return 0.5 * quadratic**2 + delta * (abs_errors - quadratic)
+
+
+# ---------------------------------------------------------------------------
+# optax.losses names.
+
+
+@_jit.jit("reduction")
+def squared_error(predictions, targets=None, *, reduction="none"):
+  r"""Squared error :math:`(\hat y - y)^2`, element by element.
+
+  .. math::
+    \ell = (\hat y - y)^2
+
+  Args:
+    predictions: floating array of any shape.
+    targets: numeric array broadcastable with ``predictions``; None reads as
+      zeros.
+    reduction: ``"none"``, ``"mean"`` (the mean squared error) or ``"sum"``.
+
+  Returns:
+    float32 loss (float64 for float64 input): the broadcast shape for
+    ``"none"``, else a scalar.
+
+  Example:
+    >>> import jaxloss
+    >>> p, y = jnp.array([1.0, 2.0]), jnp.array([0.5, 4.0])
+    >>> print(jaxloss.squared_error(p, y))
+    [0.25 4.  ]
+
+  References:
+    ``optax.losses.squared_error``, which requires equal shapes (here they
+    broadcast) and keeps half precision (here float32 comes out).
+  """
+  fn = "squared_error"
+  predictions, targets = pair(fn, predictions, targets)
+  return _reduction.reduce(fn, _errors(predictions, targets)**2, reduction)
+
+
+@_jit.jit("reduction")
+def l2_loss(predictions, targets=None, *, reduction="none"):
+  r"""Half the squared error, :math:`\tfrac12 (\hat y - y)^2`.
+
+  .. math::
+    \ell = \tfrac12 (\hat y - y)^2
+
+  Args:
+    predictions: floating array of any shape.
+    targets: numeric array broadcastable with ``predictions``; None reads as
+      zeros.
+    reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+
+  Returns:
+    float32 loss (float64 for float64 input): the broadcast shape for
+    ``"none"``, else a scalar.
+
+  Example:
+    >>> import jaxloss
+    >>> print(jaxloss.l2_loss(jnp.array([1.0, 2.0]), jnp.array([0.5, 4.0])))
+    [0.125 2.   ]
+
+  References:
+    ``optax.losses.l2_loss``.
+  """
+  fn = "l2_loss"
+  predictions, targets = pair(fn, predictions, targets)
+  return _reduction.reduce(fn, 0.5 * _errors(predictions, targets)**2,
+                           reduction)
+
+
+@_jit.jit("reduction")
+def huber_loss(predictions, targets=None, *, delta=1.0, reduction="none"):
+  r"""Huber loss: quadratic within ``delta`` of the target, linear beyond.
+
+  With :math:`e = \hat y - y`:
+
+  .. math::
+    \ell = \begin{cases} \tfrac12 e^2 & |e| \le \delta \\
+      \delta (|e| - \tfrac12 \delta) & |e| > \delta \end{cases}
+
+  Its gradient is the error clipped to :math:`[-\delta, \delta]`.
+
+  Args:
+    predictions: floating array of any shape.
+    targets: numeric array broadcastable with ``predictions``; None reads as
+      zeros.
+    delta: :math:`\delta > 0`, a number or array broadcastable to the loss.
+    reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+
+  Returns:
+    float32 loss (float64 for float64 input): the broadcast shape for
+    ``"none"``, else a scalar.
+
+  Example:
+    >>> import jaxloss
+    >>> print(jaxloss.huber_loss(jnp.array([0.5, 3.0]), jnp.array([0.0, 0.0])))
+    [0.125 2.5  ]
+
+  References:
+    ``optax.losses.huber_loss``; ``torch.nn.HuberLoss(delta=delta)`` is
+    ``huber_loss(input, target, delta=delta, reduction="mean")``.
+  """
+  fn = "huber_loss"
+  predictions, targets = pair(fn, predictions, targets)
+  errors = _errors(predictions, targets)
+  delta = jnp.asarray(delta, errors.dtype)
+  delta = _checks.broadcastable(fn, "delta", delta, errors.shape, "the loss")
+  return _reduction.reduce(fn, _huber(abs_zero_slope(errors), delta),
+                           reduction)
+
+
+_LOG_COSH_SWITCH = 10.0
+
+
+@_jit.jit("reduction")
+def log_cosh(predictions, targets=None, *, reduction="none"):
+  r"""Log of the hyperbolic cosine of the error, accurate at every size.
+
+  .. math::
+    \ell = \log\cosh(\hat y - y)
+
+  About :math:`e^2/2` for small errors and :math:`|e| - \log 2` for large
+  ones, with gradient :math:`\tanh e`. Small errors are computed as
+  :math:`\mathrm{log1p}(2\sinh^2(e/2))`, which keeps full relative precision:
+  ``optax.losses.log_cosh`` computes :math:`\log(e^{e} + e^{-e}) - \log 2`,
+  which cancels to 0 below :math:`|e| \approx 3\cdot10^{-4}` in float32 and is
+  7% off at :math:`10^{-3}`. Large errors use
+  :math:`|e| - \log 2 + \mathrm{log1p}(e^{-2|e|})`, finite up to the largest
+  float (``inf`` at ``inf``, gradient 1).
+
+  Args:
+    predictions: floating array of any shape.
+    targets: numeric array broadcastable with ``predictions``; None reads as
+      zeros.
+    reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+
+  Returns:
+    float32 loss (float64 for float64 input): the broadcast shape for
+    ``"none"``, else a scalar.
+
+  Example:
+    >>> import jaxloss
+    >>> print(jaxloss.log_cosh(jnp.array([1e-4, 1.0, 100.0])))
+    [5.0000e-09 4.3378e-01 9.9307e+01]
+
+  References:
+    Chen et al., `Log Hyperbolic Cosine Loss Improves Variational
+    Auto-Encoder <https://openreview.net/pdf?id=rkglvsC9Ym>`_, 2019;
+    ``optax.losses.log_cosh``, which this matches away from small errors.
+  """
+  fn = "log_cosh"
+  predictions, targets = pair(fn, predictions, targets)
+  errors = _errors(predictions, targets)
+  small = jnp.abs(errors) < _LOG_COSH_SWITCH
+  # Each branch sees only inputs it is accurate and finite on (double where).
+  e_small = jnp.where(small, errors, 0)
+  loss_small = jnp.log1p(2 * jnp.sinh(e_small / 2)**2)
+  a_large = jnp.where(small, _LOG_COSH_SWITCH, jnp.abs(errors))
+  loss_large = a_large - math.log(2) + jnp.log1p(jnp.exp(-2 * a_large))
+  return _reduction.reduce(fn, jnp.where(small, loss_small, loss_large),
+                           reduction)
+
+
+# ---------------------------------------------------------------------------
+# torch.nn.functional names.
+
+
+@_jit.jit("reduction")
+def l1_loss(predictions, targets, *, weight=None, reduction="none"):
+  r"""Absolute error, with optional per-element weights, as torch's ``L1Loss``.
+
+  .. math::
+    \ell = w\, |\hat y - y|,\qquad
+    \ell_\mathrm{mean} = \frac{\sum w\, |\hat y - y|}{\sum w}
+
+  Without ``weight`` the mean divides by the number of elements. With it,
+  ``"mean"`` divides by the sum of the weights (broadcast to the loss shape),
+  as ``torch.nn.functional.l1_loss(..., weight=w)`` does in torch 2.13; a zero
+  weight sum gives 0 (torch: NaN). The gradient at a zero error is 0.
+
+  Args:
+    predictions: floating array of any shape.
+    targets: numeric array broadcastable with ``predictions``.
+    weight: optional per-element weights broadcastable to the loss shape
+      (torch requires the exact shape of ``predictions``).
+    reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+
+  Returns:
+    float32 loss (float64 for float64 input): the broadcast shape for
+    ``"none"``, else a scalar.
+
+  Example:
+    >>> import jaxloss
+    >>> p, y = jnp.array([1.0, 2.0, 3.0]), jnp.array([0.0, 0.0, 0.0])
+    >>> print(jaxloss.l1_loss(p, y, reduction="mean"))
+    2.0
+    >>> print(jaxloss.l1_loss(p, y, weight=jnp.array([1.0, 1.0, 2.0]),
+    ...                       reduction="mean"))
+    2.25
+
+  References:
+    ``torch.nn.L1Loss`` / ``torch.nn.functional.l1_loss``.
+  """
+  fn = "l1_loss"
+  predictions, targets = pair(fn, predictions, targets)
+  return _weighted(fn, abs_zero_slope(predictions - targets), weight,
+                   reduction)
+
+
+@_jit.jit("reduction")
+def mse_loss(predictions, targets, *, weight=None, reduction="none"):
+  r"""Squared error, with optional per-element weights, as torch's ``MSELoss``.
+
+  .. math::
+    \ell = w\, (\hat y - y)^2,\qquad
+    \ell_\mathrm{mean} = \frac{\sum w\, (\hat y - y)^2}{\sum w}
+
+  Without ``weight`` the mean divides by the number of elements. With it,
+  ``"mean"`` divides by the sum of the weights (broadcast to the loss shape),
+  as ``torch.nn.functional.mse_loss(..., weight=w)`` does in torch 2.13; a
+  zero weight sum gives 0 (torch: NaN).
+
+  Args:
+    predictions: floating array of any shape.
+    targets: numeric array broadcastable with ``predictions``.
+    weight: optional per-element weights broadcastable to the loss shape
+      (torch requires the exact shape of ``predictions``).
+    reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+
+  Returns:
+    float32 loss (float64 for float64 input): the broadcast shape for
+    ``"none"``, else a scalar.
+
+  Example:
+    >>> import jaxloss
+    >>> p, y = jnp.array([1.0, 2.0, 3.0]), jnp.array([0.0, 0.0, 0.0])
+    >>> print(jaxloss.mse_loss(p, y, reduction="mean"))
+    4.6667
+    >>> print(jaxloss.mse_loss(p, y, weight=jnp.array([1.0, 1.0, 2.0]),
+    ...                        reduction="mean"))
+    5.75
+
+  References:
+    ``torch.nn.MSELoss`` / ``torch.nn.functional.mse_loss``;
+    ``optax.losses.squared_error`` is the unweighted ``"none"`` case.
+  """
+  fn = "mse_loss"
+  predictions, targets = pair(fn, predictions, targets)
+  return _weighted(fn, (predictions - targets)**2, weight, reduction)
+
+
+@_jit.jit("beta", "reduction")
+def smooth_l1_loss(predictions, targets, *, beta=1.0, reduction="none"):
+  r"""Smooth L1 loss: quadratic within ``beta`` of the target, L1 beyond.
+
+  With :math:`e = \hat y - y`:
+
+  .. math::
+    \ell = \begin{cases} \tfrac12 e^2 / \beta & |e| < \beta \\
+      |e| - \tfrac12 \beta & |e| \ge \beta \end{cases}
+
+  which is :func:`huber_loss` with :math:`\delta = \beta`, divided by
+  :math:`\beta`; ``beta=0`` is the L1 loss.
+
+  Args:
+    predictions: floating array of any shape.
+    targets: numeric array broadcastable with ``predictions``.
+    beta: Python number :math:`\beta \ge 0` (static under ``jax.jit``).
+    reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+
+  Returns:
+    float32 loss (float64 for float64 input): the broadcast shape for
+    ``"none"``, else a scalar.
+
+  Example:
+    >>> import jaxloss
+    >>> print(jaxloss.smooth_l1_loss(jnp.array([0.5, 3.0]), jnp.zeros(2)))
+    [0.125 2.5  ]
+
+  References:
+    ``torch.nn.SmoothL1Loss`` / ``torch.nn.functional.smooth_l1_loss``;
+    Girshick, `Fast R-CNN <https://arxiv.org/abs/1504.08083>`_, 2015.
+  """
+  fn = "smooth_l1_loss"
+  _checks.in_range(fn, "beta", beta, 0, float("inf"), high_open=True)
+  predictions, targets = pair(fn, predictions, targets)
+  abs_errors = abs_zero_slope(predictions - targets)
+  loss = abs_errors if beta == 0 else _huber(abs_errors, beta) / beta
+  return _reduction.reduce(fn, loss, reduction)
+
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+@_jit.jit("log_input", "full", "reduction")
+def poisson_nll_loss(predictions, targets, *, log_input=True, full=False,
+                     eps=1e-8, reduction="none"):
+  r"""Poisson negative log-likelihood, as torch's ``PoissonNLLLoss``.
+
+  With rate :math:`\lambda` and count :math:`y`, up to the constant
+  :math:`\log y!`:
+
+  .. math::
+    \ell = \begin{cases} e^{x} - y\, x & \texttt{log\_input}
+      \ (x = \log\lambda) \\
+      \lambda - y \log(\lambda + \varepsilon) & \text{otherwise} \end{cases}
+
+  ``full=True`` adds Stirling's approximation of :math:`\log y!`,
+  :math:`y \log y - y + \tfrac12 \log(2\pi y)`, only where :math:`y > 1`
+  (torch's convention: 0 for counts 0 and 1, whose :math:`\log y!` is
+  exactly 0). A zero count contributes :math:`0 \cdot \log(\cdot) = 0`
+  with a zero gradient in the rate, even at :math:`\lambda + \varepsilon
+  = 0` (torch: NaN), and a finite gradient in the count with ``full=True``
+  (torch: NaN).
+
+  Args:
+    predictions: floating array: log-rates if ``log_input``, else rates.
+    targets: counts (numeric), broadcastable with ``predictions``.
+    log_input: whether ``predictions`` are log-rates.
+    full: add the Stirling term.
+    eps: added to rates inside the log when ``log_input=False``.
+    reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+
+  Returns:
+    float32 loss (float64 for float64 input): the broadcast shape for
+    ``"none"``, else a scalar.
+
+  Example:
+    >>> import jaxloss
+    >>> log_rate = jnp.log(jnp.array([2.0, 0.5]))
+    >>> print(jaxloss.poisson_nll_loss(log_rate, jnp.array([3.0, 0.0])))
+    [-0.0794  0.5   ]
+
+  References:
+    ``torch.nn.PoissonNLLLoss`` / ``torch.nn.functional.poisson_nll_loss``.
+  """
+  fn = "poisson_nll_loss"
+  predictions, targets = pair(fn, predictions, targets)
+  if log_input:
+    loss = jnp.exp(predictions) - targets * predictions
+  else:
+    loss = predictions - _xlogy(targets, predictions + eps)
+  if full:
+    big = targets > 1
+    y = jnp.where(big, targets, 2)
+    stirling = y * jnp.log(y) - y + 0.5 * jnp.log(y) + _HALF_LOG_2PI
+    loss = loss + jnp.where(big, stirling, 0)
+  return _reduction.reduce(fn, loss, reduction)
+
+
+def _gaussian_var(fn, var, shape):
+  """Broadcasts ``var`` to ``shape`` by torch's ``GaussianNLLLoss`` rules."""
+  if var.ndim == 0 or var.shape == shape:
+    return jnp.broadcast_to(var, shape)
+  if var.shape == shape[:-1]:
+    return jnp.broadcast_to(var[..., None], shape)
+  if var.ndim == len(shape) and sum(
+      v for s, v in zip(shape, var.shape) if s != v) == 1:
+    return jnp.broadcast_to(var, shape)
+  _checks.fail(fn, f"var shape {var.shape} does not fit predictions shape "
+               f"{shape}: expected a scalar, that shape, that shape without "
+               "its last dimension, or that shape with one dimension of "
+               "size 1 (torch's rules)")
+
+
+@_jit.jit("full", "reduction")
+def _gaussian_nll_loss(predictions, targets, var, full, eps, reduction):
+  fn = "gaussian_nll_loss"
+  predictions = _checks.floating(fn, "predictions", predictions)
+  var = _checks.numeric(fn, "var", var)
+  shape = predictions.shape
+  predictions, targets = pair(fn, predictions, targets)
+  var = _gaussian_var(fn, var, shape)
+  var, predictions, targets = broadcast_together(
+      fn, [("var", var), ("predictions", predictions), ("targets", targets)])
+  var = var.astype(predictions.dtype)
+  # torch clamps a clone under no_grad: the value is max(var, eps), the
+  # gradient passes straight through to var.
+  clamped = (lax.stop_gradient(jnp.maximum(var, eps))
+             + (var - lax.stop_gradient(var)))
+  loss = 0.5 * (jnp.log(clamped) + (predictions - targets)**2 / clamped)
+  if full:
+    loss = loss + _HALF_LOG_2PI
+  # torch raises on a negative variance; under jit the flag is a NaN.
+  loss = jnp.where(var < 0, jnp.nan, loss)
+  return _reduction.reduce(fn, loss, reduction)
+
+
+def gaussian_nll_loss(predictions, targets, var, *, full=False, eps=1e-6,
+                      reduction="none"):
+  r"""Gaussian negative log-likelihood with a predicted variance.
+
+  .. math::
+    \ell = \tfrac12 \left(\log \max(\sigma^2, \varepsilon)
+      + \frac{(\hat y - y)^2}{\max(\sigma^2, \varepsilon)}\right)
+      \;\left[+ \tfrac12 \log 2\pi\right]
+
+  As torch's ``GaussianNLLLoss``: the clamp at :math:`\varepsilon` changes
+  the value only, the gradient with respect to ``var`` passes straight
+  through it; ``var`` may have the shape of ``predictions``, that shape
+  without its last dimension (one variance per row), or that shape with
+  exactly one dimension of size 1; a scalar ``var`` is used everywhere.
+
+  A negative variance raises ``ValueError`` when ``var`` is a Python number,
+  list or NumPy array, as torch does; for JAX arrays (whose values are not
+  known at trace time) its elements give NaN.
+
+  Args:
+    predictions: floating array, the predicted means.
+    targets: numeric array broadcastable with ``predictions``.
+    var: predicted variances :math:`\sigma^2 \ge 0` (see the shapes above).
+    full: add the constant :math:`\tfrac12 \log 2\pi`.
+    eps: variance clamp :math:`\varepsilon`.
+    reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+
+  Returns:
+    float32 loss (float64 for float64 input): the broadcast shape for
+    ``"none"``, else a scalar.
+
+  Example:
+    >>> import jaxloss
+    >>> mean = jnp.array([[0.0, 1.0], [2.0, 2.0]])
+    >>> target = jnp.array([[0.5, 1.0], [0.0, 2.0]])
+    >>> var = jnp.array([1.0, 4.0])   # one per row
+    >>> print(jaxloss.gaussian_nll_loss(mean, target, var))
+    [[0.125     0.       ]
+     [1.1931472 0.6931472]]
+
+  References:
+    ``torch.nn.GaussianNLLLoss`` / ``torch.nn.functional.gaussian_nll_loss``;
+    Nix and Weigend, `Estimating the mean and variance of the target
+    probability distribution <https://doi.org/10.1109/ICNN.1994.374138>`_,
+    1994.
+  """
+  fn = "gaussian_nll_loss"
+  concrete = (int, float, list, tuple, np.ndarray, np.number)
+  if (isinstance(var, concrete) and not isinstance(var, bool)
+      and np.any(np.asarray(var) < 0)):
+    _checks.fail(fn, "var must be non-negative, got a negative entry")
+  _checks.reduction(fn, reduction)
+  if not isinstance(full, bool):
+    _checks.fail(fn, f"full must be a bool, got {full!r}", TypeError)
+  return _gaussian_nll_loss(predictions, targets, var, full, eps, reduction)
+
+
+# ---------------------------------------------------------------------------
+# Keras names.
+
+_KERAS_EPSILON = 1e-7
+
+
+@_jit.jit("reduction")
+def mean_absolute_percentage_error(predictions, targets, *,
+                                   epsilon=_KERAS_EPSILON, reduction="none"):
+  r"""Absolute error as a percentage of the target, as Keras's MAPE.
+
+  .. math::
+    \ell = 100\, \frac{|\hat y - y|}{\max(|y|, \varepsilon)}
+
+  Per element: Keras's ``mean_absolute_percentage_error(y_true, y_pred)``
+  (note its order, targets first) averages over the last axis, which is
+  ``mean_absolute_percentage_error(y_pred, y_true).mean(-1)`` here.
+
+  Args:
+    predictions: floating array of any shape.
+    targets: numeric array broadcastable with ``predictions``.
+    epsilon: floor of :math:`|y|`, Keras's ``backend.epsilon()`` by default.
+    reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+
+  Returns:
+    float32 loss (float64 for float64 input): the broadcast shape for
+    ``"none"``, else a scalar.
+
+  Example:
+    >>> import jaxloss
+    >>> p, y = jnp.array([110.0, 45.0]), jnp.array([100.0, 50.0])
+    >>> print(jaxloss.mean_absolute_percentage_error(p, y))
+    [10. 10.]
+
+  References:
+    ``keras.losses.mean_absolute_percentage_error``.
+  """
+  fn = "mean_absolute_percentage_error"
+  predictions, targets = pair(fn, predictions, targets)
+  loss = 100 * abs_zero_slope(predictions - targets) / jnp.maximum(
+      jnp.abs(targets), epsilon)
+  return _reduction.reduce(fn, loss, reduction)
+
+
+@_jit.jit("reduction")
+def mean_squared_logarithmic_error(predictions, targets, *,
+                                   epsilon=_KERAS_EPSILON, reduction="none"):
+  r"""Squared error between :math:`\log(1 + \cdot)` of prediction and target.
+
+  .. math::
+    \ell = \left(\mathrm{log1p}(\max(\hat y, \varepsilon))
+      - \mathrm{log1p}(\max(y, \varepsilon))\right)^2
+
+  Per element, Keras's order reversed: Keras's
+  ``mean_squared_logarithmic_error(y_true, y_pred)`` is
+  ``mean_squared_logarithmic_error(y_pred, y_true).mean(-1)`` here. The clamp
+  at :math:`\varepsilon` (Keras's) keeps the log finite for negative inputs,
+  whose gradient is then 0.
+
+  Args:
+    predictions: floating array of any shape.
+    targets: numeric array broadcastable with ``predictions``.
+    epsilon: floor of both arguments, Keras's ``backend.epsilon()``.
+    reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+
+  Returns:
+    float32 loss (float64 for float64 input): the broadcast shape for
+    ``"none"``, else a scalar.
+
+  Example:
+    >>> import jaxloss
+    >>> p, y = jnp.array([1.0, 3.0]), jnp.array([1.0, 1.0])
+    >>> print(jaxloss.mean_squared_logarithmic_error(p, y))
+    [0.     0.4805]
+
+  References:
+    ``keras.losses.mean_squared_logarithmic_error``.
+  """
+  fn = "mean_squared_logarithmic_error"
+  predictions, targets = pair(fn, predictions, targets)
+  loss = (jnp.log1p(jnp.maximum(predictions, epsilon))
+          - jnp.log1p(jnp.maximum(targets, epsilon)))**2
+  return _reduction.reduce(fn, loss, reduction)
+
+
+@_jit.jit("reduction")
+def poisson(predictions, targets, *, epsilon=_KERAS_EPSILON,
+            reduction="none"):
+  r"""Poisson loss on predicted rates, as Keras's ``poisson``.
+
+  .. math::
+    \ell = \hat y - y \log(\hat y + \varepsilon)
+
+  Per element, Keras's order reversed: ``keras.losses.poisson(y_true,
+  y_pred)`` is ``poisson(y_pred, y_true).mean(-1)`` here. A zero target
+  contributes exactly :math:`\hat y` (``xlogy``), with no NaN at
+  :math:`\hat y + \varepsilon = 0`. Equal to
+  :func:`poisson_nll_loss` with ``log_input=False`` and ``eps=epsilon``.
+
+  Args:
+    predictions: floating array of rates.
+    targets: counts (numeric), broadcastable with ``predictions``.
+    epsilon: added inside the log, Keras's ``backend.epsilon()``.
+    reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+
+  Returns:
+    float32 loss (float64 for float64 input): the broadcast shape for
+    ``"none"``, else a scalar.
+
+  Example:
+    >>> import jaxloss
+    >>> print(jaxloss.poisson(jnp.array([2.0, 0.5]), jnp.array([3.0, 0.0])))
+    [-0.0794  0.5   ]
+
+  References:
+    ``keras.losses.poisson``.
+  """
+  fn = "poisson"
+  predictions, targets = pair(fn, predictions, targets)
+  loss = predictions - _xlogy(targets, predictions + epsilon)
+  return _reduction.reduce(fn, loss, reduction)

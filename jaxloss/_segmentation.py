@@ -1,0 +1,293 @@
+"""Overlap losses for segmentation: Dice, generalized Dice, Tversky."""
+
+import jax
+import jax.numpy as jnp
+
+from jaxloss import _checks
+from jaxloss import _jit
+from jaxloss import _reduction
+from jaxloss._embedding import _axes
+
+
+def _tversky_loss(probs, targets, alpha, beta, smooth, axes):
+  r"""``1 - (I + s) / (I + alpha FP + beta FN + s)`` summed over ``axes``.
+
+  An empty prediction against an empty target with ``smooth=0`` (0/0) is a
+  perfect match: loss 0, gradient 0.
+  """
+  intersection = jnp.sum(probs * targets, axis=axes)
+  false_pos = jnp.sum(probs, axis=axes) - intersection
+  false_neg = jnp.sum(targets, axis=axes) - intersection
+  numerator = intersection + smooth
+  denominator = intersection + alpha * false_pos + beta * false_neg + smooth
+  empty = denominator == 0
+  ratio = numerator / jnp.where(empty, 1, denominator)
+  return 1 - jnp.where(empty, 1, ratio)
+
+
+def _class_reduce(fn, loss, reduction):
+  """optax's dice ``reduction``: over the class axis only."""
+  _checks.reduction(fn, reduction)
+  if reduction == "mean":
+    return jnp.mean(loss, axis=-1)
+  if reduction == "sum":
+    return jnp.sum(loss, axis=-1)
+  return loss
+
+
+@_jit.jit("apply_softmax", "reduction", "ignore_background", "axis")
+def dice_loss(predictions, targets, *, class_weights=None, smooth=1.0,
+              alpha=0.5, beta=0.5, apply_softmax=True, reduction="mean",
+              ignore_background=False, axis=None):
+  r"""Soft Dice loss per class, with optax's Tversky weighting of errors.
+
+  For class :math:`c`, with probabilities :math:`p`, targets :math:`t` and
+  sums over the spatial axes:
+
+  .. math::
+    I_c = \sum_i p_{ic} t_{ic},\qquad
+    \ell_c = 1 - \frac{I_c + s}{I_c + \alpha (P_c - I_c)
+      + \beta (T_c - I_c) + s}
+
+  where :math:`P_c = \sum_i p_{ic}` and :math:`T_c = \sum_i t_{ic}`; with
+  :math:`\alpha = \beta = 1/2` the Dice loss :math:`1 - (2I + 2s)/(P + T +
+  2s)`. Probabilities come from a softmax over the last axis, or a sigmoid
+  when it has size 1.
+
+  ``reduction`` is optax's: over the class axis only (the batch stays).
+  Differences from ``optax.losses.dice_loss``: ``apply_softmax=False`` runs
+  under ``jax.jit`` and accepts single-channel probabilities (optax checks
+  that the class axis sums to 1 with a Python ``if``, which fails under jit
+  and rejects valid binary input); an empty class predicted empty with
+  ``smooth=0`` is a perfect match, loss 0 (optax: NaN); half precision is
+  computed in float32.
+
+  Args:
+    predictions: floating logits [..., C] (or probabilities with
+      ``apply_softmax=False``); [...] when ``targets`` is [..., 1].
+    targets: one-hot or soft targets of ``predictions``' shape; [...] when
+      ``predictions`` is [..., 1].
+    class_weights: optional [C] weights of the per-class losses.
+    smooth: :math:`s`, added to numerator and denominator.
+    alpha: :math:`\alpha`, the weight of false positives.
+    beta: :math:`\beta`, the weight of false negatives.
+    apply_softmax: turn logits into probabilities first.
+    reduction: ``"mean"`` or ``"sum"`` over classes, or ``"none"``.
+    ignore_background: drop class 0 (when there are several classes).
+    axis: axes summed over, which must leave out the class axis; None for
+      all but the first (batch) and the last (class).
+
+  Returns:
+    float32 loss (float64 for float64 input): the shape left after summing
+    ``axis``, without the class axis unless ``reduction="none"``.
+
+  Example:
+    >>> import jaxloss
+    >>> logits = jnp.array([[[2.0, -1.0], [0.0, 1.0], [-1.0, 3.0]]])
+    >>> targets = jnp.array([[[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]])
+    >>> print(jaxloss.dice_loss(logits, targets))
+    [0.0685]
+
+  References:
+    Milletari et al., `V-Net <https://arxiv.org/abs/1606.04797>`_, 2016;
+    Salehi et al., `Tversky loss function for image segmentation
+    <https://arxiv.org/abs/1706.05721>`_, 2017; ``optax.losses.dice_loss``.
+  """
+  fn = "dice_loss"
+  predictions = _checks.floating(fn, "predictions", predictions)
+  targets = _checks.numeric(fn, "targets", targets)
+  if predictions.ndim == targets.ndim - 1:
+    predictions = predictions[..., None]
+  if targets.ndim == predictions.ndim - 1:
+    targets = targets[..., None]
+  _checks.same_shape(fn, "targets", targets, "predictions", predictions)
+  _checks.at_least_rank(fn, "predictions", predictions, 1)
+  ndim = predictions.ndim
+  axes = (tuple(range(1, ndim - 1)) if axis is None
+          else _axes(fn, axis, ndim, "predictions"))
+  if ndim - 1 in axes:
+    _checks.fail(fn, f"axis {axis!r} must leave out the class axis (the "
+                 "last)")
+  dtype = _reduction.stat_dtype(jnp.result_type(predictions, targets))
+  probs = predictions.astype(dtype)
+  targets = targets.astype(dtype)
+  if apply_softmax:
+    probs = (jax.nn.sigmoid(probs) if probs.shape[-1] == 1
+             else jax.nn.softmax(probs, axis=-1))
+  loss = _tversky_loss(probs, targets, jnp.asarray(alpha, dtype),
+                       jnp.asarray(beta, dtype), jnp.asarray(smooth, dtype),
+                       axes)
+  if class_weights is not None:
+    class_weights = _checks.numeric(fn, "class_weights", class_weights)
+    _checks.shape_is(fn, "class_weights", class_weights, loss.shape[-1:],
+                     "one per class")
+    loss = loss * jnp.broadcast_to(class_weights.astype(dtype), loss.shape)
+  if ignore_background and loss.shape[-1] > 1:
+    loss = loss[..., 1:]
+  return _class_reduce(fn, loss, reduction)
+
+
+@_jit.jit("apply_sigmoid")
+def binary_dice_loss(predictions, targets, *, smooth=1.0, apply_sigmoid=True):
+  r"""Dice loss of one foreground class: :func:`dice_loss` on a sigmoid.
+
+  .. math::
+    \ell = 1 - \frac{2 \sum_i p_i t_i + 2s}{\sum_i p_i + \sum_i t_i + 2s},
+    \qquad p = \sigma(x)
+
+  summed over all axes but the first (and a trailing channel axis of size
+  1, added when missing).
+
+  Args:
+    predictions: floating logits [...] or [..., 1] (probabilities with
+      ``apply_sigmoid=False``).
+    targets: binary or soft targets, [...] or [..., 1].
+    smooth: :math:`s`.
+    apply_sigmoid: turn logits into probabilities first.
+
+  Returns:
+    float32 loss (float64 for float64 input) of shape
+    ``predictions.shape[:1]``: one loss per sample, summed over every other
+    axis (a 1-D input reads as that many one-pixel samples, as optax).
+
+  Example:
+    >>> import jaxloss
+    >>> logits = jnp.array([[3.0, -2.0, 1.0], [-3.0, -3.0, 2.0]])
+    >>> targets = jnp.array([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    >>> print(jaxloss.binary_dice_loss(logits, targets))
+    [0.0751 0.0538]
+
+  References:
+    ``optax.losses.binary_dice_loss``, which (unlike this) rejects
+    probabilities with ``apply_sigmoid=False`` and fails under ``jax.jit``.
+  """
+  predictions = _checks.floating("binary_dice_loss", "predictions",
+                                 predictions)
+  targets = _checks.numeric("binary_dice_loss", "targets", targets)
+  if predictions.ndim == targets.ndim and predictions.shape[-1] != 1:
+    predictions = predictions[..., None]
+    targets = targets[..., None]
+  return dice_loss(predictions, targets, smooth=smooth,
+                   apply_softmax=apply_sigmoid, reduction="mean")
+
+
+_FREQUENCY_EPSILON = 1e-7
+
+
+@_jit.jit("apply_softmax", "ignore_background")
+def multiclass_generalized_dice_loss(predictions, targets, *, smooth=1.0,
+                                     apply_softmax=True,
+                                     ignore_background=False):
+  r"""Dice loss averaged with inverse squared class frequencies, as optax.
+
+  .. math::
+    w_c \propto \frac{1}{F_c^2 + 10^{-7}},\quad \sum_c w_c = C,\qquad
+    \ell = \operatorname{mean}_{b, c}\, w_c\, \ell^{\mathrm{dice}}_{bc}
+
+  with :math:`F_c` the total target mass of class :math:`c` over the whole
+  batch, and :math:`\ell^{\mathrm{dice}}` the per-class :func:`dice_loss`.
+  Rare classes weigh more. Targets are counted in float32 (optax squares
+  integer counts, which wrap around past 46341 pixels in int32).
+
+  Args:
+    predictions: floating logits [..., C] (probabilities with
+      ``apply_softmax=False``).
+    targets: one-hot targets of the same shape.
+    smooth: the Dice smoothing :math:`s`.
+    apply_softmax: turn logits into probabilities first.
+    ignore_background: leave class 0 out of the mean (its weight still
+      counts in the normalisation, as optax).
+
+  Returns:
+    float32 scalar (float64 for float64 input).
+
+  Example:
+    >>> import jaxloss
+    >>> logits = jnp.array([[[2.0, -1.0], [0.0, 1.0], [-1.0, 3.0]]])
+    >>> targets = jnp.array([[[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]])
+    >>> print(jaxloss.multiclass_generalized_dice_loss(logits, targets))
+    0.0747
+
+  References:
+    Sudre et al., `Generalised Dice overlap as a deep learning loss function
+    for highly unbalanced segmentations <https://arxiv.org/abs/1707.03237>`_,
+    2017 (which pools the weighted overlaps into one ratio; optax, and this,
+    average weighted per-class losses instead);
+    ``optax.losses.multiclass_generalized_dice_loss``.
+  """
+  fn = "multiclass_generalized_dice_loss"
+  predictions = _checks.floating(fn, "predictions", predictions)
+  targets = _checks.numeric(fn, "targets", targets)
+  _checks.same_shape(fn, "targets", targets, "predictions", predictions)
+  _checks.at_least_rank(fn, "predictions", predictions, 1)
+  dtype = _reduction.stat_dtype(jnp.result_type(predictions, targets))
+  frequency = jnp.sum(targets.astype(dtype),
+                      axis=tuple(range(targets.ndim - 1)))
+  weights = 1 / (frequency**2 + _FREQUENCY_EPSILON)
+  weights = weights / jnp.sum(weights) * weights.shape[0]
+  return jnp.mean(dice_loss(
+      predictions, targets, class_weights=weights, smooth=smooth,
+      apply_softmax=apply_softmax, reduction="none",
+      ignore_background=ignore_background))
+
+
+@_jit.jit("axis", "reduction")
+def tversky_loss(predictions, targets, *, alpha=0.5, beta=0.5, smooth=0.0,
+                 axis=None, reduction="none"):
+  r"""Tversky loss on probabilities: Dice with separate weights on FP and FN.
+
+  .. math::
+    \ell = 1 - \frac{TP + s}{TP + \alpha\, FP + \beta\, FN + s},\quad
+    TP = \sum p\,t,\ FP = \sum p\,(1 - t),\ FN = \sum (1 - p)\, t
+
+  with sums over ``axis``. :math:`\alpha = \beta = 1/2` is the Dice loss,
+  :func:`dice_loss` with ``apply_softmax=False`` on one channel;
+  :math:`\beta > \alpha` favours recall. An empty prediction against an
+  empty target (0/0) is a perfect match, loss 0.
+
+  Keras's ``tversky(y_true, y_pred, alpha, beta)`` documents ``alpha`` as
+  the weight of false positives but its code applies it to
+  :math:`\sum y_\mathrm{true} (1 - y_\mathrm{pred})`, the false negatives,
+  and adds ``1e-7`` to the denominator only: it equals
+  ``tversky_loss(y_pred, y_true, alpha=beta, beta=alpha)`` up to that
+  ``1e-7`` (and gives 1 for an empty pair). This follows the paper.
+
+  Args:
+    predictions: floating probabilities of any shape.
+    targets: binary or soft targets broadcastable to ``predictions``.
+    alpha: :math:`\alpha`, the weight of false positives.
+    beta: :math:`\beta`, the weight of false negatives.
+    smooth: :math:`s \ge 0`.
+    axis: axes summed into one Tversky index; None (Keras's default) for
+      all, so that ``"none"`` is a scalar; ``tuple(range(1, ndim))`` for one
+      loss per sample.
+    reduction: ``"none"``, ``"mean"`` or ``"sum"`` over what ``axis``
+      leaves.
+
+  Returns:
+    float32 loss (float64 for float64 input): the shape left after summing
+    ``axis`` for ``"none"``, else a scalar.
+
+  Example:
+    >>> import jaxloss
+    >>> p = jnp.array([[0.9, 0.8, 0.1], [0.2, 0.1, 0.7]])
+    >>> t = jnp.array([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    >>> print(jaxloss.tversky_loss(p, t, alpha=0.3, beta=0.7, axis=1))
+    [0.1237 0.3   ]
+
+  References:
+    Salehi et al., `Tversky loss function for image segmentation using 3D
+    fully convolutional deep networks <https://arxiv.org/abs/1706.05721>`_,
+    2017; ``keras.losses.Tversky`` (see above).
+  """
+  fn = "tversky_loss"
+  predictions = _checks.floating(fn, "predictions", predictions)
+  targets = _checks.numeric(fn, "targets", targets)
+  targets = _checks.broadcastable(fn, "targets", targets, predictions.shape,
+                                  "predictions")
+  axes = _axes(fn, axis, predictions.ndim, "predictions")
+  dtype = _reduction.stat_dtype(jnp.result_type(predictions, targets))
+  loss = _tversky_loss(predictions.astype(dtype), targets.astype(dtype),
+                       jnp.asarray(alpha, dtype), jnp.asarray(beta, dtype),
+                       jnp.asarray(smooth, dtype), axes)
+  return _reduction.reduce(fn, loss, reduction)

@@ -1,0 +1,574 @@
+"""Similarities, distances, triplet/ranking/embedding and contrastive losses
+against float64 NumPy references, optax, and the edges."""
+
+import functools
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from scipy.special import logsumexp as np_logsumexp
+
+import jaxloss
+
+# The tests compile many small programs: LLVM's optimisation passes only
+# change their speed, not their results, and would dominate the run time.
+_jit = functools.partial(
+    jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
+
+def _check_grads(f, x, directions=3, eps=1e-4):
+  """``jax.grad`` against central differences in random directions (x64).
+
+  ``jax.test_util.check_grads`` does the same with more compiled programs.
+  """
+  grad = _jit(jax.grad(f))(x)
+  value = _jit(f)
+  leaves, tree = jax.tree.flatten(x)
+  rng_v = np.random.default_rng(5)
+  for _ in range(directions):
+    v = jax.tree.unflatten(tree, [rng_v.normal(size=l.shape) for l in leaves])
+    shifted = [jax.tree.map(lambda a, b, s=s: a + s * eps * b, x, v)
+               for s in (1, -1)]
+    numeric = (value(shifted[0]) - value(shifted[1])) / (2 * eps)
+    analytic = sum(np.vdot(g, d) for g, d in zip(jax.tree.leaves(grad),
+                                                  jax.tree.leaves(v)))
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
+
+rng = np.random.default_rng(1)
+N, D = 5, 4
+A = rng.normal(0, 1, (N, D))
+B = rng.normal(0, 1, (N, D))
+C = rng.normal(0, 1, (N, D))
+S1, S2 = rng.normal(0, 1, (2, N))
+SIGN = rng.choice([-1.0, 1.0], N)
+DIST = rng.uniform(0, 2, N)
+LABELS = np.array([0, 0, 1, 1, 2, 0])
+EMB = rng.normal(0, 1, (6, 3))
+SP = rng.uniform(-0.5, 1.0, (N, 2))
+SN = rng.uniform(-1.0, 0.8, (N, 4))
+
+
+def ref_cosine(a, b, eps=0.0):
+  na = np.sqrt(np.maximum(np.sum(a * a, -1), eps))
+  nb = np.sqrt(np.maximum(np.sum(b * b, -1), eps))
+  with np.errstate(invalid="ignore", divide="ignore"):
+    out = np.sum(a * b, -1) / (na * nb)
+  return np.where((na == 0) | (nb == 0), 0.0, out)
+
+
+def ref_pnorm(v, p):
+  return np.sum(np.abs(v)**p, -1)**(1 / p)
+
+
+def ref_triplet(a, p, n, q=2, margin=1.0, eps=1e-6, swap=False,
+                torch=False):
+  def d(u, v):
+    return ref_pnorm(u - v + eps, q) if torch else (
+        np.sum(np.abs(u - v)**q, -1) + eps)**(1 / q)
+  dn = d(a, n)
+  if swap:
+    dn = np.minimum(dn, d(p, n))
+  return np.maximum(d(a, p) - dn + margin, 0)
+
+
+def ref_cosine_embedding(x1, x2, y, margin):
+  cos = np.sum(x1 * x2, -1) / np.sqrt(
+      (np.sum(x1 * x1, -1) + 1e-12) * (np.sum(x2 * x2, -1) + 1e-12))
+  return np.where(y == 1, 1 - cos, 0) + np.where(
+      y == -1, np.maximum(cos - margin, 0), 0)
+
+
+def ref_ntxent(z, labels, tau):
+  u = z / np.linalg.norm(z, axis=1, keepdims=True)
+  s = u @ u.T / tau
+  losses = []
+  for i in range(len(labels)):
+    negatives = [s[i, k] for k in range(len(labels)) if labels[k] != labels[i]]
+    for j in range(len(labels)):
+      if j != i and labels[j] == labels[i]:
+        denominator = np.exp(s[i, j]) + np.sum(np.exp(negatives))
+        losses.append(-np.log(np.exp(s[i, j]) / denominator))
+  return np.mean(losses) if losses else 0.0
+
+
+def ref_circle(sp, sn, margin, gamma):
+  """The paper's Eq. 4 as written, with plain exponentials (small gamma)."""
+  out = []
+  for p, n in zip(sp, sn):
+    ap = np.maximum(1 + margin - p, 0)
+    an = np.maximum(n + margin, 0)
+    total = np.sum(np.exp(gamma * an * (n - margin))) * np.sum(
+        np.exp(-gamma * ap * (p - 1 + margin)))
+    out.append(np.log(1 + total))
+  return np.array(out)
+
+
+def _with_reduction(fn):
+  """For functions without ``reduction``: the same sum and mean by hand."""
+  def call(*args, reduction="none"):
+    out = fn(*args)
+    return {"none": out, "sum": jnp.sum(out), "mean": jnp.mean(out)}[reduction]
+  return call
+
+
+# name -> (call(*float_inputs, *constant_inputs, reduction=...), reference,
+#          float inputs, constant inputs)
+CASES = {
+    "cosine_similarity": (jaxloss.cosine_similarity, ref_cosine, (A, B), ()),
+    "cosine_distance": (
+        lambda a, b, **k: jaxloss.cosine_distance(a, b, epsilon=0.5, **k),
+        lambda a, b: 1 - ref_cosine(a, b, 0.5), (A, B), ()),
+    "pairwise_distance": (
+        _with_reduction(lambda a, b: jaxloss.pairwise_distance(a, b, p=3.0)),
+        lambda a, b: ref_pnorm(a - b + 1e-6, 3.0), (A, B), ()),
+    "triplet_margin_loss": (
+        lambda a, p, n, **k: jaxloss.triplet_margin_loss(
+            a, p, n, margin=2.0, swap=True, **k),
+        lambda a, p, n: ref_triplet(a, p, n, margin=2.0, swap=True),
+        (A, B, C), ()),
+    "triplet_margin_loss_torch_p1": (
+        lambda a, p, n, **k: jaxloss.triplet_margin_loss(
+            a, p, n, norm_degree=1, margin=1.5, distance="torch", **k),
+        lambda a, p, n: ref_triplet(a, p, n, q=1, margin=1.5, torch=True),
+        (A, B, C), ()),
+    "triplet_margin_with_distance_loss": (
+        lambda a, p, n, **k: jaxloss.triplet_margin_with_distance_loss(
+            a, p, n, margin=2.0, **k),
+        lambda a, p, n: ref_triplet(a, p, n, margin=2.0, torch=True),
+        (A, B, C), ()),
+    "margin_ranking_loss": (
+        lambda x1, x2, y, **k: jaxloss.margin_ranking_loss(
+            x1, x2, y, margin=0.3, **k),
+        lambda x1, x2, y: np.maximum(-y * (x1 - x2) + 0.3, 0),
+        (S1, S2), (SIGN,)),
+    "hinge_embedding_loss": (
+        lambda x, y, **k: jaxloss.hinge_embedding_loss(x, y, margin=1.5, **k),
+        lambda x, y: np.where(y == 1, x, np.maximum(1.5 - x, 0)),
+        (DIST,), (SIGN,)),
+    "cosine_embedding_loss": (
+        lambda x1, x2, y, **k: jaxloss.cosine_embedding_loss(
+            x1, x2, y, margin=-0.2, **k),
+        lambda x1, x2, y: ref_cosine_embedding(x1, x2, y, -0.2),
+        (A, B), (SIGN,)),
+    "ntxent": (
+        _with_reduction(lambda z, y: jaxloss.ntxent(z, y, 0.5)),
+        lambda z, y: ref_ntxent(z, y, 0.5), (EMB,), (LABELS,)),
+    "circle_loss": (
+        lambda sp, sn, **k: jaxloss.circle_loss(sp, sn, margin=0.25,
+                                                gamma=4.0, **k),
+        lambda sp, sn: ref_circle(sp, sn, 0.25, 4.0), (SP, SN), ()),
+}
+NAMES = sorted(CASES)
+# Finite differences for the losses whose gradients the torch golden cases
+# do not cover. The circle loss holds its pair weights constant in the
+# gradient: it is checked against its own analytic gradient below.
+GRAD_NAMES = ["cosine_distance", "cosine_similarity", "ntxent",
+              "triplet_margin_loss"]
+
+
+def _inputs(dtype, names=NAMES):
+  out = {}
+  for name in names:
+    _, _, floats, consts = CASES[name]
+    out[name] = (tuple(jnp.asarray(x, dtype) for x in floats),
+                 tuple(jnp.asarray(x) for x in consts))
+  return out
+
+
+def _run(inputs, reductions=("none", "sum", "mean")):
+  return {name: tuple(CASES[name][0](*f, *c, reduction=r)
+                      for r in reductions)
+          for name, (f, c) in inputs.items()}
+
+
+def _weighted_total(floats, consts):
+  weights = np.random.default_rng(2).uniform(0.5, 1.5, len(floats))
+  return sum(w * CASES[name][0](*floats[name], *consts[name],
+                                reduction="sum")
+             for w, name in zip(weights, sorted(floats)))
+
+
+def test_matches_float64_reference_and_reductions():
+  with jax.enable_x64(True):
+    got = _jit(_run)(_inputs(jnp.float64))
+  for name in NAMES:
+    _, ref, floats, consts = CASES[name]
+    none, total, mean = (np.asarray(x) for x in got[name])
+    assert none.dtype == np.float64, name
+    np.testing.assert_allclose(none, ref(*floats, *consts), rtol=1e-10,
+                               atol=1e-12, err_msg=name)
+    np.testing.assert_allclose(total, np.sum(none), rtol=1e-12, err_msg=name)
+    np.testing.assert_allclose(mean, np.mean(none), rtol=1e-12, err_msg=name)
+
+
+def test_jit_matches_eager_and_vmap_matches_batched():
+  inputs = _inputs(jnp.float32)
+  # Per-row losses: mapping over rows gives the batched rows.
+  per_row = [n for n in NAMES if n != "ntxent"]
+  jitted, mapped = _jit(lambda x: (_run(x, ("none",)), jax.vmap(lambda x: {
+      n: CASES[n][0](*x[n][0], *x[n][1]) for n in per_row})(
+          {n: x[n] for n in per_row})))(inputs)
+  eager_names = ("triplet_margin_loss",)   # op by op is slow to warm up
+  with jax.disable_jit():
+    eager = {n: CASES[n][0](*inputs[n][0], *inputs[n][1])
+             for n in eager_names}
+  for name in eager_names:
+    np.testing.assert_allclose(jitted[name][0], eager[name], rtol=1e-6,
+                               atol=1e-6, err_msg=name)
+  for name in per_row:
+    np.testing.assert_allclose(mapped[name], jitted[name][0], rtol=1e-6,
+                               atol=1e-6, err_msg=name)
+
+
+def test_gradients_match_finite_differences():
+  with jax.enable_x64(True):
+    inputs = _inputs(jnp.float64, GRAD_NAMES)
+    floats = {n: f for n, (f, _) in inputs.items()}
+    consts = {n: c for n, (_, c) in inputs.items()}
+    _check_grads(lambda f: _weighted_total(f, consts), floats)
+
+
+def test_circle_loss_gradient_holds_pair_weights_constant():
+  margin, gamma = 0.25, 4.0
+  with jax.enable_x64(True):
+    gp, gn = jax.grad(lambda sp, sn: jaxloss.circle_loss(
+        sp, sn, margin=margin, gamma=gamma, reduction="sum"),
+                      argnums=(0, 1))(jnp.asarray(SP), jnp.asarray(SN))
+  ap = np.maximum(1 + margin - SP, 0)
+  an = np.maximum(SN + margin, 0)
+  lp = -gamma * ap * (SP - 1 + margin)
+  ln = gamma * an * (SN - margin)
+  z = np_logsumexp(lp, -1) + np_logsumexp(ln, -1)
+  outer = 1 / (1 + np.exp(-z))
+  softmax_p = np.exp(lp - np_logsumexp(lp, -1, keepdims=True))
+  softmax_n = np.exp(ln - np_logsumexp(ln, -1, keepdims=True))
+  np.testing.assert_allclose(gp, outer[:, None] * softmax_p * -gamma * ap,
+                             rtol=1e-10)
+  np.testing.assert_allclose(gn, outer[:, None] * softmax_n * gamma * an,
+                             rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_half_precision_gives_float32_statistics(dtype):
+  inputs = _inputs(dtype)
+  got = _jit(lambda x: _run(x, ("none",)))(inputs)
+  for name in NAMES:
+    assert all(x.dtype == jnp.float32 for x in got[name]), name
+    _, ref, _, consts = CASES[name]
+    rounded = [np.asarray(x, np.float64) for x in inputs[name][0]]
+    np.testing.assert_allclose(got[name][0], ref(*rounded, *consts),
+                               rtol=3e-5, atol=3e-5, err_msg=name)
+
+
+def test_finite_gradients_at_extreme_inputs_and_zero_vectors():
+  inputs = {}
+  for name in NAMES:
+    _, _, floats, consts = CASES[name]
+    scale = 1.0 if name == "circle_loss" else 1e4   # scores are cosines
+    extreme = [np.where(x > 0, scale, -scale) for x in floats]
+    # Rows of huge entries, rows of zeros, and rows at zero distance (every
+    # input equal to the first), in one batch.
+    rows = [np.concatenate([x, np.zeros_like(x),
+                            extreme[0] if extreme[0].shape == x.shape else x])
+            for x in extreme]
+    consts = [np.concatenate([c] * 3) for c in consts]
+    inputs[name] = (tuple(jnp.asarray(x, jnp.float32) for x in rows),
+                    tuple(jnp.asarray(c) for c in consts))
+
+  def total(floats):
+    return sum(CASES[name][0](*floats[name], *inputs[name][1],
+                              reduction="sum") for name in floats)
+
+  floats = {k: f for k, (f, _) in inputs.items()}
+  value, grads = _jit(jax.value_and_grad(total))(floats)
+  assert np.isfinite(value)
+  for name, g in grads.items():
+    for x in g:
+      assert np.all(np.isfinite(x)), name
+
+
+# ---------------------------------------------------------------------------
+# optax: same calls, same numbers; and where jaxloss deliberately differs.
+
+
+def test_optax_signatures_are_kept():
+  for name in ("cosine_similarity", "cosine_distance", "triplet_margin_loss",
+               "ntxent"):
+    ours = inspect.signature(getattr(jaxloss, name)).parameters
+    theirs = inspect.signature(getattr(optax.losses, name)).parameters
+    assert list(ours)[:len(theirs)] == list(theirs), name
+    for arg, param in theirs.items():
+      assert ours[arg].kind == param.kind, (name, arg)
+      assert ours[arg].default == param.default, (name, arg)
+
+
+def test_optax_parity():
+  a, b, c = (jnp.asarray(x, jnp.float32) for x in (A, B, C))
+  where = jnp.asarray(rng.uniform(size=A.shape) < 0.7)
+  z, y = jnp.asarray(EMB, jnp.float32), jnp.asarray(LABELS)
+  a3 = jnp.asarray(rng.normal(size=(2, 3, 4)), jnp.float32)
+  b3 = jnp.asarray(rng.normal(size=(2, 3, 4)), jnp.float32)
+  calls = {
+      "cosine_similarity": lambda m, a: m.cosine_similarity(a, b),
+      "cosine_similarity_eps_where": lambda m, a: m.cosine_similarity(
+          a, b, epsilon=0.3, where=where),
+      "cosine_similarity_axes": lambda m, a: m.cosine_similarity(
+          a3, b3 + a[0, 0], axis=(0, 2)),
+      "cosine_distance": lambda m, a: m.cosine_distance(a, b, axis=-1),
+      "cosine_distance_all": lambda m, a: m.cosine_distance(a, b, axis=None),
+      "triplet": lambda m, a: m.triplet_margin_loss(a, b, c),
+      "triplet_positional": lambda m, a: m.triplet_margin_loss(
+          a, b, c, -1, 2, 3.0, 1e-3),
+      "triplet_p4": lambda m, a: m.triplet_margin_loss(
+          a, b, c, norm_degree=4, margin=2.0),
+      "ntxent": lambda m, a: m.ntxent(a, y[:N]),
+      "ntxent_t": lambda m, a: m.ntxent(z + a[0, 0], y, 0.3),
+  }
+
+  with_grads = ("cosine_similarity", "cosine_distance_all", "triplet",
+                "ntxent_t")
+
+  @_jit
+  def values_and_grads(a):
+    return {name: [jax.value_and_grad(lambda a, m=m: jnp.sum(call(m, a)))(a)
+                   if name in with_grads else (call(m, a), 0)
+                   for m in (jaxloss, optax.losses)]
+            for name, call in calls.items()}
+
+  for name, (ours, theirs) in values_and_grads(a).items():
+    np.testing.assert_allclose(ours[0], theirs[0], rtol=2e-5, atol=2e-6,
+                               err_msg=name)
+    np.testing.assert_allclose(ours[1], theirs[1], rtol=2e-4, atol=2e-6,
+                               err_msg=name)
+  for name, call in calls.items():
+    ours = jax.eval_shape(lambda a, call=call: call(jaxloss, a), a)
+    theirs = jax.eval_shape(lambda a, call=call: call(optax.losses, a), a)
+    assert ours.shape == theirs.shape, name
+
+
+def test_cosine_of_zero_vectors_is_zero_with_zero_gradient_not_nan():
+  zero = jnp.zeros(3)
+  b = jnp.array([1.0, 2.0, 3.0])
+
+  @_jit
+  def run(a, b):
+    return [jax.value_and_grad(fn, argnums=(0, 1))(a, b) for fn in (
+        optax.losses.cosine_similarity, jaxloss.cosine_similarity,
+        jaxloss.cosine_distance)]
+
+  (theirs, theirs_grad), (ours, ours_grad), (dist, dist_grad) = run(zero, b)
+  assert np.isnan(theirs) and np.all(np.isnan(theirs_grad[0]))
+  assert ours == 0 and dist == 1
+  for g in (*ours_grad, *dist_grad):
+    np.testing.assert_array_equal(g, 0)
+  # A row masked out entirely by where is a zero vector too.
+  where = jnp.array([[False, False, False], [True, True, False]])
+  got = jaxloss.cosine_similarity(jnp.stack([b, b]), jnp.stack([b, -b]),
+                                  where=where)
+  np.testing.assert_allclose(got, [0.0, -1.0], rtol=1e-6)
+
+
+def test_pairwise_distance_gradient_at_zero_distance():
+  x = jnp.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+  norms = (0.5, 1.0, 2.0, 3.0, float("inf"))
+  grads = _jit(lambda x: [jax.grad(lambda u, p=p: jaxloss.pairwise_distance(
+      u, x, p=p, eps=0.0).sum())(x) for p in norms])(x)
+  for p, g in zip(norms, grads):
+    np.testing.assert_array_equal(g, 0, err_msg=str(p))
+  np.testing.assert_allclose(jaxloss.pairwise_distance(
+      jnp.zeros((1, 2)), jnp.array([[3.0, -4.0]]), p=float("inf"), eps=0.0),
+                             [4.0])
+  np.testing.assert_allclose(jaxloss.pairwise_distance(
+      jnp.zeros((2, 3, 2)), jnp.ones((2, 3, 2)), keepdim=True,
+      eps=0.0).shape, (2, 3, 1))
+
+
+def test_triplet_odd_norm_degree_is_a_norm_where_optax_is_wrong():
+  a = jnp.zeros((1, 2))
+  p = jnp.array([[1.0, 0.0]])
+  n = jnp.array([[-2.0, 0.0]])   # the differences are negative
+  ours = jaxloss.triplet_margin_loss(a, n, p, norm_degree=3, eps=0.0)
+  np.testing.assert_allclose(ours, [2.0 - 1.0 + 1.0])
+  assert np.isnan(optax.losses.triplet_margin_loss(a, n, p, norm_degree=3,
+                                                   eps=0.0))
+  ours = jaxloss.triplet_margin_loss(a, n, p, norm_degree=1, eps=0.0)
+  np.testing.assert_allclose(ours, [2.0])
+  theirs = optax.losses.triplet_margin_loss(a, n, p, norm_degree=1, eps=0.0)
+  assert theirs == 4   # optax: d(a, n) = -1, a "negative distance"
+
+
+def test_triplet_gradients_are_finite_at_zero_distance_even_without_eps():
+  a = jnp.ones((2, 3))
+  grads = _jit(lambda a: [jax.grad(
+      lambda a, q=q, d=d: jaxloss.triplet_margin_loss(
+          a, a, a + 1, norm_degree=q, eps=0.0, distance=d).sum())(a)
+                             for d in ("optax", "torch") for q in (1, 2, 3)])(a)
+  for g in grads:
+    assert np.all(np.isfinite(g))
+
+
+def test_triplet_margin_with_distance_swap_and_custom_distance():
+  a, p, n = (jnp.asarray(x, jnp.float32) for x in (A, B, C))
+  with_swap = jaxloss.triplet_margin_with_distance_loss(a, p, n, swap=True)
+  np.testing.assert_allclose(
+      with_swap, ref_triplet(A, B, C, swap=True, torch=True), rtol=1e-5)
+  cos = jaxloss.triplet_margin_with_distance_loss(
+      a, p, n, distance_function=jaxloss.cosine_distance, margin=0.5,
+      reduction="mean")
+  expected = np.maximum((1 - ref_cosine(A, B)) - (1 - ref_cosine(A, C))
+                        + 0.5, 0).mean()
+  np.testing.assert_allclose(cos, expected, rtol=1e-5)
+
+
+def test_ntxent_without_positive_pairs_or_negatives():
+  z = jnp.asarray(EMB[:4], jnp.float32)
+  distinct = jnp.arange(4)
+  same = jnp.zeros(4, jnp.int32)   # positives only: every pair costs 0
+
+  @_jit
+  def run(z):
+    return (optax.losses.ntxent(z, distinct),
+            jax.value_and_grad(jaxloss.ntxent)(z, distinct),
+            jax.value_and_grad(jaxloss.ntxent)(z, same))
+
+  theirs, (value, grad), (value_same, grad_same) = run(z)
+  assert np.isnan(theirs)
+  assert value == 0 and np.all(grad == 0)
+  assert value_same == 0 and np.all(grad_same == 0)
+
+
+def test_circle_loss_is_stable_and_masks_pairs():
+  sp = jnp.array([[1.0, -1.0], [0.9, 0.95]])
+  sn = jnp.array([[1.0, -1.0, 0.2], [-0.9, -1.0, 0.1]])
+  pw = jnp.array([[True, False], [False, False]])
+
+  @_jit
+  def run(sp, sn):
+    def loss(sp, sn, **k):
+      return jaxloss.circle_loss(sp, sn, margin=0.25, gamma=256.0, **k)
+    return (loss(sp, sn), jax.grad(lambda *a: loss(*a).sum(),
+                                   argnums=(0, 1))(sp, sn),
+            loss(sp, sn, positive_where=pw),
+            loss(sp[:1, :1], sn[:1]),
+            loss(sp, sn, positive_where=pw, reduction="mean"),
+            jax.grad(lambda sp: loss(sp, sn, positive_where=pw).sum())(sp))
+
+  got, grads, masked, first_only, masked_mean, masked_grad = run(sp, sn)
+  # Written with scipy's logsumexp; the plain form overflows at gamma=256.
+  ap = np.maximum(1.25 - np.asarray(sp, np.float64), 0)
+  an = np.maximum(np.asarray(sn, np.float64) + 0.25, 0)
+  z = (np_logsumexp(-256 * ap * (np.asarray(sp, np.float64) - 0.75), -1)
+       + np_logsumexp(256 * an * (np.asarray(sn, np.float64) - 0.25), -1))
+  np.testing.assert_allclose(got, np.logaddexp(0, z), rtol=1e-6)
+  assert all(np.all(np.isfinite(x)) for x in grads)
+  # Masking a pair is dropping it; an anchor left without positives costs 0,
+  # with zero gradient, and the mean runs over anchors with pairs.
+  np.testing.assert_allclose(masked[0], first_only[0], rtol=1e-6)
+  assert masked[1] == 0
+  np.testing.assert_allclose(masked_mean, masked[0], rtol=1e-6)
+  np.testing.assert_array_equal(masked_grad[1], 0)
+  np.testing.assert_array_equal(masked_grad[0, 1], 0)
+
+
+def test_circle_loss_on_a_batch_equals_keras_circle():
+  # keras.losses.circle(y_true, y_pred) written out from its source, on unit
+  # embeddings, against the recipe in circle_loss's docstring.
+  u = EMB / np.linalg.norm(EMB, axis=1, keepdims=True)
+  labels = LABELS
+  gamma, margin = 80.0, 0.4
+  dist = np.maximum(1 - u @ u.T, 0)
+  same = labels[:, None] == labels[None, :]
+  pos = same & ~np.eye(len(labels), dtype=bool)
+  neg = ~same
+  pos_w = np.maximum((margin + dist) * pos, 0)
+  neg_w = np.maximum((1 + margin - dist) * neg, 0)
+  p_loss = np_logsumexp(np.where(pos, -gamma * pos_w * (margin - dist),
+                                 -np.inf), axis=1)
+  n_loss = np_logsumexp(np.where(neg, gamma * neg_w * (1 - margin - dist),
+                                 -np.inf), axis=1)
+  keras = np.logaddexp(0, p_loss + n_loss)
+  with jax.enable_x64(True):
+    s = jnp.asarray(u @ u.T)
+    got = jaxloss.circle_loss(s, s, margin=margin, gamma=gamma,
+                              positive_where=jnp.asarray(pos),
+                              negative_where=jnp.asarray(neg))
+  np.testing.assert_allclose(got, np.where(np.isfinite(keras), keras, 0),
+                             rtol=1e-9)
+
+
+def test_torch_conventions_for_targets():
+  x = jnp.array([0.5, 0.5, 0.5])
+  y = jnp.array([1.0, -1.0, 0.0])   # torch: 0 takes both hinge terms
+  np.testing.assert_allclose(jaxloss.hinge_embedding_loss(x, y),
+                             [0.5, 0.5, 1.0])
+  x1 = jnp.array([[1.0, 0.0]] * 3)
+  x2 = jnp.array([[0.6, 0.8]] * 3)
+  np.testing.assert_allclose(jaxloss.cosine_embedding_loss(x1, x2, y),
+                             [0.4, 0.6, 0.0], rtol=1e-6)
+  g = jax.grad(lambda u: jaxloss.cosine_embedding_loss(
+      u, x2, y).sum())(jnp.zeros((3, 2)))
+  assert np.all(np.isfinite(g))
+
+
+# ---------------------------------------------------------------------------
+# Errors.
+
+
+def test_errors_name_the_function_and_argument():
+  x = jnp.zeros((2, 3))
+  with pytest.raises(TypeError, match="cosine_similarity: predictions must "
+                     "have a floating dtype, got int32"):
+    jaxloss.cosine_similarity(jnp.zeros((2, 3), jnp.int32), x)
+  with pytest.raises(ValueError, match=r"cosine_distance: shapes do not "
+                     r"broadcast together: predictions \(2, 3\), targets "
+                     r"\(2, 4\)"):
+    jaxloss.cosine_distance(x, jnp.zeros((2, 4)))
+  with pytest.raises(ValueError, match="cosine_similarity: axis 2 is out of "
+                     "bounds for predictions of rank 2"):
+    jaxloss.cosine_similarity(x, x, axis=2)
+  with pytest.raises(TypeError, match="cosine_similarity: where must be a "
+                     "boolean mask"):
+    jaxloss.cosine_similarity(x, x, where=jnp.ones((2, 3)))
+  with pytest.raises(ValueError, match=r"pairwise_distance: p must be in "
+                     r"\(0, inf\]"):
+    jaxloss.pairwise_distance(x, x, p=0.0)
+  with pytest.raises(ValueError, match="triplet_margin_loss: distance must "
+                     "be 'optax' or 'torch', got 'l2'"):
+    jaxloss.triplet_margin_loss(x, x, x, distance="l2")
+  with pytest.raises(ValueError, match=r"triplet_margin_loss: norm_degree "
+                     r"must be in \(0, inf\], got -1"):
+    jaxloss.triplet_margin_loss(x, x, x, norm_degree=-1)
+  with pytest.raises(ValueError, match=r"triplet_margin_with_distance_loss: "
+                     r"margin must be in \(0, inf\], got 0.0"):
+    jaxloss.triplet_margin_with_distance_loss(x, x, x, margin=0.0)
+  with pytest.raises(ValueError, match="triplet_margin_with_distance_loss: "
+                     "anchor, positive and negative must have the same "
+                     "number of dimensions"):
+    jaxloss.triplet_margin_with_distance_loss(x, x, x[0])
+  with pytest.raises(TypeError, match="triplet_margin_with_distance_loss: "
+                     "distance_function must be callable"):
+    jaxloss.triplet_margin_with_distance_loss(x, x, x, distance_function=3)
+  with pytest.raises(ValueError, match=r"margin_ranking_loss: shapes do not "
+                     r"broadcast together: input1 \(2, 3\), input2 \(2, 3\), "
+                     r"target \(2,\)"):
+    jaxloss.margin_ranking_loss(x, x, jnp.ones(2))
+  with pytest.raises(ValueError, match=r"cosine_embedding_loss: target shape "
+                     r"\(3,\) does not broadcast to the batch shape of input1 "
+                     r"shape \(2,\)"):
+    jaxloss.cosine_embedding_loss(x, x, jnp.ones(3))
+  with pytest.raises(ValueError, match=r"ntxent: labels must have shape "
+                     r"\(2,\) \(one per embedding\), got \(3,\)"):
+    jaxloss.ntxent(x, jnp.zeros(3, jnp.int32))
+  with pytest.raises(ValueError, match=r"ntxent: embeddings must have shape "
+                     r"\[batch, dim\]"):
+    jaxloss.ntxent(x[0], jnp.zeros(3, jnp.int32))
+  with pytest.raises(ValueError, match=r"circle_loss: positive_scores shape "
+                     r"\(2, 3\) and negative_scores shape \(3, 3\) must share "
+                     r"their batch shape"):
+    jaxloss.circle_loss(x, jnp.zeros((3, 3)))
+  with pytest.raises(TypeError, match="circle_loss: negative_where must be a "
+                     "boolean mask"):
+    jaxloss.circle_loss(x, x, negative_where=x)

@@ -1,0 +1,465 @@
+"""Regression losses against float64 NumPy references, optax and the edges."""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxloss
+
+# The tests compile many small programs: LLVM's optimisation passes only
+# change their speed, not their results, and would dominate the run time.
+_jit = functools.partial(
+    jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
+
+def _check_grads(f, x, directions=3, eps=1e-4):
+  """``jax.grad`` against central differences in random directions (x64).
+
+  ``jax.test_util.check_grads`` does the same with more compiled programs.
+  """
+  grad = _jit(jax.grad(f))(x)
+  value = _jit(f)
+  leaves, tree = jax.tree.flatten(x)
+  rng_v = np.random.default_rng(5)
+  for _ in range(directions):
+    v = jax.tree.unflatten(tree, [rng_v.normal(size=l.shape) for l in leaves])
+    shifted = [jax.tree.map(lambda a, b, s=s: a + s * eps * b, x, v)
+               for s in (1, -1)]
+    numeric = (value(shifted[0]) - value(shifted[1])) / (2 * eps)
+    analytic = sum(np.vdot(g, d) for g, d in zip(jax.tree.leaves(grad),
+                                                  jax.tree.leaves(v)))
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
+
+rng = np.random.default_rng(0)
+P = rng.normal(0, 2, (4, 3))
+T = rng.normal(0, 2, (4, 3))
+RATE = rng.uniform(0.1, 3.0, (4, 3))
+# Off the integers: the Stirling term of poisson_nll_loss jumps at count 1.
+COUNTS = rng.integers(0, 5, (4, 3)) + 0.25
+LOG2 = math.log(2)
+
+
+def ref_huber(e, delta=1.0):
+  a = np.abs(e)
+  return np.where(a <= delta, 0.5 * a**2, delta * (a - 0.5 * delta))
+
+
+def ref_log_cosh(e):
+  a = np.abs(e)
+  with np.errstate(over="ignore"):
+    return np.where(a < 50, np.log(np.cosh(np.minimum(a, 50))), a - LOG2)
+
+
+def ref_smooth_l1(e, beta):
+  a = np.abs(e)
+  if beta == 0:
+    return a
+  return np.where(a < beta, 0.5 * a**2 / beta, a - 0.5 * beta)
+
+
+def ref_poisson_nll(x, y, log_input, full, eps=1e-8):
+  loss = np.exp(x) - y * x if log_input else x - y * np.log(x + eps)
+  if full:
+    with np.errstate(divide="ignore", invalid="ignore"):
+      stirling = y * np.log(y) - y + 0.5 * np.log(2 * np.pi * y)
+    loss = loss + np.where(y > 1, stirling, 0)
+  return loss
+
+
+def ref_gaussian_nll(x, y, var, full=False, eps=1e-6):
+  v = np.maximum(var, eps)
+  loss = 0.5 * (np.log(v) + (x - y)**2 / v)
+  return loss + (0.5 * np.log(2 * np.pi) if full else 0)
+
+
+# name -> (jaxloss call on (p, t), float64 reference, inputs)
+CASES = {
+    "squared_error": (jaxloss.squared_error, lambda p, t: (p - t)**2,
+                      (P, T)),
+    "l2_loss": (jaxloss.l2_loss, lambda p, t: 0.5 * (p - t)**2, (P, T)),
+    "huber_loss": (lambda p, t, **k: jaxloss.huber_loss(p, t, delta=1.5, **k),
+                   lambda p, t: ref_huber(p - t, 1.5), (P, T)),
+    "log_cosh": (jaxloss.log_cosh, lambda p, t: ref_log_cosh(p - t), (P, T)),
+    "l1_loss": (jaxloss.l1_loss, lambda p, t: np.abs(p - t), (P, T)),
+    "mse_loss": (jaxloss.mse_loss, lambda p, t: (p - t)**2, (P, T)),
+    "smooth_l1_loss": (
+        lambda p, t, **k: jaxloss.smooth_l1_loss(p, t, beta=0.7, **k),
+        lambda p, t: ref_smooth_l1(p - t, 0.7), (P, T)),
+    "poisson_nll_loss": (
+        lambda p, t, **k: jaxloss.poisson_nll_loss(p, t, full=True, **k),
+        lambda p, t: ref_poisson_nll(p, t, True, True), (P, COUNTS)),
+    "poisson_nll_loss_rates": (
+        lambda p, t, **k: jaxloss.poisson_nll_loss(p, t, log_input=False,
+                                                   **k),
+        lambda p, t: ref_poisson_nll(p, t, False, False), (RATE, COUNTS)),
+    "gaussian_nll_loss": (
+        lambda p, t, **k: jaxloss.gaussian_nll_loss(p, t, 0.3 + t * t,
+                                                    full=True, **k),
+        lambda p, t: ref_gaussian_nll(p, t, 0.3 + t * t, True), (P, T)),
+    "mean_absolute_percentage_error": (
+        jaxloss.mean_absolute_percentage_error,
+        lambda p, t: 100 * np.abs(p - t) / np.maximum(np.abs(t), 1e-7),
+        (P, T)),
+    "mean_squared_logarithmic_error": (
+        jaxloss.mean_squared_logarithmic_error,
+        lambda p, t: (np.log(np.maximum(p, 1e-7) + 1)
+                      - np.log(np.maximum(t, 1e-7) + 1))**2, (RATE, T)),
+    "poisson": (jaxloss.poisson, lambda p, t: p - t * np.log(p + 1e-7),
+                (RATE, COUNTS)),
+}
+NAMES = sorted(CASES)
+
+
+# Every loss runs inside one jitted function per test, so that the suite
+# compiles a handful of programs instead of one per loss and option.
+def _inputs(dtype, cases=CASES):
+  return {name: tuple(jnp.asarray(a, dtype) for a in case[2])
+          for name, case in cases.items()}
+
+
+def _run(inputs, reductions=("none", "sum", "mean"), cases=CASES):
+  """``{name: (none, sum, mean)}`` for every loss."""
+  return {name: tuple(cases[name][0](*inputs[name], reduction=r)
+                      for r in reductions)
+          for name in inputs}
+
+
+def _weighted_total(inputs, cases=CASES):
+  """A random combination of every loss: one gradient check covers all."""
+  weights = np.random.default_rng(1).uniform(0.5, 1.5, len(inputs))
+  return sum(c * cases[name][0](*inputs[name], reduction="sum")
+             for c, name in zip(weights, sorted(inputs)))
+
+
+def test_matches_float64_reference_and_reductions():
+  with jax.enable_x64(True):
+    got = _jit(_run)(_inputs(jnp.float64))
+  for name in NAMES:
+    _, ref, (p, t) = CASES[name]
+    none, total, mean = (np.asarray(x) for x in got[name])
+    assert none.dtype == jnp.float64 and none.shape == p.shape, name
+    np.testing.assert_allclose(none, ref(p, t), rtol=1e-12, atol=1e-13,
+                               err_msg=name)
+    np.testing.assert_allclose(total, np.sum(none), rtol=1e-12, err_msg=name)
+    np.testing.assert_allclose(mean, np.mean(none), rtol=1e-12, err_msg=name)
+
+
+def test_jit_matches_eager_and_vmap_matches_batched():
+  inputs = _inputs(jnp.float32)
+  jitted, mapped = _jit(lambda x: (_run(x, ("none",)), jax.vmap(lambda x: {
+      name: CASES[name][0](*x[name]) for name in NAMES})(x)))(inputs)
+  # Op by op is slow to warm up: the losses with branches and wrappers.
+  eager_names = ("gaussian_nll_loss", "log_cosh")
+  with jax.disable_jit():
+    eager = {name: CASES[name][0](*inputs[name]) for name in eager_names}
+  for name in NAMES:
+    if name in eager:
+      np.testing.assert_allclose(jitted[name][0], eager[name], rtol=1e-6,
+                                 atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(mapped[name], jitted[name][0], rtol=1e-6,
+                               atol=1e-6, err_msg=name)
+
+
+def test_gradients_match_finite_differences():
+  # The torch golden cases compare the gradients of the torch-named losses.
+  names = ("l2_loss", "log_cosh", "mean_absolute_percentage_error",
+           "mean_squared_logarithmic_error", "poisson", "squared_error")
+  with jax.enable_x64(True):
+    inputs = {name: x for name, x in _inputs(jnp.float64).items()
+              if name in names}
+    _check_grads(_weighted_total, inputs)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_half_precision_gives_float32_statistics(dtype):
+  inputs = _inputs(dtype)
+  got = _jit(lambda x: _run(x, ("none",)))(inputs)
+  for name in NAMES:
+    assert all(x.dtype == jnp.float32 for x in got[name]), name
+    if name == "gaussian_nll_loss":   # its var is rounded to the input dtype
+      continue
+    # The reference sees the same rounded inputs: only the statistics differ.
+    rounded = [np.asarray(x, np.float64) for x in inputs[name]]
+    np.testing.assert_allclose(got[name][0], CASES[name][1](*rounded),
+                               rtol=2e-5, atol=1e-5, err_msg=name)
+
+
+def test_finite_gradients_at_extreme_inputs():
+  big = np.where(rng.uniform(size=P.shape) < 0.5, -1e4, 1e4)
+  inputs = {}
+  for name in NAMES:
+    _, _, (p, t) = CASES[name]
+    b = big
+    if name in ("poisson_nll_loss_rates", "mean_squared_logarithmic_error",
+                "poisson"):
+      b = np.abs(big)       # rates
+    if name == "poisson_nll_loss":
+      b = np.clip(big, -80, 80)   # log-rates: exp(1e4) is inf in the value
+    # Huge predictions, zero predictions and zero errors, against targets
+    # that are partly zero.
+    pred = np.concatenate([b, np.zeros_like(p), t])
+    targ = np.concatenate([t, t, t])
+    targ[::2] = 0
+    inputs[name] = (jnp.asarray(pred, jnp.float32),
+                    jnp.asarray(targ, jnp.float32))
+  value, grads = _jit(jax.value_and_grad(_weighted_total))(inputs)
+  assert np.isfinite(value)
+  for name in NAMES:
+    for g in grads[name]:
+      assert np.all(np.isfinite(g)), name
+
+
+# ---------------------------------------------------------------------------
+# optax parity, and where jaxloss deliberately differs.
+
+OPTAX = {
+    "squared_error": (jaxloss.squared_error, optax.losses.squared_error),
+    "l2_loss": (jaxloss.l2_loss, optax.losses.l2_loss),
+    "huber_loss": (
+        lambda p, t: jaxloss.huber_loss(p, t, delta=0.5),
+        lambda p, t: optax.losses.huber_loss(p, t, delta=0.5)),
+    "log_cosh": (jaxloss.log_cosh, optax.losses.log_cosh),
+}
+
+
+def test_optax_parity():
+  p, t = jnp.asarray(P, jnp.float32), jnp.asarray(T, jnp.float32)
+
+  @_jit
+  def both(p, t):
+    out = {}
+    for name, (ours, theirs) in OPTAX.items():
+      out[name] = [(f(p, t), f(p, None),
+                    jax.grad(lambda p, f=f: f(p, t).sum())(p))
+                   for f in (ours, theirs)]
+    return out
+
+  for name, (ours, theirs) in both(p, t).items():
+    for a, b in zip(ours, theirs):
+      np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7, err_msg=name)
+
+
+def test_optax_signatures_are_kept():
+  import inspect  # noqa: PLC0415
+  for name in ("squared_error", "l2_loss", "huber_loss", "log_cosh"):
+    ours = inspect.signature(getattr(jaxloss, name)).parameters
+    theirs = inspect.signature(getattr(optax.losses, name)).parameters
+    for arg, param in theirs.items():
+      assert arg in ours, (name, arg)
+      assert ours[arg].kind == param.kind, (name, arg)
+      assert ours[arg].default == param.default, (name, arg)
+
+
+def test_log_cosh_is_accurate_for_small_errors_where_optax_cancels():
+  e = jnp.array([1e-5, 1e-4, 1e-3, 3e-2], jnp.float32)
+  expected = np.log1p(2 * np.sinh(np.asarray(e, np.float64) / 2)**2)
+  np.testing.assert_allclose(jaxloss.log_cosh(e), expected, rtol=1e-6)
+  theirs = np.asarray(optax.losses.log_cosh(e))
+  assert theirs[0] == 0 and theirs[1] == 0       # cancelled to nothing
+  assert abs(theirs[2] / expected[2] - 1) > 0.05  # 7% off at 1e-3
+
+
+def test_log_cosh_at_huge_and_infinite_errors():
+  e = jnp.array([-jnp.inf, -3e38, -1e20, 9.0, 11.0, 1e20, 3e38, jnp.inf])
+  got = jaxloss.log_cosh(e)
+  expected = np.abs(np.asarray(e, np.float64)) - LOG2
+  expected[3:5] = np.log(np.cosh([9.0, 11.0]))
+  np.testing.assert_allclose(got, expected, rtol=1e-6)
+  grads = jax.vmap(jax.grad(jaxloss.log_cosh))(e)
+  np.testing.assert_allclose(grads, np.tanh(np.asarray(e, np.float64)),
+                             rtol=1e-6)
+
+
+def test_half_precision_comes_out_float32_unlike_optax():
+  p = jnp.asarray(P, jnp.bfloat16)
+  assert optax.losses.huber_loss(p).dtype == jnp.bfloat16
+  assert jaxloss.huber_loss(p).dtype == jnp.float32
+
+
+def test_targets_broadcast_explicitly():
+  p = jnp.asarray(P, jnp.float32)
+  t = jnp.asarray(T[0], jnp.float32)
+  np.testing.assert_allclose(jaxloss.squared_error(p, t),
+                             (P - T[0])**2, rtol=1e-5)
+  assert jaxloss.mse_loss(t, p).shape == P.shape
+
+
+# ---------------------------------------------------------------------------
+# torch semantics (the values themselves are in tests/torch_cases_*.py).
+
+
+def test_l1_mse_weighted_mean_divides_by_the_weight_sum():
+  p, t = jnp.asarray(P), jnp.asarray(T)
+  w = jnp.asarray(rng.uniform(0, 2, (3,)), jnp.float32)   # broadcast per column
+  full_w = np.broadcast_to(np.asarray(w, np.float64), P.shape)
+  for fn, ref in ((jaxloss.l1_loss, np.abs(P - T)),
+                  (jaxloss.mse_loss, (P - T)**2)):
+    np.testing.assert_allclose(fn(p, t, weight=w), ref * full_w, rtol=1e-5)
+    np.testing.assert_allclose(fn(p, t, weight=w, reduction="mean"),
+                               np.sum(ref * full_w) / np.sum(full_w),
+                               rtol=1e-5)
+    zero = jnp.zeros_like(p)
+    value, grad = jax.value_and_grad(
+        lambda p, fn=fn: fn(p, t, weight=zero, reduction="mean"))(p)
+    assert value == 0 and np.all(grad == 0)   # torch: 0 / 0 = NaN
+
+
+def test_l1_and_smooth_l1_slope_is_zero_at_zero_error():
+  p = jnp.array([1.0, 2.0])
+  for fn in (jaxloss.l1_loss,
+             lambda p, t: jaxloss.smooth_l1_loss(p, t, beta=0.0),
+             jaxloss.mean_absolute_percentage_error):
+    np.testing.assert_array_equal(jax.grad(lambda p: fn(p, p).sum())(p), 0)
+
+
+def test_smooth_l1_is_huber_over_beta():
+  p, t = jnp.asarray(P, jnp.float32), jnp.asarray(T, jnp.float32)
+  for beta in (0.3, 1.0, 2.0):
+    np.testing.assert_allclose(jaxloss.smooth_l1_loss(p, t, beta=beta),
+                               jaxloss.huber_loss(p, t, delta=beta) / beta,
+                               rtol=1e-6)
+
+
+def test_poisson_nll_stirling_only_above_one_and_zero_counts_are_safe():
+  x = jnp.array([0.5, 0.5, 0.5, 0.5])
+  y = jnp.array([0.0, 1.0, 1.5, 4.0])
+  got = jaxloss.poisson_nll_loss(x, y, full=True) - jaxloss.poisson_nll_loss(
+      x, y)
+  stirling = 4 * np.log(4) - 4 + 0.5 * np.log(2 * np.pi * 4)
+  stirling_15 = 1.5 * np.log(1.5) - 1.5 + 0.5 * np.log(2 * np.pi * 1.5)
+  np.testing.assert_allclose(got, [0, 0, stirling_15, stirling], rtol=1e-5,
+                             atol=1e-6)
+  # Count 0: 0 * log(rate + eps) = 0 even at rate 0 (torch: NaN), the rate
+  # gradient is 1 - 0 / rate = 1, the count gradient -log(rate) (0 at 0).
+  rates = jnp.array([0.0, 2.0])
+  counts = jnp.array([0.0, 0.0])
+  grad_r, grad_y = _jit(jax.grad(lambda r, y: jaxloss.poisson_nll_loss(
+      r, y, log_input=False, full=True, eps=0.0).sum(), argnums=(0, 1)))(
+          rates, counts)
+  np.testing.assert_allclose(grad_r, [1.0, 1.0])
+  np.testing.assert_allclose(grad_y, [0.0, -np.log(2.0)], rtol=1e-6)
+  np.testing.assert_allclose(
+      jaxloss.poisson_nll_loss(rates, counts, log_input=False, eps=0.0),
+      [0.0, 2.0])
+
+
+def test_poisson_is_poisson_nll_on_rates():
+  r, y = jnp.asarray(RATE), jnp.asarray(COUNTS)
+  np.testing.assert_allclose(
+      jaxloss.poisson(r, y),
+      jaxloss.poisson_nll_loss(r, y, log_input=False, eps=1e-7), rtol=1e-6)
+
+
+def test_gaussian_nll_var_shapes_follow_torch():
+  x = jnp.asarray(P, jnp.float32)
+  y = jnp.asarray(T, jnp.float32)
+  row = rng.uniform(0.5, 2.0, (4,))
+  expected_row = ref_gaussian_nll(P, T, row[:, None])
+  np.testing.assert_allclose(
+      jaxloss.gaussian_nll_loss(x, y, jnp.asarray(row, jnp.float32)),
+      expected_row, rtol=1e-5)
+  np.testing.assert_allclose(
+      jaxloss.gaussian_nll_loss(x, y, jnp.asarray(row[:, None], jnp.float32)),
+      expected_row, rtol=1e-5)
+  np.testing.assert_allclose(jaxloss.gaussian_nll_loss(x, y, 0.5),
+                             ref_gaussian_nll(P, T, 0.5), rtol=1e-5)
+  # A square input: one fewer dimension means one variance per row (torch),
+  # not numpy's per-column broadcasting.
+  sq = jnp.asarray(P[:3], jnp.float32)
+  v = np.array([0.5, 1.0, 2.0])
+  np.testing.assert_allclose(
+      jaxloss.gaussian_nll_loss(sq, jnp.zeros_like(sq),
+                                jnp.asarray(v, jnp.float32)),
+      ref_gaussian_nll(P[:3], 0, v[:, None]), rtol=1e-5)
+
+
+def test_gaussian_nll_clamp_passes_the_gradient_through():
+  var = jnp.array([1e-9, 2.0])
+  x, y = jnp.array([0.1, 1.0]), jnp.array([0.0, 0.0])
+  got = jaxloss.gaussian_nll_loss(x, y, var)
+  np.testing.assert_allclose(got, ref_gaussian_nll(np.array([0.1, 1.0]), 0,
+                                                   np.array([1e-9, 2.0])),
+                             rtol=1e-5)
+  g = jax.grad(lambda v: jaxloss.gaussian_nll_loss(x, y, v).sum())(var)
+  v = np.array([1e-6, 2.0])   # the clamped values
+  np.testing.assert_allclose(g, 0.5 * (1 / v - np.array([0.01, 1.0]) / v**2),
+                             rtol=1e-5)
+
+
+def test_gaussian_nll_negative_variance():
+  x = jnp.zeros(3)
+  with pytest.raises(ValueError, match="gaussian_nll_loss: var must be "
+                     "non-negative"):
+    jaxloss.gaussian_nll_loss(x, x, -1.0)
+  with pytest.raises(ValueError, match="var must be non-negative"):
+    jaxloss.gaussian_nll_loss(x, x, np.array([1.0, -1.0, 1.0]))
+  got = jaxloss.gaussian_nll_loss(x, x, jnp.array([1.0, -1.0, 1.0]))
+  assert np.isnan(got[1]) and np.all(np.isfinite(got[::2]))
+
+
+def test_keras_losses_average_the_last_axis_in_keras():
+  # keras.losses.X(y_true, y_pred) == jaxloss.X(y_pred, y_true).mean(-1),
+  # written out from Keras's formulas.
+  p, t = jnp.asarray(RATE), jnp.asarray(COUNTS + 0.5)
+  keras_mape = 100 * np.mean(np.abs(COUNTS + 0.5 - RATE)
+                             / np.maximum(np.abs(COUNTS + 0.5), 1e-7), -1)
+  np.testing.assert_allclose(
+      jaxloss.mean_absolute_percentage_error(p, t).mean(-1), keras_mape,
+      rtol=1e-5)
+  keras_msle = np.mean((np.log(np.maximum(RATE, 1e-7) + 1.0)
+                        - np.log(np.maximum(COUNTS + 0.5, 1e-7) + 1.0))**2, -1)
+  np.testing.assert_allclose(
+      jaxloss.mean_squared_logarithmic_error(p, t).mean(-1), keras_msle,
+      rtol=1e-5)
+
+
+def test_msle_clamps_negative_inputs_with_zero_gradient():
+  p = jnp.array([-3.0, 0.5])
+  g = jax.grad(lambda p: jaxloss.mean_squared_logarithmic_error(
+      p, jnp.ones(2)).sum())(p)
+  assert g[0] == 0 and np.isfinite(g[1]) and g[1] != 0
+
+
+# ---------------------------------------------------------------------------
+# Errors.
+
+
+def test_errors_name_the_function_and_argument():
+  x = jnp.zeros((3,))
+  with pytest.raises(TypeError, match="l1_loss: predictions must have a "
+                     "floating dtype, got int32"):
+    jaxloss.l1_loss(jnp.zeros(3, jnp.int32), x)
+  with pytest.raises(TypeError, match="huber_loss: targets must be real"):
+    jaxloss.huber_loss(x, jnp.zeros(3, jnp.complex64))
+  with pytest.raises(ValueError, match=r"mse_loss: shapes do not broadcast "
+                     r"together: predictions \(3,\), targets \(4,\)"):
+    jaxloss.mse_loss(x, jnp.zeros(4))
+  with pytest.raises(ValueError, match="squared_error: reduction must be one "
+                     "of 'none', 'mean', 'sum', got 'avg'"):
+    jaxloss.squared_error(x, reduction="avg")
+  with pytest.raises(ValueError, match=r"mse_loss: weight shape \(2,\) does "
+                     r"not broadcast to the loss shape \(3,\)"):
+    jaxloss.mse_loss(x, x, weight=jnp.ones(2))
+  with pytest.raises(ValueError, match=r"smooth_l1_loss: beta must be in "
+                     r"\[0, inf\), got -1.0"):
+    jaxloss.smooth_l1_loss(x, x, beta=-1.0)
+  with pytest.raises(ValueError, match=r"gaussian_nll_loss: var shape \(2,\) "
+                     r"does not fit predictions shape \(3,\)"):
+    jaxloss.gaussian_nll_loss(x, x, jnp.ones(2))
+  with pytest.raises(ValueError, match=r"var shape \(4, 1, 1\) does not fit "
+                     r"predictions shape \(4, 3, 2\).*torch's rules"):
+    jaxloss.gaussian_nll_loss(jnp.zeros((4, 3, 2)), jnp.zeros((4, 3, 2)),
+                              jnp.ones((4, 1, 1)))
+  with pytest.raises(ValueError, match="gaussian_nll_loss: reduction must"):
+    jaxloss.gaussian_nll_loss(x, x, 1.0, reduction="batchmean")
+  with pytest.raises(TypeError, match="gaussian_nll_loss: full must be a "
+                     "bool"):
+    jaxloss.gaussian_nll_loss(x, x, 1.0, full=1)
+  with pytest.raises(TypeError, match="poisson: predictions must have a "
+                     "floating dtype"):
+    jaxloss.poisson(jnp.arange(3), x)
