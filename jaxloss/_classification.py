@@ -81,6 +81,24 @@ def _labels(fn, name, labels, batch_shape, x_name):
   return labels
 
 
+def _signs(fn, x, t, where):
+  """Value checks of the {-1, 1} margin losses, active under ``checked``."""
+  _binary._value_check(fn, "predictor_outputs", ~jnp.isnan(x),
+                       "must not be NaN", x, where)
+  _binary._value_check(fn, "targets", (t == 1) | (t == -1),
+                       "must be -1 or 1", t, where)
+
+
+def _unit_interval(fn, x, y, from_logits):
+  """Value checks of the Keras focal losses, active under ``checked``."""
+  if from_logits:
+    _checks.values(fn, "predictions", ~jnp.isnan(x), "must not be NaN", x)
+  else:
+    _checks.values(fn, "predictions", (x >= 0) & (x <= 1),
+                   "must be in [0, 1]", x)
+  _checks.values(fn, "targets", (y >= 0) & (y <= 1), "must be in [0, 1]", y)
+
+
 def _one_hot(labels, valid, num_classes):
   safe = jnp.where(valid, labels, 0)
   classes = jnp.arange(num_classes).reshape((1,) * safe.ndim + (-1,))
@@ -124,6 +142,7 @@ def hinge_loss(predictor_outputs, targets, *, weight=None, where=None,
   fn = "hinge_loss"
   x, t, weight, where = _pair(fn, "predictor_outputs", predictor_outputs,
                               "targets", targets, weight=weight, where=where)
+  _signs(fn, x, t, where)
   return _finish(fn, jnp.maximum(0, 1 - x * t), weight, where, reduction)
 
 
@@ -160,6 +179,7 @@ def perceptron_loss(predictor_outputs, targets, *, weight=None, where=None,
   fn = "perceptron_loss"
   x, t, weight, where = _pair(fn, "predictor_outputs", predictor_outputs,
                               "targets", targets, weight=weight, where=where)
+  _signs(fn, x, t, where)
   return _finish(fn, jnp.maximum(0, -x * t), weight, where, reduction)
 
 
@@ -317,6 +337,12 @@ def poly_loss_cross_entropy(logits, labels, *, epsilon=2.0, axis=-1,
   y, _, _ = classes_last(fn, labels, axis)
   y = y.astype(x.dtype)
   row_keep, class_keep = split_where(fn, where, shape, axis, batch_shape)
+  labels_ok = (y >= 0) & (y <= 1)
+  if row_keep is not None:
+    labels_ok = labels_ok | ~row_keep[..., None]
+  if class_keep is not None:
+    labels_ok = labels_ok | ~class_keep
+  _checks.values(fn, "labels", labels_ok, "must be in [0, 1]", y)
   epsilon = _checks.numeric(fn, "epsilon", epsilon)
   epsilon = _checks.broadcastable(fn, "epsilon", epsilon, batch_shape,
                                   "the batch shape of logits").astype(x.dtype)
@@ -593,7 +619,7 @@ def multi_margin_loss(predictions, targets, *, p=1, margin=1.0, weight=None,
     weight = weight.astype(x.dtype)
   _, label_x, label_w, _, valid = integer_rows(
       fn, x, targets, x.shape[:-1], ignore_index=None, row_keep=None,
-      weight=weight)
+      weight=weight, labels_name="targets")
   # relu, not maximum: its gradient at the kink is 0, as torch's strict >.
   h = jax.nn.relu(margin - label_x[..., None] + x)
   if p == 2:
@@ -651,8 +677,10 @@ def multilabel_margin_loss(predictions, targets, *, reduction="none"):
   seen = jnp.cumsum(negative, axis=-1)
   listed = seen == 0
   terminator = negative & (seen == 1)
-  bad = jnp.any((listed & (targets >= num_classes))
-                | (terminator & (targets < -1)), axis=-1)
+  bad = (listed & (targets >= num_classes)) | (terminator & (targets < -1))
+  _checks.values(fn, "targets", ~bad, f"must be class indices in [0, "
+                 f"{num_classes}) ended by -1", targets)
+  bad = jnp.any(bad, axis=-1)
   listed = listed & (targets < num_classes)
   safe = jnp.where(listed, targets, 0)
   classes = jnp.arange(num_classes).reshape((1,) * targets.ndim + (-1,))
@@ -740,6 +768,7 @@ def multilabel_soft_margin_loss(predictions, targets, *, weight=None,
   _checks.at_least_rank(fn, "predictions", jnp.asarray(predictions), 1)
   x, t, weight, _ = _pair(fn, "predictions", predictions, "targets", targets,
                           same_shape=True, weight=weight)
+  _unit_interval(fn, x, t, from_logits=True)
   loss = _binary.sigmoid_binary_cross_entropy(x, t, weight=weight)
   return _reduction.reduce(fn, jnp.mean(loss, axis=-1), reduction)
 
@@ -904,6 +933,7 @@ def _binary_focal_cross_entropy(predictions, targets, *,
   _checks.at_least_rank(fn, "predictions", jnp.asarray(predictions), 1)
   x, y, _, _ = _pair(fn, "predictions", predictions, "targets", targets,
                      same_shape=True)
+  _unit_interval(fn, x, y, from_logits)
   axes = _checks.axes(fn, axis, x.ndim)
   alpha = _checks.numeric(fn, "alpha", alpha)
   alpha = _checks.broadcastable(fn, "alpha", alpha, x.shape,
@@ -1008,6 +1038,7 @@ def categorical_focal_cross_entropy(predictions, targets, *, alpha=0.25,
   _checks.at_least_rank(fn, "predictions", jnp.asarray(predictions), 1)
   x, y, _, _ = _pair(fn, "predictions", predictions, "targets", targets,
                      same_shape=True)
+  _unit_interval(fn, x, y, from_logits)
   x, _, _ = classes_last(fn, x, axis)
   y, _, _ = classes_last(fn, y, axis)
   num_classes = x.shape[-1]

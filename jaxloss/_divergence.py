@@ -57,6 +57,15 @@ def _elementwise_kl_log_targets(lp, lt):
   return jnp.where(on, jnp.exp(safe_lt) * (safe_lt - safe_lp), 0)
 
 
+def _target_checks(fn, lp, t, t_name, log_targets):
+  """Value checks, active under ``checked``: no NaN, no negative mass."""
+  _checks.values(fn, "log_predictions", ~jnp.isnan(lp), "must not be NaN", lp)
+  if log_targets:
+    _checks.values(fn, t_name, ~jnp.isnan(t), "must not be NaN", t)
+  else:
+    _checks.values(fn, t_name, t >= 0, "must be non-negative", t)
+
+
 def _rowwise(fn, elementwise, log_predictions, targets, t_name, axis, where,
              reduction, extra=None):
   """Sums ``elementwise`` over ``axis`` where kept, then reduces the rows."""
@@ -71,6 +80,7 @@ def _rowwise(fn, elementwise, log_predictions, targets, t_name, axis, where,
     # +inf) gives an exact zero gradient.
     lp = jnp.where(where, lp, 0)
     t = jnp.where(where, t, 0)
+  _target_checks(fn, lp, t, t_name, t_name == "log_targets")
   loss = elementwise(lp, t)
   if extra is not None:
     loss = loss + extra(lp, t)
@@ -299,6 +309,7 @@ def kl_div(log_predictions, targets, *, log_target=False, reduction="none"):
     _checks.fail(fn, f"log_target must be a bool, got {log_target!r}",
                  TypeError)
   lp, t = _inputs(fn, log_predictions, targets, "targets")
+  _target_checks(fn, lp, t, "targets", log_target)
   loss = (_elementwise_kl_log_targets if log_target else _elementwise_kl)(
       lp, t)
   if reduction == "batchmean":

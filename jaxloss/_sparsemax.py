@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 
+from jaxloss import _binary
 from jaxloss import _checks
 from jaxloss import _jit
 from jaxloss import _reduction
@@ -240,6 +241,10 @@ def sparsemax_loss(logits, labels, *, weight=None, where=None,
   fn = "sparsemax_loss"
   logits, labels, weight, where = _binary_inputs(fn, logits, labels, weight,
                                                  where)
+  _binary._value_check(fn, "logits", ~jnp.isnan(logits), "must not be NaN",
+                       logits, where)
+  _binary._value_check(fn, "labels", (labels >= 0) & (labels <= 1),
+                       "must be in [0, 1]", labels, where)
   if where is not None:
     logits = jnp.where(where, logits, 0)
   loss = (labels * jax.nn.sparse_plus(-logits)
