@@ -98,6 +98,10 @@ def _cosine(fn, predictions, targets, epsilon, axis, where):
     where = _checks.boolean(fn, "where", where)
     where = _checks.broadcastable(fn, "where", where, predictions.shape,
                                   "predictions")
+    # Dropped entries are zeroed before any product: a NaN there must not
+    # reach the gradient of the entries kept.
+    predictions = jnp.where(where, predictions, 0)
+    targets = jnp.where(where, targets, 0)
   epsilon = jnp.asarray(epsilon, predictions.dtype)
   a = _unit(predictions, axes, where, epsilon)
   b = _unit(targets, axes, where, epsilon)
