@@ -41,6 +41,11 @@ from jaxloss._sparsemax import sparsemax as sparsemax
 from jaxloss._sparsemax import sparsemax_loss as sparsemax_loss
 
 # Catalogue: CTC and the registry.
+from jaxloss import nn as nn
+from jaxloss._ctc import ctc_loss as ctc_loss
+from jaxloss._ctc import ctc_loss_with_forward_probs as ctc_loss_with_forward_probs
+from jaxloss._registry import get as get
+from jaxloss._registry import names as names
 
 # Catalogue: regression, distances, segmentation, contrastive, torch and Keras.
 from jaxloss._embedding import circle_loss as circle_loss

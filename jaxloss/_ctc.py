@@ -1,0 +1,268 @@
+"""Connectionist temporal classification (CTC), with optax's interface."""
+
+import jax
+import jax.numpy as jnp
+
+from jaxloss import _checks
+from jaxloss import _jit
+from jaxloss import _reduction
+
+
+@jax.custom_jvp
+def _logaddexp(a, b):
+  return jnp.logaddexp(a, b)
+
+
+@_logaddexp.defjvp
+def _logaddexp_jvp(primals, tangents):
+  # jnp.logaddexp's own rule gives NaN when both arguments are -inf (a path
+  # that log_epsilon=-inf makes impossible): here an impossible path gets
+  # gradient 0, and finite arguments get exactly jnp's rule.
+  a, b = primals
+  da, db = tangents
+  out = jnp.logaddexp(a, b)
+  finite = jnp.isfinite(out)
+  safe = jnp.where(finite, out, 0)
+  wa = jnp.where(finite, jnp.exp(a - safe), 0)
+  wb = jnp.where(finite, jnp.exp(b - safe), 0)
+  return out, da * wa + db * wb
+
+
+def _clamp(x, sign):
+  """``x`` clamped to 0 on the side of ``sign``, the identity in gradient.
+
+  A log-probability is at most 0, but float32 rounding can push a sum over
+  near-certain paths a few ulps above: the value is clamped (to +0, never
+  -0), while the gradient stays that of the computed value: the clamp only
+  hides rounding, which is no reason to stop learning.
+  """
+  past = x * sign >= 0
+  return x + jax.lax.stop_gradient(jnp.where(past, -x, 0))
+
+
+def _check(fn, logits, logit_paddings, labels, label_paddings, blank_id):
+  logits = _checks.floating(fn, "logits", logits)
+  if logits.ndim != 3:
+    _checks.fail(fn, "logits must have shape (batch, time, classes), got "
+                 f"shape {logits.shape}")
+  batch, time, num_classes = logits.shape
+  if time == 0:
+    _checks.fail(fn, f"logits must have at least one time step, got shape "
+                 f"{logits.shape}")
+  logit_paddings = _checks.numeric(fn, "logit_paddings", logit_paddings)
+  _checks.shape_is(fn, "logit_paddings", logit_paddings, (batch, time),
+                   "the shape of logits without the class axis")
+  labels = _checks.integer(fn, "labels", labels)
+  if labels.ndim != 2 or labels.shape[0] != batch:
+    _checks.fail(fn, f"labels must have shape ({batch}, max_label_length) "
+                 f"(batch size of logits first), got shape {labels.shape}")
+  label_paddings = _checks.numeric(fn, "label_paddings", label_paddings)
+  _checks.same_shape(fn, "label_paddings", label_paddings, "labels", labels)
+  if (isinstance(blank_id, bool) or not isinstance(blank_id, int)
+      or not 0 <= blank_id < num_classes):
+    _checks.fail(fn, f"blank_id must be an int in [0, {num_classes}) (a "
+                 f"class of logits), got {blank_id!r}")
+  return logits, logit_paddings != 0, labels, label_paddings != 0
+
+
+def _label_log_probs(logits, frame_pad, labels, blank_id):
+  """Time-major log-probabilities of each label position and of the blank.
+
+  Gathers from the logits and subtracts the log-normalizer, in the order
+  ``jax.nn.log_softmax`` uses, rather than materializing the (B, T, K)
+  log-softmax and contracting it with one-hot labels as optax does: the
+  contraction costs B T N K multiply-adds, turns a ``-inf`` logit into
+  ``0 * -inf = nan``, and runs as a TF32/bfloat16 matmul on GPUs and TPUs at
+  default precision, which rounds the log-probabilities.
+  """
+  x = logits.astype(_reduction.stat_dtype(logits.dtype))
+  # Padded frames never reach the loss; zeroing them keeps whatever they hold
+  # (inf, nan) out of the gradient.
+  x = jnp.where(frame_pad[..., None], 0, x)
+  shift = jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
+  shift = jnp.where(jnp.isfinite(shift), shift, 0)
+  shifted = x - shift
+  log_norm = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
+  batch, time, num_classes = x.shape
+  valid = (labels >= 0) & (labels < num_classes)
+  index = jnp.broadcast_to(jnp.where(valid, labels, 0)[:, None, :],
+                           (batch, time, labels.shape[1]))
+  emit = jnp.take_along_axis(shifted, index, axis=-1) - log_norm
+  blank = shifted[..., blank_id] - log_norm[..., 0]
+  return jnp.transpose(emit, (1, 0, 2)), blank.T, valid
+
+
+def _forward(emit, blank, frame_pad, repeat, log_epsilon):
+  """optax's forward recursion over time, safe for ``log_epsilon = -inf``.
+
+  ``phi[b, n]``: log-probability of having emitted ``n`` labels and being free
+  to emit label ``n`` next (last frame a blank, or an epsilon step after
+  label ``n - 1``); ``lab[b, n]``: of having just emitted label ``n``.
+  """
+  batch, num_labels = repeat.shape
+  dtype = emit.dtype
+  phi = jnp.full((batch, num_labels + 1), log_epsilon, dtype).at[:, 0].set(0)
+  lab = jnp.full((batch, num_labels), log_epsilon, dtype)
+  # optax writes these as log_epsilon * repeat; with -inf that is 0 * -inf.
+  skip_if_repeat = jnp.where(repeat, log_epsilon, 0).astype(dtype)
+  skip_unless_repeat = jnp.where(repeat, 0, log_epsilon).astype(dtype)
+
+  def with_tail(p, tail):
+    return jnp.concatenate([p[:, :1], _logaddexp(p[:, 1:], tail)], axis=-1)
+
+  def step(carry, inputs):
+    phi, lab = carry
+    emit_t, blank_t, pad_t = inputs
+    blank_t = blank_t[:, None]
+    phi_eps = with_tail(phi, lab + skip_if_repeat)
+    next_lab = _logaddexp(phi_eps[:, :-1] + emit_t, lab + emit_t)
+    next_phi = with_tail(phi_eps + blank_t, lab + blank_t + skip_unless_repeat)
+    pad_t = pad_t[:, None]
+    next_phi = jnp.where(pad_t, phi, next_phi)
+    next_lab = jnp.where(pad_t, lab, next_lab)
+    return (next_phi, next_lab), (next_phi, next_lab)
+
+  _, (phi, lab) = jax.lax.scan(step, (phi, lab), (emit, blank, frame_pad.T))
+  # The last label can still take its epsilon step into the final state.
+  return phi.at[-1].set(with_tail(phi[-1], lab[-1])), lab
+
+
+def _ctc(fn, logits, logit_paddings, labels, label_paddings, blank_id,
+         log_epsilon, reduction):
+  _checks.reduction(fn, reduction)
+  logits, frame_pad, labels, label_pad = _check(
+      fn, logits, logit_paddings, labels, label_paddings, blank_id)
+  emit, blank, valid = _label_log_probs(logits, frame_pad, labels, blank_id)
+  log_epsilon = _checks.numeric(fn, "log_epsilon", log_epsilon)
+  _checks.shape_is(fn, "log_epsilon", log_epsilon, (), "a scalar")
+  log_epsilon = log_epsilon.astype(emit.dtype)
+  # repeat[b, n]: label n + 1 repeats label n, so a blank must separate them.
+  repeat = jnp.concatenate([labels[:, :-1] == labels[:, 1:],
+                            jnp.zeros_like(labels[:, :1], bool)], axis=1)
+  phi, lab = _forward(emit, blank, frame_pad, repeat, log_epsilon)
+  num_labels = jnp.sum(~label_pad, axis=1)
+  loss = -jnp.take_along_axis(phi[-1], num_labels[:, None], axis=1)[:, 0]
+  loss = _clamp(loss, -1)
+  phi, lab = _clamp(phi, 1), _clamp(lab, 1)
+  # A label outside [0, K) has no log-probability: NaN, not the certain
+  # emission optax's one-hot of it gives.
+  loss = jnp.where(jnp.any(~valid & ~label_pad, axis=1), jnp.nan, loss)
+  return _reduction.reduce(fn, loss, reduction), phi, lab
+
+
+@_jit.jit("blank_id", "reduction")
+def ctc_loss_with_forward_probs(logits, logit_paddings, labels, label_paddings,
+                                *, blank_id=0, log_epsilon=-1e5,
+                                reduction="none"):
+  r"""CTC loss and the forward log-probabilities behind it.
+
+  With :math:`\mathcal{B}` the map that merges repeats and drops blanks, the
+  loss of a sequence is the negative log-probability of all alignments
+  :math:`\pi` (one class per unpadded frame) that reduce to its labels:
+
+  .. math::
+    \ell = -\log \sum_{\pi \in \mathcal{B}^{-1}(y)} \prod_t p_t(\pi_t),
+    \qquad p_t = \mathrm{softmax}(\mathrm{logits}_t)
+
+  computed by optax's forward recursion in log space: ``logalpha_blank[t, b,
+  n]`` is the log-probability of having emitted ``n`` labels by frame ``t``
+  and being free to emit label ``n`` next, ``logalpha_nonblank[t, b, n]`` of
+  having just emitted label ``n``. ``log_epsilon`` stands for
+  :math:`\log 0`; ``-inf`` is allowed and exact: a label sequence that cannot
+  fit in its frames then costs ``inf`` (as in torch) instead of about
+  ``-log_epsilon``.
+
+  Differences from optax, all at the edges: the loss is never negative and
+  the forward log-probabilities never positive (optax rounds slightly past
+  0 in float32 on near-certain alignments: softmax rounded so its
+  probabilities sum past 1, then summed over several paths); gradients are
+  unchanged by that clamp and finite for ``-inf`` logits (optax: NaN), and
+  whatever padded frames hold does not reach them; a label outside
+  ``[0, K)`` that is not padding gives NaN.
+
+  Args:
+    logits: floating (B, T, K) logits, blank included; half precision is
+      upcast to float32.
+    logit_paddings: (B, T) padding indicators, nonzero (1.0) on padded
+      frames.
+    labels: integer (B, N) labels.
+    label_paddings: (B, N) padding indicators, nonzero (1.0) on padded
+      labels, which must come after the real ones in each row.
+    blank_id: class of the blank symbol, in ``[0, K)``.
+    log_epsilon: scalar standing for :math:`\log 0`.
+    reduction: ``"none"``, ``"mean"`` or ``"sum"`` over the batch.
+
+  Returns:
+    ``(loss, logalpha_blank, logalpha_nonblank)``: the loss, (B,) for
+    ``"none"``, else a scalar; (T, B, N + 1) and (T, B, N) forward
+    log-probabilities, all float32 (float64 for float64 logits).
+
+  Example:
+    >>> import jaxloss
+    >>> logits = jnp.array([[[0.0, 17.0], [0.0, 17.0]]])
+    >>> loss, alpha_blank, alpha_label = jaxloss.ctc_loss_with_forward_probs(
+    ...     logits, jnp.zeros((1, 2)), jnp.array([[1]]), jnp.zeros((1, 1)))
+    >>> print(loss, alpha_blank.shape, alpha_label.shape)
+    [0.] (2, 1, 2) (2, 1, 1)
+
+  References:
+    Graves et al., `Connectionist temporal classification
+    <https://www.cs.toronto.edu/~graves/icml_2006.pdf>`_, 2006;
+    ``optax.losses.ctc_loss_with_forward_probs`` (same arguments and
+    outputs, which gives ``-8.3e-08`` for the example above).
+  """
+  return _ctc("ctc_loss_with_forward_probs", logits, logit_paddings, labels,
+              label_paddings, blank_id, log_epsilon, reduction)
+
+
+@_jit.jit("blank_id", "reduction")
+def ctc_loss(logits, logit_paddings, labels, label_paddings, *, blank_id=0,
+             log_epsilon=-1e5, reduction="none"):
+  r"""Connectionist temporal classification loss, never negative.
+
+  .. math::
+    \ell = -\log \sum_{\pi \in \mathcal{B}^{-1}(y)} \prod_t p_t(\pi_t)
+
+  over the alignments :math:`\pi` of the unpadded frames that reduce to the
+  labels :math:`y` once repeats are merged and blanks dropped. Same
+  arguments and values as ``optax.losses.ctc_loss``, except that it is
+  clamped at 0 where float32 rounding takes optax below (gradients
+  unchanged), its gradients stay finite for ``-inf`` logits, and a label
+  outside ``[0, K)`` gives NaN; see :func:`ctc_loss_with_forward_probs`.
+  :class:`jaxloss.nn.CTCLoss` gives torch's interface and normalization.
+
+  Args:
+    logits: floating (B, T, K) logits, blank included; half precision is
+      upcast to float32.
+    logit_paddings: (B, T) padding indicators, nonzero (1.0) on padded
+      frames.
+    labels: integer (B, N) labels.
+    label_paddings: (B, N) padding indicators, nonzero (1.0) on padded
+      labels, which must come after the real ones in each row.
+    blank_id: class of the blank symbol, in ``[0, K)``.
+    log_epsilon: scalar standing for :math:`\log 0`; ``-inf`` makes
+      impossible alignments exact (an unreachable label sequence costs
+      ``inf`` with zero gradient).
+    reduction: ``"none"``, ``"mean"`` or ``"sum"`` over the batch.
+
+  Returns:
+    float32 loss (float64 for float64 logits): (B,) for ``"none"``, else a
+    scalar.
+
+  Example:
+    >>> import jaxloss
+    >>> logits = jnp.log(jnp.array([[[0.2, 0.7, 0.1], [0.6, 0.1, 0.3],
+    ...                              [0.1, 0.1, 0.8]]]))
+    >>> print(jaxloss.ctc_loss(logits, jnp.zeros((1, 3)),
+    ...                        jnp.array([[1, 2]]), jnp.zeros((1, 2))))
+    [0.5158]
+
+  References:
+    Graves et al., `Connectionist temporal classification
+    <https://www.cs.toronto.edu/~graves/icml_2006.pdf>`_, 2006;
+    ``optax.losses.ctc_loss``; ``torch.nn.functional.ctc_loss`` (on
+    ``log_softmax`` of the logits, time first, with lengths for paddings).
+  """
+  loss, _, _ = _ctc("ctc_loss", logits, logit_paddings, labels,
+                    label_paddings, blank_id, log_epsilon, reduction)
+  return loss

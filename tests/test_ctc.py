@@ -1,0 +1,302 @@
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.test_util import check_grads
+
+import jaxloss
+from helpers import FLOATS, MODES, assert_finite, dtype_context, rounded, run
+
+rng = np.random.default_rng(5)
+B, T, K, N = 4, 9, 5, 4
+LOGITS = rng.normal(0, 2, (B, T, K))
+FRAME_PAD = np.zeros((B, T))
+FRAME_PAD[1, 6:] = 1.0
+FRAME_PAD[3, 4:] = 1.0
+LABELS = rng.integers(1, K, (B, N))
+LABELS[0, :2] = [2, 2]                            # a repeat: needs a blank
+LABEL_PAD = np.zeros((B, N))
+LABEL_PAD[1, 3:] = 1.0
+LABEL_PAD[2, :] = 1.0                             # no label at all
+LABEL_PAD[3, 2:] = 1.0
+ARGS = (LOGITS, FRAME_PAD, LABELS, LABEL_PAD)
+
+
+def log_softmax(x):
+  x = np.asarray(x, np.float64)
+  m = x.max(-1, keepdims=True)
+  return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+def logsumexp(values):
+  values = np.asarray(values, np.float64)
+  m = values.max()
+  if m == -np.inf:
+    return -np.inf
+  return m + np.log(np.exp(values - m).sum())
+
+
+def ctc_reference(logits, frame_pad, labels, label_pad, blank=0):
+  """Float64 CTC by the textbook recursion over blank-extended labels."""
+  out = []
+  for b in range(len(logits)):
+    lp = log_softmax(logits[b])[np.asarray(frame_pad[b]) == 0]
+    ext = [blank]
+    for label in np.asarray(labels[b])[np.asarray(label_pad[b]) == 0]:
+      ext += [int(label), blank]
+    alpha = np.full(len(ext), -np.inf)
+    alpha[0] = 0.0        # a virtual start in the first blank state
+    prev = np.full(len(ext), -np.inf)
+    for t in range(len(lp)):
+      prev, alpha = alpha, np.full(len(ext), -np.inf)
+      for s, c in enumerate(ext):
+        terms = [prev[s]] + ([prev[s - 1]] if s >= 1 else [])
+        if s >= 2 and c != blank and ext[s - 2] != c:
+          terms.append(prev[s - 2])
+        if t == 0:
+          terms = [0.0] if s == 0 else ([0.0] if s == 1 else [-np.inf])
+        alpha[s] = logsumexp(terms) + lp[t, c]
+    out.append(-logsumexp(alpha[-2:] if len(ext) > 1 else alpha[-1:]))
+  return np.array(out)
+
+
+def ctc_brute_force(logits, labels, blank=0):
+  """-log of the summed probability of every alignment, for tiny inputs."""
+  lp = log_softmax(logits)
+  total = []
+  for path in itertools.product(range(lp.shape[1]), repeat=lp.shape[0]):
+    merged = [c for i, c in enumerate(path) if i == 0 or c != path[i - 1]]
+    if [c for c in merged if c != blank] == list(labels):
+      total.append(sum(lp[t, c] for t, c in enumerate(path)))
+  return -logsumexp(total) if total else np.inf
+
+
+def test_reference_is_brute_force():
+  x = rng.normal(0, 1, (5, 3))
+  for labels in ([1, 2], [1, 1], [2], []):
+    got = ctc_reference(x[None], np.zeros((1, 5)), np.array([labels + [0]]),
+                        np.array([[0.0] * len(labels) + [1.0]]))
+    np.testing.assert_allclose(got, [ctc_brute_force(x, labels)], rtol=1e-12)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_reference(mode):
+  # Eager runs the scan step by step: a short input keeps it quick.
+  args = (LOGITS[:, :7], FRAME_PAD[:, :7], LABELS, LABEL_PAD)
+  with jax.enable_x64(True):
+    got = run(mode, jaxloss.ctc_loss, *args)
+  np.testing.assert_allclose(got, ctc_reference(*args), rtol=1e-12)
+
+
+@functools.cache
+def _value_and_grad_fn(fn):
+  def total(x, *args, **kwargs):
+    out = fn(x, *args, **kwargs)
+    loss = out[0] if isinstance(out, tuple) else out
+    return loss.sum(), out
+  return jax.jit(jax.value_and_grad(total, has_aux=True))
+
+
+def _value_and_grad(fn, x, *args, log_epsilon=-1e5):
+  """``fn``'s outputs and the gradient of its summed loss, in one compile.
+
+  Arguments are traced (``log_epsilon`` included), so the tests below share
+  compilations by sharing shapes.
+  """
+  (_, out), grad = _value_and_grad_fn(fn)(x, *args, log_epsilon=log_epsilon)
+  return out, grad
+
+
+def test_equals_optax_values_forward_probs_and_gradients():
+  x = jnp.asarray(LOGITS, jnp.float32)
+  ours, g = _value_and_grad(jaxloss.ctc_loss_with_forward_probs, x,
+                            *ARGS[1:])
+  theirs, g_optax = _value_and_grad(
+      optax.losses.ctc_loss_with_forward_probs, x, *ARGS[1:])
+  for a, b in zip(ours, theirs):
+    assert a.shape == b.shape and a.dtype == b.dtype
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+  np.testing.assert_allclose(jaxloss.ctc_loss(x, *ARGS[1:]), theirs[0],
+                             rtol=1e-6)
+  np.testing.assert_allclose(g, g_optax, rtol=1e-5, atol=1e-6)
+
+
+def _confident(labels):
+  """optax issue 1771 in ARGS' shapes: 2 frames, each 17 nats surer of the
+  label in column 0 than of the blank (the other classes are out at -1e4).
+  """
+  x = np.full((B, T, K), -1e4)
+  x[..., 0] = 0.0
+  x[np.arange(B), :2, labels[:, 0]] = 17.0
+  frame_pad = np.zeros((B, T))
+  frame_pad[:, 2:] = 1.0
+  label_pad = np.ones((B, N))
+  label_pad[:, 0] = 0.0
+  return jnp.asarray(x, jnp.float32), frame_pad, labels, label_pad
+
+
+def test_never_negative_where_optax_is():
+  # log_softmax rounds p(label) = 1 - 4e-8 up to 1 in float32 while the blank
+  # keeps its 4e-8: the three alignments (l l, _ l, l _) sum to 1 + 8e-8, a
+  # positive log-likelihood, and optax's loss goes below 0.
+  labels = np.array([[1, 2, 0, 0], [3, 3, 0, 0], [4, 1, 0, 0], [2, 4, 4, 0]])
+  args = _confident(labels)
+  ours, g = _value_and_grad(jaxloss.ctc_loss_with_forward_probs, *args)
+  theirs, g_optax = _value_and_grad(optax.losses.ctc_loss_with_forward_probs,
+                                    *args)
+  assert (theirs[0] < 0).any()
+  loss, alpha_blank, alpha_label = ours
+  assert (loss >= 0).all() and not np.signbit(loss).any()  # +0, never -0
+  np.testing.assert_allclose(loss, theirs[0], atol=1e-6)
+  assert (alpha_blank <= 0).all() and (alpha_label <= 0).all()
+  # The clamp hides rounding only: the gradient is optax's.
+  np.testing.assert_allclose(g, g_optax, rtol=1e-6, atol=1e-12)
+  assert_finite(g)
+
+
+def test_never_negative_on_confident_batches():
+  for seed in range(8):
+    labels = np.random.default_rng(seed).integers(1, K, (B, N))
+    x, frame_pad, labels, label_pad = _confident(labels)
+    x = x + jnp.asarray(rng.normal(0, 1.0, x.shape), jnp.float32)
+    (loss, alpha_blank, alpha_label), _ = _value_and_grad(
+        jaxloss.ctc_loss_with_forward_probs, x, frame_pad, labels, label_pad)
+    assert (loss >= 0).all()
+    assert (alpha_blank <= 0).all() and (alpha_label <= 0).all()
+
+
+def test_minus_inf_logits_keep_finite_gradients():
+  # A class that is impossible at some frames, not needed by the labels.
+  x = jnp.asarray(LOGITS, jnp.float32).at[:, ::2, K - 1].set(-jnp.inf)
+  labels = np.where(LABELS == K - 1, 1, LABELS)
+  loss, g = _value_and_grad(jaxloss.ctc_loss, x, FRAME_PAD, labels, LABEL_PAD)
+  np.testing.assert_allclose(
+      loss, ctc_reference(np.asarray(x), FRAME_PAD, labels, LABEL_PAD),
+      rtol=1e-5)
+  assert_finite(g)
+  np.testing.assert_array_equal(g[:, ::2, K - 1], 0.0)
+  assert np.isnan(optax.losses.ctc_loss(x, FRAME_PAD, labels, LABEL_PAD)).all()
+
+
+def test_padded_frames_do_not_matter():
+  clean = jnp.asarray(LOGITS, jnp.float32)
+  dirty = clean.at[1, 6:].set(jnp.nan).at[3, 4:, 0].set(jnp.inf)
+  loss, g = _value_and_grad(jaxloss.ctc_loss, dirty, *ARGS[1:])
+  loss_clean, g_clean = _value_and_grad(jaxloss.ctc_loss, clean, *ARGS[1:])
+  np.testing.assert_array_equal(loss, loss_clean)
+  np.testing.assert_array_equal(g, g_clean)
+  np.testing.assert_array_equal(g[1, 6:], 0.0)
+
+
+def test_exact_log_zero_makes_impossible_targets_infinite():
+  # Row 0 keeps 2 frames for 2, 2, which needs 2, blank, 2.
+  frame_pad = FRAME_PAD.copy()
+  frame_pad[0, 2:] = 1.0
+  labels = LABELS.copy()
+  labels[0, :2] = 2
+  label_pad = LABEL_PAD.copy()
+  label_pad[0, 2:] = 1.0
+  x = jnp.asarray(LOGITS, jnp.float32)
+  args = (frame_pad, labels, label_pad)
+  loss, g = _value_and_grad(jaxloss.ctc_loss, x, *args, log_epsilon=-jnp.inf)
+  assert loss[0] == np.inf
+  np.testing.assert_allclose(loss[1:], ctc_reference(x, *args)[1:],
+                             rtol=1e-5)
+  np.testing.assert_array_equal(g[0], 0.0)
+  assert_finite(g)
+  # optax's default log(0) = -1e5 prices the impossible at about 1e5.
+  approx, _ = _value_and_grad(jaxloss.ctc_loss, x, *args)
+  assert 9e4 < approx[0] < np.inf
+  np.testing.assert_allclose(approx[1:], loss[1:], rtol=1e-6)
+
+
+def test_exact_log_zero_equals_default_on_feasible_input():
+  x = jnp.asarray(LOGITS, jnp.float32)
+  a, g = _value_and_grad(jaxloss.ctc_loss_with_forward_probs, x, *ARGS[1:])
+  b, g_exact = _value_and_grad(jaxloss.ctc_loss_with_forward_probs, x,
+                               *ARGS[1:], log_epsilon=-jnp.inf)
+  np.testing.assert_allclose(a[0], b[0], rtol=1e-6)
+  np.testing.assert_allclose(g, g_exact, rtol=1e-5, atol=1e-7)
+
+
+def test_label_out_of_range_is_nan_unless_padding():
+  labels = LABELS.copy()
+  labels[1, 3] = 99          # padding: ignored
+  labels[2, 0] = -1          # padding: ignored
+  labels[0, 1] = K           # a real label: no such class
+  loss = jaxloss.ctc_loss(LOGITS, FRAME_PAD, labels, LABEL_PAD)
+  assert np.isnan(loss[0])
+  np.testing.assert_allclose(loss[1:], jaxloss.ctc_loss(*ARGS)[1:],
+                             rtol=1e-6)
+
+
+def test_no_labels_at_all():
+  x = jnp.asarray(LOGITS[:, :3])
+  loss = jaxloss.ctc_loss(x, jnp.zeros((B, 3)), jnp.zeros((B, 0), int),
+                          jnp.zeros((B, 0)))
+  want = -log_softmax(x)[..., 0].sum(-1)
+  np.testing.assert_allclose(loss, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_dtypes(dtype):
+  with dtype_context(dtype):
+    x = jnp.asarray(LOGITS, dtype)
+    loss, g = _value_and_grad(jaxloss.ctc_loss, x, *ARGS[1:])
+    assert loss.dtype == (jnp.float64 if dtype == "float64" else jnp.float32)
+    want = ctc_reference(rounded(LOGITS, dtype), *ARGS[1:])
+    np.testing.assert_allclose(loss, want, rtol=1e-5)
+    assert g.dtype == x.dtype
+    assert_finite(g)
+
+
+def test_vmap_matches_batch():
+  stacked = [np.stack([a, a[::-1]]) for a in ARGS]
+  got = jax.vmap(jaxloss.ctc_loss)(*stacked)
+  want = jnp.stack([jaxloss.ctc_loss(*ARGS),
+                    jaxloss.ctc_loss(*[a[::-1] for a in ARGS])])
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_gradients_match_finite_differences():
+  x = LOGITS[:2, :5, :3]
+  labels = np.array([[1, 2], [2, 2]])
+  pads = (np.array([[0.0] * 5, [0.0] * 4 + [1.0]]), labels,
+          np.array([[0.0, 0.0], [0.0, 0.0]]))
+  with jax.enable_x64(True):
+    check_grads(lambda x: jaxloss.ctc_loss(x, *pads, reduction="sum"),
+                (jnp.asarray(x),), order=1, modes=("rev",))
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({"logits": LOGITS[0]}, ValueError,
+     r"ctc_loss: logits must have shape \(batch, time, classes\)"),
+    ({"logits": LOGITS.astype(int)}, TypeError,
+     "ctc_loss: logits must have a floating dtype"),
+    ({"logits": LOGITS[:, :0]}, ValueError,
+     "ctc_loss: logits must have at least one time step"),
+    ({"logit_paddings": FRAME_PAD[:, :3]}, ValueError,
+     r"ctc_loss: logit_paddings must have shape \(4, 9\)"),
+    ({"labels": LABELS.astype(float)}, TypeError,
+     "ctc_loss: labels must have an integer dtype"),
+    ({"labels": LABELS[:2]}, ValueError,
+     r"ctc_loss: labels must have shape \(4, max_label_length\)"),
+    ({"label_paddings": LABEL_PAD[:, :2]}, ValueError,
+     r"ctc_loss: label_paddings shape \(4, 2\) does not match labels"),
+    ({"blank_id": K}, ValueError,
+     r"ctc_loss: blank_id must be an int in \[0, 5\)"),
+    ({"log_epsilon": jnp.zeros(2)}, ValueError,
+     r"ctc_loss: log_epsilon must have shape \(\)"),
+    ({"reduction": "batchmean"}, ValueError,
+     "ctc_loss: reduction must be one of 'none', 'mean', 'sum'"),
+])
+def test_errors(kwargs, error, match):
+  args = dict(zip(("logits", "logit_paddings", "labels", "label_paddings"),
+                  ARGS))
+  args.update(kwargs)
+  with pytest.raises(error, match=match):
+    jaxloss.ctc_loss(**args)

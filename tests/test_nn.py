@@ -1,0 +1,228 @@
+"""jaxloss.nn: instances as values, pytrees and jit arguments, and the edges.
+
+Numbers against torch live in torch_cases_nn.py (golden and live).
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxloss
+from jaxloss import nn
+
+rng = np.random.default_rng(6)
+X = jnp.asarray(rng.normal(0, 2, (5, 4)), jnp.float32)
+T_ = jnp.asarray(rng.integers(0, 4, (5,)))
+W = jnp.asarray(rng.uniform(0.5, 2, (4,)), jnp.float32)
+
+
+def test_every_class_is_exported_and_frozen():
+  for name in nn.__all__:
+    cls = getattr(nn, name)
+    assert dataclasses.is_dataclass(cls), name
+    instance = cls()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+      instance.reduction = "sum"
+
+
+def test_equality_and_hash_by_value():
+  a = nn.CrossEntropyLoss(weight=W, label_smoothing=0.1)
+  b = nn.CrossEntropyLoss(weight=np.asarray(W), label_smoothing=0.1)
+  assert a == b and hash(a) == hash(b)
+  assert a != nn.CrossEntropyLoss(weight=W * 2, label_smoothing=0.1)
+  assert a != nn.CrossEntropyLoss(weight=W)
+  assert a != nn.NLLLoss(weight=W)
+  assert nn.MSELoss() == nn.MSELoss() and nn.MSELoss() != nn.L1Loss()
+  assert len({nn.MSELoss(), nn.MSELoss(), nn.MSELoss(reduction="sum")}) == 2
+
+
+def test_array_options_become_immutable_arrays():
+  weight = np.array(W)
+  loss = nn.CrossEntropyLoss(weight=weight)
+  weight[0] = 100.0                      # the instance does not see this
+  assert isinstance(loss.weight, jax.Array)
+  assert loss.weight[0] == W[0]
+
+
+def test_static_argument_of_jit():
+  traces = []
+
+  def step(loss, x, t):
+    traces.append(loss)
+    return loss(x, t)
+
+  step = jax.jit(step, static_argnums=0)
+  first = step(nn.CrossEntropyLoss(weight=W, label_smoothing=0.1), X, T_)
+  again = step(nn.CrossEntropyLoss(weight=W, label_smoothing=0.1), X, T_)
+  assert len(traces) == 1                # an equal instance hits the cache
+  np.testing.assert_array_equal(first, again)
+  np.testing.assert_allclose(
+      first, jaxloss.softmax_cross_entropy_with_integer_labels(
+          X, T_, weight=W, label_smoothing=0.1, ignore_index=-100,
+          reduction="mean"), rtol=1e-6)
+
+
+def test_pytree_with_array_options_as_leaves():
+  loss = nn.BCEWithLogitsLoss(weight=jnp.ones((5, 4)), pos_weight=W,
+                              reduction="sum")
+  leaves, treedef = jax.tree_util.tree_flatten(loss)
+  assert len(leaves) == 2
+  assert jax.tree_util.tree_unflatten(treedef, leaves) == loss
+  doubled = jax.tree_util.tree_map(lambda w: 2 * w, loss)
+  assert isinstance(doubled, nn.BCEWithLogitsLoss)
+  assert doubled.reduction == "sum"
+  np.testing.assert_allclose(doubled.pos_weight, 2 * W)
+  assert jax.tree_util.tree_leaves(nn.MSELoss()) == []
+
+
+def test_instance_as_traced_argument_and_gradient_of_its_weights():
+  y = (X > 0).astype(jnp.float32)
+  loss = nn.BCEWithLogitsLoss(pos_weight=W)
+
+  @jax.jit
+  def f(loss, x):
+    return loss(x, y)
+
+  np.testing.assert_allclose(
+      f(loss, X), jaxloss.sigmoid_binary_cross_entropy(
+          X, y, pos_weight=W, reduction="mean"), rtol=1e-6)
+  g = jax.grad(f)(loss, X)
+  assert isinstance(g, nn.BCEWithLogitsLoss)
+  positive_part = -jnp.sum(y * jax.nn.log_sigmoid(X), axis=0) / X.size
+  np.testing.assert_allclose(g.pos_weight, positive_part, rtol=1e-5)
+
+
+def test_optax_style_loss_callable():
+  loss_fn = nn.MSELoss()
+  targets = X * 3.0
+
+  def objective(scale):
+    return loss_fn(scale * X, targets)
+
+  scale = 1.0
+  for _ in range(50):
+    scale -= 0.1 * jax.grad(objective)(scale)
+  np.testing.assert_allclose(scale, 3.0, rtol=1e-3)
+
+
+@pytest.mark.parametrize("cls", [nn.CrossEntropyLoss, nn.NLLLoss])
+def test_mean_over_nothing_is_zero_not_nan(cls):
+  ignored = jnp.full((5,), -100)
+  loss = cls(weight=W)
+  value, grad = jax.value_and_grad(lambda x: loss(x, ignored))(X)
+  assert value == 0.0                    # torch: nan
+  np.testing.assert_array_equal(grad, 0.0)
+
+
+def test_float32_in_float32_out():
+  assert nn.CrossEntropyLoss()(X, T_).dtype == jnp.float32
+  assert nn.MSELoss()(X.astype(jnp.bfloat16), X).dtype == jnp.float32
+
+
+@pytest.mark.parametrize("cls,kwargs,error,match", [
+    (nn.CrossEntropyLoss, {"reduction": "elementwise_mean"}, ValueError,
+     "CrossEntropyLoss: reduction must be one of 'none', 'mean', 'sum', got "
+     "'elementwise_mean'"),
+    (nn.MSELoss, {"reduction": "batchmean"}, ValueError,
+     "MSELoss: reduction must be one of"),
+    (nn.BCELoss, {"weight": np.array(["a"])}, TypeError,
+     "BCELoss: weight must be numeric"),
+    (nn.CrossEntropyLoss, {"size_average": True}, TypeError,
+     "size_average"),
+    (nn.KLDivLoss, {"reduce": False}, TypeError, "reduce"),
+])
+def test_constructor_errors(cls, kwargs, error, match):
+  with pytest.raises(error, match=match):
+    cls(**kwargs)
+
+
+def test_kl_div_accepts_batchmean():
+  assert nn.KLDivLoss(reduction="batchmean").reduction == "batchmean"
+
+
+def test_positional_call_that_would_bind_differently_fails():
+  # torch: CrossEntropyLoss(weight, size_average, ignore_index, ...).
+  with pytest.raises(TypeError):
+    nn.CrossEntropyLoss(None, None, -100)
+  # Positional arguments that mean the same as in torch are fine.
+  assert nn.MultiMarginLoss(2, 0.5).p == 2
+  assert nn.HuberLoss("sum", 2.0).delta == 2.0
+  assert nn.CTCLoss(3, "sum", True).zero_infinity
+
+
+# -- CTCLoss ---------------------------------------------------------------------
+
+T, B, C = 8, 3, 5
+LOG_PROBS = jax.nn.log_softmax(jnp.asarray(rng.normal(0, 1, (T, B, C)),
+                                           jnp.float32))
+TARGETS = jnp.array([[1, 2, 2, 0], [3, 0, 0, 0], [4, 1, 3, 2]])
+INPUT_LENGTHS = jnp.array([8, 5, 7])
+TARGET_LENGTHS = jnp.array([3, 1, 4])
+CONCAT = jnp.array([1, 2, 2, 3, 4, 1, 3, 2])
+
+
+def test_ctc_layouts_agree_and_lengths_may_be_traced():
+  loss = nn.CTCLoss(reduction="none")
+  padded = loss(LOG_PROBS, TARGETS, INPUT_LENGTHS, TARGET_LENGTHS)
+  concat = loss(LOG_PROBS, CONCAT, tuple(INPUT_LENGTHS.tolist()),
+                list(TARGET_LENGTHS.tolist()))
+  traced = jax.jit(loss)(LOG_PROBS, CONCAT, INPUT_LENGTHS, TARGET_LENGTHS)
+  np.testing.assert_allclose(concat, padded, rtol=1e-6)
+  np.testing.assert_allclose(traced, padded, rtol=1e-6)
+  single = loss(LOG_PROBS[:, 1], TARGETS[1, :1], INPUT_LENGTHS[1],
+                TARGET_LENGTHS[1])
+  assert single.shape == ()
+  np.testing.assert_allclose(single, padded[1], rtol=1e-6)
+
+
+def test_ctc_mean_divides_by_target_lengths():
+  losses = nn.CTCLoss(reduction="none")(LOG_PROBS, TARGETS, INPUT_LENGTHS,
+                                        TARGET_LENGTHS)
+  mean = nn.CTCLoss()(LOG_PROBS, TARGETS, INPUT_LENGTHS, TARGET_LENGTHS)
+  np.testing.assert_allclose(mean, jnp.mean(losses / TARGET_LENGTHS),
+                             rtol=1e-6)
+  np.testing.assert_allclose(
+      nn.CTCLoss(reduction="sum")(LOG_PROBS, TARGETS, INPUT_LENGTHS,
+                                  TARGET_LENGTHS), losses.sum(), rtol=1e-6)
+
+
+def test_ctc_infinite_loss_has_zero_gradient():
+  # 3 frames for 4 labels: inf, and a zero gradient (torch: nan, unless
+  # zero_infinity, which the torch parity cases cover).
+  short = jnp.array([8, 5, 3])
+  loss = nn.CTCLoss(reduction="sum")
+  value, g = jax.value_and_grad(loss)(LOG_PROBS, TARGETS, short,
+                                      TARGET_LENGTHS)
+  assert value == np.inf
+  assert np.isfinite(g).all()
+  np.testing.assert_array_equal(g[:, 2], 0.0)
+
+
+@pytest.mark.parametrize("args,error,match", [
+    ((LOG_PROBS[0, 0], TARGETS, INPUT_LENGTHS, TARGET_LENGTHS), ValueError,
+     r"CTCLoss: log_probs must have shape \(T, N, C\) or \(T, C\)"),
+    ((LOG_PROBS, TARGETS.astype(jnp.float32), INPUT_LENGTHS, TARGET_LENGTHS),
+     TypeError, "CTCLoss: targets must have an integer dtype"),
+    ((LOG_PROBS, TARGETS[:2], INPUT_LENGTHS, TARGET_LENGTHS), ValueError,
+     r"CTCLoss: targets must have shape \(3, S\)"),
+    ((LOG_PROBS, TARGETS, INPUT_LENGTHS[:2], TARGET_LENGTHS), ValueError,
+     r"CTCLoss: input_lengths must have shape \(3,\)"),
+    ((LOG_PROBS, TARGETS, INPUT_LENGTHS, TARGET_LENGTHS * 1.0), TypeError,
+     "CTCLoss: target_lengths must have an integer dtype"),
+    ((LOG_PROBS[:, 0], TARGETS, 8, 3), ValueError,
+     r"CTCLoss: targets must have shape \(S,\) for unbatched"),
+    ((LOG_PROBS, TARGETS, jnp.array([8, 9, 7]), TARGET_LENGTHS), ValueError,
+     r"CTCLoss: input_lengths must be in \[0, 8\] \(at most T, the length "
+     r"of log_probs\), got \[8, 9, 7\]"),
+    ((LOG_PROBS, TARGETS, INPUT_LENGTHS, jnp.array([3, 5, 4])), ValueError,
+     r"CTCLoss: target_lengths must be in \[0, 4\] \(at most S"),
+    ((LOG_PROBS, CONCAT, INPUT_LENGTHS, jnp.array([3, 1, 3])), ValueError,
+     "CTCLoss: target_lengths must add up to the length 8 of the "
+     "concatenated targets, got"),
+])
+def test_ctc_errors(args, error, match):
+  with pytest.raises(error, match=match):
+    nn.CTCLoss()(*args)
