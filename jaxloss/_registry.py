@@ -13,27 +13,29 @@ class _UnknownLoss(KeyError, ValueError):
     return self.args[0]
 
 
+# Public functions that are not losses: activations, utilities, the value
+# check wrapper and this registry. Everything else public is a loss, so a new
+# loss is listed the moment it is exported.
+_NOT_LOSSES = frozenset({
+    "checked", "get", "log_sigmoid", "log_softmax", "names",
+    "pairwise_distance", "sigmoid", "smooth_labels", "softmax", "sparsemax",
+})
+
+
 def _is_loss(name, value):
-  # A loss is a public function that reduces: every jaxloss loss takes
-  # ``reduction``; activations and utilities (softmax, smooth_labels) do not.
   # Factories (make_fenchel_young_loss) return losses but are not one.
-  if (name.startswith(("_", "make_")) or inspect.isclass(value)
-      or not callable(value)):
-    return False
-  try:
-    return "reduction" in inspect.signature(value).parameters
-  except (TypeError, ValueError):
-    return False
+  return not (name.startswith(("_", "make_")) or name in _NOT_LOSSES
+              or inspect.isclass(value) or not callable(value))
 
 
 def names():
   """Names of the loss functions in the public namespace, sorted.
 
-  A loss is a public function of :mod:`jaxloss` with a ``reduction``
-  keyword: the list is read from the package, so a new loss is listed as
-  soon as it is exported. Activations (``softmax``, ``sparsemax``) and
-  utilities (``smooth_labels``) are not losses, nor are factories of losses
-  (``make_fenchel_young_loss``).
+  The list is read from the package: every public function except the
+  activations (``softmax``, ``sparsemax``, ...), utilities
+  (``smooth_labels``, ``pairwise_distance``, ``checked``) and factories of
+  losses (``make_fenchel_young_loss``), so a new loss is listed as soon as it
+  is exported.
 
   Args:
     None.
