@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from jaxloss import _checks
 from jaxloss import _jit
 from jaxloss import _reduction
+from jaxloss.kernels import cross_entropy as _fast_ce
 
 
 def classes_last(fn, x, axis):
@@ -60,7 +61,7 @@ def _and(a, b):
 
 
 def integer_rows(fn, x, labels, batch_shape, *, ignore_index, row_keep,
-                 weight):
+                 weight, labels_name="labels"):
   """What integer-label losses share: the label logit, weight and masks.
 
   Args:
@@ -69,6 +70,7 @@ def integer_rows(fn, x, labels, batch_shape, *, ignore_index, row_keep,
     ignore_index: label value whose rows are dropped, or None.
     row_keep: boolean [...] of rows to keep, or None.
     weight: [C] class weights in ``x``'s dtype, or None.
+    labels_name: the caller's name for ``labels``, used in messages.
 
   Returns:
     ``(x, label_x, label_w, keep, valid)``: ``x`` with dropped rows zeroed
@@ -76,16 +78,20 @@ def integer_rows(fn, x, labels, batch_shape, *, ignore_index, row_keep,
     each row's label, its class weight, the kept rows (None if every row is
     kept) and the rows whose label lies in [0, C).
   """
-  labels = _checks.integer(fn, "labels", labels)
+  labels = _checks.integer(fn, labels_name, labels)
   if labels.shape != batch_shape:
-    _checks.fail(fn, f"labels shape {labels.shape} does not match the batch "
-                 f"shape {batch_shape} of logits (logits shape without the "
-                 "class axis)")
+    _checks.fail(fn, f"{labels_name} shape {labels.shape} does not match the "
+                 f"batch shape {batch_shape} of logits (logits shape without "
+                 "the class axis)")
   num_classes = x.shape[-1]
   keep = row_keep
   if ignore_index is not None:
     keep = _and(keep, labels != ignore_index)
   valid = (labels >= 0) & (labels < num_classes)
+  expected = f"must be in [0, {num_classes})" + (
+      "" if ignore_index is None else " or equal ignore_index")
+  _checks.values(fn, labels_name, valid if keep is None else valid | ~keep,
+                 expected, labels)
   safe = jnp.where(valid, labels, 0)
   if keep is not None:
     safe = jnp.where(keep, safe, 0)
@@ -136,10 +142,11 @@ def _options(fn, label_smoothing, z_loss=0.0, ignore_index=None):
   _checks.optional_int(fn, "ignore_index", ignore_index)
 
 
-@_jit.jit("axis", "ignore_index", "label_smoothing", "z_loss", "reduction")
+@_jit.jit("axis", "ignore_index", "label_smoothing", "z_loss", "reduction",
+          "implementation")
 def softmax_cross_entropy_with_integer_labels(
-    logits, labels, *, axis=-1, where=None, ignore_index=None, weight=None,
-    label_smoothing=0.0, z_loss=0.0, reduction="none"):
+    logits, labels, axis=-1, where=None, *, ignore_index=None, weight=None,
+    label_smoothing=0.0, z_loss=0.0, reduction="none", implementation="auto"):
   r"""Softmax cross entropy against integer class labels.
 
   With :math:`\mathrm{lse} = \log \sum_j e^{x_j}`, class weights :math:`w`
@@ -177,6 +184,14 @@ def softmax_cross_entropy_with_integer_labels(
     label_smoothing: :math:`\varepsilon` in [0, 1].
     z_loss: :math:`\zeta \geq 0`, the weight of :math:`\mathrm{lse}^2`.
     reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+    implementation: how value and gradient are computed, all to the same
+      numbers. ``"xla"``: a custom VJP that keeps only per-row float32
+      statistics for the backward pass and writes the gradient in one fused
+      pass, in the logits' dtype; ``"pallas"``: the same with Pallas
+      (Triton) kernels, in interpret mode off GPUs (for testing);
+      ``"reference"``: plain autodiff of the formula (higher-order and
+      forward-mode autodiff work only here). ``"auto"`` picks ``"pallas"``
+      on GPUs for 8192 classes or more, else ``"xla"``.
 
   Returns:
     float32 loss (float64 for float64 logits): the batch shape for
@@ -200,6 +215,12 @@ def softmax_cross_entropy_with_integer_labels(
   fn = "softmax_cross_entropy_with_integer_labels"
   _options(fn, label_smoothing, z_loss, ignore_index)
   logits = _checks.floating(fn, "logits", logits)
+  implementation = _fast_ce.resolve(fn, implementation, logits, axis, where)
+  if implementation != "reference":
+    return _fast_ce.softmax_cross_entropy_with_integer_labels(
+        fn, logits, labels, axis=axis, where=where, ignore_index=ignore_index,
+        weight=weight, label_smoothing=label_smoothing, z_loss=z_loss,
+        reduction=reduction, implementation=implementation)
   shape = logits.shape
   x, batch_shape, _ = classes_last(fn, logits, axis)
   x = x.astype(_reduction.stat_dtype(x.dtype))
@@ -273,7 +294,7 @@ def nll_loss(log_probs, labels, *, axis=-1, where=None, ignore_index=None,
 
 
 @_jit.jit("axis", "label_smoothing", "reduction")
-def softmax_cross_entropy(logits, labels, *, axis=-1, where=None, weight=None,
+def softmax_cross_entropy(logits, labels, axis=-1, where=None, *, weight=None,
                           label_smoothing=0.0, reduction="none"):
   r"""Softmax cross entropy against probability labels.
 
