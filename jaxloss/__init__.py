@@ -76,6 +76,7 @@ from jaxloss._segmentation import multiclass_generalized_dice_loss as multiclass
 from jaxloss._segmentation import tversky_loss as tversky_loss
 
 # Fused linear + cross entropy.
+from jaxloss._linear import linear_softmax_cross_entropy as linear_softmax_cross_entropy
 
 __version__ = "0.1.0"
 
