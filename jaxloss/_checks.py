@@ -135,6 +135,8 @@ def values(fn, name, ok, check, x):
   and value.
   """
   from jax.experimental import checkify  # noqa: PLC0415
+  if ok.size == 0:
+    return
   bad = ~ok
   flat = jnp.argmax(bad.reshape(-1))
   index = jnp.unravel_index(flat, bad.shape) if bad.ndim else ()
