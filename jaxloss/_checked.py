@@ -6,7 +6,21 @@ from jax.experimental import checkify
 
 
 class CheckError(ValueError):
-  """An input value a loss has no meaning for, caught by :func:`checked`."""
+  """An input value a loss has no meaning for, caught by :func:`checked`.
+
+  Args:
+    message: the function, the argument, the check and the first offending
+      element.
+
+  Example:
+    >>> import jaxloss
+    >>> issubclass(jaxloss.CheckError, ValueError)
+    True
+
+  References:
+    ``jax.experimental.checkify.JaxRuntimeError``, which it replaces with a
+    ``ValueError`` naming the loss's argument.
+  """
 
 
 def checked(fn):
@@ -40,7 +54,7 @@ def checked(fn):
     >>> ce(logits, jnp.array([0, 7, 3]))
     Traceback (most recent call last):
     ...
-    jaxloss._checked.CheckError: softmax_cross_entropy_with_integer_labels: labels must be in [0, 4) or equal ignore_index; first offending element labels[1] = 7 ...
+    jaxloss._checked.CheckError: softmax_cross_entropy_with_integer_labels: labels must be in [0, 4); first offending element labels[1] = 7 ...
 
   References:
     ``jax.experimental.checkify``.

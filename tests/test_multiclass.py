@@ -39,12 +39,15 @@ def test_integer_labels_reference(mode, reduction, weight, ignore, smoothing,
   np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6)
 
 
-def test_integer_labels_gradients():
+@pytest.mark.parametrize("implementation,order,modes", [
+    ("reference", 2, ("rev", "fwd")), ("xla", 1, ("rev",))])
+def test_integer_labels_gradients(implementation, order, modes):
   def f(x):
     return CE(x, IGNORED, weight=jnp.asarray(W), ignore_index=-100,
-              label_smoothing=0.2, z_loss=1e-2, reduction="mean")
+              label_smoothing=0.2, z_loss=1e-2, reduction="mean",
+              implementation=implementation)
   with jax.enable_x64(True):
-    check_grads(f, (jnp.asarray(X),), order=2, modes=("rev", "fwd"))
+    check_grads(f, (jnp.asarray(X),), order=order, modes=modes)
 
 
 def test_integer_labels_equal_optax_by_default():

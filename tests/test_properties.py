@@ -127,8 +127,10 @@ SPECS = {
 }
 
 # Not in the table: the forward-probability variant of ctc_loss returns a
-# tuple of arrays (its loss is ctc_loss, tested above).
-LEFT_OUT = {"ctc_loss_with_forward_probs"}
+# tuple of arrays (its loss is ctc_loss, tested above), and three losses keep
+# optax's signature, which has no reduction keyword.
+LEFT_OUT = {"ctc_loss_with_forward_probs", "binary_dice_loss",
+            "multiclass_generalized_dice_loss", "ntxent"}
 
 # Losses taking a ``where`` mask: "full" (argument 0's shape) or "rows" (the
 # batch shape). The cosine losses mask vector entries, not rows: a row with
