@@ -16,9 +16,9 @@ to the logits. Compared in one process, on the same inputs:
 The floor of the loss is one read of the logits, of value and gradient two
 reads and one write: ``GB/s`` counts those bytes, ``of copy`` divides by the
 copy row's bandwidth in the same run. Timings are interleaved: every round
-runs each row once, so a shared or throttled machine slows them all alike; the
-median over rounds is reported, and ``vs optax`` is the median of the
-per-round ratios. Temporaries are XLA's ``memory_analysis()`` of the compiled
+runs each row once, in a rotating order, so a shared or throttled machine
+slows them all alike; the median over rounds is reported, and ``vs optax`` is
+the median of the per-round ratios. Temporaries are XLA's ``memory_analysis()`` of the compiled
 function (arguments and outputs, the gradient, excluded).
 
   python benchmarks/cross_entropy.py                  # CPU: [4096, 32768] f32
@@ -236,8 +236,11 @@ def main():
       meta[key] = {}
 
   times = {key: [] for key in calls}
+  keys = list(calls)
   for r in range(rounds):
-    for key, (call, sync) in calls.items():
+    # Each round starts one further along: no row always follows another.
+    for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+      call, sync = calls[key]
       t0 = time.perf_counter()
       out = call()
       if sync is None:

@@ -6,7 +6,8 @@ for one loss). Names without one, or not in jaxloss yet, are listed at the
 end. For each loss: the mean of its output (``value``), and that mean with its
 gradient with respect to the first argument (``grad``), each compiled once
 and then timed in interleaved rounds (every round runs jaxloss, optax and
-torch once, so a shared machine slows them alike; at least ``--rounds``, more
+torch once, in a rotating order, so a shared machine slows them alike; at
+least ``--rounds``, more
 until ``--seconds`` have passed); medians over rounds, and ``vs optax`` the
 median of per-round ratios.
 
@@ -296,8 +297,13 @@ def run_one(name, args, kw, rounds, seconds):
   done = 0
   while done < rounds or (time.perf_counter() - start < seconds
                           and done < 50):
+    # Each round starts one further along the list: no implementation
+    # always runs right after another (torch's threads, say).
+    keys = list(calls)
+    keys = keys[done % len(keys):] + keys[:done % len(keys)]
     done += 1
-    for key, (call, sync) in calls.items():
+    for key in keys:
+      call, sync = calls[key]
       t0 = time.perf_counter()
       out = call()
       if sync is None:
