@@ -1,7 +1,6 @@
 """Similarities, distances, triplet/ranking/embedding and contrastive losses
 against float64 NumPy references, optax, and the edges."""
 
-import functools
 import inspect
 
 import jax
@@ -12,30 +11,10 @@ import pytest
 from scipy.special import logsumexp as np_logsumexp
 
 import jaxloss
+from helpers import check_grads_directional, jit_fast
 
-# The tests compile many small programs: LLVM's optimisation passes only
-# change their speed, not their results, and would dominate the run time.
-_jit = functools.partial(
-    jax.jit, compiler_options={"xla_backend_optimization_level": 0})
-
-
-def _check_grads(f, x, directions=3, eps=1e-4):
-  """``jax.grad`` against central differences in random directions (x64).
-
-  ``jax.test_util.check_grads`` does the same with more compiled programs.
-  """
-  grad = _jit(jax.grad(f))(x)
-  value = _jit(f)
-  leaves, tree = jax.tree.flatten(x)
-  rng_v = np.random.default_rng(5)
-  for _ in range(directions):
-    v = jax.tree.unflatten(tree, [rng_v.normal(size=l.shape) for l in leaves])
-    shifted = [jax.tree.map(lambda a, b, s=s: a + s * eps * b, x, v)
-               for s in (1, -1)]
-    numeric = (value(shifted[0]) - value(shifted[1])) / (2 * eps)
-    analytic = sum(np.vdot(g, d) for g, d in zip(jax.tree.leaves(grad),
-                                                  jax.tree.leaves(v)))
-    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
+_jit = jit_fast
+_check_grads = check_grads_directional
 
 rng = np.random.default_rng(1)
 N, D = 5, 4
