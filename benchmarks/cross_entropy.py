@@ -16,7 +16,7 @@ to the logits. Compared in one process, on the same inputs:
 The floor of the loss is one read of the logits, of value and gradient two
 reads and one write: ``GB/s`` counts those bytes, ``of copy`` divides by the
 copy row's bandwidth in the same run. Timings are interleaved: every round
-runs each row once, in a rotating order, so a shared or throttled machine
+runs each row once, in a shuffled order, so a shared or throttled machine
 slows them all alike; the median over rounds is reported, and ``vs optax`` is
 the median of the per-round ratios. Temporaries are XLA's ``memory_analysis()`` of the compiled
 function (arguments and outputs, the gradient, excluded).
@@ -28,11 +28,15 @@ function (arguments and outputs, the gradient, excluded).
 
 import argparse
 import os
+import random
 import statistics
 import sys
 import time
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+# torch's OpenMP threads otherwise spin after each call, on the cores the
+# next JAX call needs.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -236,10 +240,13 @@ def main():
       meta[key] = {}
 
   times = {key: [] for key in calls}
-  keys = list(calls)
+  order = random.Random(0)
   for r in range(rounds):
-    # Each round starts one further along: no row always follows another.
-    for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+    # A fresh order each round: no row always follows another (torch, whose
+    # threads linger, say).
+    keys = list(calls)
+    order.shuffle(keys)
+    for key in keys:
       call, sync = calls[key]
       t0 = time.perf_counter()
       out = call()

@@ -6,7 +6,7 @@ for one loss). Names without one, or not in jaxloss yet, are listed at the
 end. For each loss: the mean of its output (``value``), and that mean with its
 gradient with respect to the first argument (``grad``), each compiled once
 and then timed in interleaved rounds (every round runs jaxloss, optax and
-torch once, in a rotating order, so a shared machine slows them alike; at
+torch once, in a shuffled order, so a shared machine slows them alike; at
 least ``--rounds``, more
 until ``--seconds`` have passed); medians over rounds, and ``vs optax`` the
 median of per-round ratios.
@@ -25,11 +25,15 @@ torch is installed, for the losses with a torch counterpart.
 
 import argparse
 import os
+import random
 import statistics
 import sys
 import time
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+# torch's OpenMP threads otherwise spin after each call, on the cores the
+# next JAX call needs.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -295,12 +299,13 @@ def run_one(name, args, kw, rounds, seconds):
   times = {k: [] for k in calls}
   start = time.perf_counter()
   done = 0
+  order = random.Random(0)
   while done < rounds or (time.perf_counter() - start < seconds
                           and done < 50):
-    # Each round starts one further along the list: no implementation
-    # always runs right after another (torch's threads, say).
+    # A fresh order each round: no implementation always runs right after
+    # another (after torch, whose threads linger, say).
     keys = list(calls)
-    keys = keys[done % len(keys):] + keys[:done % len(keys)]
+    order.shuffle(keys)
     done += 1
     for key in keys:
       call, sync = calls[key]

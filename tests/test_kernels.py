@@ -1,7 +1,7 @@
 """The custom-VJP and Pallas cross entropy against the reference formulation.
 
 Off GPUs the Pallas kernels run in interpret mode; on a GPU the same tests run
-the compiled Triton kernels (benchmarks/gpu.sh).
+the compiled Triton kernels (``python benchmarks/gpu.py``).
 """
 
 import functools
@@ -442,9 +442,11 @@ def test_pallas_on_gpu_at_vocabulary_size(dtype):
   for options in ({}, kw):
     want = value_and_grads("xla", x, labels, "mean", **dict(options))
     got = value_and_grads("pallas", x, labels, "mean", **dict(options))
-    eps = float(jnp.finfo(dtype).eps)
+    # The online logsumexp rounds differently from the two-pass one: a few
+    # float32 ulps of the logsumexp, or one ulp of the bfloat16 gradient.
+    rtol = max(float(jnp.finfo(dtype).eps), 1e-5)
     assert_close(got[0], want[0], rtol=1e-5)
-    assert_close(got[1], want[1], rtol=eps, atol=eps * 1e-3)
+    assert_close(got[1], want[1], rtol=rtol, atol=1e-9)
 
 
 @pytest.mark.slow
