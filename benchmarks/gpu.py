@@ -7,7 +7,14 @@
    problem, jaxloss auto / xla / pallas / reference, optax, optax after a
    float32 upcast, torch when it sees the GPU, and the copy bandwidth, all in
    one run; ``results/cross_entropy-<device>.json``.
-3. With ``--suite``, ``benchmarks/suite.py --device gpu`` as well.
+3. ``benchmarks/linear_cross_entropy.py --device gpu``: the fused linear +
+   cross entropy problem (bfloat16, N=8192, D=4096, V=128256) against the
+   plain version and its three matmuls; ``results/linear_cross_entropy-*``.
+4. With ``--suite``, ``benchmarks/suite.py --device gpu`` as well.
+
+Each step runs in its own process under a time limit (``--limits``), so one
+that hangs or fails leaves the others' results; with ``--copy-to`` each
+step's files are copied as soon as it ends.
 
 Run from the repository root, with jaxloss importable (installed, or the root
 on ``PYTHONPATH``):
@@ -24,6 +31,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 # The tests run in this process and the benchmarks in child processes: none
@@ -52,6 +60,7 @@ class Outcomes:
 
 
 def run_tests(smoke):
+  """Runs in the child process ``gpu.py --tests-only``."""
   import pytest  # noqa: PLC0415
   sys.path.insert(0, str(HERE))
   import common  # noqa: PLC0415
@@ -69,20 +78,35 @@ def run_tests(smoke):
       "command": "python benchmarks/gpu.py" + (" --smoke" if smoke else ""),
       "exit_code": int(code), "seconds": round(time.perf_counter() - t0, 1),
       "counts": counts, "tests": outcomes.tests})
-  print(f"tests: {counts}; wrote {path}", flush=True)
+  print(f"tests: {counts}", flush=True)
+  print(f"wrote {path}", flush=True)
   return path, int(code)
 
 
-def run_script(args):
+def run_script(args, limit):
+  """Runs ``python *args`` with a time limit; its output streams through."""
   print("$ python " + " ".join(args), flush=True)
   env = dict(os.environ, PYTHONUNBUFFERED="1")
-  out = subprocess.run([sys.executable, *args], cwd=ROOT, env=env,
-                       capture_output=True, text=True, check=False)
-  sys.stdout.write(out.stdout)
-  sys.stderr.write(out.stderr[-4000:])
+  proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+  lines = []
+  deadline = time.monotonic() + limit
+  killer = threading.Timer(limit, proc.kill)
+  killer.start()
+  try:
+    for line in proc.stdout:
+      sys.stdout.write(line)
+      sys.stdout.flush()
+      lines.append(line)
+  finally:
+    killer.cancel()
+  code = proc.wait()
+  if time.monotonic() >= deadline:
+    print(f"killed after its limit of {limit} s", flush=True)
   written = [line.split("wrote ", 1)[1].strip()
-             for line in out.stdout.splitlines() if line.startswith("wrote ")]
-  return [pathlib.Path(p) for p in written], out.returncode
+             for line in lines if line.startswith("wrote ")]
+  return [pathlib.Path(p) for p in written], code
 
 
 def main():
@@ -92,44 +116,63 @@ def main():
                            "script on any machine")
   parser.add_argument("--suite", action="store_true",
                       help="also run benchmarks/suite.py")
+  parser.add_argument("--steps", default="tests,cross_entropy,linear",
+                      help="comma-separated steps to run, in this order")
+  parser.add_argument("--limits", default="tests=150,cross_entropy=150,"
+                      "linear=240,suite=240",
+                      help="seconds each step may take before it is killed")
   parser.add_argument("--copy-to", type=pathlib.Path,
                       help="directory to copy the result files to")
+  parser.add_argument("--tests-only", action="store_true",
+                      help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.tests_only:
+    sys.exit(run_tests(args.smoke)[1])
+  limits = dict(item.split("=") for item in args.limits.split(","))
+
   import jax  # noqa: PLC0415
   print(f"jax {jax.__version__}, devices {jax.devices()}", flush=True)
   if jax.default_backend() != "gpu" and not args.smoke:
     print("no GPU: the Pallas tests run in interpret mode and the benchmark "
           "runs the GPU problem on this backend", flush=True)
 
-  written, codes = [], []
-  path, code = run_tests(args.smoke)
-  written.append(path)
-  codes.append(code)
-  bench = ["benchmarks/cross_entropy.py", "--device", "gpu"]
+  smoke = ["--smoke"] if args.smoke else []
+  commands = {
+      "tests": ["benchmarks/gpu.py", "--tests-only", *smoke],
+      "cross_entropy": ["benchmarks/cross_entropy.py", "--device", "gpu"],
+      "linear": ["benchmarks/linear_cross_entropy.py", "--device", "gpu"],
+      "suite": ["benchmarks/suite.py", "--device", "gpu"],
+  }
   if args.smoke:
-    bench = ["benchmarks/cross_entropy.py", "--sizes", "64", "1000",
-             "--rounds", "2", "--pallas", "--pallas-configs", "256x4",
-             "--name", "cross_entropy_smoke"]
-  paths, code = run_script(bench)
-  written += paths
-  codes.append(code)
-  if args.suite:
-    suite = ["benchmarks/suite.py", "--device", "gpu"]
-    if args.smoke:
-      suite = ["benchmarks/suite.py", "--elements", "65536", "--rounds", "1",
-               "--only", "l2_loss,softmax_cross_entropy_with_integer_labels",
-               "--name", "suite_smoke"]
-    paths, code = run_script(suite)
-    written += paths
-    codes.append(code)
+    commands["cross_entropy"] = [
+        "benchmarks/cross_entropy.py", "--sizes", "64", "1000", "--rounds",
+        "2", "--pallas", "--pallas-configs", "256x4",
+        "--name", "cross_entropy_smoke"]
+    commands["linear"] = [
+        "benchmarks/linear_cross_entropy.py", "--sizes", "64", "32", "500",
+        "--rounds", "2", "--variants", "16,32x128", "--no-write"]
+    commands["suite"] = [
+        "benchmarks/suite.py", "--elements", "65536", "--rounds", "1",
+        "--only", "l2_loss,softmax_cross_entropy_with_integer_labels",
+        "--name", "suite_smoke"]
+  steps = [s for s in args.steps.split(",") if s]
+  if args.suite and "suite" not in steps:
+    steps.append("suite")
 
-  if args.copy_to:
-    args.copy_to.mkdir(parents=True, exist_ok=True)
-    for p in written:
-      shutil.copy(p, args.copy_to / p.name)
+  written, codes = [], {}
+  for step in steps:
+    t0 = time.perf_counter()
+    paths, codes[step] = run_script(commands[step], float(limits[step]))
+    print(f"step {step}: exit {codes[step]} in "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    written += paths
+    if args.copy_to:
+      args.copy_to.mkdir(parents=True, exist_ok=True)
+      for p in paths:
+        shutil.copy(ROOT / p, args.copy_to / p.name)
   print(json.dumps({"written": [str(p) for p in written],
                     "exit_codes": codes}), flush=True)
-  sys.exit(max(codes))
+  sys.exit(max(abs(c) for c in codes.values()) if codes else 0)
 
 
 if __name__ == "__main__":
