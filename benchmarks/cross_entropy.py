@@ -32,6 +32,7 @@ gradient, excluded). A row that fails to compile is reported and left out.
 import argparse
 import os
 import random
+import re
 import statistics
 import sys
 import time
@@ -114,10 +115,9 @@ def losses(pallas, pallas_configs):
     out["jaxloss pallas, all options"] = ours("pallas", True)
   out["jaxloss reference, all options"] = ours("reference", True)
   interpret = jax.default_backend() != "gpu"
-  for block, warps in pallas_configs:
-    out[f"jaxloss pallas [block {block}, {warps} warps]"] = ours(
-        "pallas", config=kernel_ce.Config(interpret=interpret, block=block,
-                                          num_warps=warps))
+  for launch in pallas_configs:
+    out[f"jaxloss pallas [{config_name(launch)}]"] = ours(
+        "pallas", config=kernel_ce.Config(interpret=interpret, **launch))
   return out
 
 
@@ -156,11 +156,24 @@ def torch_rows(logits, labels):
 
 
 def parse_configs(text):
+  """``BLOCKxWARPS[xSTAGES][l]`` items: a trailing ``l`` for lane sums."""
   configs = []
   for item in filter(None, (text or "").split(",")):
-    block, warps = item.split("x")
-    configs.append((int(block), int(warps)))
+    lanes = item.endswith("l")
+    parts = [int(v) for v in item.rstrip("l").split("x")]
+    block, warps, stages = (parts + [None])[:3]
+    configs.append(dict(block=block, num_warps=warps, num_stages=stages,
+                        lane_sums=lanes))
   return configs
+
+
+def config_name(config):
+  words = [f"block {config['block']}", f"{config['num_warps']} warps"]
+  if config["num_stages"]:
+    words.append(f"{config['num_stages']} stages")
+  if config["lane_sums"]:
+    words.append("lane sums")
+  return ", ".join(words)
 
 
 def main():
@@ -176,9 +189,12 @@ def main():
                       help="also the Pallas rows off GPUs (interpret mode: "
                            "small sizes only)")
   parser.add_argument("--pallas-configs", default=None,
-                      help="comma-separated BLOCKxWARPS Pallas variants, "
-                           "e.g. 4096x8,16384x16 (GPU default: a few)")
+                      help="comma-separated Pallas launch variants, "
+                           "BLOCKxWARPS[xSTAGES][l] (l: lane sums), e.g. "
+                           "4096x8,4096x8x3l (GPU default: a few)")
   parser.add_argument("--skip", default="", help="comma-separated names")
+  parser.add_argument("--rows", help="a regular expression: only the rows "
+                      "whose name it finds (besides optax and the copy)")
   parser.add_argument("--name", default="cross_entropy",
                       help="results file stem")
   parser.add_argument("--no-write", action="store_true")
@@ -192,7 +208,7 @@ def main():
   pallas = gpu or args.pallas
   configs = args.pallas_configs
   if configs is None:
-    configs = "4096x8,16384x16" if gpu else ""
+    configs = "8192x16,2048x4" if gpu else ""
   skip = set(filter(None, args.skip.split(",")))
 
   logits, labels, ignored, weight = inputs(rows_n, classes, dtype)
@@ -203,7 +219,8 @@ def main():
         f"{dtype.name} ({common.fmt_bytes(nbytes)})", flush=True)
 
   table_losses = {name: loss for name, loss in losses(
-      pallas, parse_configs(configs)).items() if name not in skip}
+      pallas, parse_configs(configs)).items() if name not in skip and (
+          not args.rows or name == "optax" or re.search(args.rows, name))}
   # Agreement: each row against optax, the rows with options against the
   # reference path with the same options (max abs difference).
   bases = {}

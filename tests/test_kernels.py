@@ -393,6 +393,32 @@ def test_pallas_lowers_to_triton():
     assert lowered.as_text().count("xla.gpu.triton") == 2
 
 
+@pytest.mark.parametrize("launch", [
+    dict(lane_sums=True), dict(num_stages=3, num_warps=2),
+    dict(lane_sums=True, num_stages=2, block=8)])
+def test_pallas_launch_configurations_agree(launch):
+  # The launch options change how the kernels walk a row, never the result:
+  # every option on, with an impossible class and a class mask.
+  x = jnp.asarray(X, jnp.float32).at[0, 5].set(-jnp.inf)
+
+  def f(config, x, where):
+    return kernel_ce.softmax_cross_entropy_with_integer_labels(
+        "f", x, jnp.asarray(IGNORED), axis=-1, where=where,
+        ignore_index=-100, weight=jnp.asarray(W, jnp.float32),
+        label_smoothing=0.2, z_loss=1e-2, reduction="mean",
+        implementation="pallas", config=config)
+  for where in (None, jnp.asarray(CLASSES)):
+    want = jax.value_and_grad(f, argnums=1)(kernel_ce.Config(), x, where)
+    got = jax.value_and_grad(f, argnums=1)(
+        kernel_ce.Config(**launch), x, where)
+    assert_close(got[0], want[0], rtol=1e-6)
+    assert_close(got[1], want[1], rtol=1e-6, atol=1e-9)
+  lowered = jax.jit(jax.value_and_grad(functools.partial(
+      f, kernel_ce.Config(interpret=False, **launch)))).trace(
+          x.astype(jnp.bfloat16), None).lower(lowering_platforms=("cuda",))
+  assert lowered.as_text().count("xla.gpu.triton") == 2
+
+
 def test_auto_picks_pallas_on_gpus_for_many_classes(monkeypatch):
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   big = jnp.zeros((2, kernel_ce.PALLAS_MIN_CLASSES), jnp.bfloat16)

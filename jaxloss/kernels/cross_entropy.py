@@ -68,6 +68,8 @@ class Config(NamedTuple):
   interpret: bool = True    # Pallas interpret mode (off on GPUs)
   block: int | None = None
   num_warps: int | None = None
+  num_stages: int | None = None
+  lane_sums: bool = False   # per-lane sums in the statistics kernel
   # Keep exp(x - max) from the forward for the backward instead of computing
   # it again: on CPUs, where the exponentials rather than the memory traffic
   # set the pace, and only when the logits are already float32 (or float64),
@@ -103,7 +105,8 @@ def _statistics(config, x, labels, keep, class_keep, weight,
     stats = _pallas().statistics(
         x, class_keep, weight, smoothing=config.smoothing, dtype=dtype,
         interpret=config.interpret, block=config.block,
-        num_warps=config.num_warps)
+        num_warps=config.num_warps, num_stages=config.num_stages,
+        lane_sums=config.lane_sums)
   else:
     stats, exps = _xla_statistics(x, class_keep, weight, config.smoothing,
                                   dtype)
@@ -195,7 +198,7 @@ def _row_statistics_bwd(config, residuals, cotangents):
     dx = _pallas().gradient(
         x, labels, keep, class_keep, weight, lse, ct_lse, ct_label, ct_sx,
         interpret=config.interpret, block=config.block,
-        num_warps=config.num_warps)
+        num_warps=config.num_warps, num_stages=config.num_stages)
   else:
     dx = _xla_gradient(x, labels, keep, class_keep, weight, lse, ct_lse,
                        ct_label, ct_sx, exps)
