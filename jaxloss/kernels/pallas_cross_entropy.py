@@ -19,13 +19,17 @@ from jax.experimental.pallas import triton as plgpu
 # On an H200, [8192, 128256] bfloat16 logits: blocks of 4096 classes with 8
 # warps took 1.91 ms for value and gradient, 8192 with 16 warps 2.07 ms; more
 # pipeline stages changed nothing, per-lane sums were slower
-# (benchmarks/results/cross_entropy_sweep-nvidia-h200.json).
+# (benchmarks/results/cross_entropy_sweep-nvidia-h200.json). The statistics
+# alone were faster in blocks of 2048 with 4 warps (0.76 ms against 0.83 ms,
+# benchmarks/results/cross_entropy-nvidia-h200.json).
 MAX_BLOCK = 4096
+MAX_STATISTICS_BLOCK = 2048
 
 
-def block_size(num_classes, block=None):
-  """Classes per step: a power of two, at most :data:`MAX_BLOCK`."""
-  return block or min(MAX_BLOCK, pl.next_power_of_2(num_classes))
+def block_size(num_classes, block=None, most=None):
+  """Classes per step: a power of two, at most ``most`` (:data:`MAX_BLOCK`)."""
+  most = most or MAX_BLOCK
+  return block or min(most, pl.next_power_of_2(num_classes))
 
 
 def _params(block, num_warps, num_stages):
@@ -117,7 +121,8 @@ def statistics(x, class_keep, weight, *, smoothing, dtype, interpret,
     ``(lse,)``, or ``(lse, sx, wsum, count)``, each [R] of ``dtype``.
   """
   num_classes = x.shape[-1]
-  block = block_size(num_classes, block)
+  block = block_size(num_classes, block,
+                     min(MAX_STATISTICS_BLOCK, MAX_BLOCK))
   inputs, in_axes = [x], [0]
   if smoothing and weight is not None:
     inputs.append(weight)
