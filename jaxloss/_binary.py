@@ -2,6 +2,8 @@
 
 import jax
 import jax.numpy as jnp
+from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from jaxloss import _checks
 from jaxloss import _jit
@@ -114,6 +116,56 @@ def _smooth(labels, label_smoothing):
   return labels * (1 - label_smoothing) + 0.5 * label_smoothing
 
 
+def _softplus_pair(x):
+  """``softplus(x)``, ``softplus(-x)`` and ``exp(-|x|)``, with one exp and one
+  log1p per element."""
+  e = jnp.exp(-jnp.abs(x))
+  tail = jnp.log1p(e)
+  return jnp.maximum(x, 0) + tail, jnp.maximum(-x, 0) + tail, e
+
+
+@jax.custom_jvp
+def _logit_bce(x, neg, pos):
+  r"""``neg softplus(x) + pos softplus(-x)``, the binary cross entropy on a
+  logit with weights :math:`1 - y` and :math:`p_c y`, exact at ``x = \pm inf``.
+  """
+  # torch's form, (1 - y) x + (p_c y + 1 - y) softplus(-x), with one exp and
+  # one log1p per element, on finite logits. At an infinite logit only the
+  # term on its side is left: 0 if its weight is 0 (not 0 * inf), else inf.
+  infinite = jnp.isinf(x)
+  finite_x = jnp.where(infinite, 0, x)
+  softplus_neg_x = (jnp.maximum(-finite_x, 0)
+                    + jnp.log1p(jnp.exp(-jnp.abs(finite_x))))
+  loss = neg * finite_x + (pos + neg) * softplus_neg_x
+  side = jnp.where(x > 0, neg, pos)
+  return jnp.where(infinite, jnp.where(side == 0, 0, jnp.inf), loss)
+
+
+def _logit_bce_jvp(primals, tangents):
+  # The derivatives written out: d/dx = neg sigmoid(x) - pos sigmoid(-x) is
+  # finite at x = +-inf, where autodiff of the formula meets inf * 0. Symbolic
+  # zero tangents keep an infinite d/dneg or d/dpos (the true derivative in the
+  # labels at an infinite logit) away from the logits' gradient.
+  x, neg, pos = primals
+  dx, dneg, dpos = tangents
+  out = _logit_bce(x, neg, pos)
+  softplus_x, softplus_neg_x, e = _softplus_pair(x)
+  tangent = jnp.zeros_like(out)
+  if not isinstance(dx, SymbolicZero):
+    big, small = 1 / (1 + e), e / (1 + e)
+    sigmoid_x = jnp.where(x >= 0, big, small)
+    sigmoid_neg_x = jnp.where(x >= 0, small, big)
+    tangent = tangent + (neg * sigmoid_x - pos * sigmoid_neg_x) * dx
+  if not isinstance(dneg, SymbolicZero):
+    tangent = tangent + softplus_x * dneg
+  if not isinstance(dpos, SymbolicZero):
+    tangent = tangent + softplus_neg_x * dpos
+  return out, tangent
+
+
+_logit_bce.defjvp(_logit_bce_jvp, symbolic_zeros=True)
+
+
 @_jit.jit("label_smoothing", "reduction")
 def sigmoid_binary_cross_entropy(logits, labels, *, pos_weight=None,
                                  weight=None, label_smoothing=0.0, where=None,
@@ -126,6 +178,13 @@ def sigmoid_binary_cross_entropy(logits, labels, *, pos_weight=None,
   with :math:`\log\sigma(x) = -\mathrm{softplus}(-x)`, exact at saturation:
   logit 40 with label 0 costs 40, logit 1e4 costs 1e4. With label smoothing
   :math:`\varepsilon`, :math:`y \leftarrow y (1 - \varepsilon) + \varepsilon/2`.
+
+  Infinite logits are exact too: logit ``-inf`` with label 0 (or ``+inf``
+  with label 1) costs 0 with gradient 0, where torch and optax return NaN; a
+  wrong infinite logit costs ``inf`` with its finite gradient
+  (:math:`-p_c y` at ``-inf``, :math:`1 - y` at ``+inf``). The gradient in
+  the labels is :math:`p_c\,\mathrm{softplus}(-x) - \mathrm{softplus}(x)`,
+  infinite at infinite logits.
 
   Args:
     logits: floating array of any shape.
@@ -167,12 +226,12 @@ def sigmoid_binary_cross_entropy(logits, labels, *, pos_weight=None,
     pos_weight = _checks.broadcastable(fn, "pos_weight", pos_weight,
                                        logits.shape, "logits")
     positive = labels * pos_weight.astype(logits.dtype)
-  # torch's form: (1 - y) x + (p_c y + 1 - y) softplus(-x), with one exp and
-  # one log1p per element; value and gradient run twice as fast on CPUs as
-  # through two log_sigmoids.
-  softplus_neg = jnp.maximum(-logits, 0) + jnp.log1p(jnp.exp(-jnp.abs(logits)))
-  loss = (1 - labels) * logits + (positive + 1 - labels) * softplus_neg
+  loss = _logit_bce(logits, 1 - labels, positive)
   return _finish(fn, loss, weight, where, reduction)
+
+
+# A logit beyond which sigmoid is exactly 0 or 1 in float32 and float64.
+_SATURATED = 1e4
 
 
 @_jit.jit("gamma", "reduction")
@@ -187,7 +246,11 @@ def sigmoid_focal_loss(logits, labels, *, alpha=None, gamma=2.0, weight=None,
   :math:`\log(1 - p_t)` is computed in log space from ``log_sigmoid``, so the
   modulating factor never rounds to ``0 ** gamma``: gradients stay finite at
   logits of :math:`\pm 10^4` for every ``gamma >= 0``, including
-  ``gamma < 1`` where the naive form gives ``inf * 0``.
+  ``gamma < 1`` where the naive form gives ``inf * 0``. As in
+  :func:`sigmoid_binary_cross_entropy`, logit ``-inf`` with label 0 (or
+  ``+inf`` with label 1) costs 0 with gradient 0, and a wrong infinite logit
+  costs ``inf`` with a finite gradient in the logits (torch and optax: NaN
+  for both); gradients in the labels are not defined at infinite logits.
 
   Args:
     logits: floating array of any shape.
@@ -222,16 +285,23 @@ def sigmoid_focal_loss(logits, labels, *, alpha=None, gamma=2.0, weight=None,
                                            weight, where)
   if where is not None:
     logits = jnp.where(where, logits, 0)
-  log_p = jax.nn.log_sigmoid(logits)
-  log_not_p = jax.nn.log_sigmoid(-logits)
-  loss = -labels * log_p - (1 - labels) * log_not_p
+  loss = _logit_bce(logits, 1 - labels, labels)
   if gamma != 0:
+    # At an infinite logit the modulating factor is its value at a saturated
+    # finite logit (0 or 1) and is held constant: the cross entropy alone
+    # carries the 0 or inf, and its finite gradient.
+    saturated = jnp.isinf(logits)
+    logits = jnp.where(saturated, jnp.sign(logits) * _SATURATED, logits)
+    log_p = jax.nn.log_sigmoid(logits)
+    log_not_p = jax.nn.log_sigmoid(-logits)
     # log(1 - p_t) = log((1 - y) sigmoid(x) + y sigmoid(-x)); the weights go
     # through logsumexp's b= so that y in {0, 1} never takes log(0).
     log_one_minus_pt = jax.nn.logsumexp(
         jnp.stack([log_p, log_not_p]), axis=0,
         b=jnp.stack([1 - labels, labels]))
-    loss = loss * jnp.exp(gamma * log_one_minus_pt)
+    factor = jnp.exp(gamma * log_one_minus_pt)
+    loss = jnp.where(saturated, loss * lax.stop_gradient(factor),
+                     jnp.where(saturated, 0, loss) * factor)
   if alpha is not None:
     alpha = _checks.numeric(fn, "alpha", alpha).astype(logits.dtype)
     alpha = _checks.broadcastable(fn, "alpha", alpha, logits.shape, "logits")

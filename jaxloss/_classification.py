@@ -22,6 +22,7 @@ from jaxloss._multiclass import classes_last
 from jaxloss._multiclass import finish_rows
 from jaxloss._multiclass import integer_rows
 from jaxloss._multiclass import split_where
+from jaxloss._regression import not_nan
 
 # Keras's backend.epsilon(): its probability losses clip to [eps, 1 - eps].
 _KERAS_EPSILON = 1e-7
@@ -196,6 +197,9 @@ def _multiclass_rows(fn, scores, labels, axis, where):
                  f"{batch_shape}, got shape {jnp.shape(where)}")
   row_keep, _ = split_where(fn, where, scores.shape, axis, batch_shape,
                             "scores")
+  _multiclass.class_values(fn, [("scores", x, ~jnp.isnan(x),
+                                 "must not be NaN")],
+                           row_keep, None, scores.shape, axis)
   labels = _labels(fn, "labels", labels, batch_shape, "scores")
   x, label_x, _, keep, valid = integer_rows(
       fn, x, labels, batch_shape, ignore_index=None, row_keep=row_keep,
@@ -337,17 +341,12 @@ def poly_loss_cross_entropy(logits, labels, *, epsilon=2.0, axis=-1,
   y, _, _ = classes_last(fn, labels, axis)
   y = y.astype(x.dtype)
   row_keep, class_keep = split_where(fn, where, shape, axis, batch_shape)
-  labels_ok = (y >= 0) & (y <= 1)
-  if row_keep is not None:
-    labels_ok = labels_ok | ~row_keep[..., None]
-  if class_keep is not None:
-    labels_ok = labels_ok | ~class_keep
-  _checks.values(fn, "labels", labels_ok, "must be in [0, 1]", y)
   epsilon = _checks.numeric(fn, "epsilon", epsilon)
   epsilon = _checks.broadcastable(fn, "epsilon", epsilon, batch_shape,
                                   "the batch shape of logits").astype(x.dtype)
-  cross_entropy = _multiclass.softmax_cross_entropy(logits, labels, axis=axis,
-                                                    where=where)
+  cross_entropy = _multiclass.probability_cross_entropy(
+      fn, logits, labels, axis=axis, where=where, weight=None,
+      label_smoothing=0.0, reduction="none")
   if row_keep is not None:
     x = jnp.where(row_keep[..., None], x, 0)
     if class_keep is not None:
@@ -400,15 +399,9 @@ def safe_softmax_cross_entropy(logits, labels, *, axis=-1, where=None,
   References:
     ``optax.losses.safe_softmax_cross_entropy``.
   """
-  try:
-    return _multiclass.softmax_cross_entropy(
-        logits, labels, axis=axis, where=where, weight=weight,
-        label_smoothing=label_smoothing, reduction=reduction)
-  except (TypeError, ValueError) as error:
-    message = str(error)
-    if message.startswith("softmax_cross_entropy:"):
-      raise type(error)("safe_" + message) from None
-    raise
+  return _multiclass.probability_cross_entropy(
+      "safe_softmax_cross_entropy", logits, labels, axis=axis, where=where,
+      weight=weight, label_smoothing=label_smoothing, reduction=reduction)
 
 
 _REDUCE_FNS = {"none": None, "mean": jnp.mean, "sum": jnp.sum}
@@ -473,6 +466,14 @@ def ranking_softmax_loss(logits, labels, *, where=None, weights=None,
   labels = _checks.numeric(fn, "labels", labels)
   y = _checks.broadcastable(fn, "labels", labels, shape, "logits")
   y = y.astype(x.dtype)
+  value_keep = None
+  if where is not None:
+    value_keep = _checks.broadcastable(
+        fn, "where", _checks.boolean(fn, "where", where), shape, "logits")
+  not_nan(fn, "logits", x, value_keep)
+  ok = y >= 0
+  _checks.values(fn, "labels", ok if value_keep is None else ok | ~value_keep,
+                 "must be non-negative (relevance)", y)
   if weights is not None:
     weights = _checks.numeric(fn, "weights", weights)
     y = y * _checks.broadcastable(fn, "weights", weights, shape,
@@ -569,6 +570,7 @@ def _smooth_labels(labels, alpha, *, axis, where):
 def _torch_rows(fn, predictions):
   predictions = _checks.floating(fn, "predictions", predictions)
   _checks.at_least_rank(fn, "predictions", predictions, 1)
+  not_nan(fn, "predictions", predictions)
   return predictions.astype(_reduction.stat_dtype(predictions.dtype))
 
 
@@ -727,6 +729,8 @@ def soft_margin_loss(predictions, targets, *, reduction="none"):
   fn = "soft_margin_loss"
   x, t, _, _ = _pair(fn, "predictions", predictions, "targets", targets,
                      same_shape=True)
+  not_nan(fn, "predictions", x)
+  _checks.values(fn, "targets", (t == 1) | (t == -1), "must be -1 or 1", t)
   return _reduction.reduce(fn, jax.nn.softplus(-t * x), reduction)
 
 
@@ -812,6 +816,9 @@ def squared_hinge(predictions, targets, *, reduction="none"):
   x, t, _, _ = _pair(fn, "predictions", predictions, "targets", targets,
                      same_shape=True)
   binary = jnp.all((t == 0) | (t == 1))
+  not_nan(fn, "predictions", x)
+  _checks.values(fn, "targets", (t == 1) | (t == -1) | binary,
+                 "must be -1 or 1 (or all of them 0 or 1)", t)
   t = jnp.where(binary, 2 * t - 1, t)
   loss = jnp.mean(jnp.square(jnp.maximum(1 - t * x, 0)), axis=-1)
   return _reduction.reduce(fn, loss, reduction)
@@ -849,6 +856,11 @@ def categorical_hinge(predictions, targets, *, reduction="none"):
   _checks.at_least_rank(fn, "predictions", jnp.asarray(predictions), 1)
   x, t, _, _ = _pair(fn, "predictions", predictions, "targets", targets,
                      same_shape=True)
+  not_nan(fn, "predictions", x)
+  # Keras documents one-hot {0, 1} or {-1, 1} targets; soft ones in between
+  # are read by the same formula.
+  _checks.values(fn, "targets", (t >= -1) & (t <= 1), "must be in [-1, 1]",
+                 t)
   positive = jnp.sum(t * x, axis=-1)
   negative = jnp.max((1 - t) * x, axis=-1)
   loss = jnp.maximum(negative - positive + 1, 0)

@@ -62,7 +62,37 @@ def _check(fn, logits, logit_paddings, labels, label_paddings, blank_id):
       or not 0 <= blank_id < num_classes):
     _checks.fail(fn, f"blank_id must be an int in [0, {num_classes}) (a "
                  f"class of logits), got {blank_id!r}")
-  return logits, logit_paddings != 0, labels, label_paddings != 0
+  frame_pad, label_pad = logit_paddings != 0, label_paddings != 0
+  _values(fn, logits, frame_pad, logit_paddings, labels, label_pad,
+          label_paddings, blank_id)
+  return logits, frame_pad, labels, label_pad
+
+
+def _values(fn, logits, frame_pad, logit_paddings, labels, label_pad,
+            label_paddings, blank_id):
+  """Value checks, active only under ``checked``."""
+  binary = "must be 0 (kept) or 1 (padded)"
+  _checks.values(fn, "logit_paddings",
+                 (logit_paddings == 0) | (logit_paddings == 1), binary,
+                 logit_paddings)
+  _checks.values(fn, "label_paddings",
+                 (label_paddings == 0) | (label_paddings == 1), binary,
+                 label_paddings)
+  # Padded labels come last: a kept label after a padded one would be
+  # silently dropped from the sequence.
+  after_padding = jnp.cumsum(label_pad, axis=1) > 0
+  _checks.values(fn, "label_paddings", ~(after_padding & ~label_pad),
+                 "must pad only the end of each row (1s after the 0s)",
+                 label_paddings)
+  num_classes = logits.shape[-1]
+  _checks.values(
+      fn, "labels",
+      label_pad | ((labels >= 0) & (labels < num_classes)
+                   & (labels != blank_id)),
+      f"must be in [0, {num_classes}) and not blank_id ({blank_id}) where "
+      "not padded", labels)
+  _checks.values(fn, "logits", ~jnp.isnan(logits) | frame_pad[..., None],
+                 "must not be NaN on frames not padded", logits)
 
 
 def _label_log_probs(logits, frame_pad, labels, blank_id):
@@ -183,9 +213,10 @@ def ctc_loss_with_forward_probs(logits, logit_paddings, labels, label_paddings,
   Args:
     logits: floating (B, T, K) logits, blank included; half precision is
       upcast to float32.
-    logit_paddings: (B, T) padding indicators, nonzero (1.0) on padded
-      frames.
-    labels: integer (B, N) labels.
+    logit_paddings: (B, T) padding indicators, 1 on padded frames and 0
+      elsewhere (any nonzero value reads as padded; :func:`jaxloss.checked`
+      rejects values other than 0 and 1, which optax would interpolate).
+    labels: integer (B, N) labels in ``[0, K)``, never ``blank_id``.
     label_paddings: (B, N) padding indicators, nonzero (1.0) on padded
       labels, which must come after the real ones in each row.
     blank_id: class of the blank symbol, in ``[0, K)``.
@@ -234,9 +265,10 @@ def ctc_loss(logits, logit_paddings, labels, label_paddings, *, blank_id=0,
   Args:
     logits: floating (B, T, K) logits, blank included; half precision is
       upcast to float32.
-    logit_paddings: (B, T) padding indicators, nonzero (1.0) on padded
-      frames.
-    labels: integer (B, N) labels.
+    logit_paddings: (B, T) padding indicators, 1 on padded frames and 0
+      elsewhere (any nonzero value reads as padded; :func:`jaxloss.checked`
+      rejects values other than 0 and 1, which optax would interpolate).
+    labels: integer (B, N) labels in ``[0, K)``, never ``blank_id``.
     label_paddings: (B, N) padding indicators, nonzero (1.0) on padded
       labels, which must come after the real ones in each row.
     blank_id: class of the blank symbol, in ``[0, K)``.

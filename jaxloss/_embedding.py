@@ -13,11 +13,15 @@ from jaxloss import _jit
 from jaxloss import _reduction
 from jaxloss._regression import abs_zero_slope
 from jaxloss._regression import broadcast_together
+from jaxloss._regression import not_nan
 
 
-def _floats(fn, named):
+def _floats(fn, named, check_nan=True):
   """Checks floating inputs and broadcasts them together in the loss dtype."""
   arrays = [_checks.floating(fn, name, x) for name, x in named]
+  if check_nan:
+    for (name, _), x in zip(named, arrays):
+      not_nan(fn, name, x)
   dtype = _reduction.stat_dtype(jnp.result_type(*arrays))
   arrays = broadcast_together(
       fn, [(name, x) for (name, _), x in zip(named, arrays)])
@@ -43,6 +47,12 @@ def _axes(fn, axis, ndim, arg):
   if len(set(out)) != len(out):
     _checks.fail(fn, f"axis {tuple(axis)} repeats an axis")
   return tuple(out)
+
+
+def _signs(fn, name, target):
+  """Under ``checked``: ``target`` in {-1, 1}."""
+  _checks.values(fn, name, (target == 1) | (target == -1), "must be -1 or 1",
+                 target)
 
 
 def _safe_rsqrt(x):
@@ -92,12 +102,16 @@ def _unit(x, axis, where, epsilon):
 
 def _cosine(fn, predictions, targets, epsilon, axis, where):
   predictions, targets = _floats(
-      fn, [("predictions", predictions), ("targets", targets)])
+      fn, [("predictions", predictions), ("targets", targets)],
+      check_nan=False)
   axes = _axes(fn, axis, predictions.ndim, "predictions")
   if where is not None:
     where = _checks.boolean(fn, "where", where)
     where = _checks.broadcastable(fn, "where", where, predictions.shape,
                                   "predictions")
+  not_nan(fn, "predictions", predictions, where)
+  not_nan(fn, "targets", targets, where)
+  if where is not None:
     # Dropped entries are zeroed before any product: a NaN there must not
     # reach the gradient of the entries kept.
     predictions = jnp.where(where, predictions, 0)
@@ -380,6 +394,9 @@ def triplet_margin_with_distance_loss(anchor, positive, negative, *,
   anchor, positive, negative = (
       _checks.floating(fn, name, x) for name, x in
       (("anchor", anchor), ("positive", positive), ("negative", negative)))
+  for name, x in (("anchor", anchor), ("positive", positive),
+                  ("negative", negative)):
+    not_nan(fn, name, x)
   if not anchor.ndim == positive.ndim == negative.ndim:
     _checks.fail(fn, "anchor, positive and negative must have the same "
                  f"number of dimensions, got shapes {anchor.shape}, "
@@ -428,6 +445,7 @@ def margin_ranking_loss(input1, input2, target, *, margin=0.0,
   """
   fn = "margin_ranking_loss"
   target = _checks.numeric(fn, "target", target)
+  _signs(fn, "target", target)
   input1, input2 = _floats(fn, [("input1", input1), ("input2", input2)])
   input1, input2, target = broadcast_together(
       fn, [("input1", input1), ("input2", input2), ("target", target)])
@@ -446,7 +464,8 @@ def hinge_embedding_loss(predictions, targets, *, margin=1.0,
   .. math::
     \ell = \begin{cases} x & y = 1 \\ \max(0, m - x) & y = -1 \end{cases}
 
-  As torch, a target that is neither 1 nor -1 gets both terms.
+  As torch, a target that is neither 1 nor -1 gets both terms
+  (:func:`jaxloss.checked` rejects it).
 
   Args:
     predictions: floating inputs (typically distances).
@@ -471,6 +490,8 @@ def hinge_embedding_loss(predictions, targets, *, margin=1.0,
   fn = "hinge_embedding_loss"
   predictions = _checks.floating(fn, "predictions", predictions)
   targets = _checks.numeric(fn, "targets", targets)
+  not_nan(fn, "predictions", predictions)
+  _signs(fn, "targets", targets)
   x, targets = broadcast_together(
       fn, [("predictions", predictions), ("targets", targets)])
   x = x.astype(_reduction.stat_dtype(x.dtype))
@@ -494,7 +515,8 @@ def cosine_embedding_loss(input1, input2, target, *, margin=0.0,
       {\sqrt{(\|x_1\|^2 + 10^{-12})(\|x_2\|^2 + 10^{-12})}}
 
   torch's :math:`10^{-12}` keeps zero vectors finite (cosine 0). Targets
-  other than 1 and -1 give 0, as torch.
+  other than 1 and -1 give 0, as torch (:func:`jaxloss.checked` rejects
+  them).
 
   Args:
     input1: floating [..., dim] vectors (torch: [N, D] or [D]).
@@ -524,6 +546,7 @@ def cosine_embedding_loss(input1, input2, target, *, margin=0.0,
   input1, input2 = _floats(fn, [("input1", input1), ("input2", input2)])
   _checks.at_least_rank(fn, "input1", input1, 1)
   target = _checks.numeric(fn, "target", target)
+  _signs(fn, "target", target)
   target = _checks.broadcastable(fn, "target", target, input1.shape[:-1],
                                  "the batch shape of input1")
   dot = jnp.sum(input1 * input2, axis=-1)
@@ -583,6 +606,8 @@ def ntxent(embeddings, labels, temperature=0.07):
   labels = _checks.numeric(fn, "labels", labels)
   _checks.shape_is(fn, "labels", labels, embeddings.shape[:1],
                    "one per embedding")
+  not_nan(fn, "embeddings", embeddings)
+  not_nan(fn, "labels", labels)
   x = embeddings.astype(_reduction.stat_dtype(embeddings.dtype))
   eps = jnp.finfo(x.dtype).eps
   unit = _unit(x, (1,), None, eps)
@@ -677,11 +702,13 @@ def circle_loss(positive_scores, negative_scores, *, margin=0.4, gamma=80.0,
   margin = jnp.asarray(margin, dtype)
   gamma = jnp.asarray(gamma, dtype)
 
-  def lse(logits, where, name, arg):
+  def lse(logits, where, name, arg, scores):
+    if where is not None:
+      where = _checks.boolean(fn, name, where)
+      where = _checks.broadcastable(fn, name, where, logits.shape, arg)
+    not_nan(fn, arg, scores, where)
     if where is None:
       return jax.nn.logsumexp(logits, axis=-1), None
-    where = _checks.boolean(fn, name, where)
-    where = _checks.broadcastable(fn, name, where, logits.shape, arg)
     any_kept = jnp.any(where, axis=-1)
     # An empty row reads every entry (finite), and its result is discarded.
     safe_where = where | ~any_kept[..., None]
@@ -690,9 +717,11 @@ def circle_loss(positive_scores, negative_scores, *, margin=0.4, gamma=80.0,
   alpha_p = lax.stop_gradient(jnp.maximum(1 + margin - s_p, 0))
   alpha_n = lax.stop_gradient(jnp.maximum(s_n + margin, 0))
   lse_p, keep_p = lse(-gamma * alpha_p * (s_p - (1 - margin)),
-                      positive_where, "positive_where", "positive_scores")
+                      positive_where, "positive_where", "positive_scores",
+                      s_p)
   lse_n, keep_n = lse(gamma * alpha_n * (s_n - margin),
-                      negative_where, "negative_where", "negative_scores")
+                      negative_where, "negative_where", "negative_scores",
+                      s_n)
   loss = jax.nn.softplus(lse_p + lse_n)
   keep = keep_p if keep_n is None else (
       keep_n if keep_p is None else keep_p & keep_n)

@@ -289,8 +289,44 @@ def nll_loss(log_probs, labels, *, axis=-1, where=None, ignore_index=None,
   _, label_x, label_w, keep, valid = integer_rows(
       fn, x, labels, batch_shape, ignore_index=ignore_index,
       row_keep=row_keep, weight=weight)
+  class_values(fn, [("log_probs", x, x <= 0,
+                     "must be log-probabilities (<= 0, not NaN)")],
+               keep, None, log_probs.shape, axis)
   loss = -label_x if label_w is None else -label_w * label_x
   return finish_rows(fn, loss, label_w, keep, valid, reduction)
+
+
+def class_values(fn, checks, row_keep, class_keep, shape, axis):
+  """Value checks on arrays laid out by :func:`classes_last`, active only
+  under ``checked``.
+
+  ``checks`` holds ``(name, array, ok, check)``; offending elements are
+  reported at their index in the caller's ``shape`` and ``axis``. Rows and
+  classes dropped by ``where`` are not checked.
+  """
+  axes = _checks.axes(fn, axis, len(shape))
+  order = tuple(a for a in range(len(shape)) if a not in axes) + axes
+  inverse = tuple(order.index(a) for a in range(len(shape)))
+
+  def original(a):
+    return jnp.transpose(a.reshape(tuple(shape[a] for a in order)), inverse)
+
+  keep = class_keep
+  if row_keep is not None:
+    keep = _and(jnp.broadcast_to(row_keep[..., None], checks[0][1].shape),
+                keep)
+  for name, v, ok, check in checks:
+    _checks.values(fn, name, original(ok if keep is None else ok | ~keep),
+                   check, original(v))
+
+
+def probability_values(fn, x, y, row_keep, class_keep, shape, axis):
+  """Logits and probability labels: labels in [0, 1] (they need not sum to
+  1, as in torch and optax), logits below ``+inf`` (``-inf`` is fine)."""
+  class_values(fn, [
+      ("logits", x, x < jnp.inf, "must not be NaN or +inf"),
+      ("labels", y, (y >= 0) & (y <= 1), "must be in [0, 1]")],
+               row_keep, class_keep, shape, axis)
 
 
 @_jit.jit("axis", "label_smoothing", "reduction")
@@ -308,7 +344,8 @@ def softmax_cross_entropy(logits, labels, axis=-1, where=None, *, weight=None,
   probability on a ``-inf`` class costs ``inf``.
 
   ``reduction="mean"`` divides by the number of kept rows, as torch does for
-  probability targets, whatever the class weights.
+  probability targets, whatever the class weights. Labels need not sum to 1
+  over the classes (torch and optax accept any values in [0, 1]).
 
   Args:
     logits: floating [..., C, ...] logits.
@@ -336,7 +373,14 @@ def softmax_cross_entropy(logits, labels, axis=-1, where=None, *, weight=None,
     ``optax.losses.softmax_cross_entropy`` and
     ``optax.losses.safe_softmax_cross_entropy``.
   """
-  fn = "softmax_cross_entropy"
+  return probability_cross_entropy(
+      "softmax_cross_entropy", logits, labels, axis=axis, where=where,
+      weight=weight, label_smoothing=label_smoothing, reduction=reduction)
+
+
+def probability_cross_entropy(fn, logits, labels, *, axis, where, weight,
+                              label_smoothing, reduction):
+  """:func:`softmax_cross_entropy` under the name ``fn`` in its messages."""
   _options(fn, label_smoothing)
   logits = _checks.floating(fn, "logits", logits)
   labels = _checks.numeric(fn, "labels", labels)
@@ -347,6 +391,7 @@ def softmax_cross_entropy(logits, labels, axis=-1, where=None, *, weight=None,
   y, _, _ = classes_last(fn, labels, axis)
   y = y.astype(x.dtype)
   row_keep, class_keep = split_where(fn, where, shape, axis, batch_shape)
+  probability_values(fn, x, y, row_keep, class_keep, logits.shape, axis)
   weight = _class_weight(fn, weight, x.shape[-1], x.dtype)
   if row_keep is not None:
     x = jnp.where(row_keep[..., None], x, 0)

@@ -21,15 +21,30 @@ def broadcast_together(fn, named):
   return [jnp.broadcast_to(x, shape) for _, x in named]
 
 
+def not_nan(fn, name, x, keep=None):
+  """Under ``checked``: no NaN in ``x`` (where ``keep``, if given)."""
+  if jnp.issubdtype(x.dtype, jnp.floating):
+    ok = ~jnp.isnan(x)
+    _checks.values(fn, name, ok if keep is None else ok | ~keep,
+                   "must not be NaN", x)
+
+
+def non_negative(fn, name, x):
+  """Under ``checked``: ``x >= 0`` (NaN fails)."""
+  _checks.values(fn, name, x >= 0, "must be non-negative", x)
+
+
 def pair(fn, predictions, targets):
   """Checked ``predictions`` and ``targets`` (or None) in the loss dtype.
 
   The two broadcast together; half precision is computed in float32.
   """
   predictions = _checks.floating(fn, "predictions", predictions)
+  not_nan(fn, "predictions", predictions)
   if targets is None:
     return predictions.astype(_reduction.stat_dtype(predictions.dtype)), None
   targets = _checks.numeric(fn, "targets", targets)
+  not_nan(fn, "targets", targets)
   dtype = _reduction.stat_dtype(jnp.result_type(predictions, targets))
   predictions, targets = broadcast_together(
       fn, [("predictions", predictions), ("targets", targets)])
@@ -175,6 +190,7 @@ def huber_loss(predictions, targets=None, *, delta=1.0, reduction="none"):
   predictions, targets = pair(fn, predictions, targets)
   errors = _errors(predictions, targets)
   delta = jnp.asarray(delta, errors.dtype)
+  _checks.values(fn, "delta", delta > 0, "must be positive", delta)
   delta = _checks.broadcastable(fn, "delta", delta, errors.shape, "the loss")
   return _reduction.reduce(fn, _huber(abs_zero_slope(errors), delta),
                            reduction)
@@ -379,8 +395,8 @@ def poisson_nll_loss(predictions, targets, *, log_input=True, full=False,
   ``full=True`` adds Stirling's approximation of :math:`\log y!`,
   :math:`y \log y - y + \tfrac12 \log(2\pi y)`, only where :math:`y > 1`
   (torch's convention: 0 for counts 0 and 1, whose :math:`\log y!` is
-  exactly 0). A zero count contributes :math:`0 \cdot \log(\cdot) = 0`
-  with a zero gradient in the rate, even at :math:`\lambda + \varepsilon
+  exactly 0). A zero count contributes :math:`0 \cdot \log(\cdot) = 0`,
+  also at log-rate ``-inf`` (torch: NaN), with a zero gradient in the rate, even at :math:`\lambda + \varepsilon
   = 0` (torch: NaN), and a finite gradient in the count with ``full=True``
   (torch: NaN).
 
@@ -407,8 +423,14 @@ def poisson_nll_loss(predictions, targets, *, log_input=True, full=False,
   """
   fn = "poisson_nll_loss"
   predictions, targets = pair(fn, predictions, targets)
+  if not log_input:
+    non_negative(fn, "predictions", predictions)
+  non_negative(fn, "targets", targets)
   if log_input:
-    loss = jnp.exp(predictions) - targets * predictions
+    # A zero count at log-rate -inf (rate 0) is certain: 0, not 0 * -inf.
+    log_rate = jnp.where((targets == 0) & jnp.isinf(predictions), 0,
+                         predictions)
+    loss = jnp.exp(predictions) - targets * log_rate
   else:
     loss = predictions - _xlogy(targets, predictions + eps)
   if full:
@@ -439,6 +461,7 @@ def _gaussian_nll_loss(predictions, targets, var, full, eps, reduction):
   fn = "gaussian_nll_loss"
   predictions = _checks.floating(fn, "predictions", predictions)
   var = _checks.numeric(fn, "var", var)
+  non_negative(fn, "var", var)
   shape = predictions.shape
   predictions, targets = pair(fn, predictions, targets)
   var = _gaussian_var(fn, var, shape)
@@ -474,7 +497,8 @@ def gaussian_nll_loss(predictions, targets, var, *, full=False, eps=1e-6,
 
   A negative variance raises ``ValueError`` when ``var`` is a Python number,
   list or NumPy array, as torch does; for JAX arrays (whose values are not
-  known at trace time) its elements give NaN.
+  known at trace time) its elements give NaN, and :func:`jaxloss.checked`
+  raises.
 
   Args:
     predictions: floating array, the predicted means.
@@ -633,5 +657,7 @@ def poisson(predictions, targets, *, epsilon=_KERAS_EPSILON,
   """
   fn = "poisson"
   predictions, targets = pair(fn, predictions, targets)
+  non_negative(fn, "predictions", predictions)
+  non_negative(fn, "targets", targets)
   loss = predictions - _xlogy(targets, predictions + epsilon)
   return _reduction.reduce(fn, loss, reduction)

@@ -7,6 +7,19 @@ from jaxloss import _checks
 from jaxloss import _jit
 from jaxloss import _reduction
 from jaxloss._embedding import _axes
+from jaxloss._regression import not_nan
+
+
+def _values(fn, predictions, targets, probabilities):
+  """Under ``checked``: targets in [0, 1]; predictions too when they are
+  probabilities, else logits that are not NaN."""
+  if probabilities:
+    _checks.values(fn, "predictions", (predictions >= 0) & (predictions <= 1),
+                   "must be probabilities in [0, 1]", predictions)
+  else:
+    not_nan(fn, "predictions", predictions)
+  _checks.values(fn, "targets", (targets >= 0) & (targets <= 1),
+                 "must be in [0, 1]", targets)
 
 
 def _tversky_loss(probs, targets, alpha, beta, smooth, axes):
@@ -96,6 +109,7 @@ def dice_loss(predictions, targets, *, class_weights=None, smooth=1.0,
   fn = "dice_loss"
   predictions = _checks.floating(fn, "predictions", predictions)
   targets = _checks.numeric(fn, "targets", targets)
+  _values(fn, predictions, targets, not apply_softmax)
   if predictions.ndim == targets.ndim - 1:
     predictions = predictions[..., None]
   if targets.ndim == predictions.ndim - 1:
@@ -161,9 +175,10 @@ def binary_dice_loss(predictions, targets, *, smooth=1.0, apply_sigmoid=True):
     ``optax.losses.binary_dice_loss``, which (unlike this) rejects
     probabilities with ``apply_sigmoid=False`` and fails under ``jax.jit``.
   """
-  predictions = _checks.floating("binary_dice_loss", "predictions",
-                                 predictions)
-  targets = _checks.numeric("binary_dice_loss", "targets", targets)
+  fn = "binary_dice_loss"
+  predictions = _checks.floating(fn, "predictions", predictions)
+  targets = _checks.numeric(fn, "targets", targets)
+  _values(fn, predictions, targets, not apply_sigmoid)
   if predictions.ndim == targets.ndim and predictions.shape[-1] != 1:
     predictions = predictions[..., None]
     targets = targets[..., None]
@@ -220,6 +235,7 @@ def multiclass_generalized_dice_loss(predictions, targets, *, smooth=1.0,
   targets = _checks.numeric(fn, "targets", targets)
   _checks.same_shape(fn, "targets", targets, "predictions", predictions)
   _checks.at_least_rank(fn, "predictions", predictions, 1)
+  _values(fn, predictions, targets, not apply_softmax)
   dtype = _reduction.stat_dtype(jnp.result_type(predictions, targets))
   frequency = jnp.sum(targets.astype(dtype),
                       axis=tuple(range(targets.ndim - 1)))
@@ -283,6 +299,7 @@ def tversky_loss(predictions, targets, *, alpha=0.5, beta=0.5, smooth=0.0,
   fn = "tversky_loss"
   predictions = _checks.floating(fn, "predictions", predictions)
   targets = _checks.numeric(fn, "targets", targets)
+  _values(fn, predictions, targets, True)
   targets = _checks.broadcastable(fn, "targets", targets, predictions.shape,
                                   "predictions")
   axes = _axes(fn, axis, predictions.ndim, "predictions")

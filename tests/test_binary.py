@@ -74,6 +74,57 @@ def test_sigmoid_binary_cross_entropy_exact_at_saturation():
   np.testing.assert_array_equal(g, [1.0, 1.0, -1.0, -1.0])
 
 
+INF = np.inf
+# Logits at +-inf against labels 0 and 1: right answers cost 0, wrong ones inf.
+INF_X = np.array([-INF, INF, -INF, INF])
+INF_Y = np.array([0.0, 1.0, 1.0, 0.0])
+
+
+@pytest.mark.parametrize("loss, kwargs, grad", [
+    (jaxloss.sigmoid_binary_cross_entropy, {}, [0, 0, -1, 1]),
+    (jaxloss.sigmoid_binary_cross_entropy, {"pos_weight": 2.0},
+     [0, 0, -2, 1]),
+    (jaxloss.sigmoid_focal_loss, {"gamma": 2.0}, [0, 0, -1, 1]),
+    (jaxloss.sigmoid_focal_loss, {"gamma": 0.5, "alpha": 0.25},
+     [0, 0, -0.25, 0.75]),
+], ids=["bce", "bce-pos_weight", "focal", "focal-alpha"])
+def test_infinite_logits_cost_0_or_inf_with_finite_gradients(loss, kwargs,
+                                                             grad):
+  x, y = jnp.asarray(INF_X, jnp.float32), jnp.asarray(INF_Y, jnp.float32)
+  if "pos_weight" in kwargs:
+    kwargs = {**kwargs, "pos_weight": jnp.asarray(kwargs["pos_weight"])}
+  f = jax.jit(lambda x: loss(x, y, **kwargs))
+  np.testing.assert_array_equal(f(x), [0, 0, INF, INF])
+  np.testing.assert_array_equal(jax.jit(jax.grad(lambda x: f(x)[:2].sum()))(x),
+                                [0, 0, 0, 0])
+  np.testing.assert_allclose(jax.jit(jax.grad(lambda x: f(x).sum()))(x),
+                             grad, rtol=1e-6)
+  # forward mode too: no inf * 0 in the tangents
+  np.testing.assert_allclose(jax.jit(jax.jacfwd(f))(x).diagonal(), grad,
+                             rtol=1e-6)
+
+
+def test_label_gradient_of_sigmoid_bce_at_infinite_logits_is_honest():
+  # d/dy = softplus(-x) - softplus(x) = -x: infinite, never NaN.
+  x, y = jnp.asarray(INF_X, jnp.float32), jnp.asarray(INF_Y, jnp.float32)
+  g = jax.grad(lambda y: jaxloss.sigmoid_binary_cross_entropy(x, y).sum())(y)
+  np.testing.assert_array_equal(g, [INF, -INF, INF, -INF])
+  g = jax.grad(lambda y: jaxloss.sigmoid_binary_cross_entropy(
+      jnp.array([3.0, -2.0]), y).sum())(jnp.array([0.0, 1.0]))
+  np.testing.assert_allclose(g, [-3.0, 2.0], rtol=1e-6)
+
+
+def test_binary_cross_entropy_at_probabilities_0_and_1():
+  p = jnp.array([0.0, 1.0, 0.0, 1.0])
+  y = jnp.array([0.0, 1.0, 1.0, 0.0])
+  np.testing.assert_array_equal(jaxloss.binary_cross_entropy(p, y),
+                                [0, 0, 100, 100])
+  gp, gy = jax.grad(lambda p, y: jaxloss.binary_cross_entropy(p, y).sum(),
+                    argnums=(0, 1))(p, y)
+  np.testing.assert_allclose(gp, [0, 0, -1e12, 1e12], rtol=1e-6)
+  np.testing.assert_array_equal(gy, [100, -100, 100, -100])
+
+
 def test_pos_weight_broadcasts_from_the_right():
   x = jnp.zeros((2, 3, 4))
   y = jnp.ones((2, 3, 4))

@@ -327,6 +327,17 @@ def test_poisson_nll_stirling_only_above_one_and_zero_counts_are_safe():
       [0.0, 2.0])
 
 
+def test_poisson_nll_zero_count_at_log_rate_minus_inf_costs_nothing():
+  # Rate 0 and count 0: certain, loss 0 (torch: 0 * -inf = NaN); a positive
+  # count at rate 0 costs inf with gradient e^x - y = -y.
+  x = jnp.array([-jnp.inf, -jnp.inf, 0.5])
+  y = jnp.array([0.0, 2.0, 0.0])
+  f = jit_fast(lambda x: jaxloss.poisson_nll_loss(x, y))
+  np.testing.assert_array_equal(f(x), [0.0, np.inf, np.exp(np.float32(0.5))])
+  g = jit_fast(jax.grad(lambda x: jaxloss.poisson_nll_loss(x, y).sum()))(x)
+  np.testing.assert_allclose(g, [0.0, -2.0, np.exp(0.5)], rtol=1e-6)
+
+
 def test_poisson_is_poisson_nll_on_rates():
   r, y = jnp.asarray(RATE), jnp.asarray(COUNTS)
   np.testing.assert_allclose(
