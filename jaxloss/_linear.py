@@ -9,12 +9,17 @@ from jax import lax
 
 from jaxloss import _checks
 from jaxloss import _jit
+from jaxloss import _parallel
 from jaxloss import _reduction
 from jaxloss._multiclass import finish_rows
 
-# Bytes of one logits-sized float32 array per chunk. A chunk holds a few such
-# arrays (logits, their gradient, its cast for the matmuls) at once.
+# Bytes of one chunk's logits. A chunk holds a few such arrays (logits, their
+# gradient, its cast for the matmuls) at once. On an H200 (bfloat16, N=8192,
+# D=4096, V=128256) chunks of 8192 x 4096 logits took 59.9 ms against 67.7 ms
+# for 8192 x 1024, with 286 MiB of temporaries against 262 MiB
+# (benchmarks/results/linear_cross_entropy-nvidia-h200.json).
 _CHUNK_BYTES = 32 << 20
+_CHUNK_BYTES_ACCELERATOR = 64 << 20
 # Fewest tokens per chunk worth a single pass over the whole vocabulary: each
 # token chunk reads and writes the [D, V] float32 kernel gradient once more.
 # Cheap next to the matmuls on a CPU; on accelerators, whose memory is slow
@@ -53,6 +58,19 @@ def _chunked(total, size, body, carry):
   return carry
 
 
+def _varying(tree, *refs):
+  """``tree`` typed as device-varying over the mesh axes ``refs`` vary over.
+
+  Inside ``jax.shard_map``, a scan's carry must vary over the same mesh axes
+  as what its body makes of it, and zeros made here vary over none. Adding
+  the sum of an empty slice of each ref (an exact 0, which XLA folds away)
+  gives them the refs' type without naming an axis, in any JAX version;
+  outside ``shard_map`` it changes nothing.
+  """
+  zero = sum(r.reshape(-1)[:0].sum() for r in refs if r is not None)
+  return jax.tree.map(lambda a: a + zero.astype(a.dtype), tree)
+
+
 def _take(x, start, length, axis=0):
   if isinstance(start, int) and start == 0 and length == x.shape[axis]:
     return x
@@ -71,15 +89,17 @@ def _dot(a, b, contract, dtype):
 
 
 def _add_outer(acc, h, dz, dtype):
-  """``acc + h^T dz`` for a [D, V] ``acc``, by blocks of columns.
+  """``acc + h^T dz`` for a [D, V] ``acc``, by blocks of columns on CPUs.
 
-  The product of a whole chunk would be one more [D, V] temporary where the
-  compiler does not fuse the sum into the matmul: blocks bound it.
+  On CPUs the product of a whole chunk would be one more [D, V] temporary
+  (the compiler does not fuse the sum into the matmul there): blocks bound
+  it. GPU compilers add into the matmul's output, where column blocks would
+  only make the matmuls narrower.
   """
   dim, width = acc.shape
   block = max(128, _CHUNK_BYTES // 2 // (jnp.dtype(dtype).itemsize
                                          * max(dim, 1)))
-  if block >= width:
+  if block >= width or jax.default_backend() != "cpu":
     return acc + _dot(h, dz, ((0,), (0,)), dtype)
 
   def columns(col, v, acc):
@@ -93,10 +113,13 @@ def _add_outer(acc, h, dz, dtype):
 def _logits(cfg, h, w, b, keep):
   """Logits of a [n, D] token chunk against a [D, v] kernel chunk, in float32.
 
-  Dropped rows read 0, as the unfused loss does, so whatever their hidden
-  states hold their statistics are finite and their gradient exactly 0.
+  The matmul accumulates in float32 and its result is rounded to the inputs'
+  dtype, as the unfused ``hidden @ kernel`` is: for half-precision inputs the
+  same logits, and half the memory traffic of float32 ones. Dropped rows
+  read 0, as the unfused loss does, so whatever their hidden states hold
+  their statistics are finite and their gradient exactly 0.
   """
-  x = _dot(h, w, ((1,), (0,)), cfg.stat)
+  x = _dot(h, w, ((1,), (0,)), cfg.stat).astype(cfg.compute).astype(cfg.stat)
   if b is not None:
     x = x + jnp.broadcast_to(b[None, :], x.shape)
   if cfg.softcap is not None:
@@ -229,11 +252,11 @@ def _statistics(cfg, h, kernel, bias, rows, weight):
       return _update_stats(cfg, stats, x, labels, col, w)
 
     stats = _chunked(num_classes, cfg.classes, class_chunk,
-                     _empty_stats(n, cfg.stat))
+                     _varying(_empty_stats(n, cfg.stat), h_c, kernel))
     return jax.tree.map(lambda o, s: _put(o, s, start), out, stats)
 
   stats = _chunked(n_tokens, cfg.tokens, token_chunk,
-                   _empty_stats(n_tokens, cfg.stat))
+                   _varying(_empty_stats(n_tokens, cfg.stat), h, kernel))
   return _lse(stats), stats
 
 
@@ -272,7 +295,7 @@ def _gradients(cfg, h, kernel, bias, rows, weight, lse, coef):
     dw_c = jnp.zeros((dim, v), cfg.stat)
     db_c = None if bias is None else jnp.zeros((v,), cfg.stat)
     dh, dw_c, db_c = _chunked(n_tokens, cfg.tokens, token_chunk,
-                              (dh, dw_c, db_c))
+                              _varying((dh, dw_c, db_c), h, kernel))
     dkernel = _put(dkernel, dw_c.astype(kernel.dtype), col, 1)
     if dbias is not None:
       dbias = _put(dbias, db_c.astype(bias.dtype), col)
@@ -281,7 +304,8 @@ def _gradients(cfg, h, kernel, bias, rows, weight, lse, coef):
   carry = (jnp.zeros((n_tokens, dim), cfg.stat),
            jnp.zeros_like(kernel),
            None if bias is None else jnp.zeros_like(bias))
-  dh, dkernel, dbias = _chunked(num_classes, cfg.classes, class_chunk, carry)
+  dh, dkernel, dbias = _chunked(num_classes, cfg.classes, class_chunk,
+                                _varying(carry, h, kernel))
   return dh, dkernel, dbias
 
 
@@ -321,7 +345,7 @@ def _single_pass(cfg, h, kernel, bias, rows, weight, support, scale):
            jnp.zeros(kernel.shape, cfg.stat),
            None if bias is None else jnp.zeros(bias.shape, cfg.stat))
   total, dh, dkernel, dbias = _chunked(n_tokens, cfg.tokens, token_chunk,
-                                       carry)
+                                       _varying(carry, h, kernel))
   return total, (dh, dkernel, dbias)
 
 
@@ -358,6 +382,56 @@ def _per_token(cfg):
   return losses
 
 
+def _shard_statistics(cfg):
+  """Per-token ``(lse, label, weighted)`` over this shard's classes.
+
+  For the classes split over a mesh axis: the shards' statistics are
+  combined outside, where JAX differentiates the collectives. The backward
+  pass recomputes the logits by chunks, as :func:`_per_token` does, with
+  ``dx_j = g_lse p_j + g_label [j = y] + g_weighted w_j`` and ``p`` the
+  shard's own softmax.
+  """
+
+  @jax.custom_vjp
+  def statistics(h, kernel, bias, rows, weight):
+    lse, stats = _statistics(cfg, h, kernel, bias, rows, weight)
+    return lse, stats.label, stats.weighted
+
+  def fwd(h, kernel, bias, rows, weight):
+    out = statistics(h, kernel, bias, rows, weight)
+    return out, (h, kernel, bias, rows, weight, out[0])
+
+  def bwd(res, ct):
+    h, kernel, bias, rows, weight, lse = res
+    ct_lse, ct_label, ct_weighted = ct
+    # A shard with no possible class has lse -inf and every exp(x) 0.
+    lse = jnp.where(jnp.isfinite(lse), lse, 0)
+    coef = (ct_lse, -ct_label, -ct_weighted if cfg.smoothing else None)
+    grads = _gradients(cfg, h, kernel, bias, rows, weight, lse, coef)
+    return (*_in_dtypes(grads, h, kernel, bias), None, None)
+
+  statistics.defvjp(fwd, bwd)
+  return statistics
+
+
+def _sharded_losses(cfg, axis_name, h, kernel, bias, rows, weight, support):
+  """Per-token losses with the classes split over ``axis_name``."""
+  # Inside shard_map, the custom VJP's inputs must vary over the same mesh
+  # axes as its outputs: hidden over the classes' axis, the kernel over the
+  # tokens'. JAX then sums their gradients over those axes.
+  h_v = _varying(h, kernel, bias)
+  kernel_v, bias_v = _varying((kernel, bias), h)
+  lse, label, weighted = _shard_statistics(cfg)(h_v, kernel_v, bias_v, rows,
+                                                weight)
+  if cfg.smoothing:
+    lse, label, weighted = _parallel.combine(axis_name, lse, label, weighted)
+  else:
+    lse, label = _parallel.combine(axis_name, lse, label)
+  # The maximum is only a shift inside combine: _row_loss reads lse.
+  stats = _Stats(lse, None, label, weighted)
+  return _row_loss(cfg, lse, stats, rows.label_weight, support)
+
+
 def _scalar(cfg):
   """A weighted sum of the losses whose gradients are made in the forward.
 
@@ -385,9 +459,12 @@ def _scalar(cfg):
   return total
 
 
-def _chunk_sizes(chunk_size, n_tokens, num_classes, stat, scalar,
+def _chunk_sizes(chunk_size, n_tokens, num_classes, dtype, scalar,
                  platform=None):
-  """``(tokens, classes)`` per chunk, and whether one pass does it all."""
+  """``(tokens, classes)`` per chunk, and whether one pass does it all.
+
+  ``dtype`` is the logits' (the inputs' dtype, before the float32 statistics).
+  """
   if chunk_size is not None:
     if isinstance(chunk_size, int):
       tokens, classes = chunk_size, None
@@ -396,8 +473,9 @@ def _chunk_sizes(chunk_size, n_tokens, num_classes, stat, scalar,
     tokens = max(1, min(tokens, n_tokens))
     classes = num_classes if classes is None else min(classes, num_classes)
     return tokens, classes, scalar and classes == num_classes
-  elements = _CHUNK_BYTES // jnp.dtype(stat).itemsize
   platform = platform or jax.default_backend()
+  budget = _CHUNK_BYTES if platform == "cpu" else _CHUNK_BYTES_ACCELERATOR
+  elements = budget // jnp.dtype(dtype).itemsize
   min_tokens = _MIN_SINGLE_PASS_TOKENS.get(
       platform, _MIN_SINGLE_PASS_TOKENS_ACCELERATOR)
   whole_rows = elements // num_classes
@@ -465,15 +543,32 @@ def linear_softmax_cross_entropy(
   rows with loss 0 and gradient exactly 0, a mean over nothing equal to 0.
   A ``-inf`` bias marks an impossible class (outside the smoothing support).
   Class weights are constants: no gradient flows to ``weight``. Under
-  :func:`checked`, an out-of-range label raises instead.
+  :func:`checked`, an out-of-range label, or a NaN or infinite hidden state
+  in a kept row, raises instead.
 
   Args:
     hidden: floating [..., D] hidden states; the leading axes are the batch.
     kernel: floating [D, V] weights, laid out as a JAX dense kernel.
     labels: integer labels with the batch shape of ``hidden``.
     bias: optional floating [V] bias.
-    axis_name: reserved for vocabulary-parallel sharding (not implemented
-      yet: anything but None raises ``NotImplementedError``).
+    axis_name: optional mesh axis name (or tuple of names) over which the
+      classes are split, for a call inside ``jax.shard_map``
+      (vocabulary-parallel, as Megatron-LM's output layer): ``kernel`` is
+      then this device's [D, V/k] shard of the columns (device ``i`` of
+      ``k`` holds classes ``[i V/k, (i + 1) V/k)``), ``bias`` and
+      ``weight`` its [V/k] shards, ``hidden`` the same on every device
+      along the axis, and ``labels`` global class ids in ``[0, V)``.
+      Devices exchange per-token statistics only (a max and a sum of [N]
+      arrays) and, in the backward pass, the [N, D] gradient of ``hidden``
+      (a ``psum`` of each shard's contribution); the kernel's gradient stays
+      local. Values and gradients equal the unsharded ones, and every
+      device along the axis returns the same result (for ``"none"``, the
+      same per-token losses). Tokens sharded over another mesh axis are
+      reduced on each device only: for a mean over all of them, take
+      ``"sum"`` and ``jax.lax.psum`` it (and the count) over that axis, or
+      return ``"none"`` and reduce outside ``shard_map``. ``"mean"`` and
+      ``"sum"`` then take two passes (statistics, then gradients) instead
+      of one.
     ignore_index: optional label value whose rows are dropped.
     weight: optional [V] class weights.
     label_smoothing: :math:`\varepsilon` in [0, 1].
@@ -514,8 +609,7 @@ def linear_softmax_cross_entropy(
   """
   fn = "linear_softmax_cross_entropy"
   if axis_name is not None:
-    _checks.fail(fn, "axis_name (vocabulary-parallel sharding) is not "
-                 f"implemented yet, got {axis_name!r}", NotImplementedError)
+    shards, index = _parallel.shard(fn, axis_name)
   _checks.in_range(fn, "label_smoothing", label_smoothing, 0, 1)
   _checks.in_range(fn, "z_loss", z_loss, 0, float("inf"), high_open=True)
   _checks.optional_int(fn, "ignore_index", ignore_index)
@@ -532,16 +626,20 @@ def linear_softmax_cross_entropy(
     _checks.fail(fn, f"kernel must have shape ({hidden.shape[-1]}, V) "
                  "(hidden features by classes), got shape "
                  f"{kernel.shape}")
-  dim, num_classes = kernel.shape
-  if num_classes == 0:
+  dim, width = kernel.shape
+  if width == 0:
     _checks.fail(fn, "kernel must have at least one class, got shape "
                  f"{kernel.shape}")
+  # With axis_name, the kernel, bias and weight hold this shard's classes.
+  num_classes = width if axis_name is None else shards * width
+  per_class = "one per class" if axis_name is None else (
+      "the local shard: one per class of the kernel's shard")
   batch_shape = hidden.shape[:-1]
   n_tokens = math.prod(batch_shape)
   dtype = jnp.result_type(hidden, kernel)
   if bias is not None:
     bias = _checks.floating(fn, "bias", bias)
-    _checks.shape_is(fn, "bias", bias, (num_classes,), "one per class")
+    _checks.shape_is(fn, "bias", bias, (width,), per_class)
     dtype = jnp.result_type(dtype, bias)
   stat = _reduction.stat_dtype(dtype)
 
@@ -552,7 +650,7 @@ def linear_softmax_cross_entropy(
                  "feature axis)")
   if weight is not None:
     weight = _checks.numeric(fn, "weight", weight)
-    _checks.shape_is(fn, "weight", weight, (num_classes,), "one per class")
+    _checks.shape_is(fn, "weight", weight, (width,), per_class)
     weight = lax.stop_gradient(weight.astype(stat))
   keep = None
   if where is not None:
@@ -568,18 +666,29 @@ def linear_softmax_cross_entropy(
         fn, "labels", valid if keep is None else valid | ~keep,
         f"must be in [0, {num_classes})"
         + ("" if ignore_index is None else " or equal ignore_index"), labels)
+    finite = jnp.isfinite(hidden)
+    if keep is not None:
+      finite = finite | jnp.broadcast_to(~keep[..., None], hidden.shape)
+    _checks.values(fn, "hidden", finite, "must be finite (no NaN or inf) in "
+                   "kept rows", hidden)
   safe = jnp.where(valid, labels, 0)
   if keep is not None:
     safe = jnp.where(keep, safe, 0)
-  label_weight = None if weight is None else weight[safe]
+  if axis_name is None:
+    label_weight = None if weight is None else weight[safe]
+  else:
+    safe, in_shard = _parallel.local_labels(labels, valid, keep, index, width)
+    label_weight = _parallel.label_weight(weight, safe, in_shard, axis_name)
 
   compute = jnp.result_type(hidden, kernel)
   h = hidden.reshape(n_tokens, dim).astype(compute)
   w = kernel.astype(compute)
   b = None if bias is None else bias.astype(stat)
-  scalar = reduction != "none"
-  tokens, classes, single = _chunk_sizes(chunk_size, n_tokens, num_classes,
-                                         stat, scalar)
+  # Vocabulary-parallel, the per-row log-sum-exp must be global before any
+  # gradient is formed: the two-pass path (statistics, then gradients).
+  scalar = reduction != "none" and axis_name is None
+  tokens, classes, single = _chunk_sizes(chunk_size, n_tokens, width, compute,
+                                         scalar)
   cfg = _Config(tokens, classes, float(label_smoothing), float(z_loss),
                 None if logit_softcap is None else float(logit_softcap),
                 stat, compute, bias is None or logit_softcap is not None)
@@ -587,12 +696,18 @@ def linear_softmax_cross_entropy(
                (jnp.ones(n_tokens, bool) if keep is None
                 else keep.reshape(-1)),
                None if label_weight is None else label_weight.reshape(-1))
-  support = (_support(cfg, b, weight, num_classes, stat)
-             if label_smoothing else None)
+  support = None
+  if label_smoothing:
+    support = _support(cfg, b, weight, width, stat)
+    if axis_name is not None:
+      support = lax.psum(support, axis_name)
 
   def finish(loss):
     return finish_rows(fn, loss, label_weight, keep, valid, reduction)
 
+  if axis_name is not None:
+    loss = _sharded_losses(cfg, axis_name, h, w, b, rows, weight, support)
+    return finish(loss.reshape(batch_shape))
   if not single:
     loss = _per_token(cfg)(h, w, b, rows, weight, support)
     return finish(loss.reshape(batch_shape))

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from jaxloss import _checks
 from jaxloss import _jit
+from jaxloss import _parallel
 from jaxloss import _reduction
 from jaxloss.kernels import cross_entropy as _fast_ce
 
@@ -101,6 +102,36 @@ def integer_rows(fn, x, labels, batch_shape, *, ignore_index, row_keep,
   return x, label_x, label_w, keep, valid
 
 
+def row_loss(lse, label_x, label_w, label_smoothing, z_loss, smoothing=None):
+  r"""Each row's loss from its statistics.
+
+  :math:`(1 - \varepsilon)(\mathrm{lse} - x_y) + z\,\mathrm{lse}^2`, times
+  the label's class weight ``label_w`` (when given), plus
+  :math:`\varepsilon` times ``smoothing``, the row's cross entropy against
+  the uniform distribution over its support.
+  """
+  loss = (1 - label_smoothing) * (lse - label_x)
+  if z_loss:
+    loss = loss + z_loss * lse**2
+  if label_w is not None:
+    loss = label_w * loss
+  if label_smoothing:
+    loss = loss + label_smoothing * smoothing
+  return loss
+
+
+def support_smoothing(lse, sx, wsum, count):
+  """:func:`smoothing_term` from the support sums of ``w x``, ``w`` and 1."""
+  return (lse * wsum - sx) / jnp.maximum(count, 1)
+
+
+def flat_rows(a, batch_shape):
+  """``a`` with its leading ``batch_shape`` axes as one (None stays None)."""
+  if a is None:
+    return None
+  return a.reshape((math.prod(batch_shape),) + a.shape[len(batch_shape):])
+
+
 def finish_rows(fn, loss, label_w, keep, valid, reduction):
   """Masks, flags out-of-range labels with NaN, and reduces."""
   loss = _reduction.mask(loss, keep)
@@ -143,10 +174,11 @@ def _options(fn, label_smoothing, z_loss=0.0, ignore_index=None):
 
 
 @_jit.jit("axis", "ignore_index", "label_smoothing", "z_loss", "reduction",
-          "implementation")
+          "implementation", "axis_name")
 def softmax_cross_entropy_with_integer_labels(
     logits, labels, axis=-1, where=None, *, ignore_index=None, weight=None,
-    label_smoothing=0.0, z_loss=0.0, reduction="none", implementation="auto"):
+    label_smoothing=0.0, z_loss=0.0, reduction="none", implementation="auto",
+    axis_name=None):
   r"""Softmax cross entropy against integer class labels.
 
   With :math:`\mathrm{lse} = \log \sum_j e^{x_j}`, class weights :math:`w`
@@ -192,6 +224,22 @@ def softmax_cross_entropy_with_integer_labels(
       ``"reference"``: plain autodiff of the formula (higher-order and
       forward-mode autodiff work only here). ``"auto"`` picks ``"pallas"``
       on GPUs for 8192 classes or more, else ``"xla"``.
+    axis_name: optional mesh axis name (or tuple of names) over which the
+      classes are split, for a call inside ``jax.shard_map``
+      (vocabulary-parallel cross entropy, as Megatron-LM's): ``logits`` is
+      then this device's shard of the classes (device ``i`` of ``k`` holds
+      classes ``[i C/k, (i + 1) C/k)``), ``weight`` and a ``logits``-shaped
+      ``where`` its shards of the class weights and mask, while ``labels``
+      hold global class ids in ``[0, C)``. Devices exchange per-row
+      statistics only (a max and a sum of [N] arrays), never logits; the
+      value and the logits' gradient equal the unsharded ones, and every
+      device along the axis returns the same result (for ``"none"``, the
+      same per-row losses). Rows sharded over another mesh axis are
+      reduced on each device only: for a mean over all of them, take
+      ``"sum"`` and ``jax.lax.psum`` it (and the count) over that axis, or
+      return ``"none"`` and reduce outside ``shard_map``. With
+      ``axis_name``, ``implementation`` is ignored (an XLA custom VJP,
+      first-order gradients) and no gradient flows to ``weight``.
 
   Returns:
     float32 loss (float64 for float64 logits): the batch shape for
@@ -207,6 +255,19 @@ def softmax_cross_entropy_with_integer_labels(
     ...     logits, jnp.array([0, -100]), ignore_index=-100, reduction="mean"))
     0.2761
 
+    Vocabulary-parallel, classes split over the mesh axis ``"model"`` (one
+    device here; the same code runs on any number):
+
+    >>> from jax.sharding import PartitionSpec as P
+    >>> def loss(x, y):
+    ...   return jaxloss.softmax_cross_entropy_with_integer_labels(
+    ...       x, y, axis_name="model")
+    >>> with jax.set_mesh(jax.make_mesh((1,), ("model",))):
+    ...   sharded = jax.shard_map(loss, in_specs=(P(None, "model"), P()),
+    ...                           out_specs=P())
+    ...   print(sharded(jax.device_put(logits, P(None, "model")), labels))
+    [0.2761 2.9518]
+
   References:
     ``torch.nn.CrossEntropyLoss``;
     ``optax.losses.softmax_cross_entropy_with_integer_labels``; Chowdhery et
@@ -216,6 +277,11 @@ def softmax_cross_entropy_with_integer_labels(
   _options(fn, label_smoothing, z_loss, ignore_index)
   logits = _checks.floating(fn, "logits", logits)
   implementation = _fast_ce.resolve(fn, implementation, logits, axis, where)
+  if axis_name is not None:
+    return _parallel.softmax_cross_entropy_with_integer_labels(
+        fn, logits, labels, axis=axis, where=where, ignore_index=ignore_index,
+        weight=weight, label_smoothing=label_smoothing, z_loss=z_loss,
+        reduction=reduction, axis_name=axis_name)
   if implementation != "reference":
     return _fast_ce.softmax_cross_entropy_with_integer_labels(
         fn, logits, labels, axis=axis, where=where, ignore_index=ignore_index,
@@ -230,13 +296,9 @@ def softmax_cross_entropy_with_integer_labels(
       fn, x, labels, batch_shape, ignore_index=ignore_index,
       row_keep=row_keep, weight=weight)
   lse = jax.nn.logsumexp(x, axis=-1, where=class_keep)
-  loss = (1 - label_smoothing) * (lse - label_x)
-  if z_loss:
-    loss = loss + z_loss * lse**2
-  if label_w is not None:
-    loss = label_w * loss
-  if label_smoothing:
-    loss = loss + label_smoothing * smoothing_term(x, lse, weight, class_keep)
+  smoothing = (smoothing_term(x, lse, weight, class_keep) if label_smoothing
+               else None)
+  loss = row_loss(lse, label_x, label_w, label_smoothing, z_loss, smoothing)
   return finish_rows(fn, loss, label_w, keep, valid, reduction)
 
 

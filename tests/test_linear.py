@@ -47,9 +47,12 @@ def keywords(options, dtype=jnp.float64):
 
 def materialized(hidden, kernel, labels, bias=None, logit_softcap=None,
                  **kw):
-  """The unfused loss: the logits in float32 (float64), then the CE."""
-  stat = jnp.promote_types(jnp.result_type(hidden, kernel), jnp.float32)
-  x = jnp.dot(hidden, kernel, preferred_element_type=stat)
+  """The unfused loss: ``hidden @ kernel`` (accumulated in float32, in the
+  inputs' dtype as XLA gives it), then the CE in float32 (float64)."""
+  compute = jnp.result_type(hidden, kernel)
+  stat = jnp.promote_types(compute, jnp.float32)
+  x = jnp.dot(hidden, kernel, preferred_element_type=stat).astype(compute)
+  x = x.astype(stat)
   if bias is not None:
     x = x + jnp.broadcast_to(bias.astype(stat), x.shape)
   if logit_softcap is not None:
@@ -135,8 +138,8 @@ def test_float32_matches_float64_reference():
 def test_half_precision(dtype, reduction, chunk_size):
   """Half inputs: float32 statistics and loss, gradients in the inputs' dtype.
 
-  The reference holds float32 logits of the same half inputs. Both round
-  the logits' gradient to the inputs' dtype on its way to the gradients
+  The reference holds the same half-precision logits, upcast for the CE. Both
+  round the logits' gradient to the inputs' dtype on its way to the gradients
   (the fused loss before its matmuls), hence the half tolerance there.
   """
   h, k = (jnp.asarray(a, dtype) for a in (HIDDEN, KERNEL))
@@ -346,8 +349,8 @@ def test_default_chunks_for_the_benchmark_problems():
   per_token = _linear._chunk_sizes(None, 4096, 32768, jnp.float32, False,
                                    "cpu")
   assert per_token == (4096, 2048, False)
-  gpu = _linear._chunk_sizes(None, 8192, 128256, jnp.float32, True, "gpu")
-  assert gpu == (8192, 1024, False)
+  gpu = _linear._chunk_sizes(None, 8192, 128256, jnp.bfloat16, True, "gpu")
+  assert gpu == (8192, 4096, False)
   assert _linear._chunk_sizes(100, 4096, 32768, jnp.float32,
                               True) == (100, 32768, True)
   assert _linear._chunk_sizes((100, 1000), 4096, 32768, jnp.float32,
@@ -425,8 +428,9 @@ def _call(**kw):
      r"pair \(tokens, classes\) of positive ints, got 0"),
     (dict(chunk_size=(1, 2, 3)), TypeError, "chunk_size must be None"),
     (dict(chunk_size=(4, 0)), TypeError, "chunk_size must be None"),
-    (dict(axis_name="model"), NotImplementedError,
-     "axis_name .* is not implemented yet, got 'model'"),
+    (dict(axis_name="model"), ValueError,
+     "axis_name 'model' is not bound: call inside jax.shard_map over that "
+     "mesh axis"),
 ])
 def test_errors(kw, error, match):
   with pytest.raises(error, match="linear_softmax_cross_entropy: " + match):

@@ -278,20 +278,14 @@ def softmax_cross_entropy_with_integer_labels(
                            pallas=implementation == "pallas" and rows > 0)
 
   def flat(a):
-    if a is None:
-      return None
-    return a.reshape((rows,) + a.shape[len(batch_shape):])
+    return _multiclass.flat_rows(a, batch_shape)
 
   stats = row_statistics(
       config, flat(x), flat(safe).astype(jnp.int32), flat(keep),
       flat(class_keep), weight if label_smoothing else None)
   lse, label_x, *sums = (s.reshape(batch_shape) for s in stats)
-  loss = (1 - label_smoothing) * (lse - label_x)
-  if z_loss:
-    loss = loss + z_loss * lse**2
-  if label_w is not None:
-    loss = label_w * loss
-  if label_smoothing:
-    sx, wsum, count = sums
-    loss = loss + label_smoothing * (lse * wsum - sx) / jnp.maximum(count, 1)
+  smoothing = (_multiclass.support_smoothing(lse, *sums) if label_smoothing
+               else None)
+  loss = _multiclass.row_loss(lse, label_x, label_w, label_smoothing, z_loss,
+                              smoothing)
   return _multiclass.finish_rows(fn, loss, label_w, keep, valid, reduction)

@@ -1,0 +1,222 @@
+r"""Vocabulary-parallel cross entropy: the classes split over a mesh axis.
+
+Inside ``jax.shard_map``, each of the :math:`k` devices along the mesh axis
+``axis_name`` holds a contiguous shard of the classes: device :math:`i` holds
+classes :math:`[i V/k, (i + 1) V/k)`. Each device reduces its shard to
+per-row statistics (maximum, sum of exponentials, the label's logit when the
+label is in the shard, what smoothing needs) and the devices combine them
+with one ``pmax`` and one ``psum`` of [N] arrays: communication grows with
+the rows, never with the classes, and no device ever holds another's logits
+(Megatron-LM's vocab-parallel cross entropy).
+
+A custom VJP on each shard's statistics keeps only [N] residuals next to the
+logits and writes the local logits' gradient in one pass,
+:math:`\partial x_j = g_\mathrm{lse}\, e^{x_j - \mathrm{lse}_\mathrm{shard}}
++ g_y [j = y] + g_s w_j [j \in S]`; the collectives that combine the shards
+stay outside it, differentiated by JAX itself, so that gradients are right
+with and without ``shard_map``'s replication checks (``check_vma``). A
+replicated input's gradient (the hidden states of the fused linear loss) is
+summed over the shards by JAX, as for any ``shard_map`` input.
+"""
+
+import functools
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+from jaxloss import _checks
+from jaxloss import _multiclass
+from jaxloss import _reduction
+
+
+def check_axis_name(fn, axis_name):
+  """A mesh axis name (a str) or a non-empty tuple of them."""
+  if not (isinstance(axis_name, str) or (
+      isinstance(axis_name, tuple) and axis_name
+      and all(isinstance(a, str) for a in axis_name))):
+    _checks.fail(fn, "axis_name must be a mesh axis name (a str) or a tuple "
+                 f"of them, got {axis_name!r}", TypeError)
+
+
+def shard(fn, axis_name):
+  """``(k, i)``: the shards along ``axis_name`` (static) and this one's index.
+
+  Raises a ValueError naming ``fn`` outside ``jax.shard_map`` over that axis.
+  """
+  check_axis_name(fn, axis_name)
+  try:
+    size = lax.axis_size(axis_name)
+    index = lax.axis_index(axis_name)
+  except NameError:
+    size = None
+  if size is None:
+    _checks.fail(fn, f"axis_name {axis_name!r} is not bound: call inside "
+                 "jax.shard_map over that mesh axis")
+  return int(size), index
+
+
+def local_labels(labels, valid, keep, index, width):
+  """Labels as indices into this shard, -1 where the label is elsewhere.
+
+  Returns ``(local, in_shard)``; dropped rows and invalid labels are never
+  in the shard.
+  """
+  offset = index * width
+  in_shard = valid & (labels >= offset) & (labels < offset + width)
+  if keep is not None:
+    in_shard = in_shard & keep
+  return jnp.where(in_shard, labels - offset, -1), in_shard
+
+
+def label_weight(weight, local, in_shard, axis_name):
+  """Each row's class weight, read on the shard that holds its label."""
+  if weight is None:
+    return None
+  w = jnp.where(in_shard, weight[jnp.maximum(local, 0)], 0)
+  return lax.psum(w, axis_name)
+
+
+def combine(axis_name, lse, *sums):
+  """Global log-sum-exp and sums from each shard's: one pmax, one psum.
+
+  Each shard's ``lse`` may be ``-inf`` (no possible class in the shard);
+  its share is then 0, with zero gradient. The collectives are
+  differentiated by JAX itself, so gradients are right with and without
+  ``shard_map``'s replication checks (``check_vma``).
+  """
+  # Any common shift would do: no gradient flows through it.
+  top = lax.pmax(lax.stop_gradient(lse), axis_name)
+  top = jnp.where(jnp.isfinite(top), top, 0)
+  total, *sums = lax.psum((jnp.exp(lse - top), *sums), axis_name)
+  return (jnp.log(total) + top, *sums)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _statistics(smoothing, x, labels, keep, class_keep, weight):
+  """Per-row statistics of this shard's [R, C/k] logits, O(R) residuals.
+
+  Args:
+    smoothing: whether to compute the sums over the support.
+    x: [R, C/k] local logits, any floating dtype (never upcast as a whole).
+    labels: [R] int32 label index into this shard, -1 where it lies in
+      another shard.
+    keep: optional [R] boolean; dropped rows get statistics 0 and gradient 0.
+    class_keep: optional [R, C/k] boolean classes of the softmax.
+    weight: optional [C/k] class weights of the smoothing sums (constants).
+
+  Returns:
+    ``(lse, label_x)``, plus ``(sx, wsum, count)`` with smoothing: the
+    shard's log-sum-exp (``-inf`` where it has no possible class), the
+    label's logit (0 where the label is elsewhere) and the sums over the
+    support of ``w x``, ``w`` and 1. Each is [R] in float32 (float64 for
+    float64 logits).
+  """
+  dtype = _reduction.stat_dtype(x.dtype)
+  xm = x if class_keep is None else jnp.where(class_keep, x, -jnp.inf)
+  # The maximum is exact in the logits' dtype: no float32 copy of them.
+  top = jnp.max(xm, axis=-1).astype(dtype)
+  shift = jnp.where(jnp.isfinite(top), top, 0)
+  lse = jnp.log(jnp.sum(jnp.exp(xm.astype(dtype) - shift[:, None]),
+                        axis=-1)) + shift
+  label_x = jnp.take_along_axis(x, jnp.maximum(labels, 0)[:, None],
+                                axis=-1)[:, 0].astype(dtype)
+  stats = (lse, jnp.where(labels >= 0, label_x, 0))
+  if smoothing:
+    support = xm > -jnp.inf
+    xs = jnp.where(support, x.astype(dtype), 0)
+    count = jnp.sum(support, axis=-1, dtype=dtype)
+    if weight is None:
+      stats += (jnp.sum(xs, axis=-1), count, count)
+    else:
+      w = jnp.broadcast_to(weight[None, :], x.shape)
+      stats += (jnp.sum(w * xs, axis=-1),
+                jnp.sum(jnp.where(support, w, 0), axis=-1), count)
+  if keep is not None:
+    # Dropped rows may hold anything (inf, nan): zeros keep the zero
+    # cotangents of their masked loss from meeting an inf downstream.
+    stats = tuple(jnp.where(keep, s, 0) for s in stats)
+  return stats
+
+
+def _statistics_fwd(smoothing, x, labels, keep, class_keep, weight):
+  stats = _statistics(smoothing, x, labels, keep, class_keep, weight)
+  return stats, (x, labels, keep, class_keep, weight, stats[0])
+
+
+def _statistics_bwd(smoothing, residuals, cotangents):
+  x, labels, keep, class_keep, weight, lse = residuals
+  ct_lse, ct_label = cotangents[:2]
+  xf = x.astype(lse.dtype)
+  # A shard with no possible class has lse -inf and every exp(x) 0.
+  p = jnp.exp(xf - jnp.where(jnp.isfinite(lse), lse, 0)[:, None])
+  if class_keep is not None:
+    p = jnp.where(class_keep, p, 0)
+  cols = lax.broadcasted_iota(labels.dtype, x.shape, 1)
+  dx = ct_lse[:, None] * p + jnp.where(cols == labels[:, None],
+                                       ct_label[:, None], 0)
+  if smoothing:
+    ct_sx = cotangents[2]
+    support = _multiclass.support(xf, class_keep)
+    c = ct_sx[:, None] if weight is None else ct_sx[:, None] * weight[None, :]
+    dx = dx + jnp.where(support, c, 0)
+  if keep is not None:
+    dx = jnp.where(keep[:, None], dx, 0)
+  return dx.astype(x.dtype), None, None, None, None
+
+
+_statistics.defvjp(_statistics_fwd, _statistics_bwd)
+
+
+def softmax_cross_entropy_with_integer_labels(
+    fn, logits, labels, *, axis, where, ignore_index, weight, label_smoothing,
+    z_loss, reduction, axis_name):
+  """The public function's body when the classes are split over ``axis_name``.
+
+  Same numbers as the unsharded function; ``logits``, ``weight`` and a
+  class-shaped ``where`` are the local shards, ``labels`` global class ids.
+  """
+  shards, index = shard(fn, axis_name)
+  x, batch_shape, _ = _multiclass.classes_last(fn, logits, axis)
+  dtype = _reduction.stat_dtype(x.dtype)
+  width = x.shape[-1]
+  num_classes = shards * width
+  row_keep, class_keep = _multiclass.split_where(fn, where, logits.shape, axis,
+                                                 batch_shape)
+  if class_keep is not None:
+    # A row is dropped only when no shard keeps any of its classes.
+    row_keep = lax.psum(row_keep.astype(jnp.int32), axis_name) > 0
+  if weight is not None:
+    weight = _checks.numeric(fn, "weight", weight)
+    _checks.shape_is(fn, "weight", weight, (width,),
+                     "the local shard: one per class of the logits' shard")
+    weight = lax.stop_gradient(weight.astype(dtype))
+  labels = _checks.integer(fn, "labels", labels)
+  if labels.shape != batch_shape:
+    _checks.fail(fn, f"labels shape {labels.shape} does not match the batch "
+                 f"shape {batch_shape} of logits (logits shape without the "
+                 "class axis)")
+  keep = row_keep
+  if ignore_index is not None:
+    keep = _multiclass._and(keep, labels != ignore_index)  # noqa: SLF001
+  valid = (labels >= 0) & (labels < num_classes)
+  _checks.values(fn, "labels", valid if keep is None else valid | ~keep,
+                 f"must be in [0, {num_classes})" + (
+                     "" if ignore_index is None else " or equal ignore_index"),
+                 labels)
+  local, in_shard = local_labels(labels, valid, keep, index, width)
+  label_w = label_weight(weight, local, in_shard, axis_name)
+
+  def flat(a):
+    return _multiclass.flat_rows(a, batch_shape)
+
+  stats = _statistics(
+      bool(label_smoothing), flat(x), flat(local).astype(jnp.int32),
+      flat(keep), flat(class_keep), weight if label_smoothing else None)
+  stats = combine(axis_name, *stats)
+  lse, label_x, *sums = (s.reshape(batch_shape) for s in stats)
+  smoothing = (_multiclass.support_smoothing(lse, *sums) if label_smoothing
+               else None)
+  loss = _multiclass.row_loss(lse, label_x, label_w, label_smoothing, z_loss,
+                              smoothing)
+  return _multiclass.finish_rows(fn, loss, label_w, keep, valid, reduction)
