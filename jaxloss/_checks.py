@@ -7,6 +7,7 @@ options), so it costs nothing under ``jax.jit``. Messages follow one pattern:
 
 from collections.abc import Sequence
 
+from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
@@ -141,7 +142,18 @@ def values(fn, name, ok, check, x):
   flat = jnp.argmax(bad.reshape(-1))
   index = jnp.unravel_index(flat, bad.shape) if bad.ndim else ()
   slots = ", ".join("{}" for _ in index)
+  # The value is picked by a comparison, not read at a traced index: there
+  # is no sharding rule for indexing a dimension sharded over an explicit
+  # mesh axis, and the check is traced even when it is not run.
+  first = x
+  if x.ndim:
+    at = lax.broadcasted_iota(jnp.int32, x.shape, 0)
+    for d in range(1, x.ndim):
+      at = at * x.shape[d] + lax.broadcasted_iota(jnp.int32, x.shape, d)
+    picked = jnp.where(at == flat, x, jnp.zeros((), x.dtype))
+    first = (jnp.any(picked) if x.dtype == bool
+             else jnp.sum(picked, dtype=x.dtype))
   checkify.debug_check(
       ~jnp.any(bad),
       f"{fn}: {name} {check}; first offending element {name}[{slots}] = {{}}",
-      *index, x.reshape(-1)[flat] if x.ndim else x)
+      *index, first)

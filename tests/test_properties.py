@@ -22,12 +22,15 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
+import catalogue
 import jaxloss
 
-B, C, D, T = 4, 5, 3, 6
+B = 4
+C, D, T = catalogue.C, catalogue.D, catalogue.T
 NOT_BATCHED = "not batched"
 
-# Each argument is (kind, shape) or (kind, shape, NOT_BATCHED); see _draw.
+# Each argument is (kind, shape) or (kind, shape, NOT_BATCHED); see
+# catalogue.draw.
 # flags: "nonneg" (the loss is >= 0), "shift" (invariant to adding a constant
 # to argument 0), "quadratic" (gradients grow like the input: in float16 they
 # overflow for inputs near 1e4, so half precision is drawn up to 1e2).
@@ -173,49 +176,6 @@ SCALES = st.sampled_from([1.0, 1e2, 1e4])
 HALF = [jnp.float16, jnp.bfloat16]
 
 
-def _draw(kind, shape, rng, scale):
-  """One argument of a kind, as a float32 (or int32) NumPy array."""
-  if kind == "real":
-    return rng.normal(size=shape) * scale
-  if kind == "unit":
-    return rng.normal(size=shape)
-  if kind == "away_from_zero":
-    return rng.choice([-1, 1], size=shape) * rng.uniform(0.5, 2, shape)
-  if kind == "probs":
-    return rng.uniform(1e-3, 1 - 1e-3, shape)
-  if kind == "pos":
-    return rng.uniform(0.1, 2.0, shape)
-  if kind == "counts":
-    return rng.integers(0, 4, shape).astype(np.float32)
-  if kind == "scores":
-    return rng.uniform(-1, 1, shape)
-  if kind == "binary":
-    return rng.integers(0, 2, shape).astype(np.float32)
-  if kind == "sign":
-    return rng.choice([-1.0, 1.0], size=shape)
-  if kind == "zeros":
-    return np.zeros(shape, np.float32)
-  if kind == "int":
-    return rng.integers(0, C, shape).astype(np.int32)
-  if kind == "ctc_labels":
-    return rng.integers(1, C, shape).astype(np.int32)
-  if kind == "onehot":
-    return np.eye(shape[-1])[rng.integers(0, shape[-1], shape[:-1])]
-  if kind == "simplex":
-    return rng.dirichlet(np.ones(shape[-1]), shape[:-1])
-  if kind == "logprob":
-    x = rng.normal(size=shape) * scale
-    return x - np.log(np.sum(np.exp(x - x.max(-1, keepdims=True)), -1,
-                             keepdims=True)) - x.max(-1, keepdims=True)
-  if kind == "multilabel":
-    out = np.full(shape, -1, np.int32)
-    for row in np.ndindex(shape[:-1]):
-      k = rng.integers(1, shape[-1])
-      out[row][:k] = rng.permutation(shape[-1])[:k]
-    return out
-  raise AssertionError(kind)
-
-
 def _spec(name):
   args, kwargs, flags = SPECS[name]
   batched = tuple(len(a) == 2 for a in args)
@@ -227,7 +187,7 @@ def _inputs(name, seed, scale, dtype=jnp.float32):
   rng = np.random.default_rng(seed)
   out = []
   for kind, shape, *_ in args:
-    x = np.asarray(_draw(kind, shape, rng, scale))
+    x = np.asarray(catalogue.draw(kind, shape, rng, scale))
     out.append(jnp.asarray(x, jnp.int32 if x.dtype.kind in "iu" else dtype))
   return tuple(out)
 
