@@ -4,7 +4,8 @@
   python benchmarks/report.py --device nvidia-h200
 
 Reads ``benchmarks/results/<name>-<device>.json`` as written by
-``cross_entropy.py`` and ``linear_cross_entropy.py``; prints Markdown.
+``cross_entropy.py``, ``linear_cross_entropy.py`` and ``sharded.py``; prints
+Markdown.
 """
 
 import argparse
@@ -57,8 +58,7 @@ def cross_entropy(device):
   rows = {(r["name"], r["mode"]): r for r in data["results"]}
   gpu = data.get("backend") == "gpu"
   p = data["problem"]
-  print(f"`python benchmarks/cross_entropy.py"
-        f"{' --device gpu' if gpu else ''}` on {data['device']} "
+  print(f"`{data['command'].strip()}` on {data['device']} "
         f"([{p['rows']}, {p['classes']}] {p['dtype']} logits, mean loss; "
         f"`{path.relative_to(RESULTS.parent.parent)}`):\n")
   if gpu:
@@ -93,11 +93,9 @@ def linear(device):
   if data is None:
     return
   p = data["problem"]
-  gpu = "cpu" not in device
   rows = {r["name"]: r for r in data["results"]}
   chunks = data["default_chunks"]
-  print(f"`python benchmarks/linear_cross_entropy.py"
-        f"{' --device gpu' if gpu else ''}` on {data.get('device')} "
+  print(f"`{data['command'].strip()}` on {data.get('device')} "
         f"({p['dtype']}, N={p['tokens']}, D={p['dim']}, V={p['classes']}; "
         f"default chunks {chunks['tokens']} x {chunks['classes']}, "
         f"{'one pass' if chunks['one_pass'] else 'two passes'}; "
@@ -115,6 +113,23 @@ def linear(device):
   print()
 
 
+def sharded(device):
+  data, path = load("sharded", device)
+  if data is None:
+    return
+  p = data["problem"]
+  print(f"`{data['command'].strip()}` on {data['device']} ({p['dtype']}, "
+        f"N={p['tokens']}, D={p['dim']}, V={p['classes']}, mesh "
+        f"{p['mesh']}; `{path.relative_to(RESULTS.parent.parent)}`):\n")
+  print("| implementation | time (ms) | temporaries per device | "
+        "collectives (count, result bytes) |")
+  print("| --- | --- | --- | --- |")
+  for r in data["results"]:
+    print(f"| {r['name']} | {fmt(r['ms'])} | {r['temporaries / device']} | "
+          f"{r['collectives (count, result bytes)']} |")
+  print()
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--device", action="append",
@@ -123,11 +138,13 @@ def main():
   args = parser.parse_args()
   devices = args.device or sorted({
       p.stem.split("-", 1)[1] for p in RESULTS.glob("*.json")
-      if p.stem.startswith(("cross_entropy-", "linear_cross_entropy-"))})
+      if p.stem.startswith(("cross_entropy-", "linear_cross_entropy-",
+                            "sharded-"))})
   for device in devices:
     print(f"### {device}\n")
     cross_entropy(device)
     linear(device)
+    sharded(device)
 
 
 if __name__ == "__main__":
