@@ -562,6 +562,22 @@ def cosine_embedding_loss(input1, input2, target, *, margin=0.0,
 # Contrastive losses.
 
 
+
+def _whole(x):
+  """``x`` gathered on every device, where a mesh of explicit axes shards it.
+
+  Under such a mesh the sharding is part of the array's type, and a product
+  of the batch with itself has no sharding rule until one side is whole.
+  Elsewhere ``x`` is returned as it is (the compiler gathers what it needs).
+  """
+  sharding = getattr(jax.typeof(x), "sharding", None)
+  spec = getattr(sharding, "spec", None)
+  if spec is None or all(axis is None for axis in spec):
+    return x
+  return jax.sharding.reshard(x, jax.sharding.NamedSharding(
+      sharding.mesh, jax.sharding.PartitionSpec()))
+
+
 @_jit.jit()
 def ntxent(embeddings, labels, temperature=0.07):
   r"""Normalized temperature-scaled cross entropy (NT-Xent, SimCLR).
@@ -611,8 +627,9 @@ def ntxent(embeddings, labels, temperature=0.07):
   x = embeddings.astype(_reduction.stat_dtype(embeddings.dtype))
   eps = jnp.finfo(x.dtype).eps
   unit = _unit(x, (1,), None, eps)
-  sims = (unit @ unit.T) / jnp.asarray(temperature, x.dtype)
-  same = labels[:, None] == labels[None, :]
+  # Every row meets every other: the columns' side is the whole batch.
+  sims = (unit @ _whole(unit).T) / jnp.asarray(temperature, x.dtype)
+  same = labels[:, None] == _whole(labels)[None, :]
   positive = same & ~jnp.eye(len(labels), dtype=bool)
   negative = ~same
   has_negative = jnp.any(negative, axis=1, keepdims=True)
