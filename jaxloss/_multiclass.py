@@ -120,9 +120,20 @@ def row_loss(lse, label_x, label_w, label_smoothing, z_loss, smoothing=None):
   return loss
 
 
-def support_smoothing(lse, sx, wsum, count):
-  """:func:`smoothing_term` from the support sums of ``w x``, ``w`` and 1."""
-  return (lse * wsum - sx) / jnp.maximum(count, 1)
+def loss_from_statistics(fn, stats, batch_shape, label_w, keep, valid,
+                         label_smoothing, z_loss, reduction):
+  """The loss from flat per-row statistics, reduced.
+
+  ``stats`` is ``(lse, label_x)``, plus with smoothing the support sums of
+  ``w x``, ``w`` and 1 (:func:`smoothing_term` from them), each [rows].
+  """
+  lse, label_x, *sums = (s.reshape(batch_shape) for s in stats)
+  smoothing = None
+  if label_smoothing:
+    sx, wsum, count = sums
+    smoothing = (lse * wsum - sx) / jnp.maximum(count, 1)
+  loss = row_loss(lse, label_x, label_w, label_smoothing, z_loss, smoothing)
+  return finish_rows(fn, loss, label_w, keep, valid, reduction)
 
 
 def flat_rows(a, batch_shape):

@@ -214,9 +214,6 @@ def softmax_cross_entropy_with_integer_labels(
       bool(label_smoothing), flat(x), flat(local).astype(jnp.int32),
       flat(keep), flat(class_keep), weight if label_smoothing else None)
   stats = combine(axis_name, *stats)
-  lse, label_x, *sums = (s.reshape(batch_shape) for s in stats)
-  smoothing = (_multiclass.support_smoothing(lse, *sums) if label_smoothing
-               else None)
-  loss = _multiclass.row_loss(lse, label_x, label_w, label_smoothing, z_loss,
-                              smoothing)
-  return _multiclass.finish_rows(fn, loss, label_w, keep, valid, reduction)
+  return _multiclass.loss_from_statistics(
+      fn, stats, batch_shape, label_w, keep, valid, label_smoothing, z_loss,
+      reduction)

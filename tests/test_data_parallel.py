@@ -157,6 +157,21 @@ def assert_replicated(x):
   assert x.sharding.is_fully_replicated, x.sharding
 
 
+def assert_masked_step(out, text, expected, grad_axis=0):
+  """A masked or weighted loss: its mean from one or two all-reduces of
+  scalars, its per-example losses and gradient sharded with no collective,
+  and the unsharded values."""
+  ops = collectives(text)
+  assert 1 <= len(ops) <= 2 and {op for op, _ in ops} == {"all-reduce"}, ops
+  assert all(scalar_only(shape) for _, shape in ops), ops
+  (none,) = leaf_indices(out, "none")
+  assert collectives_feeding(text, none) == []
+  assert_batch_sharded(out["none"])
+  assert_batch_sharded(out["grad"], grad_axis)
+  assert_replicated(out["mean"])
+  close(out, expected)
+
+
 def close(actual, expected, rtol=1e-5):
   # Sharded sums add in another order: float32 rounding, nothing more.
   for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected),
@@ -352,15 +367,7 @@ def test_masked_and_weighted_means(case):
   out, text, expected = run_sharded(jit(run), (sharded[0], sharded[1:],
                                                placed),
                                     (args[0], args[1:], arrays))
-  ops = collectives(text)
-  assert 1 <= len(ops) <= 2 and {op for op, _ in ops} == {"all-reduce"}, ops
-  assert all(scalar_only(shape) for _, shape in ops), ops
-  (none,) = leaf_indices(out, "none")
-  assert collectives_feeding(text, none) == []
-  assert_batch_sharded(out["none"])
-  assert_batch_sharded(out["grad"])
-  assert_replicated(out["mean"])
-  close(out, expected)
+  assert_masked_step(out, text, expected)
 
 
 # torch-style classes, "mean" by default: two representative ones, and
@@ -396,15 +403,7 @@ def test_nn_classes(cls):
             "grad": jax.grad(lambda x: loss(x, *rest))(x)}
 
   out, text, expected = run_sharded(jit(run), sharded, args)
-  ops = collectives(text)
-  assert 1 <= len(ops) <= 2 and {op for op, _ in ops} == {"all-reduce"}, ops
-  assert all(scalar_only(shape) for _, shape in ops), ops
-  (none,) = leaf_indices(out, "none")
-  assert collectives_feeding(text, none) == []
-  assert_batch_sharded(out["none"])
-  assert_batch_sharded(out["grad"], inputs[0][1])
-  assert_replicated(out["mean"])
-  close(out, expected)
+  assert_masked_step(out, text, expected, grad_axis=inputs[0][1])
 
 
 # jax.make_mesh's default axis type is Explicit: shardings are part of the
