@@ -489,8 +489,7 @@ def ranking_softmax_loss(logits, labels, *, where=None, weights=None,
     # finite lse, so nothing NaN reaches its masked-out gradient.
     keep = jnp.where(row_keep[..., None], keep, True)
   lse = jax.nn.logsumexp(x, axis=-1, where=keep, keepdims=True)
-  safe_x = jnp.where(y == 0, lse, x)
-  loss = jnp.sum(y * (lse - safe_x), axis=-1)
+  loss = jnp.sum(_multiclass.cross_terms(y, lse, x), axis=-1)
   if reduce_fn is None:
     return _reduction.mask(loss, row_keep)
   if reduce_fn is jnp.mean:

@@ -402,9 +402,10 @@ def probability_values(fn, x, y, row_keep, class_keep, shape, axis):
                row_keep, class_keep, shape, axis)
 
 
-@_jit.jit("axis", "label_smoothing", "reduction")
+@_jit.jit("axis", "label_smoothing", "reduction", "implementation")
 def softmax_cross_entropy(logits, labels, axis=-1, where=None, *, weight=None,
-                          label_smoothing=0.0, reduction="none"):
+                          label_smoothing=0.0, reduction="none",
+                          implementation="auto"):
   r"""Softmax cross entropy against probability labels.
 
   .. math::
@@ -429,10 +430,17 @@ def softmax_cross_entropy(logits, labels, axis=-1, where=None, *, weight=None,
     weight: optional [C] class weights, as torch's.
     label_smoothing: :math:`\varepsilon` in [0, 1].
     reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+    implementation: ``"xla"`` (``"auto"``): a custom VJP that reads
+      ``logits`` and ``labels`` once in their own dtypes for the value, keeps
+      per-row float32 statistics only, and writes each gradient in one fused
+      pass; ``"reference"``: plain autodiff of the formula (higher-order and
+      forward-mode autodiff work only here). Both give the same numbers.
 
   Returns:
     float32 loss (float64 for float64 logits): the batch shape for
-    ``"none"``, else a scalar.
+    ``"none"``, else a scalar. The gradient by a label is
+    :math:`w_j (\mathrm{lse} - x_j)`, zero labels included, and 0 on a
+    ``-inf`` logit the label gives no mass.
 
   Example:
     >>> import jaxloss
@@ -448,17 +456,24 @@ def softmax_cross_entropy(logits, labels, axis=-1, where=None, *, weight=None,
   """
   return probability_cross_entropy(
       "softmax_cross_entropy", logits, labels, axis=axis, where=where,
-      weight=weight, label_smoothing=label_smoothing, reduction=reduction)
+      weight=weight, label_smoothing=label_smoothing, reduction=reduction,
+      implementation=implementation)
 
 
 def probability_cross_entropy(fn, logits, labels, *, axis, where, weight,
-                              label_smoothing, reduction):
+                              label_smoothing, reduction,
+                              implementation="auto"):
   """:func:`softmax_cross_entropy` under the name ``fn`` in its messages."""
   _options(fn, label_smoothing)
   logits = _checks.floating(fn, "logits", logits)
   labels = _checks.numeric(fn, "labels", labels)
   shape = logits.shape
   labels = _checks.broadcastable(fn, "labels", labels, shape, "logits")
+  if _fast_ce.resolve(fn, implementation, logits, axis, where,
+                      probabilities=True) != "reference":
+    return _fast_ce.softmax_cross_entropy(
+        fn, logits, jnp.broadcast_to(labels, shape), axis=axis, where=where,
+        weight=weight, label_smoothing=label_smoothing, reduction=reduction)
   x, batch_shape, _ = classes_last(fn, logits, axis)
   x = x.astype(_reduction.stat_dtype(x.dtype))
   y, _, _ = classes_last(fn, labels, axis)
@@ -476,9 +491,20 @@ def probability_cross_entropy(fn, logits, labels, *, axis, where, weight,
   coef = y if weight is None else y * jnp.broadcast_to(weight, y.shape)
   if class_keep is not None:
     coef = jnp.where(class_keep, coef, 0)
-  # Zero-coefficient terms read lse instead of x: no 0 * inf in the value, no
-  # 0 * nan in the gradient of -inf logits.
-  safe_x = jnp.where(coef == 0, lse[..., None], x)
-  loss = jnp.sum(coef * (lse[..., None] - safe_x), axis=-1)
+  loss = jnp.sum(cross_terms(coef, lse[..., None], x), axis=-1)
   loss = _reduction.mask(loss, row_keep)
   return _reduction.reduce(fn, loss, reduction, keep=row_keep)
+
+
+
+def cross_terms(coef, lse, x):
+  r""":math:`c\,(\mathrm{lse} - x)`, 0 where :math:`c = 0` on a ``-inf``
+  logit, with the derivative :math:`\mathrm{lse} - x` by :math:`c` wherever
+  :math:`x` is finite, zero labels included.
+
+  A ``-inf`` logit marks a class outside the support: there the term and
+  its derivatives are 0 (rather than ``0 * inf``), unless the class carries
+  label mass, which costs ``inf``.
+  """
+  gap = jnp.where((coef == 0) & (x == -jnp.inf), 0, lse - x)
+  return coef * gap

@@ -1,0 +1,243 @@
+"""The custom-VJP cross entropy on probability labels against the reference.
+
+``softmax_cross_entropy(implementation="xla")`` (the default) keeps per-row
+statistics only; ``"reference"`` is plain autodiff of the formula. Both must
+give the same values and the same gradients by the logits, the labels and
+the class weights, with every option.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxloss
+import reference as ref
+
+CE = jaxloss.softmax_cross_entropy
+rng = np.random.default_rng(11)
+N, C = 6, 37
+X = rng.normal(0, 3, (N, C))
+Y = rng.dirichlet(np.full(C, 0.3), N)
+Y[0, :5] = 0.0                       # zero labels on finite logits
+W = rng.uniform(0.5, 2, (C,))
+W[3] = 0.0                           # a class weighted out
+ROWS = np.array([True, False, True, True, True, True])
+CLASSES = rng.uniform(size=(N, C)) > 0.3
+CLASSES[2] = False                   # a kept row with no class left
+# -inf logits where the labels give no mass: outside the support.
+INF_X = X.copy()
+INF_X[1, [2, 7]] = -np.inf
+INF_X[4, 0] = -np.inf
+INF_Y = Y.copy()
+INF_Y[1, [2, 7]] = 0.0
+INF_Y[4, 0] = 0.0
+INF_Y /= INF_Y.sum(-1, keepdims=True)
+
+OPTIONS = {
+    "plain": {},
+    "weight": dict(weight=W),
+    "smoothing": dict(label_smoothing=0.3),
+    "rows": dict(where=ROWS, weight=W, label_smoothing=0.2),
+    "classes": dict(where=CLASSES, weight=W, label_smoothing=0.2),
+}
+
+
+@functools.partial(jax.jit, static_argnames=("statics", "reduction"))
+def both_paths(x, y, weight, where, statics, reduction):
+  """Per implementation: loss and gradients by logits, labels and weights."""
+  out = {}
+  for implementation in ("xla", "reference"):
+    def total(x, y, weight):
+      loss = CE(x, y, weight=weight, where=where, reduction=reduction,
+                implementation=implementation, **dict(statics))
+      return jnp.sum(loss), loss
+    argnums = (0, 1) if weight is None else (0, 1, 2)
+    (_, loss), grads = jax.value_and_grad(total, argnums, has_aux=True)(
+        x, y, weight)
+    out[implementation] = (loss, grads)
+  return out
+
+
+def compare(x, y, options, reduction="none", rtol=2e-6, atol=1e-6):
+  weight = options.get("weight")
+  where = options.get("where")
+  statics = tuple(sorted((k, v) for k, v in options.items()
+                         if k not in ("weight", "where")))
+  dtype = x.dtype
+  out = both_paths(x, y, None if weight is None else jnp.asarray(weight, dtype),
+                   None if where is None else jnp.asarray(where), statics,
+                   reduction)
+  got, want = out["xla"], out["reference"]
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    assert g.dtype == w.dtype
+    np.testing.assert_allclose(np.asarray(g, np.float64),
+                               np.asarray(w, np.float64), rtol=rtol, atol=atol)
+  return got
+
+
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_xla_matches_reference(name):
+  options = OPTIONS[name]
+  for x, y, reduction in ((X, Y, "none"), (INF_X, INF_Y, "mean")):
+    compare(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32), options,
+            reduction)
+
+
+def test_float64_matches_numpy_and_reference():
+  with jax.enable_x64(True):
+    x, y = jnp.asarray(INF_X), jnp.asarray(INF_Y)
+    got = compare(x, y, dict(weight=W, label_smoothing=0.2), rtol=1e-12,
+                  atol=1e-13)
+  # No -inf and no mask: the numpy formula's uniform smoothing is the same.
+  want = ref.softmax_cross_entropy(X, Y, weight=W, label_smoothing=0.2)
+  with jax.enable_x64(True):
+    loss = CE(jnp.asarray(X), jnp.asarray(Y), weight=W, label_smoothing=0.2)
+  np.testing.assert_allclose(loss, want, rtol=1e-12)
+  assert got[0].dtype == jnp.float64
+
+
+@pytest.mark.parametrize("implementation", ["xla", "reference"])
+def test_label_gradient_is_lse_minus_logit_also_at_zero_labels(
+    implementation):
+  # d loss / d y_j = w_j (lse - x_j): a zero label has a gradient too.
+  with jax.enable_x64(True):
+    x, y, w = jnp.asarray(INF_X), jnp.asarray(INF_Y), jnp.asarray(W)
+    grad = np.asarray(jax.grad(lambda y: jnp.sum(CE(
+        x, y, weight=w, implementation=implementation)))(y))
+  lse = np.log(np.sum(np.exp(INF_X), -1, keepdims=True))
+  want = np.where(np.isinf(INF_X), 0.0, W * (lse - INF_X))
+  np.testing.assert_allclose(grad, want, rtol=1e-12, atol=1e-13)
+  assert np.all(grad[0, [0, 1, 2, 4]] != 0)   # W[3] is 0
+
+
+def test_large_common_offset_keeps_float32_precision():
+  # Every term of the statistics is non-negative: logits near 1e3 lose
+  # nothing to cancellation.
+  x = rng.normal(size=(4, 50)) + 1000.0
+  y = rng.dirichlet(np.ones(50), 4)
+  want = ref.softmax_cross_entropy(np.asarray(x, np.float32), y)
+  got = CE(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_edges_are_exact():
+  x = jnp.asarray(X, jnp.float32)
+  y = jnp.asarray(Y, jnp.float32)
+  # Dropped rows hold nan and inf: value and every gradient there are 0.
+  x = x.at[1].set(jnp.nan).at[1, 0].set(jnp.inf)
+  y = y.at[1].set(jnp.nan)
+  # A row of -inf logits with no label mass costs 0, gradients 0.
+  x = x.at[3].set(-jnp.inf)
+  y = y.at[3].set(0.0)
+  # Label mass on a -inf logit costs inf.
+  x = x.at[5, 2].set(-jnp.inf)
+
+  def total(x, y):
+    loss = CE(x, y, where=jnp.asarray(ROWS))
+    return jnp.sum(jnp.where(jnp.isfinite(loss), loss, 0)), loss
+
+  (_, loss), (dx, dy) = jax.jit(jax.value_and_grad(total, (0, 1),
+                                                   has_aux=True))(x, y)
+  assert loss[1] == 0 and loss[3] == 0 and loss[5] == jnp.inf
+  assert np.all(np.isfinite(np.asarray(loss)[[0, 2, 4]]))
+  for g in (dx, dy):
+    assert np.all(np.asarray(g)[[1, 3]] == 0)
+    assert np.all(np.isfinite(np.asarray(g)[[0, 2, 4]]))
+  # The value alone takes its own form of the sums on CPUs: same numbers,
+  # with the rows of mass on -inf logits only.
+  x = x.at[4].set(-jnp.inf)   # every logit -inf, with mass: inf
+  want = np.asarray(total(x, y)[1])
+  got = np.asarray(jax.jit(lambda x, y: CE(x, y, where=jnp.asarray(ROWS)))(
+      x, y))
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  assert got[4] == np.inf and got[3] == 0
+  x, y = jnp.asarray(INF_X, jnp.float32), jnp.asarray(INF_Y, jnp.float32)
+  for weight in (None, jnp.asarray(W, jnp.float32)):
+    def ce(x, weight=weight):
+      return CE(x, y, weight=weight)
+    value, _ = jax.vjp(ce, x)
+    np.testing.assert_allclose(ce(x), value, rtol=1e-6)
+    assert np.all(np.isfinite(np.asarray(value)))
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_inputs(dtype):
+  # float32 statistics; each gradient in its input's dtype.
+  x = jnp.asarray(X, dtype)
+  y = jnp.asarray(Y, dtype)
+  got = compare(x, y, dict(weight=W, label_smoothing=0.1), "mean",
+                rtol=1e-2, atol=1e-3)
+  loss, (dx, dy, dw) = got
+  assert loss.dtype == jnp.float32
+  assert (dx.dtype, dy.dtype, dw.dtype) == (x.dtype, y.dtype, x.dtype)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_no_class_sized_temporary(dtype):
+  # A memory property: value and both gradients keep O(N) statistics; the
+  # reference keeps [N, C] float32 arrays.
+  rows, classes = 256, 4096
+  x = jnp.zeros((rows, classes), dtype)
+  w = jnp.ones((classes,), jnp.float32)
+
+  def analysis(implementation):
+    def f(x, y):
+      return CE(x, y, weight=w, label_smoothing=0.1, reduction="mean",
+                implementation=implementation)
+    compiled = jax.jit(jax.value_and_grad(f, (0, 1))).lower(x, x).compile()
+    return compiled.memory_analysis()
+  fast, slow = analysis("xla"), analysis("reference")
+  if fast is None:
+    pytest.skip("this backend reports no memory analysis")
+  assert fast.temp_size_in_bytes < rows * classes
+  assert slow.temp_size_in_bytes >= rows * classes * 4
+
+
+def test_broadcast_and_integer_labels():
+  x = jnp.asarray(X, jnp.float32)
+  y = jnp.asarray(Y[0], jnp.float32)   # one distribution for every row
+  for implementation in ("xla", "reference"):
+    g = jax.grad(lambda y: jnp.sum(CE(x, y, implementation=implementation)))
+    assert g(y).shape == (C,)
+  np.testing.assert_allclose(
+      jax.grad(lambda y: jnp.sum(CE(x, y)))(y),
+      jax.grad(lambda y: jnp.sum(CE(x, y, implementation="reference")))(y),
+      rtol=2e-6, atol=1e-6)
+  onehot = jnp.eye(C, dtype=jnp.int32)[jnp.arange(N)]
+  np.testing.assert_allclose(
+      CE(x, onehot), jaxloss.softmax_cross_entropy_with_integer_labels(
+          x, jnp.arange(N)), rtol=1e-6)
+
+
+def test_class_axis_vmap_and_checkpoint():
+  x = jnp.asarray(X, jnp.float32)
+  y = jnp.asarray(Y, jnp.float32)
+  want = jax.grad(lambda x: jnp.sum(CE(x, y)))(x)
+  moved = jax.grad(lambda x: jnp.sum(CE(x, y.T, axis=0)))(x.T)
+  np.testing.assert_allclose(moved.T, want, rtol=1e-6, atol=1e-7)
+  rowwise = jax.vmap(jax.grad(lambda x, y: CE(x, y)))(x, y)
+  np.testing.assert_allclose(rowwise, want, rtol=1e-6, atol=1e-7)
+  saved = jax.grad(jax.checkpoint(lambda x: jnp.sum(CE(x, y))))(x)
+  np.testing.assert_allclose(saved, want, rtol=1e-6, atol=1e-7)
+
+
+def test_higher_order_needs_the_reference():
+  x = jnp.asarray(X[2], jnp.float32)
+  y = jnp.asarray(Y[2], jnp.float32)   # sums to 1
+  with pytest.raises(NotImplementedError, match="first-order.*\"reference\""):
+    jax.hessian(lambda x: CE(x, y))(x)
+  hessian = jax.hessian(lambda x: CE(x, y, implementation="reference"))(x)
+  p = jax.nn.softmax(x)
+  np.testing.assert_allclose(hessian, np.diag(p) - np.outer(p, p),
+                             atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", ["pallas", "fast", None])
+def test_bad_implementation(bad):
+  with pytest.raises(ValueError, match=(
+      "softmax_cross_entropy: implementation must be one of 'auto', 'xla', "
+      f"'reference', got {bad!r}")):
+    CE(jnp.zeros((2, 3)), jnp.zeros((2, 3)), implementation=bad)
