@@ -1,8 +1,11 @@
-"""Integer-label cross entropy over materialized logits, side by side.
+"""Cross entropy over materialized logits, side by side.
 
 The problem: the mean of ``softmax_cross_entropy_with_integer_labels`` over
 [N, V] logits, its value alone and its value with the gradient with respect
-to the logits. Compared in one process, on the same inputs:
+to the logits (``--labels probabilities``: of ``softmax_cross_entropy``
+against [N, V] probability labels in the logits' dtype, the same rows
+without Pallas, ``all options`` being class weights and label smoothing).
+Compared in one process, on the same inputs:
 
 - ``jaxloss auto`` / ``xla`` / ``pallas`` / ``reference``: the
   ``implementation`` keyword (``pallas`` on GPUs only, unless ``--pallas``);
@@ -14,7 +17,8 @@ to the logits. Compared in one process, on the same inputs:
 - ``copy``: one read and one write of the logits, the bandwidth yardstick.
 
 The floor of the loss is one read of the logits, of value and gradient two
-reads and one write: ``GB/s`` counts those bytes, ``of copy`` divides by the
+reads and one write (with probability labels, each read of the logits is one
+of the labels too): ``GB/s`` counts those bytes, ``of copy`` divides by the
 copy row's bandwidth in the same run. Timings are interleaved: every round
 runs each row once, in a shuffled order, so a shared or throttled machine
 slows them all alike; the median over rounds is reported, and ``vs optax`` is
@@ -27,6 +31,7 @@ gradient, excluded). A row that fails to compile is reported and left out.
   python benchmarks/cross_entropy.py                  # CPU: [4096, 32768] f32
   python benchmarks/cross_entropy.py --device gpu     # [8192, 128256] bf16
   python benchmarks/cross_entropy.py --sizes 64 1000 --pallas --no-write
+  python benchmarks/cross_entropy.py --labels probabilities
 """
 
 import argparse
@@ -61,6 +66,7 @@ PROBLEMS = {
 }
 # Every option of the loss at once: the cost of the fast path's generality.
 ALL_OPTIONS = dict(ignore_index=-100, label_smoothing=0.1, z_loss=1e-4)
+PROBABILITY_OPTIONS = dict(label_smoothing=0.1)
 
 
 def inputs(rows, classes, dtype, seed=0):
@@ -73,6 +79,39 @@ def inputs(rows, classes, dtype, seed=0):
   weight = jax.random.uniform(jax.random.key(seed + 1), (classes,),
                               jnp.float32, 0.5, 2.0)
   return logits, labels, ignored, weight
+
+
+def probability_inputs(rows, classes, dtype, seed=0):
+  """Logits, softmax labels of other logits (both in ``dtype``), weights."""
+  logits, _, _, weight = inputs(rows, classes, dtype, seed)
+  other = jax.random.normal(jax.random.key(seed + 2), (rows, classes))
+  labels = jax.nn.softmax(2 * other, axis=-1).astype(dtype)
+  return logits, labels, labels, weight
+
+
+def probability_losses():
+  """name -> loss of (logits, labels, labels, weight), a scalar."""
+  def ours(implementation, options=False):
+    def f(x, y, unused, w):
+      del unused
+      kw = dict(weight=w, **PROBABILITY_OPTIONS) if options else {}
+      return jaxloss.softmax_cross_entropy(
+          x, y, reduction="mean", implementation=implementation, **kw)
+    return f
+
+  def optax_loss(upcast):
+    def f(x, y, unused, w):
+      del unused, w
+      if upcast:
+        x = x.astype(jnp.float32)
+      return optax.losses.softmax_cross_entropy(x, y).mean()
+    return f
+
+  return {"jaxloss auto": ours("auto"), "jaxloss xla": ours("xla"),
+          "jaxloss reference": ours("reference"),
+          "optax": optax_loss(False), "optax f32 upcast": optax_loss(True),
+          "jaxloss xla, all options": ours("xla", True),
+          "jaxloss reference, all options": ours("reference", True)}
 
 
 def losses(pallas, pallas_configs):
@@ -135,7 +174,11 @@ def torch_rows(logits, labels):
   x = torch.tensor(np.asarray(logits.astype(jnp.float32)), device=device,
                    dtype=dtype)
   xg = x.clone().requires_grad_(True)
-  y = torch.tensor(np.asarray(labels), device=device, dtype=torch.int64)
+  if jnp.issubdtype(labels.dtype, jnp.floating):
+    y = torch.tensor(np.asarray(labels.astype(jnp.float32)), device=device,
+                     dtype=dtype)
+  else:
+    y = torch.tensor(np.asarray(labels), device=device, dtype=torch.int64)
   f = torch.nn.functional.cross_entropy
 
   def sync():
@@ -156,7 +199,8 @@ def torch_rows(logits, labels):
 
 
 def parse_configs(text):
-  """``BLOCKxWARPS[xSTAGES][l]`` items: a trailing ``l`` for lane sums."""
+  """``BLOCKxWARPS[xSTAGES][l]`` items: a trailing ``l`` for per-lane
+  maxima and sums in the statistics kernel."""
   configs = []
   for item in filter(None, (text or "").split(",")):
     lanes = item.endswith("l")
@@ -172,7 +216,7 @@ def config_name(config):
   if config["num_stages"]:
     words.append(f"{config['num_stages']} stages")
   if config["lane_sums"]:
-    words.append("lane sums")
+    words.append("per-lane maxima")
   return ", ".join(words)
 
 
@@ -180,6 +224,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--device", choices=tuple(PROBLEMS), default="cpu",
                       help="which problem: the CPU or the GPU sizes")
+  parser.add_argument("--labels", choices=("integers", "probabilities"),
+                      default="integers")
   parser.add_argument("--sizes", type=int, nargs=2, metavar=("ROWS", "CLASSES"))
   parser.add_argument("--dtype")
   parser.add_argument("--rounds", type=int)
@@ -190,13 +236,13 @@ def main():
                            "small sizes only)")
   parser.add_argument("--pallas-configs", default=None,
                       help="comma-separated Pallas launch variants, "
-                           "BLOCKxWARPS[xSTAGES][l] (l: lane sums), e.g. "
-                           "4096x8,4096x8x3l (GPU default: a few)")
+                           "BLOCKxWARPS[xSTAGES][l] (l: per-lane maxima), "
+                           "e.g. 4096x8,4096x8x3l (GPU default: a few)")
   parser.add_argument("--skip", default="", help="comma-separated names")
   parser.add_argument("--rows", help="a regular expression: only the rows "
                       "whose name it finds (besides optax and the copy)")
-  parser.add_argument("--name", default="cross_entropy",
-                      help="results file stem")
+  parser.add_argument("--name", help="results file stem (default: "
+                      "cross_entropy, or probability_cross_entropy)")
   parser.add_argument("--no-write", action="store_true")
   args = parser.parse_args()
   problem = PROBLEMS[args.device]
@@ -208,19 +254,30 @@ def main():
   pallas = gpu or args.pallas
   configs = args.pallas_configs
   if configs is None:
-    configs = "8192x16,2048x4" if gpu else ""
+    configs = "8192x16,2048x4,2048x4l,4096x8l" if gpu else ""
   skip = set(filter(None, args.skip.split(",")))
+  dense = args.labels == "probabilities"
 
-  logits, labels, ignored, weight = inputs(rows_n, classes, dtype)
+  if dense:
+    logits, labels, ignored, weight = probability_inputs(rows_n, classes,
+                                                         dtype)
+    all_losses = probability_losses()
+  else:
+    logits, labels, ignored, weight = inputs(rows_n, classes, dtype)
+    all_losses = losses(pallas, parse_configs(configs))
   data = (logits, labels, ignored, weight)
   itemsize = dtype.itemsize
   nbytes = rows_n * classes * itemsize
+  # Bytes of one read of the logits (and of the labels with them).
+  read = 2 * nbytes if dense else nbytes
   print(f"device: {common.device_name()}; logits [{rows_n}, {classes}] "
-        f"{dtype.name} ({common.fmt_bytes(nbytes)})", flush=True)
+        f"{dtype.name} ({common.fmt_bytes(nbytes)}), {args.labels}",
+        flush=True)
 
-  table_losses = {name: loss for name, loss in losses(
-      pallas, parse_configs(configs)).items() if name not in skip and (
-          not args.rows or name == "optax" or re.search(args.rows, name))}
+  table_losses = {name: loss for name, loss in all_losses.items()
+                  if name not in skip and (
+                      not args.rows or name == "optax"
+                      or re.search(args.rows, name))}
   # Agreement: each row against optax, the rows with options against the
   # reference path with the same options (max abs difference).
   bases = {}
@@ -297,7 +354,8 @@ def main():
   table = []
   for key, t in times.items():
     name, mode = key
-    moved = {"value": nbytes, "grad": 3 * nbytes, "copy": 2 * nbytes}[mode]
+    moved = {"value": read, "grad": 2 * read + nbytes,
+             "copy": 2 * nbytes}[mode]
     row = {"name": name, "mode": mode, "ms": statistics.median(t),
            "ms_all": [round(x, 3) for x in t], **meta[key]}
     row["gbs"] = common.gbs(moved, row["ms"])
@@ -309,15 +367,22 @@ def main():
     table.append(row)
   print(common.table(table, ["name", "mode", "ms", "vs_optax", "temporaries",
                              "gbs", "of_copy", "value_diff", "grad_diff"]))
-  floor_ms = 3 * nbytes / (copy_gbs * 1e9) * 1e3
+  floor_ms = (2 * read + nbytes) / (copy_gbs * 1e9) * 1e3
   print(f"copy bandwidth {copy_gbs:.1f} GB/s: value and gradient at that "
         f"bandwidth take {floor_ms:.3g} ms (2 reads + 1 write)")
   if not args.no_write:
-    path = common.write_json(args.name, {
-        "problem": {"rows": rows_n, "classes": classes, "dtype": dtype.name,
-                    "reduction": "mean", "all_options": ALL_OPTIONS,
-                    "options_weight": "uniform(0.5, 2) per class",
-                    "options_ignored_rows": "1 in 16"},
+    problem = {"rows": rows_n, "classes": classes, "dtype": dtype.name,
+               "labels": args.labels, "reduction": "mean",
+               "options_weight": "uniform(0.5, 2) per class"}
+    if dense:
+      problem.update(all_options=PROBABILITY_OPTIONS,
+                     label_dtype=dtype.name)
+    else:
+      problem.update(all_options=ALL_OPTIONS, options_ignored_rows="1 in 16")
+    name = args.name or ("probability_cross_entropy" if dense
+                         else "cross_entropy")
+    path = common.write_json(name, {
+        "problem": problem,
         "rounds": rounds, "calls_per_sample": inner, "failed": failed,
         "copy_gbs": copy_gbs, "floor_ms": floor_ms,
         "command": "python benchmarks/cross_entropy.py " + " ".join(

@@ -7,10 +7,14 @@
    problem, jaxloss auto / xla / pallas / reference, optax, optax after a
    float32 upcast, torch when it sees the GPU, and the copy bandwidth, all in
    one run; ``results/cross_entropy-<device>.json``.
-3. ``benchmarks/linear_cross_entropy.py --device gpu``: the fused linear +
+3. ``benchmarks/cross_entropy.py --device gpu --labels probabilities``: the
+   same problem against bfloat16 probability labels (``softmax_cross_entropy``,
+   XLA custom VJP against reference and optax);
+   ``results/probability_cross_entropy-<device>.json``.
+4. ``benchmarks/linear_cross_entropy.py --device gpu``: the fused linear +
    cross entropy problem (bfloat16, N=8192, D=4096, V=128256) against the
    plain version and its three matmuls; ``results/linear_cross_entropy-*``.
-4. With ``--suite``, ``benchmarks/suite.py --device gpu`` as well.
+5. With ``--suite``, ``benchmarks/suite.py --device gpu`` as well.
 
 Each step runs in its own process under a time limit (``--limits``), so one
 that hangs or fails leaves the others' results; with ``--copy-to`` each
@@ -116,10 +120,11 @@ def main():
                            "script on any machine")
   parser.add_argument("--suite", action="store_true",
                       help="also run benchmarks/suite.py")
-  parser.add_argument("--steps", default="tests,cross_entropy,linear",
+  parser.add_argument("--steps",
+                      default="tests,cross_entropy,probabilities,linear",
                       help="comma-separated steps to run, in this order")
   parser.add_argument("--limits", default="tests=150,cross_entropy=150,"
-                      "linear=240,suite=240",
+                      "probabilities=90,linear=240,suite=240",
                       help="seconds each step may take before it is killed")
   parser.add_argument("--copy-to", type=pathlib.Path,
                       help="directory to copy the result files to")
@@ -140,6 +145,8 @@ def main():
   commands = {
       "tests": ["benchmarks/gpu.py", "--tests-only", *smoke],
       "cross_entropy": ["benchmarks/cross_entropy.py", "--device", "gpu"],
+      "probabilities": ["benchmarks/cross_entropy.py", "--device", "gpu",
+                        "--labels", "probabilities", "--rounds", "10"],
       "linear": ["benchmarks/linear_cross_entropy.py", "--device", "gpu"],
       "suite": ["benchmarks/suite.py", "--device", "gpu"],
   }
@@ -148,6 +155,9 @@ def main():
         "benchmarks/cross_entropy.py", "--sizes", "64", "1000", "--rounds",
         "2", "--pallas", "--pallas-configs", "256x4",
         "--name", "cross_entropy_smoke"]
+    commands["probabilities"] = [
+        "benchmarks/cross_entropy.py", "--sizes", "64", "1000", "--rounds",
+        "2", "--labels", "probabilities", "--no-write"]
     commands["linear"] = [
         "benchmarks/linear_cross_entropy.py", "--sizes", "64", "32", "500",
         "--rounds", "2", "--variants", "16,32x128", "--no-write"]

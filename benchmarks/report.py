@@ -4,8 +4,8 @@
   python benchmarks/report.py --device nvidia-h200
 
 Reads ``benchmarks/results/<name>-<device>.json`` as written by
-``cross_entropy.py``, ``linear_cross_entropy.py`` and ``sharded.py``; prints
-Markdown.
+``cross_entropy.py`` (both label kinds), ``linear_cross_entropy.py`` and
+``sharded.py``; prints Markdown.
 """
 
 import argparse
@@ -17,6 +17,7 @@ RESULTS = pathlib.Path(__file__).parent / "results"
 CE_ROWS = {
     "jaxloss auto": "jaxloss (`implementation=\"auto\"`)",
     "jaxloss xla": "jaxloss `implementation=\"xla\"`",
+    "jaxloss reference": "jaxloss `implementation=\"reference\"`",
     "optax": "optax",
     "optax f32 upcast": "optax after a float32 upcast",
     "torch": "torch `F.cross_entropy`",
@@ -51,15 +52,18 @@ def fmt(x, digits=3):
   return f"{x:.{digits}g}"
 
 
-def cross_entropy(device):
-  data, path = load("cross_entropy", device)
+def cross_entropy(device, name="cross_entropy"):
+  data, path = load(name, device)
   if data is None:
     return
   rows = {(r["name"], r["mode"]): r for r in data["results"]}
   gpu = data.get("backend") == "gpu"
   p = data["problem"]
+  labels = p.get("labels", "integers")
   print(f"`{data['command'].strip()}` on {data['device']} "
-        f"([{p['rows']}, {p['classes']}] {p['dtype']} logits, mean loss; "
+        f"([{p['rows']}, {p['classes']}] {p['dtype']} logits, "
+        f"{'probability' if labels == 'probabilities' else 'integer'} "
+        f"labels, mean loss; "
         f"`{path.relative_to(RESULTS.parent.parent)}`):\n")
   if gpu:
     print("| implementation | value (ms) | value and gradient (ms) | "
@@ -82,9 +86,11 @@ def cross_entropy(device):
       print(f"| {label} | {fmt(value.get('vs_optax'))} | "
             f"{fmt(grad.get('vs_optax'))} | {temps} |")
   if gpu:
+    reads = "the logits and labels" if labels == "probabilities" else (
+        "the logits")
     print(f"\nCopy bandwidth in the same run: {data['copy_gbs']:.0f} GB/s; "
-          f"two reads and one write of the logits at that rate take "
-          f"{data['floor_ms']:.2f} ms.")
+          f"two reads of {reads} and one write of the logits at that rate "
+          f"take {data['floor_ms']:.2f} ms.")
   print()
 
 
@@ -138,11 +144,12 @@ def main():
   args = parser.parse_args()
   devices = args.device or sorted({
       p.stem.split("-", 1)[1] for p in RESULTS.glob("*.json")
-      if p.stem.startswith(("cross_entropy-", "linear_cross_entropy-",
-                            "sharded-"))})
+      if p.stem.startswith(("cross_entropy-", "probability_cross_entropy-",
+                            "linear_cross_entropy-", "sharded-"))})
   for device in devices:
     print(f"### {device}\n")
     cross_entropy(device)
+    cross_entropy(device, "probability_cross_entropy")
     linear(device)
     sharded(device)
 
