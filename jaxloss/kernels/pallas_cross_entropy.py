@@ -62,14 +62,21 @@ def _statistics_kernel(*refs, block, smoothing, has_weight, has_class_mask,
       live = live & (_load(mask_ref, cols, inside, 0, jnp.int32) != 0)
     xl = jnp.where(live, x, -jnp.inf)
     m, s = carry[:2]
-    m_new = jnp.maximum(m, jnp.max(xl))
-    # As jax.nn.logsumexp: shift by the maximum only where it is finite, so
-    # an all -inf prefix gives exp(-inf) = 0 rather than nan.
-    shift = jnp.where(jnp.isfinite(m_new), m_new, 0)
-    e = jnp.exp(xl - shift)
-    # With lane sums each lane keeps its own rescaled sum, summed once at
-    # the end: one reduction per block (the maximum) instead of two.
-    s = s * jnp.exp(m - shift) + (e if lane_sums else jnp.sum(e))
+    if lane_sums:
+      # Each lane keeps its own maximum and sum: no reduction across lanes
+      # inside the loop, and one exp per logit, exp(lower - higher) of the
+      # lane's maximum and the new logit, which either scales the sum (a
+      # new maximum) or is added to it. 0, not nan, while both are -inf.
+      m_new = jnp.maximum(m, xl)
+      gap = jnp.where(m_new == -jnp.inf, -jnp.inf, jnp.minimum(m, xl) - m_new)
+      e = jnp.exp(gap)
+      s = jnp.where(xl > m, s * e + 1, s + e)
+    else:
+      m_new = jnp.maximum(m, jnp.max(xl))
+      # As jax.nn.logsumexp: shift by the maximum only where it is finite,
+      # so an all -inf prefix gives exp(-inf) = 0 rather than nan.
+      shift = jnp.where(jnp.isfinite(m_new), m_new, 0)
+      s = s * jnp.exp(m - shift) + jnp.sum(jnp.exp(xl - shift))
     if not smoothing:
       return m_new, s
     sx, wsum, count = carry[2:]
@@ -81,16 +88,17 @@ def _statistics_kernel(*refs, block, smoothing, has_weight, has_class_mask,
     count = count + support.astype(dtype)
     return m_new, s, sx, wsum, count
 
-  zero = jnp.zeros((), dtype)
-  carry = (jnp.full((), -jnp.inf, dtype),
-           jnp.zeros((block,), dtype) if lane_sums else zero)
+  shape = (block,) if lane_sums else ()
+  carry = (jnp.full(shape, -jnp.inf, dtype), jnp.zeros(shape, dtype))
   if smoothing:
     lanes = jnp.zeros((block,), dtype)
     carry += (lanes, lanes, lanes)
   carry = lax.fori_loop(0, pl.cdiv(n, block), step, carry)
   m, s = carry[:2]
   if lane_sums:
-    s = jnp.sum(s)
+    lane_m = m
+    m = jnp.max(lane_m)
+    s = jnp.sum(s * jnp.exp(lane_m - jnp.where(jnp.isfinite(m), m, 0)))
   lse_ref[...] = jnp.log(s) + jnp.where(jnp.isfinite(m), m, 0)
   if smoothing:
     sx_ref, wsum_ref, count_ref = refs
@@ -115,8 +123,8 @@ def statistics(x, class_keep, weight, *, smoothing, dtype, interpret,
     interpret: run in Pallas interpret mode (any backend) instead of Triton.
     block, num_warps, num_stages: Triton launch configuration (None: chosen
       from the class count).
-    lane_sums: keep a sum of exponentials per lane, reduced once at the end,
-      instead of reducing every block.
+    lane_sums: keep a running maximum and sum of exponentials per lane,
+      combined once at the end, instead of reducing every block.
 
   Returns:
     ``(lse,)``, or ``(lse, sx, wsum, count)``, each [R] of ``dtype``.
