@@ -14,6 +14,10 @@ reduce.
 """
 
 import functools
+import os
+import pathlib
+import subprocess
+import sys
 
 import hypothesis
 import jax
@@ -456,15 +460,34 @@ BITWISE = ["hinge_loss", "huber_loss", "log_cosh", "poisson_nll_loss",
            "soft_margin_loss"]
 
 
-@pytest.mark.parametrize("name", BITWISE)
-@hypothesis.settings(SETTINGS, max_examples=1)
-@hypothesis.given(seed=SEEDS, scale=SCALES)
-def test_jit_equals_eager_bitwise_for_elementwise_losses(name, seed, scale):
-  args = _inputs(name, seed, scale)
-  loss = _loss(name)
-  jitted = loss(args, "none")
-  with jax.disable_jit():
-    eager = loss(args, "none")
-    again = loss(args, "none")
-  np.testing.assert_array_equal(np.asarray(jitted), np.asarray(eager))
-  np.testing.assert_array_equal(np.asarray(again), np.asarray(eager))
+def jit_and_eager_bitwise(names, seeds, scales):
+  for name in names:
+    for seed in seeds:
+      for scale in scales:
+        args = _inputs(name, seed, scale)
+        loss = _loss(name)
+        jitted = loss(args, "none")
+        with jax.disable_jit():
+          eager = loss(args, "none")
+          again = loss(args, "none")
+        np.testing.assert_array_equal(np.asarray(jitted), np.asarray(eager),
+                                      err_msg=f"{name} {seed} {scale}")
+        np.testing.assert_array_equal(np.asarray(again), np.asarray(eager),
+                                      err_msg=f"{name} {seed} {scale}")
+
+
+def test_jit_equals_eager_bitwise_for_elementwise_losses():
+  # LLVM's optimisation level can move a result by an ulp, and the suite
+  # compiles at level 0 (conftest.py): this comparison runs in a process of
+  # its own, with the optimisation users get.
+  env = dict(os.environ)
+  flags = env.pop("XLA_FLAGS", "").replace(
+      "--xla_backend_optimization_level=0", "").strip()
+  if flags:
+    env["XLA_FLAGS"] = flags
+  script = ("import test_properties as t; t.jit_and_eager_bitwise("
+            f"{BITWISE!r}, (0, 1, 2), (1.0, 1e2, 1e4))")
+  run = subprocess.run([sys.executable, "-c", script], env=env,
+                       cwd=pathlib.Path(__file__).parent,
+                       capture_output=True, text=True, check=False)
+  assert run.returncode == 0, run.stderr[-3000:]
