@@ -81,6 +81,19 @@ def inputs(rows, classes, dtype, seed=0):
   return logits, labels, ignored, weight
 
 
+def optax_losses(loss):
+  """optax's ``loss``, and the same after a float32 upcast of the logits
+  (common practice for half-precision logits), as benchmark rows."""
+  def row(upcast):
+    def f(x, y, unused, w):
+      del unused, w
+      if upcast:
+        x = x.astype(jnp.float32)
+      return loss(x, y).mean()
+    return f
+  return {"optax": row(False), "optax f32 upcast": row(True)}
+
+
 def probability_inputs(rows, classes, dtype, seed=0):
   """Logits, softmax labels of other logits (both in ``dtype``), weights."""
   logits, _, _, weight = inputs(rows, classes, dtype, seed)
@@ -99,17 +112,9 @@ def probability_losses():
           x, y, reduction="mean", implementation=implementation, **kw)
     return f
 
-  def optax_loss(upcast):
-    def f(x, y, unused, w):
-      del unused, w
-      if upcast:
-        x = x.astype(jnp.float32)
-      return optax.losses.softmax_cross_entropy(x, y).mean()
-    return f
-
   return {"jaxloss auto": ours("auto"), "jaxloss xla": ours("xla"),
           "jaxloss reference": ours("reference"),
-          "optax": optax_loss(False), "optax f32 upcast": optax_loss(True),
+          **optax_losses(optax.losses.softmax_cross_entropy),
           "jaxloss xla, all options": ours("xla", True),
           "jaxloss reference, all options": ours("reference", True)}
 
@@ -134,21 +139,12 @@ def losses(pallas, pallas_configs):
       return ce(x, y, reduction="mean", implementation=implementation, **kw)
     return f
 
-  def optax_loss(upcast):
-    def f(x, y, ignored, w):
-      del ignored, w
-      if upcast:
-        x = x.astype(jnp.float32)
-      return optax.losses.softmax_cross_entropy_with_integer_labels(
-          x, y).mean()
-    return f
-
   out = {"jaxloss auto": ours("auto"), "jaxloss xla": ours("xla")}
   if pallas:
     out["jaxloss pallas"] = ours("pallas")
   out["jaxloss reference"] = ours("reference")
-  out["optax"] = optax_loss(False)
-  out["optax f32 upcast"] = optax_loss(True)
+  out.update(optax_losses(
+      optax.losses.softmax_cross_entropy_with_integer_labels))
   out["jaxloss xla, all options"] = ours("xla", True)
   if pallas:
     out["jaxloss pallas, all options"] = ours("pallas", True)

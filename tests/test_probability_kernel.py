@@ -146,9 +146,9 @@ def test_edges_are_exact():
   for g in (dx, dy):
     assert np.all(np.asarray(g)[[1, 3]] == 0)
     assert np.all(np.isfinite(np.asarray(g)[[0, 2, 4]]))
-  # The value alone takes its own form of the sums on CPUs: same numbers,
-  # with the rows of mass on -inf logits only.
-  x = x.at[4].set(-jnp.inf)   # every logit -inf, with mass: inf
+  # The value alone takes its own form of the sums on CPUs: the same
+  # numbers, at every edge (every logit -inf, with label mass: inf).
+  x = x.at[4].set(-jnp.inf)
   want = np.asarray(total(x, y)[1])
   got = np.asarray(jax.jit(lambda x, y: CE(x, y, where=jnp.asarray(ROWS)))(
       x, y))
