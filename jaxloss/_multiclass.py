@@ -431,10 +431,11 @@ def softmax_cross_entropy(logits, labels, axis=-1, where=None, *, weight=None,
     label_smoothing: :math:`\varepsilon` in [0, 1].
     reduction: ``"none"``, ``"mean"`` or ``"sum"``.
     implementation: ``"xla"`` (``"auto"``): a custom VJP that reads
-      ``logits`` and ``labels`` once in their own dtypes for the value, keeps
-      per-row float32 statistics only, and writes each gradient in one fused
-      pass; ``"reference"``: plain autodiff of the formula (higher-order and
-      forward-mode autodiff work only here). Both give the same numbers.
+      ``logits`` and ``labels`` in their own dtypes, keeps per-row float32
+      statistics only for the backward pass, and writes each gradient in
+      one fused pass; ``"reference"``: plain autodiff of the formula
+      (higher-order and forward-mode autodiff work only here). Both give
+      the same numbers.
 
   Returns:
     float32 loss (float64 for float64 logits): the batch shape for
