@@ -497,7 +497,6 @@ def probability_cross_entropy(fn, logits, labels, *, axis, where, weight,
   return _reduction.reduce(fn, loss, reduction, keep=row_keep)
 
 
-
 def cross_terms(coef, lse, x):
   r""":math:`c\,(\mathrm{lse} - x)`, 0 where :math:`c = 0` on a ``-inf``
   logit, with the derivative :math:`\mathrm{lse} - x` by :math:`c` wherever

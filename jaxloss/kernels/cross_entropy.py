@@ -332,7 +332,8 @@ def label_statistics(config, x, y, keep, class_keep, weight):
   """Per-row cross entropies of [R, C] logits against [R, C] labels.
 
   Args:
-    config: a :class:`Config` (``smoothing`` and ``keep_exponentials``).
+    config: a :class:`Config` (``smoothing``, ``keep_exponentials`` and
+      ``value_chain``).
     x: [R, C] logits, any floating dtype (never upcast as a whole).
     y: [R, C] labels, any floating dtype.
     keep: optional [R] boolean; dropped rows give 0 with an exact zero
@@ -387,8 +388,8 @@ def _label_forward(config, x, y, keep, class_keep, weight):
   def cross(total, below_sum):
     # A row whose terms are all zero costs 0, even if every logit is -inf;
     # one with mass but no possible class costs inf (not -inf + inf).
-    sums = jnp.where(total == 0, 0, total * log_sum) + below_sum
-    return jnp.where((total != 0) & (log_sum == -jnp.inf), jnp.inf, sums)
+    row = jnp.where(total == 0, 0, total * log_sum) + below_sum
+    return jnp.where((total != 0) & (log_sum == -jnp.inf), jnp.inf, row)
 
   stats = (cross(sums[1], sums[2]),)
   totals = (log_sum + shift, sums[1])
