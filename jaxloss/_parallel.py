@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from jaxloss import _checks
 from jaxloss import _multiclass
 from jaxloss import _reduction
+from jaxloss.kernels import cross_entropy as _fast_ce
 
 
 def check_axis_name(fn, axis_name):
@@ -113,25 +114,12 @@ def _statistics(smoothing, x, labels, keep, class_keep, weight):
     float64 logits).
   """
   dtype = _reduction.stat_dtype(x.dtype)
-  xm = x if class_keep is None else jnp.where(class_keep, x, -jnp.inf)
-  # The maximum is exact in the logits' dtype: no float32 copy of them.
-  top = jnp.max(xm, axis=-1).astype(dtype)
-  shift = jnp.where(jnp.isfinite(top), top, 0)
-  lse = jnp.log(jnp.sum(jnp.exp(xm.astype(dtype) - shift[:, None]),
-                        axis=-1)) + shift
+  # The unsharded path's statistics (lse is -inf where the shard has no
+  # possible class); the label's logit is 0 where the label is elsewhere.
+  stats, _ = _fast_ce.xla_statistics(x, class_keep, weight, smoothing, dtype)
   label_x = jnp.take_along_axis(x, jnp.maximum(labels, 0)[:, None],
                                 axis=-1)[:, 0].astype(dtype)
-  stats = (lse, jnp.where(labels >= 0, label_x, 0))
-  if smoothing:
-    support = xm > -jnp.inf
-    xs = jnp.where(support, x.astype(dtype), 0)
-    count = jnp.sum(support, axis=-1, dtype=dtype)
-    if weight is None:
-      stats += (jnp.sum(xs, axis=-1), count, count)
-    else:
-      w = jnp.broadcast_to(weight[None, :], x.shape)
-      stats += (jnp.sum(w * xs, axis=-1),
-                jnp.sum(jnp.where(support, w, 0), axis=-1), count)
+  stats = (stats[0], jnp.where(labels >= 0, label_x, 0)) + stats[1:]
   if keep is not None:
     # Dropped rows may hold anything (inf, nan): zeros keep the zero
     # cotangents of their masked loss from meeting an inf downstream.
@@ -147,22 +135,14 @@ def _statistics_fwd(smoothing, x, labels, keep, class_keep, weight):
 def _statistics_bwd(smoothing, residuals, cotangents):
   x, labels, keep, class_keep, weight, lse = residuals
   ct_lse, ct_label = cotangents[:2]
-  xf = x.astype(lse.dtype)
   # A shard with no possible class has lse -inf and every exp(x) 0.
-  p = jnp.exp(xf - jnp.where(jnp.isfinite(lse), lse, 0)[:, None])
-  if class_keep is not None:
-    p = jnp.where(class_keep, p, 0)
-  cols = lax.broadcasted_iota(labels.dtype, x.shape, 1)
-  dx = ct_lse[:, None] * p + jnp.where(cols == labels[:, None],
-                                       ct_label[:, None], 0)
-  if smoothing:
-    ct_sx = cotangents[2]
-    support = _multiclass.support(xf, class_keep)
-    c = ct_sx[:, None] if weight is None else ct_sx[:, None] * weight[None, :]
-    dx = dx + jnp.where(support, c, 0)
-  if keep is not None:
-    dx = jnp.where(keep[:, None], dx, 0)
-  return dx.astype(x.dtype), None, None, None, None
+  lse = jnp.where(jnp.isfinite(lse), lse, 0)
+  dx = _fast_ce.xla_gradient(
+      x, keep, class_keep, lse, ct_lse[:, None], None,
+      _fast_ce.label_term(labels, ct_label),
+      _fast_ce.smoothing_gradient(cotangents[2] if smoothing else None,
+                                  weight))
+  return dx, None, None, None, None
 
 
 _statistics.defvjp(_statistics_fwd, _statistics_bwd)

@@ -119,8 +119,8 @@ def _statistics(config, x, labels, keep, class_keep, weight,
         num_warps=config.num_warps, num_stages=config.num_stages,
         lane_sums=config.lane_sums)
   else:
-    stats, exps = _xla_statistics(x, class_keep, weight, config.smoothing,
-                                  dtype)
+    stats, exps = xla_statistics(x, class_keep, weight, config.smoothing,
+                                 dtype)
   # The barrier keeps XLA from sharing one float32 copy of x between this
   # gather and the reductions (a whole [R, C] temporary on CPUs).
   label_x = jnp.take_along_axis(lax.optimization_barrier(x), labels[:, None],
@@ -135,7 +135,7 @@ def _statistics(config, x, labels, keep, class_keep, weight,
   return stats
 
 
-def _xla_statistics(x, class_keep, weight, smoothing, dtype):
+def xla_statistics(x, class_keep, weight, smoothing, dtype):
   """The statistics, and ``(exp(x - shift), shift)`` for the backward."""
   # jax.nn.logsumexp, written so that every [R, C] pass reads x in its own
   # dtype and upcasts inside the fused reduction: the maximum is exact in
@@ -211,11 +211,9 @@ def _row_statistics_bwd(config, residuals, cotangents):
         interpret=config.interpret, block=config.block,
         num_warps=config.num_warps, num_stages=config.num_stages)
   else:
-    def label_term(xf):
-      cols = lax.broadcasted_iota(labels.dtype, xf.shape, 1)
-      return jnp.where(cols == labels[:, None], ct_label[:, None], 0)
-    dx = _xla_gradient(x, keep, class_keep, lse, ct_lse[:, None], exps,
-                       label_term, _smoothing_gradient(ct_sx, weight))
+    dx = xla_gradient(x, keep, class_keep, lse, ct_lse[:, None], exps,
+                      label_term(labels, ct_label),
+                      smoothing_gradient(ct_sx, weight))
   dweight = None
   if weight is not None:
     # Only with smoothing do class weights reach these statistics; XLA drops
@@ -233,14 +231,23 @@ def _row_statistics_bwd(config, residuals, cotangents):
 row_statistics.defvjp(_row_statistics_fwd, _row_statistics_bwd)
 
 
-def _smoothing_gradient(ct_sx, weight):
+def label_term(labels, ct_label):
+  """The one-hot part of the gradient, ``ct_label`` at each row's label
+  (nowhere for a label of -1), as a ``target`` of :func:`xla_gradient`."""
+  def term(xf):
+    cols = lax.broadcasted_iota(labels.dtype, xf.shape, 1)
+    return jnp.where(cols == labels[:, None], ct_label[:, None], 0)
+  return term
+
+
+def smoothing_gradient(ct_sx, weight):
   """The smoothing sum's part of the gradient: ``ct_sx * w`` on the support."""
   if ct_sx is None:
     return None
   return ct_sx[:, None] if weight is None else ct_sx[:, None] * weight[None, :]
 
 
-def _xla_gradient(x, keep, class_keep, lse, scale, exps, target, smoothing):
+def xla_gradient(x, keep, class_keep, lse, scale, exps, target, smoothing):
   """``scale * softmax(x) + target(x) + smoothing * support``, in x's dtype.
 
   ``scale`` is [R, 1], ``target`` maps the float32 logits to the labels'
@@ -452,7 +459,7 @@ def _label_statistics_bwd(config, residuals, cotangents):
     ct_smooth = cotangents[1][:, None]
     scale = scale + ct_smooth * totals[2][:, None]
 
-  def label_term(xf):
+  def coefficient_term(xf):
     del xf
     return -ct_cross * _coefficients(y, class_keep, weight, dtype)
 
@@ -463,8 +470,8 @@ def _label_statistics_bwd(config, residuals, cotangents):
   # smooth over) has scale 0: a logsumexp of +inf leaves its softmax out
   # (exactly 0) rather than multiplying it, nan for an all -inf row, by 0.
   safe_lse = jnp.where(scale[:, 0] == 0, jnp.inf, lse)
-  dx = _xla_gradient(x, keep, class_keep, safe_lse, scale, exps, label_term,
-                     smoothing)
+  dx = xla_gradient(x, keep, class_keep, safe_lse, scale, exps,
+                    coefficient_term, smoothing)
   dy, dweight = _label_gradients(x, y, keep, class_keep, weight, lse,
                                  ct_cross, ct_smooth)
   return dx, dy, None, None, dweight
