@@ -69,6 +69,45 @@ def shape_is(fn, name, x, shape, description):
          f"{x.shape}")
 
 
+def conform(fn, name, x, ref_name, shape, *, class_axes=()):
+  """``x`` broadcast to ``shape``, the shape of ``ref_name``: the shape contract.
+
+  A loss's element shape is its predictions' shape. Targets, weights and
+  masks may broadcast *to* it, by NumPy's rules aligned from the right, but
+  never enlarge it: ``x`` has at most as many axes, and each of its axes has
+  the reference's length or length 1. A class axis (``class_axes``, indices
+  into ``shape``) must be present and match exactly: a single value spread
+  over C > 1 classes is an error, not a broadcast. The commonest silent
+  wrong number, [N] against [N, 1], is an error in both directions.
+
+  Raises:
+    ValueError naming ``fn``, both arguments and both shapes.
+  """
+  shape = tuple(shape)
+  have = tuple(x.shape)
+  offset = len(shape) - len(have)
+  problem = None
+  if offset < 0:
+    problem = f"it has more axes than {ref_name}"
+  else:
+    for i, size in enumerate(shape):
+      own = have[i - offset] if i >= offset else None
+      if own == size:
+        continue
+      if i in class_axes and size != 1:
+        problem = (f"the class axis {i} must have length {size}, as in "
+                   f"{ref_name}" + ("" if own is None else f", not {own}"))
+        break
+      if own not in (None, 1):
+        problem = f"axis {i} has length {own} where {ref_name} has {size}"
+        break
+  if problem is not None:
+    fail(fn, f"{name} shape {have} does not broadcast to {ref_name} shape "
+         f"{shape}: {problem} ({name} may broadcast to the shape of "
+         f"{ref_name}, never enlarge it)")
+  return x if have == shape else jnp.broadcast_to(x, shape)
+
+
 def broadcastable(fn, name, x, shape, ref_name):
   """``x`` broadcasts to ``shape`` by numpy's rules, aligned from the right."""
   try:
@@ -108,7 +147,11 @@ def optional_int(fn, name, value):
 
 
 def axes(fn, axis, ndim):
-  """Canonical, sorted, distinct non-negative axes from an int or a tuple."""
+  """Distinct non-negative axes from an int or a tuple, in the order given.
+
+  A tuple of class axes is flattened in that order (as optax does): the
+  flat class index runs fastest along its last axis.
+  """
   if isinstance(axis, (int, np.integer)) and not isinstance(axis, bool):
     axis = (int(axis),)
   elif not (isinstance(axis, Sequence) and axis and all(
@@ -123,7 +166,7 @@ def axes(fn, axis, ndim):
     out.append(int(a) % ndim)
   if len(set(out)) != len(out):
     fail(fn, f"axis {tuple(axis)} repeats an axis")
-  return tuple(sorted(out))
+  return tuple(out)
 
 
 def values(fn, name, ok, check, x):
@@ -153,7 +196,6 @@ def values(fn, name, ok, check, x):
     picked = jnp.where(at == flat, x, jnp.zeros((), x.dtype))
     first = (jnp.any(picked) if x.dtype == bool
              else jnp.sum(picked, dtype=x.dtype))
-  checkify.debug_check(
-      ~jnp.any(bad),
-      f"{fn}: {name} {check}; first offending element {name}[{slots}] = {{}}",
-      *index, first)
+  where = f"first offending element {name}[{slots}] = " if x.ndim else "got "
+  checkify.debug_check(~jnp.any(bad), f"{fn}: {name} {check}; {where}{{}}",
+                       *index, first)

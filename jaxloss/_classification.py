@@ -18,10 +18,11 @@ from jaxloss import _checks
 from jaxloss import _jit
 from jaxloss import _multiclass
 from jaxloss import _reduction
-from jaxloss._multiclass import classes_last
-from jaxloss._multiclass import finish_rows
-from jaxloss._multiclass import integer_rows
-from jaxloss._multiclass import split_where
+from jaxloss import _rows
+from jaxloss._rows import classes_last
+from jaxloss._rows import finish_rows
+from jaxloss._rows import integer_rows
+from jaxloss._rows import split_where
 from jaxloss._regression import not_nan
 
 # Keras's backend.epsilon(): its probability losses clip to [eps, 1 - eps].
@@ -197,7 +198,7 @@ def _multiclass_rows(fn, scores, labels, axis, where):
                  f"{batch_shape}, got shape {jnp.shape(where)}")
   row_keep, _ = split_where(fn, where, scores.shape, axis, batch_shape,
                             "scores")
-  _multiclass.class_values(fn, [("scores", x, ~jnp.isnan(x),
+  _rows.class_values(fn, [("scores", x, ~jnp.isnan(x),
                                  "must not be NaN")],
                            row_keep, None, scores.shape, axis)
   labels = _labels(fn, "labels", labels, batch_shape, "scores")
@@ -489,7 +490,7 @@ def ranking_softmax_loss(logits, labels, *, where=None, weights=None,
     # finite lse, so nothing NaN reaches its masked-out gradient.
     keep = jnp.where(row_keep[..., None], keep, True)
   lse = jax.nn.logsumexp(x, axis=-1, where=keep, keepdims=True)
-  loss = jnp.sum(_multiclass.cross_terms(y, lse, x), axis=-1)
+  loss = jnp.sum(_rows.cross_terms(y, lse, x), axis=-1)
   if reduce_fn is None:
     return _reduction.mask(loss, row_keep)
   if reduce_fn is jnp.mean:

@@ -1,15 +1,230 @@
-"""Public functions are jitted with their configuration keywords static."""
+"""How public functions meet ``jax.jit``: structure static, numbers traced.
+
+A public loss is compiled with ``jax.jit``. Its keywords fall in two kinds:
+
+* **Structure** (``axis``, ``reduction``, ``ignore_index``, switches,
+  callables, chunk sizes): static. Each distinct value is its own program,
+  and the checks on it run once, at trace time.
+* **Hyperparameters** (label smoothing, margins, temperatures, focusing
+  parameters, ...): ordinary arguments. A Python number, a NumPy or JAX
+  scalar or a tracer (under the caller's ``jit``, ``vmap`` or ``grad``) all
+  work, and a new value never compiles again. A concrete value (a Python
+  or NumPy number) is range-checked at trace time, with the function and the
+  keyword in the message; an exact concrete zero is passed to the body as
+  the Python number ``0.0``, so that a term it switches off costs nothing
+  (:func:`is_zero`). Zero or not is part of the program's structure: a
+  zero and a nonzero value compile once each. A traced value is
+  range-checked under :func:`jaxloss.checked`.
+"""
+
+import functools
+import inspect
+import math
+from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxloss import _checks
 
 
-def jit(*static_argnames):
-  """``jax.jit`` with the given keywords static, as ``jax.nn`` does it.
+class Hyper(NamedTuple):
+  """A numeric hyperparameter: its interval, and what shapes it may take.
 
-  Static keywords are Python values (``axis``, ``reduction``,
-  ``label_smoothing``, ...): each distinct value compiles once, and the trace
-  time checks on them cost nothing at run time.
+  ``optional`` admits ``None`` (a structural choice: no such term).
+  ``array`` admits arrays, which the function broadcasts itself; otherwise
+  the value must be a scalar (0-d after the caller's ``vmap``).
   """
-  def wrap(fn):
-    return jax.jit(fn, static_argnames=static_argnames)
+  low: float = -math.inf
+  high: float = math.inf
+  low_open: bool = False
+  high_open: bool = False
+  optional: bool = False
+  array: bool = False
+
+  def interval(self):
+    return (f"{'(' if self.low_open else '['}{_number(self.low)}, "
+            f"{_number(self.high)}{')' if self.high_open else ']'}")
+
+  def inside(self, v, xp):
+    low = v > self.low if self.low_open else v >= self.low
+    high = v < self.high if self.high_open else v <= self.high
+    return xp.logical_and(low, high)
+
+
+REAL = Hyper(high_open=True, low_open=True)
+UNIT = Hyper(0.0, 1.0)
+NON_NEGATIVE = Hyper(0.0, high_open=True)
+POSITIVE = Hyper(0.0, low_open=True, high_open=True)
+
+
+def _number(v):
+  if v == math.inf:
+    return "inf"
+  if v == -math.inf:
+    return "-inf"
+  return repr(int(v)) if float(v).is_integer() else repr(v)
+
+
+# What each structural keyword must be, for the message when it is traced or
+# not hashable. Other static keywords read "a Python value".
+_STATIC = {
+    "axis": "an int or a tuple of ints",
+    "reduction": "one of 'none', 'mean', 'sum'",
+    "ignore_index": "a Python int or None",
+    "implementation": "a string naming an implementation",
+    "chunk_size": "None, an int or a pair of ints",
+    "axis_name": "a mesh axis name or a tuple of them",
+    "blank_id": "a Python int",
+    "p": "a Python int",
+    "reduce_fn": "a function or None",
+    "distance_function": "a function or None",
+    "distance": "a string",
+    "divergence": "a string",
+}
+
+
+def _static_value(fn, name, value):
+  """``value`` as a hashable static argument, or a clear error."""
+  if isinstance(value, list):
+    value = tuple(value)
+  if isinstance(value, (jax.Array, np.ndarray)) or not _hashable(value):
+    what = _STATIC.get(name, "a Python value")
+    given = ("a traced value" if isinstance(value, jax.core.Tracer)
+             else f"a {type(value).__name__}")
+    _checks.fail(fn, f"{name} must be {what}, fixed when the function is "
+                 f"traced (it sets the program's structure), got {given}",
+                 TypeError)
+  return value
+
+
+def _hashable(value):
+  try:
+    hash(value)
+  except TypeError:
+    return False
+  return True
+
+
+def _concrete(value):
+  """Whether ``value`` is known on the host: a Python or NumPy number."""
+  return isinstance(value, (int, float, np.ndarray, np.generic))
+
+
+def _hyper_value(fn, name, spec, value):
+  """A hyperparameter checked as far as it is known: ``(value, is_zero)``."""
+  if value is None:
+    if spec.optional:
+      return None, False
+    _checks.fail(fn, f"{name} must be a number, got None", TypeError)
+  if not _concrete(value):
+    if not isinstance(value, jax.Array):
+      _checks.fail(fn, f"{name} must be a number or an array, got "
+                   f"{type(value).__name__}", TypeError)
+    _dtype(fn, name, value.dtype)
+    if not spec.array and value.ndim:
+      _checks.fail(fn, f"{name} must be a scalar, got shape {value.shape}")
+    return value, False
+  if isinstance(value, (bool, np.bool_)):
+    _checks.fail(fn, f"{name} must be a number, got {value!r}", TypeError)
+  a = np.asarray(value)
+  _dtype(fn, name, a.dtype)
+  if not spec.array and a.ndim:
+    _checks.fail(fn, f"{name} must be a scalar, got shape {a.shape}")
+  ok = spec.inside(a, np)
+  if not np.all(ok):
+    bad = a if a.ndim == 0 else a[~ok].reshape(-1)[0]
+    shown = value if a.ndim == 0 and isinstance(value, (int, float)) else (
+        bad.item())
+    _checks.fail(fn, f"{name} must be in {spec.interval()}, got {shown!r}")
+  if isinstance(value, int):
+    value = float(value)
+  return value, bool(np.all(a == 0))
+
+
+def _dtype(fn, name, dtype):
+  if not (jnp.issubdtype(dtype, jnp.floating)
+          or jnp.issubdtype(dtype, jnp.integer)):
+    _checks.fail(fn, f"{name} must be a real number, got dtype {dtype}",
+                 TypeError)
+
+
+def is_zero(value):
+  """Whether a hyperparameter is an exact zero known at trace time.
+
+  Inside a public function's body a concrete zero arrives as the Python
+  number ``0.0``: the term it weighs can be left out of the program.
+  """
+  return (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and value == 0)
+
+
+def check_traced(fn, name, spec, value):
+  """Under :func:`jaxloss.checked`: a traced hyperparameter in its interval.
+
+  Concrete values were checked at trace time; this costs nothing outside
+  ``checked``.
+  """
+  if value is None or isinstance(value, (int, float)):
+    return
+  value = jnp.asarray(value)
+  ok = spec.inside(value, jnp) & ~jnp.isnan(value) if jnp.issubdtype(
+      value.dtype, jnp.floating) else spec.inside(value, jnp)
+  _checks.values(fn, name, ok, f"must be in {spec.interval()}", value)
+
+
+def jit(*static_argnames, **hypers):
+  """``jax.jit`` with ``static_argnames`` static and ``hypers`` traced.
+
+  Args:
+    *static_argnames: the structural keywords.
+    **hypers: each numeric hyperparameter's :class:`Hyper`.
+
+  The wrapped function has the original's signature and docstring. It
+  exposes ``static_argnames`` and ``hyperparameters`` for introspection (the
+  catalogue-wide tests read them).
+  """
+  static_argnames = tuple(static_argnames)
+
+  def wrap(body):
+    signature = inspect.signature(body)
+    fn = body.__name__.lstrip("_")
+    for name in (*static_argnames, *hypers):
+      if name not in signature.parameters:
+        raise TypeError(f"{fn} has no parameter {name!r}")
+
+    def inner(_zero=frozenset(), **arguments):
+      for name, spec in hypers.items():
+        if name in _zero:
+          arguments[name] = 0.0
+        elif name in arguments:
+          check_traced(fn, name, spec, arguments[name])
+      return body(**arguments)
+
+    compiled = jax.jit(inner, static_argnames=static_argnames + ("_zero",))
+
+    @functools.wraps(body)
+    def public(*args, **kwargs):
+      try:
+        bound = signature.bind(*args, **kwargs)
+      except TypeError as e:
+        raise TypeError(f"{fn}: {e}") from None
+      arguments = bound.arguments
+      zero = set()
+      for name, value in arguments.items():
+        if name in hypers:
+          arguments[name], zero_now = _hyper_value(fn, name, hypers[name],
+                                                   value)
+          if zero_now:
+            zero.add(name)
+        elif name in static_argnames:
+          arguments[name] = _static_value(fn, name, value)
+      return compiled(_zero=frozenset(zero), **arguments)
+
+    public.static_argnames = static_argnames
+    public.hyperparameters = dict(hypers)
+    public.compiled = compiled
+    return public
+
   return wrap

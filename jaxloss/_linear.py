@@ -11,7 +11,7 @@ from jaxloss import _checks
 from jaxloss import _jit
 from jaxloss import _parallel
 from jaxloss import _reduction
-from jaxloss._multiclass import finish_rows
+from jaxloss._rows import finish_rows
 
 # Bytes of one chunk's logits. A chunk holds a few such arrays (logits, their
 # gradient, its cast for the matmuls) at once. On an H200 (bfloat16, N=8192,

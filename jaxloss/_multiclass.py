@@ -9,173 +9,8 @@ from jaxloss import _checks
 from jaxloss import _jit
 from jaxloss import _parallel
 from jaxloss import _reduction
+from jaxloss import _rows
 from jaxloss.kernels import cross_entropy as _fast_ce
-
-
-def classes_last(fn, x, axis):
-  """Moves the class axes of ``x`` last and flattens them into one.
-
-  Returns the reshaped array, the batch shape and the canonical class axes.
-  """
-  axes = _checks.axes(fn, axis, x.ndim)
-  batch_axes = tuple(a for a in range(x.ndim) if a not in axes)
-  batch_shape = tuple(x.shape[a] for a in batch_axes)
-  if axes != tuple(range(x.ndim - len(axes), x.ndim)):
-    x = jnp.transpose(x, batch_axes + axes)
-  num_classes = math.prod(x.shape[len(batch_shape):])
-  return x.reshape(batch_shape + (num_classes,)), batch_shape, axes
-
-
-def split_where(fn, where, shape, axis, batch_shape, arg="logits"):
-  """Reads ``where`` as optax does: a row mask, or a mask over the classes.
-
-  A mask with fewer dimensions than ``arg`` broadcasts to the batch shape and
-  drops whole rows; a mask of ``arg``'s rank broadcasts to its shape and
-  drops classes (a row with no class left is dropped).
-
-  Returns ``(row_keep, class_keep)``, either possibly None; ``class_keep`` is
-  laid out like the output of :func:`classes_last`.
-  """
-  if where is None:
-    return None, None
-  where = _checks.boolean(fn, "where", where)
-  if where.ndim == len(shape):
-    where = _checks.broadcastable(fn, "where", where, shape, arg)
-    class_keep, _, _ = classes_last(fn, where, axis)
-    return jnp.any(class_keep, axis=-1), class_keep
-  return _checks.broadcastable(fn, "where", where, batch_shape,
-                               f"the batch shape of {arg}"), None
-
-
-def _class_weight(fn, weight, num_classes, dtype):
-  if weight is None:
-    return None
-  weight = _checks.numeric(fn, "weight", weight)
-  _checks.shape_is(fn, "weight", weight, (num_classes,), "one per class")
-  return weight.astype(dtype)
-
-
-def _and(a, b):
-  if a is None:
-    return b
-  return a if b is None else a & b
-
-
-def integer_rows(fn, x, labels, batch_shape, *, ignore_index, row_keep,
-                 weight, labels_name="labels"):
-  """What integer-label losses share: the label logit, weight and masks.
-
-  Args:
-    x: [..., C] scores (logits or log-probabilities), classes last.
-    labels: integer labels of shape ``batch_shape``.
-    ignore_index: label value whose rows are dropped, or None.
-    row_keep: boolean [...] of rows to keep, or None.
-    weight: [C] class weights in ``x``'s dtype, or None.
-    labels_name: the caller's name for ``labels``, used in messages.
-
-  Returns:
-    ``(x, label_x, label_w, keep, valid)``: ``x`` with dropped rows zeroed
-    (so their gradient is an exact 0, whatever their values), the score of
-    each row's label, its class weight, the kept rows (None if every row is
-    kept) and the rows whose label lies in [0, C).
-  """
-  labels = _checks.integer(fn, labels_name, labels)
-  if labels.shape != batch_shape:
-    _checks.fail(fn, f"{labels_name} shape {labels.shape} does not match the "
-                 f"batch shape {batch_shape} of logits (logits shape without "
-                 "the class axis)")
-  num_classes = x.shape[-1]
-  keep = row_keep
-  if ignore_index is not None:
-    keep = _and(keep, labels != ignore_index)
-  valid = (labels >= 0) & (labels < num_classes)
-  expected = f"must be in [0, {num_classes})" + (
-      "" if ignore_index is None else " or equal ignore_index")
-  _checks.values(fn, labels_name, valid if keep is None else valid | ~keep,
-                 expected, labels)
-  safe = jnp.where(valid, labels, 0)
-  if keep is not None:
-    safe = jnp.where(keep, safe, 0)
-    x = jnp.where(keep[..., None], x, 0)
-  label_x = jnp.take_along_axis(x, safe[..., None], axis=-1)[..., 0]
-  label_w = None if weight is None else weight[safe]
-  return x, label_x, label_w, keep, valid
-
-
-def row_loss(lse, label_x, label_w, label_smoothing, z_loss, smoothing=None):
-  r"""Each row's loss from its statistics.
-
-  :math:`(1 - \varepsilon)(\mathrm{lse} - x_y) + z\,\mathrm{lse}^2`, times
-  the label's class weight ``label_w`` (when given), plus
-  :math:`\varepsilon` times ``smoothing``, the row's cross entropy against
-  the uniform distribution over its support.
-  """
-  loss = (1 - label_smoothing) * (lse - label_x)
-  if z_loss:
-    loss = loss + z_loss * lse**2
-  if label_w is not None:
-    loss = label_w * loss
-  if label_smoothing:
-    loss = loss + label_smoothing * smoothing
-  return loss
-
-
-def loss_from_statistics(fn, stats, batch_shape, label_w, keep, valid,
-                         label_smoothing, z_loss, reduction):
-  """The loss from flat per-row statistics, reduced.
-
-  ``stats`` is ``(lse, label_x)``, plus with smoothing the support sums of
-  ``w x``, ``w`` and 1 (:func:`smoothing_term` from them), each [rows].
-  """
-  lse, label_x, *sums = (s.reshape(batch_shape) for s in stats)
-  smoothing = None
-  if label_smoothing:
-    sx, wsum, count = sums
-    smoothing = (lse * wsum - sx) / jnp.maximum(count, 1)
-  loss = row_loss(lse, label_x, label_w, label_smoothing, z_loss, smoothing)
-  return finish_rows(fn, loss, label_w, keep, valid, reduction)
-
-
-def flat_rows(a, batch_shape):
-  """``a`` with its leading ``batch_shape`` axes as one (None stays None)."""
-  if a is None:
-    return None
-  return a.reshape((math.prod(batch_shape),) + a.shape[len(batch_shape):])
-
-
-def finish_rows(fn, loss, label_w, keep, valid, reduction):
-  """Masks, flags out-of-range labels with NaN, and reduces."""
-  loss = _reduction.mask(loss, keep)
-  # A label outside [0, C) that is not ignored has no meaning: NaN, never the
-  # plausible number a wrapped-around index would give.
-  bad = ~valid if keep is None else keep & ~valid
-  loss = jnp.where(bad, jnp.nan, loss)
-  denominator = label_w
-  if keep is not None:
-    denominator = _reduction.mask(
-        jnp.ones_like(loss) if label_w is None else label_w, keep)
-  return _reduction.reduce(fn, loss, reduction, denominator=denominator)
-
-
-def support(x, class_keep):
-  """Classes that can carry probability: kept by ``where`` and not ``-inf``."""
-  return _and(x > -jnp.inf, class_keep)
-
-
-def smoothing_term(x, lse, weight, class_keep):
-  r"""Per row, :math:`\frac{1}{C'} \sum_{j} w_j (\mathrm{lse} - x_j)` over the
-  support: the cross entropy against the uniform distribution.
-
-  ``-inf`` logits and classes dropped by ``where`` are outside the support, so
-  the uniform part of a smoothed target never lands on an impossible class.
-  """
-  s = support(x, class_keep)
-  w = jnp.ones_like(x) if weight is None else jnp.broadcast_to(weight, x.shape)
-  w = jnp.where(s, w, 0)
-  wx = jnp.sum(jnp.where(s, w * x, 0), axis=-1)
-  count = jnp.sum(s, axis=-1, dtype=x.dtype)
-  total = lse * jnp.sum(w, axis=-1) - wx
-  return total / jnp.maximum(count, 1)
 
 
 def _options(fn, label_smoothing, z_loss=0.0, ignore_index=None):
@@ -299,18 +134,18 @@ def softmax_cross_entropy_with_integer_labels(
         weight=weight, label_smoothing=label_smoothing, z_loss=z_loss,
         reduction=reduction, implementation=implementation)
   shape = logits.shape
-  x, batch_shape, _ = classes_last(fn, logits, axis)
+  x, batch_shape, _ = _rows.classes_last(fn, logits, axis)
   x = x.astype(_reduction.stat_dtype(x.dtype))
-  row_keep, class_keep = split_where(fn, where, shape, axis, batch_shape)
-  weight = _class_weight(fn, weight, x.shape[-1], x.dtype)
-  x, label_x, label_w, keep, valid = integer_rows(
+  row_keep, class_keep = _rows.split_where(fn, where, shape, axis, batch_shape)
+  weight = _rows.class_weight(fn, weight, x.shape[-1], x.dtype)
+  x, label_x, label_w, keep, valid = _rows.integer_rows(
       fn, x, labels, batch_shape, ignore_index=ignore_index,
       row_keep=row_keep, weight=weight)
   lse = jax.nn.logsumexp(x, axis=-1, where=class_keep)
-  smoothing = (smoothing_term(x, lse, weight, class_keep) if label_smoothing
+  smoothing = (_rows.smoothing_term(x, lse, weight, class_keep) if label_smoothing
                else None)
-  loss = row_loss(lse, label_x, label_w, label_smoothing, z_loss, smoothing)
-  return finish_rows(fn, loss, label_w, keep, valid, reduction)
+  loss = _rows.row_loss(lse, label_x, label_w, label_smoothing, z_loss, smoothing)
+  return _rows.finish_rows(fn, loss, label_w, keep, valid, reduction)
 
 
 @_jit.jit("axis", "ignore_index", "reduction")
@@ -351,55 +186,22 @@ def nll_loss(log_probs, labels, *, axis=-1, where=None, ignore_index=None,
   fn = "nll_loss"
   _checks.optional_int(fn, "ignore_index", ignore_index)
   log_probs = _checks.floating(fn, "log_probs", log_probs)
-  x, batch_shape, _ = classes_last(fn, log_probs, axis)
+  x, batch_shape, _ = _rows.classes_last(fn, log_probs, axis)
   x = x.astype(_reduction.stat_dtype(x.dtype))
   if where is not None and jnp.ndim(where) == log_probs.ndim:
     _checks.fail(fn, f"where must be a row mask with the batch shape "
                  f"{batch_shape}, got shape {jnp.shape(where)}")
-  row_keep, _ = split_where(fn, where, log_probs.shape, axis, batch_shape,
+  row_keep, _ = _rows.split_where(fn, where, log_probs.shape, axis, batch_shape,
                             "log_probs")
-  weight = _class_weight(fn, weight, x.shape[-1], x.dtype)
-  _, label_x, label_w, keep, valid = integer_rows(
+  weight = _rows.class_weight(fn, weight, x.shape[-1], x.dtype)
+  _, label_x, label_w, keep, valid = _rows.integer_rows(
       fn, x, labels, batch_shape, ignore_index=ignore_index,
       row_keep=row_keep, weight=weight)
-  class_values(fn, [("log_probs", x, x <= 0,
+  _rows.class_values(fn, [("log_probs", x, x <= 0,
                      "must be log-probabilities (<= 0, not NaN)")],
                keep, None, log_probs.shape, axis)
   loss = -label_x if label_w is None else -label_w * label_x
-  return finish_rows(fn, loss, label_w, keep, valid, reduction)
-
-
-def class_values(fn, checks, row_keep, class_keep, shape, axis):
-  """Value checks on arrays laid out by :func:`classes_last`, active only
-  under ``checked``.
-
-  ``checks`` holds ``(name, array, ok, check)``; offending elements are
-  reported at their index in the caller's ``shape`` and ``axis``. Rows and
-  classes dropped by ``where`` are not checked.
-  """
-  axes = _checks.axes(fn, axis, len(shape))
-  order = tuple(a for a in range(len(shape)) if a not in axes) + axes
-  inverse = tuple(order.index(a) for a in range(len(shape)))
-
-  def original(a):
-    return jnp.transpose(a.reshape(tuple(shape[a] for a in order)), inverse)
-
-  keep = class_keep
-  if row_keep is not None:
-    keep = _and(jnp.broadcast_to(row_keep[..., None], checks[0][1].shape),
-                keep)
-  for name, v, ok, check in checks:
-    _checks.values(fn, name, original(ok if keep is None else ok | ~keep),
-                   check, original(v))
-
-
-def probability_values(fn, x, y, row_keep, class_keep, shape, axis):
-  """Logits and probability labels: labels in [0, 1] (they need not sum to
-  1, as in torch and optax), logits below ``+inf`` (``-inf`` is fine)."""
-  class_values(fn, [
-      ("logits", x, x < jnp.inf, "must not be NaN or +inf"),
-      ("labels", y, (y >= 0) & (y <= 1), "must be in [0, 1]")],
-               row_keep, class_keep, shape, axis)
+  return _rows.finish_rows(fn, loss, label_w, keep, valid, reduction)
 
 
 @_jit.jit("axis", "label_smoothing", "reduction", "implementation")
@@ -475,36 +277,24 @@ def probability_cross_entropy(fn, logits, labels, *, axis, where, weight,
     return _fast_ce.softmax_cross_entropy(
         fn, logits, jnp.broadcast_to(labels, shape), axis=axis, where=where,
         weight=weight, label_smoothing=label_smoothing, reduction=reduction)
-  x, batch_shape, _ = classes_last(fn, logits, axis)
+  x, batch_shape, _ = _rows.classes_last(fn, logits, axis)
   x = x.astype(_reduction.stat_dtype(x.dtype))
-  y, _, _ = classes_last(fn, labels, axis)
+  y, _, _ = _rows.classes_last(fn, labels, axis)
   y = y.astype(x.dtype)
-  row_keep, class_keep = split_where(fn, where, shape, axis, batch_shape)
-  probability_values(fn, x, y, row_keep, class_keep, logits.shape, axis)
-  weight = _class_weight(fn, weight, x.shape[-1], x.dtype)
+  row_keep, class_keep = _rows.split_where(fn, where, shape, axis, batch_shape)
+  _rows.probability_values(fn, x, y, row_keep, class_keep, logits.shape, axis)
+  weight = _rows.class_weight(fn, weight, x.shape[-1], x.dtype)
   if row_keep is not None:
     x = jnp.where(row_keep[..., None], x, 0)
   lse = jax.nn.logsumexp(x, axis=-1, where=class_keep)
   if label_smoothing:
-    s = support(x, class_keep)
+    s = _rows.support(x, class_keep)
     count = jnp.maximum(jnp.sum(s, axis=-1, keepdims=True, dtype=x.dtype), 1)
     y = (1 - label_smoothing) * y + label_smoothing * s / count
   coef = y if weight is None else y * jnp.broadcast_to(weight, y.shape)
   if class_keep is not None:
     coef = jnp.where(class_keep, coef, 0)
-  loss = jnp.sum(cross_terms(coef, lse[..., None], x), axis=-1)
+  loss = jnp.sum(_rows.cross_terms(coef, lse[..., None], x), axis=-1)
   loss = _reduction.mask(loss, row_keep)
   return _reduction.reduce(fn, loss, reduction, keep=row_keep)
 
-
-def cross_terms(coef, lse, x):
-  r""":math:`c\,(\mathrm{lse} - x)`, 0 where :math:`c = 0` on a ``-inf``
-  logit, with the derivative :math:`\mathrm{lse} - x` by :math:`c` wherever
-  :math:`x` is finite, zero labels included.
-
-  A ``-inf`` logit marks a class outside the support: there the term and
-  its derivatives are 0 (rather than ``0 * inf``), unless the class carries
-  label mass, which costs ``inf``.
-  """
-  gap = jnp.where((coef == 0) & (x == -jnp.inf), 0, lse - x)
-  return coef * gap

@@ -26,8 +26,8 @@ from jax import lax
 import jax.numpy as jnp
 
 from jaxloss import _checks
-from jaxloss import _multiclass
 from jaxloss import _reduction
+from jaxloss import _rows
 from jaxloss.kernels import cross_entropy as _fast_ce
 
 
@@ -157,11 +157,11 @@ def softmax_cross_entropy_with_integer_labels(
   class-shaped ``where`` are the local shards, ``labels`` global class ids.
   """
   shards, index = shard(fn, axis_name)
-  x, batch_shape, _ = _multiclass.classes_last(fn, logits, axis)
+  x, batch_shape, _ = _rows.classes_last(fn, logits, axis)
   dtype = _reduction.stat_dtype(x.dtype)
   width = x.shape[-1]
   num_classes = shards * width
-  row_keep, class_keep = _multiclass.split_where(fn, where, logits.shape, axis,
+  row_keep, class_keep = _rows.split_where(fn, where, logits.shape, axis,
                                                  batch_shape)
   if class_keep is not None:
     # A row is dropped only when no shard keeps any of its classes.
@@ -178,7 +178,7 @@ def softmax_cross_entropy_with_integer_labels(
                  "class axis)")
   keep = row_keep
   if ignore_index is not None:
-    keep = _multiclass._and(keep, labels != ignore_index)  # noqa: SLF001
+    keep = _rows.both(keep, labels != ignore_index)
   valid = (labels >= 0) & (labels < num_classes)
   _checks.values(fn, "labels", valid if keep is None else valid | ~keep,
                  f"must be in [0, {num_classes})" + (
@@ -188,12 +188,12 @@ def softmax_cross_entropy_with_integer_labels(
   label_w = label_weight(weight, local, in_shard, axis_name)
 
   def flat(a):
-    return _multiclass.flat_rows(a, batch_shape)
+    return _rows.flat_rows(a, batch_shape)
 
   stats = _statistics(
       bool(label_smoothing), flat(x), flat(local).astype(jnp.int32),
       flat(keep), flat(class_keep), weight if label_smoothing else None)
   stats = combine(axis_name, *stats)
-  return _multiclass.loss_from_statistics(
+  return _rows.loss_from_statistics(
       fn, stats, batch_shape, label_w, keep, valid, label_smoothing, z_loss,
       reduction)

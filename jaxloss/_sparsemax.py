@@ -7,10 +7,10 @@ from jaxloss import _binary
 from jaxloss import _checks
 from jaxloss import _jit
 from jaxloss import _reduction
-from jaxloss._multiclass import classes_last
-from jaxloss._multiclass import finish_rows
-from jaxloss._multiclass import integer_rows
-from jaxloss._multiclass import split_where
+from jaxloss._rows import classes_last
+from jaxloss._rows import finish_rows
+from jaxloss._rows import integer_rows
+from jaxloss._rows import split_where
 
 
 @jax.custom_jvp

@@ -27,9 +27,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import jaxloss
+from jaxloss import _binary
 from jaxloss import _checks
+from jaxloss import _classification
+from jaxloss import _ctc
+from jaxloss import _divergence
+from jaxloss import _embedding
+from jaxloss import _multiclass
 from jaxloss import _reduction
+from jaxloss import _regression
 
 __all__ = (
     "BCELoss",
@@ -156,7 +162,7 @@ class L1Loss(_Loss):
   reduction: str = "mean"
 
   def __call__(self, input, target):  # noqa: A002
-    return jaxloss.l1_loss(input, target, reduction=self.reduction)
+    return _regression.l1_loss(input, target, reduction=self.reduction)
 
 
 @_loss_class()
@@ -183,7 +189,7 @@ class MSELoss(_Loss):
   reduction: str = "mean"
 
   def __call__(self, input, target):  # noqa: A002
-    return jaxloss.mse_loss(input, target, reduction=self.reduction)
+    return _regression.mse_loss(input, target, reduction=self.reduction)
 
 
 @_loss_class("weight")
@@ -237,10 +243,10 @@ class CrossEntropyLoss(_Loss):
     axis = _class_axis("CrossEntropyLoss", input)
     target = _checks.numeric("CrossEntropyLoss", "target", target)
     if jnp.issubdtype(target.dtype, jnp.floating):
-      return jaxloss.softmax_cross_entropy(
+      return _multiclass.softmax_cross_entropy(
           input, target, axis=axis, weight=self.weight,
           label_smoothing=self.label_smoothing, reduction=self.reduction)
-    return jaxloss.softmax_cross_entropy_with_integer_labels(
+    return _multiclass.softmax_cross_entropy_with_integer_labels(
         input, target, axis=axis, ignore_index=self.ignore_index,
         weight=self.weight, label_smoothing=self.label_smoothing,
         reduction=self.reduction)
@@ -283,7 +289,7 @@ class NLLLoss(_Loss):
   reduction: str = "mean"
 
   def __call__(self, input, target):  # noqa: A002
-    return jaxloss.nll_loss(
+    return _multiclass.nll_loss(
         input, target, axis=_class_axis("NLLLoss", input),
         ignore_index=self.ignore_index, weight=self.weight,
         reduction=self.reduction)
@@ -327,7 +333,7 @@ class PoissonNLLLoss(_Loss):
   reduction: str = "mean"
 
   def __call__(self, input, target):  # noqa: A002
-    return jaxloss.poisson_nll_loss(
+    return _regression.poisson_nll_loss(
         input, target, log_input=self.log_input, full=self.full,
         eps=self.eps, reduction=self.reduction)
 
@@ -369,7 +375,7 @@ class GaussianNLLLoss(_Loss):
   reduction: str = "mean"
 
   def __call__(self, input, target, var):  # noqa: A002
-    return jaxloss.gaussian_nll_loss(
+    return _regression.gaussian_nll_loss(
         input, target, var, full=self.full, eps=self.eps,
         reduction=self.reduction)
 
@@ -411,7 +417,7 @@ class KLDivLoss(_Loss):
   _reductions = ("none", "batchmean", "mean", "sum")
 
   def __call__(self, input, target):  # noqa: A002
-    return jaxloss.kl_div(input, target, log_target=self.log_target,
+    return _divergence.kl_div(input, target, log_target=self.log_target,
                           reduction=self.reduction)
 
 
@@ -445,7 +451,7 @@ class BCELoss(_Loss):
   reduction: str = "mean"
 
   def __call__(self, input, target):  # noqa: A002
-    return jaxloss.binary_cross_entropy(input, target, weight=self.weight,
+    return _binary.binary_cross_entropy(input, target, weight=self.weight,
                                         reduction=self.reduction)
 
 
@@ -481,7 +487,7 @@ class BCEWithLogitsLoss(_Loss):
   pos_weight: jax.Array | None = None
 
   def __call__(self, input, target):  # noqa: A002
-    return jaxloss.sigmoid_binary_cross_entropy(
+    return _binary.sigmoid_binary_cross_entropy(
         input, target, weight=self.weight, pos_weight=self.pos_weight,
         reduction=self.reduction)
 
@@ -516,7 +522,7 @@ class MarginRankingLoss(_Loss):
   reduction: str = "mean"
 
   def __call__(self, input1, input2, target):
-    return jaxloss.margin_ranking_loss(input1, input2, target,
+    return _embedding.margin_ranking_loss(input1, input2, target,
                                        margin=self.margin,
                                        reduction=self.reduction)
 
@@ -551,7 +557,7 @@ class HingeEmbeddingLoss(_Loss):
   reduction: str = "mean"
 
   def __call__(self, input, target):  # noqa: A002
-    return jaxloss.hinge_embedding_loss(input, target, margin=self.margin,
+    return _embedding.hinge_embedding_loss(input, target, margin=self.margin,
                                         reduction=self.reduction)
 
 
@@ -587,7 +593,7 @@ class MultiLabelMarginLoss(_Loss):
   reduction: str = "mean"
 
   def __call__(self, input, target):  # noqa: A002
-    return jaxloss.multilabel_margin_loss(input, target,
+    return _classification.multilabel_margin_loss(input, target,
                                           reduction=self.reduction)
 
 
@@ -620,7 +626,7 @@ class HuberLoss(_Loss):
   delta: float = 1.0
 
   def __call__(self, input, target):  # noqa: A002
-    return jaxloss.huber_loss(input, target, delta=self.delta,
+    return _regression.huber_loss(input, target, delta=self.delta,
                               reduction=self.reduction)
 
 
@@ -656,7 +662,7 @@ class SmoothL1Loss(_Loss):
   beta: float = 1.0
 
   def __call__(self, input, target):  # noqa: A002
-    return jaxloss.smooth_l1_loss(input, target, beta=self.beta,
+    return _regression.smooth_l1_loss(input, target, beta=self.beta,
                                   reduction=self.reduction)
 
 
@@ -687,7 +693,7 @@ class SoftMarginLoss(_Loss):
   reduction: str = "mean"
 
   def __call__(self, input, target):  # noqa: A002
-    return jaxloss.soft_margin_loss(input, target, reduction=self.reduction)
+    return _classification.soft_margin_loss(input, target, reduction=self.reduction)
 
 
 @_loss_class("weight")
@@ -723,7 +729,7 @@ class MultiLabelSoftMarginLoss(_Loss):
   reduction: str = "mean"
 
   def __call__(self, input, target):  # noqa: A002
-    return jaxloss.multilabel_soft_margin_loss(
+    return _classification.multilabel_soft_margin_loss(
         input, target, weight=self.weight, reduction=self.reduction)
 
 
@@ -759,7 +765,7 @@ class CosineEmbeddingLoss(_Loss):
   reduction: str = "mean"
 
   def __call__(self, input1, input2, target):
-    return jaxloss.cosine_embedding_loss(input1, input2, target,
+    return _embedding.cosine_embedding_loss(input1, input2, target,
                                          margin=self.margin,
                                          reduction=self.reduction)
 
@@ -797,7 +803,7 @@ class MultiMarginLoss(_Loss):
   reduction: str = "mean"
 
   def __call__(self, input, target):  # noqa: A002
-    return jaxloss.multi_margin_loss(input, target, p=self.p,
+    return _classification.multi_margin_loss(input, target, p=self.p,
                                      margin=self.margin, weight=self.weight,
                                      reduction=self.reduction)
 
@@ -844,7 +850,7 @@ class TripletMarginLoss(_Loss):
   reduction: str = "mean"
 
   def __call__(self, anchor, positive, negative):
-    return jaxloss.triplet_margin_loss(
+    return _embedding.triplet_margin_loss(
         anchor, positive, negative, norm_degree=self.p, margin=self.margin,
         eps=self.eps, swap=self.swap, distance="torch",
         reduction=self.reduction)
@@ -890,7 +896,7 @@ class TripletMarginWithDistanceLoss(_Loss):
   reduction: str = "mean"
 
   def __call__(self, anchor, positive, negative):
-    return jaxloss.triplet_margin_with_distance_loss(
+    return _embedding.triplet_margin_with_distance_loss(
         anchor, positive, negative, distance_function=self.distance_function,
         margin=self.margin, swap=self.swap, reduction=self.reduction)
 
@@ -1024,7 +1030,7 @@ class CTCLoss(_Loss):
     frame_pad = jnp.arange(time)[None, :] >= input_lengths[:, None]
     label_pad = (jnp.arange(targets.shape[1])[None, :]
                  >= target_lengths[:, None])
-    loss = jaxloss.ctc_loss(
+    loss = _ctc.ctc_loss(
         jnp.transpose(log_probs, (1, 0, 2)), frame_pad, targets, label_pad,
         blank_id=self.blank, log_epsilon=-jnp.inf)
     if self.zero_infinity:

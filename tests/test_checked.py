@@ -205,8 +205,7 @@ VALUE_CHECKS = [
      r"log_cosh: predictions must not be NaN; first offending element "
      r"predictions\[2\] = nan"),
     (jaxloss.huber_loss, ([0.0, 1.0], [0.0, 0.0]), {"delta": -1.0},
-     r"huber_loss: delta must be positive; first offending element "
-     r"delta\[\] = -1"),
+     r"huber_loss: delta must be positive; got -1"),
     (jaxloss.poisson_nll_loss, ([0.0, 1.0], [1.0, -2.0]), {},
      r"poisson_nll_loss: targets must be non-negative; first offending "
      r"element targets\[1\] = -2"),

@@ -23,8 +23,8 @@ from jax import lax
 import jax.numpy as jnp
 
 from jaxloss import _checks
-from jaxloss import _multiclass
 from jaxloss import _reduction
+from jaxloss import _rows
 
 IMPLEMENTATIONS = ("auto", "xla", "pallas", "reference")
 PROBABILITY_IMPLEMENTATIONS = ("auto", "xla", "reference")
@@ -219,7 +219,7 @@ def _row_statistics_bwd(config, residuals, cotangents):
     # Only with smoothing do class weights reach these statistics; XLA drops
     # this reduction when nobody asks for the weights' gradient.
     xf = x.astype(lse.dtype)
-    support = _multiclass.support(xf, class_keep)
+    support = _rows.support(xf, class_keep)
     if keep is not None:
       support = support & keep[:, None]
     ct_wsum = cotangents[3]
@@ -267,7 +267,7 @@ def xla_gradient(x, keep, class_keep, lse, scale, exps, target, smoothing):
     p = jnp.where(class_keep, p, 0)
   dx = scale * p + target(xf)
   if smoothing is not None:
-    dx = dx + jnp.where(_multiclass.support(xf, class_keep), smoothing, 0)
+    dx = dx + jnp.where(_rows.support(xf, class_keep), smoothing, 0)
   if keep is not None:
     dx = jnp.where(keep[:, None], dx, 0)
   return dx.astype(x.dtype)
@@ -289,17 +289,16 @@ def softmax_cross_entropy_with_integer_labels(
   :mod:`jaxloss._multiclass`; ``implementation`` is ``"xla"`` or
   ``"pallas"``; ``config`` overrides the kernel configuration (benchmarks).
   """
-  x, batch_shape, _ = _multiclass.classes_last(fn, logits, axis)
+  x, batch_shape, _ = _rows.classes_last(fn, logits, axis)
   dtype = _reduction.stat_dtype(x.dtype)
   num_classes = x.shape[-1]
-  row_keep, class_keep = _multiclass.split_where(fn, where, logits.shape, axis,
+  row_keep, class_keep = _rows.split_where(fn, where, logits.shape, axis,
                                                  batch_shape)
-  weight = _multiclass._class_weight(  # noqa: SLF001
-      fn, weight, num_classes, dtype)
+  weight = _rows.class_weight(fn, weight, num_classes, dtype)
   # The label checks, masks and label weights are exactly the reference's;
   # its label logit goes unused (XLA drops it): the kernel reads its own, so
   # that the label's gradient lands in the same fused pass.
-  _, _, label_w, keep, valid = _multiclass.integer_rows(
+  _, _, label_w, keep, valid = _rows.integer_rows(
       fn, lax.stop_gradient(x), labels, batch_shape,
       ignore_index=ignore_index, row_keep=row_keep, weight=weight)
   safe = jnp.where(valid, labels, 0)
@@ -312,12 +311,12 @@ def softmax_cross_entropy_with_integer_labels(
                            pallas=implementation == "pallas" and rows > 0)
 
   def flat(a):
-    return _multiclass.flat_rows(a, batch_shape)
+    return _rows.flat_rows(a, batch_shape)
 
   stats = row_statistics(
       config, flat(x), flat(safe).astype(jnp.int32), flat(keep),
       flat(class_keep), weight if label_smoothing else None)
-  return _multiclass.loss_from_statistics(
+  return _rows.loss_from_statistics(
       fn, stats, batch_shape, label_w, keep, valid, label_smoothing, z_loss,
       reduction)
 
@@ -485,7 +484,7 @@ def _label_gradients(x, y, keep, class_keep, weight, lse, ct_cross,
   """The labels' and the class weights' gradients (None without weights).
 
   The derivative of a term by its coefficient is ``lse - x``, also where the
-  coefficient is 0, as :func:`jaxloss._multiclass.cross_terms` gives it: 0
+  coefficient is 0, as :func:`jaxloss._rows.cross_terms` gives it: 0
   for a zero coefficient on a ``-inf`` logit.
   """
   dtype = lse.dtype
@@ -521,23 +520,22 @@ def softmax_cross_entropy(fn, logits, labels, *, axis, where, weight,
   ``labels`` already broadcast to ``logits``' shape; same arguments and
   numbers as the reference formulation in :mod:`jaxloss._multiclass`.
   """
-  x, batch_shape, _ = _multiclass.classes_last(fn, logits, axis)
+  x, batch_shape, _ = _rows.classes_last(fn, logits, axis)
   dtype = _reduction.stat_dtype(x.dtype)
-  y, _, _ = _multiclass.classes_last(fn, labels, axis)
+  y, _, _ = _rows.classes_last(fn, labels, axis)
   if not jnp.issubdtype(y.dtype, jnp.floating):
     y = y.astype(dtype)
-  row_keep, class_keep = _multiclass.split_where(fn, where, logits.shape,
+  row_keep, class_keep = _rows.split_where(fn, where, logits.shape,
                                                  axis, batch_shape)
-  _multiclass.probability_values(fn, x, y, row_keep, class_keep,
+  _rows.probability_values(fn, x, y, row_keep, class_keep,
                                  logits.shape, axis)
-  weight = _multiclass._class_weight(  # noqa: SLF001
-      fn, weight, x.shape[-1], dtype)
+  weight = _rows.class_weight(fn, weight, x.shape[-1], dtype)
   if config is None:
     config = _default_config(x, dtype)
   config = config._replace(smoothing=bool(label_smoothing), pallas=False)
 
   def flat(a):
-    return _multiclass.flat_rows(a, batch_shape)
+    return _rows.flat_rows(a, batch_shape)
 
   cross, *smooth = (s.reshape(batch_shape) for s in label_statistics(
       config, flat(x), flat(y), flat(row_keep), flat(class_keep), weight))
