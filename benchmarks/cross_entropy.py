@@ -54,6 +54,7 @@ import optax  # noqa: E402
 
 import common  # noqa: E402
 import jaxloss  # noqa: E402
+from jaxloss import _multiclass  # noqa: E402
 from jaxloss.kernels import cross_entropy as kernel_ce  # noqa: E402
 
 PROBLEMS = {
@@ -130,7 +131,7 @@ def losses(pallas, pallas_configs):
       else:
         kw = {}
       if config is not None:
-        return kernel_ce.softmax_cross_entropy_with_integer_labels(
+        return _multiclass.integer_cross_entropy(
             "benchmark", x, y, axis=-1, where=None,
             ignore_index=kw.get("ignore_index"), weight=kw.get("weight"),
             label_smoothing=kw.get("label_smoothing", 0.0),

@@ -102,9 +102,9 @@ def conform(fn, name, x, ref_name, shape, *, class_axes=()):
         problem = f"axis {i} has length {own} where {ref_name} has {size}"
         break
   if problem is not None:
-    fail(fn, f"{name} shape {have} does not broadcast to {ref_name} shape "
-         f"{shape}: {problem} ({name} may broadcast to the shape of "
-         f"{ref_name}, never enlarge it)")
+    target = ref_name if "shape" in ref_name else f"{ref_name} shape"
+    fail(fn, f"{name} shape {have} does not broadcast to {target} {shape}: "
+         f"{problem} ({name} may broadcast to it, never enlarge it)")
   return x if have == shape else jnp.broadcast_to(x, shape)
 
 

@@ -364,7 +364,7 @@ def poly_loss_cross_entropy(logits, labels, *, epsilon=2.0, axis=-1,
   return _reduction.reduce(fn, loss, reduction, keep=row_keep)
 
 
-@_jit.jit("axis", "label_smoothing", "reduction")
+@_jit.jit("axis", "reduction", label_smoothing=_jit.UNIT)
 def safe_softmax_cross_entropy(logits, labels, *, axis=-1, where=None,
                                weight=None, label_smoothing=0.0,
                                reduction="none"):

@@ -13,14 +13,8 @@ from jaxloss import _rows
 from jaxloss.kernels import cross_entropy as _fast_ce
 
 
-def _options(fn, label_smoothing, z_loss=0.0, ignore_index=None):
-  _checks.in_range(fn, "label_smoothing", label_smoothing, 0, 1)
-  _checks.in_range(fn, "z_loss", z_loss, 0, float("inf"), high_open=True)
-  _checks.optional_int(fn, "ignore_index", ignore_index)
-
-
-@_jit.jit("axis", "ignore_index", "label_smoothing", "z_loss", "reduction",
-          "implementation", "axis_name")
+@_jit.jit("axis", "ignore_index", "reduction", "implementation", "axis_name",
+          label_smoothing=_jit.UNIT, z_loss=_jit.NON_NEGATIVE)
 def softmax_cross_entropy_with_integer_labels(
     logits, labels, axis=-1, where=None, *, ignore_index=None, weight=None,
     label_smoothing=0.0, z_loss=0.0, reduction="none", implementation="auto",
@@ -51,25 +45,29 @@ def softmax_cross_entropy_with_integer_labels(
   Args:
     logits: floating [..., C, ...] logits; half precision is upcast to
       float32 for the statistics.
-    labels: integer labels with the shape of ``logits`` without ``axis``.
-    axis: class axis, or tuple of axes whose flattened slice is indexed by
-      the label (as optax).
+    labels: integer labels with the shape of ``logits`` without ``axis``
+      (the batch shape), or broadcastable to it without enlarging it.
+    axis: class axis, or tuple of axes whose slice, flattened in the order
+      given, is indexed by the label (as optax).
     where: optional boolean mask: batch-shaped to drop rows, or
       ``logits``-shaped to restrict the softmax to some classes (as optax).
     ignore_index: optional label value whose rows are dropped, as torch's
       (torch's default is -100; here None, no label is ignored).
     weight: optional [C] class weights.
-    label_smoothing: :math:`\varepsilon` in [0, 1].
-    z_loss: :math:`\zeta \geq 0`, the weight of :math:`\mathrm{lse}^2`.
+    label_smoothing: :math:`\varepsilon` in [0, 1], a number or a traced
+      scalar (differentiable); an exact 0 costs nothing.
+    z_loss: :math:`\zeta \geq 0`, the weight of :math:`\mathrm{lse}^2`,
+      a number or a traced scalar; an exact 0 costs nothing.
     reduction: ``"none"``, ``"mean"`` or ``"sum"``.
-    implementation: how value and gradient are computed, all to the same
-      numbers. ``"xla"``: a custom VJP that keeps only per-row float32
-      statistics for the backward pass and writes the gradient in one fused
-      pass, in the logits' dtype; ``"pallas"``: the same with Pallas
-      (Triton) kernels, in interpret mode off GPUs (for testing);
-      ``"reference"``: plain autodiff of the formula (higher-order and
-      forward-mode autodiff work only here). ``"auto"`` picks ``"pallas"``
-      on GPUs for 8192 classes or more, else ``"xla"``.
+    implementation: how the statistics are computed, all to the same
+      numbers and with every autodiff mode. ``"xla"``: per-row float32
+      statistics under a custom JVP whose tangent is rematerialized, so
+      that the gradient keeps no [N, C] residual and is written in one
+      fused pass, in the logits' dtype; ``"pallas"``: the same with the
+      statistics from a Pallas (Triton) kernel, in interpret mode off GPUs
+      (for testing); ``"reference"``: plain autodiff of the formula.
+      ``"auto"`` picks ``"pallas"`` on GPUs for 8192 classes or more, else
+      ``"xla"``.
     axis_name: optional mesh axis name (or tuple of names) over which the
       classes are split, for a call inside ``jax.shard_map``
       (vocabulary-parallel cross entropy, as Megatron-LM's): ``logits`` is
@@ -84,8 +82,8 @@ def softmax_cross_entropy_with_integer_labels(
       reduced on each device only: for a mean over all of them, take
       ``"sum"`` and ``jax.lax.psum`` it (and the count) over that axis, or
       return ``"none"`` and reduce outside ``shard_map``. With
-      ``axis_name``, ``implementation`` is ignored (an XLA custom VJP,
-      first-order gradients) and no gradient flows to ``weight``.
+      ``axis_name``, ``implementation`` is ignored (the ``"xla"``
+      statistics) and no gradient flows to ``weight``.
 
   Returns:
     float32 loss (float64 for float64 logits): the batch shape for
@@ -120,7 +118,7 @@ def softmax_cross_entropy_with_integer_labels(
     al., `PaLM <https://arxiv.org/abs/2204.02311>`_ (z-loss), 2022.
   """
   fn = "softmax_cross_entropy_with_integer_labels"
-  _options(fn, label_smoothing, z_loss, ignore_index)
+  _checks.optional_int(fn, "ignore_index", ignore_index)
   logits = _checks.floating(fn, "logits", logits)
   implementation = _fast_ce.resolve(fn, implementation, logits, axis, where)
   if axis_name is not None:
@@ -129,7 +127,7 @@ def softmax_cross_entropy_with_integer_labels(
         weight=weight, label_smoothing=label_smoothing, z_loss=z_loss,
         reduction=reduction, axis_name=axis_name)
   if implementation != "reference":
-    return _fast_ce.softmax_cross_entropy_with_integer_labels(
+    return integer_cross_entropy(
         fn, logits, labels, axis=axis, where=where, ignore_index=ignore_index,
         weight=weight, label_smoothing=label_smoothing, z_loss=z_loss,
         reduction=reduction, implementation=implementation)
@@ -142,10 +140,53 @@ def softmax_cross_entropy_with_integer_labels(
       fn, x, labels, batch_shape, ignore_index=ignore_index,
       row_keep=row_keep, weight=weight)
   lse = jax.nn.logsumexp(x, axis=-1, where=class_keep)
-  smoothing = (_rows.smoothing_term(x, lse, weight, class_keep) if label_smoothing
-               else None)
-  loss = _rows.row_loss(lse, label_x, label_w, label_smoothing, z_loss, smoothing)
+  smoothing = None
+  if not _jit.is_zero(label_smoothing):
+    smoothing = _rows.smoothing_term(x, lse, weight, class_keep)
+  loss = _rows.row_loss(lse, label_x, label_w, label_smoothing, z_loss,
+                        smoothing)
   return _rows.finish_rows(fn, loss, label_w, keep, valid, reduction)
+
+
+def integer_cross_entropy(fn, logits, labels, *, axis, where, ignore_index,
+                          weight, label_smoothing, z_loss, reduction,
+                          implementation, config=None):
+  """The integer-label cross entropy from :func:`_fast_ce.row_statistics`.
+
+  Same arguments and numbers as the reference formulation above;
+  ``implementation`` is ``"xla"`` or ``"pallas"``; ``config`` overrides the
+  kernel configuration (tests and benchmarks).
+  """
+  x, batch_shape, _ = _rows.classes_last(fn, logits, axis)
+  dtype = _reduction.stat_dtype(x.dtype)
+  row_keep, class_keep = _rows.split_where(fn, where, logits.shape, axis,
+                                           batch_shape)
+  weight = _rows.class_weight(fn, weight, x.shape[-1], dtype)
+  # The label checks, masks and label weights are exactly the reference's;
+  # its label logit goes unused (XLA drops it): the statistics read their
+  # own, so that its derivative lands in the same fused pass.
+  _, _, label_w, keep, valid = _rows.integer_rows(
+      fn, jax.lax.stop_gradient(x), labels, batch_shape,
+      ignore_index=ignore_index, row_keep=row_keep, weight=weight)
+  labels = jnp.broadcast_to(labels, batch_shape)
+  safe = jnp.where(valid, labels, 0)
+  if keep is not None:
+    safe = jnp.where(keep, safe, 0)
+  smoothed = not _jit.is_zero(label_smoothing)
+  if config is None:
+    config = _fast_ce.default_config(x)
+  config = config._replace(smoothing=smoothed,
+                           pallas=implementation == "pallas" and x.size > 0)
+
+  def flat(a):
+    return _rows.flat_rows(a, batch_shape)
+
+  stats = _fast_ce.row_statistics(
+      config, flat(x), flat(safe).astype(jnp.int32), flat(keep),
+      flat(class_keep), weight if smoothed else None)
+  return _rows.loss_from_statistics(
+      fn, stats, batch_shape, label_w, keep, valid, label_smoothing, z_loss,
+      reduction)
 
 
 @_jit.jit("axis", "ignore_index", "reduction")
@@ -204,7 +245,8 @@ def nll_loss(log_probs, labels, *, axis=-1, where=None, ignore_index=None,
   return _rows.finish_rows(fn, loss, label_w, keep, valid, reduction)
 
 
-@_jit.jit("axis", "label_smoothing", "reduction", "implementation")
+@_jit.jit("axis", "reduction", "implementation",
+          label_smoothing=_jit.UNIT)
 def softmax_cross_entropy(logits, labels, axis=-1, where=None, *, weight=None,
                           label_smoothing=0.0, reduction="none",
                           implementation="auto"):
@@ -225,19 +267,21 @@ def softmax_cross_entropy(logits, labels, axis=-1, where=None, *, weight=None,
 
   Args:
     logits: floating [..., C, ...] logits.
-    labels: probabilities broadcastable to ``logits``' shape.
-    axis: class axis or tuple of axes.
+    labels: probabilities of ``logits``' shape, or broadcastable to it along
+      the batch axes (the class axes must match: [N, 1] labels against
+      [N, C] logits are an error, not a spread).
+    axis: class axis or tuple of axes (flattened in the order given).
     where: optional boolean mask: batch-shaped to drop rows, or
       ``logits``-shaped to restrict the softmax to some classes (as optax).
     weight: optional [C] class weights, as torch's.
-    label_smoothing: :math:`\varepsilon` in [0, 1].
+    label_smoothing: :math:`\varepsilon` in [0, 1], a number or a traced
+      scalar (differentiable); an exact 0 costs nothing.
     reduction: ``"none"``, ``"mean"`` or ``"sum"``.
-    implementation: ``"xla"`` (``"auto"``): a custom VJP that reads
-      ``logits`` and ``labels`` in their own dtypes, keeps per-row float32
-      statistics only for the backward pass, and writes each gradient in
-      one fused pass; ``"reference"``: plain autodiff of the formula
-      (higher-order and forward-mode autodiff work only here). Both give
-      the same numbers.
+    implementation: ``"xla"`` (``"auto"``): per-row float32 statistics,
+      reading ``logits`` and ``labels`` in their own dtypes, under a custom
+      JVP whose rematerialized tangent keeps no [N, C] residual, so that
+      each gradient is one fused pass; ``"reference"``: plain autodiff of
+      the formula. Both give the same numbers, in every autodiff mode.
 
   Returns:
     float32 loss (float64 for float64 logits): the batch shape for
@@ -265,36 +309,57 @@ def softmax_cross_entropy(logits, labels, axis=-1, where=None, *, weight=None,
 
 def probability_cross_entropy(fn, logits, labels, *, axis, where, weight,
                               label_smoothing, reduction,
-                              implementation="auto"):
-  """:func:`softmax_cross_entropy` under the name ``fn`` in its messages."""
-  _options(fn, label_smoothing)
+                              implementation="auto", config=None):
+  """:func:`softmax_cross_entropy` under the name ``fn`` in its messages.
+
+  ``label_smoothing`` is a checked hyperparameter (an exact zero as the
+  Python ``0.0``, see :func:`jaxloss._jit.is_zero`); ``config`` overrides
+  the statistics' configuration (tests and benchmarks).
+  """
   logits = _checks.floating(fn, "logits", logits)
   labels = _checks.numeric(fn, "labels", labels)
   shape = logits.shape
-  labels = _checks.broadcastable(fn, "labels", labels, shape, "logits")
+  axes = _checks.axes(fn, axis, logits.ndim)
+  labels = _checks.conform(fn, "labels", labels, "logits", shape,
+                           class_axes=axes)
+  x, batch_shape, _ = _rows.classes_last(fn, logits, axis)
+  dtype = _reduction.stat_dtype(x.dtype)
+  y, _, _ = _rows.classes_last(fn, labels, axis)
+  row_keep, class_keep = _rows.split_where(fn, where, shape, axis, batch_shape)
+  _rows.probability_values(fn, x, y, row_keep, class_keep, shape, axis)
+  weight = _rows.class_weight(fn, weight, x.shape[-1], dtype)
+  smoothed = not _jit.is_zero(label_smoothing)
   if _fast_ce.resolve(fn, implementation, logits, axis, where,
                       probabilities=True) != "reference":
-    return _fast_ce.softmax_cross_entropy(
-        fn, logits, jnp.broadcast_to(labels, shape), axis=axis, where=where,
-        weight=weight, label_smoothing=label_smoothing, reduction=reduction)
-  x, batch_shape, _ = _rows.classes_last(fn, logits, axis)
-  x = x.astype(_reduction.stat_dtype(x.dtype))
-  y, _, _ = _rows.classes_last(fn, labels, axis)
-  y = y.astype(x.dtype)
-  row_keep, class_keep = _rows.split_where(fn, where, shape, axis, batch_shape)
-  _rows.probability_values(fn, x, y, row_keep, class_keep, logits.shape, axis)
-  weight = _rows.class_weight(fn, weight, x.shape[-1], x.dtype)
-  if row_keep is not None:
-    x = jnp.where(row_keep[..., None], x, 0)
-  lse = jax.nn.logsumexp(x, axis=-1, where=class_keep)
-  if label_smoothing:
-    s = _rows.support(x, class_keep)
-    count = jnp.maximum(jnp.sum(s, axis=-1, keepdims=True, dtype=x.dtype), 1)
-    y = (1 - label_smoothing) * y + label_smoothing * s / count
-  coef = y if weight is None else y * jnp.broadcast_to(weight, y.shape)
-  if class_keep is not None:
-    coef = jnp.where(class_keep, coef, 0)
-  loss = jnp.sum(_rows.cross_terms(coef, lse[..., None], x), axis=-1)
+    if not jnp.issubdtype(y.dtype, jnp.floating):
+      y = y.astype(dtype)
+    if config is None:
+      config = _fast_ce.default_config(x)
+    config = config._replace(smoothing=smoothed, pallas=False)
+
+    def flat(a):
+      return _rows.flat_rows(a, batch_shape)
+
+    stats = (s.reshape(batch_shape) for s in _fast_ce.label_statistics(
+        config, flat(x), flat(y), flat(row_keep), flat(class_keep), weight))
+    loss, _, _, *smooth = stats
+    if smoothed:
+      smooth, count, _ = smooth
+      loss = ((1 - label_smoothing) * loss
+              + label_smoothing * smooth / jnp.maximum(count, 1))
+  else:
+    x = x.astype(dtype)
+    y = y.astype(dtype)
+    if row_keep is not None:
+      x = jnp.where(row_keep[..., None], x, 0)
+    lse = jax.nn.logsumexp(x, axis=-1, where=class_keep)
+    if smoothed:
+      s = _rows.support(x, class_keep)
+      count = jnp.maximum(jnp.sum(s, axis=-1, keepdims=True, dtype=dtype), 1)
+      y = (1 - label_smoothing) * y + label_smoothing * s / count
+    coef = y if weight is None else y * jnp.broadcast_to(weight, y.shape)
+    if class_keep is not None:
+      coef = jnp.where(class_keep, coef, 0)
+    loss = jnp.sum(_rows.cross_terms(coef, lse[..., None], x), axis=-1)
   loss = _reduction.mask(loss, row_keep)
   return _reduction.reduce(fn, loss, reduction, keep=row_keep)
-

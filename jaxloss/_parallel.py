@@ -9,23 +9,25 @@ with one ``pmax`` and one ``psum`` of [N] arrays: communication grows with
 the rows, never with the classes, and no device ever holds another's logits
 (Megatron-LM's vocab-parallel cross entropy).
 
-A custom VJP on each shard's statistics keeps only [N] residuals next to the
-logits and writes the local logits' gradient in one pass,
-:math:`\partial x_j = g_\mathrm{lse}\, e^{x_j - \mathrm{lse}_\mathrm{shard}}
-+ g_y [j = y] + g_s w_j [j \in S]`; the collectives that combine the shards
-stay outside it, differentiated by JAX itself, so that gradients are right
-with and without ``shard_map``'s replication checks (``check_vma``). A
-replicated input's gradient (the hidden states of the fused linear loss) is
-summed over the shards by JAX, as for any ``shard_map`` input.
+Each shard's statistics are the unsharded path's
+(:func:`jaxloss.kernels.cross_entropy.row_statistics`, with the label logit
+read as 0 where the label lies in another shard), whose derivatives keep
+only [N] residuals next to the logits and write the local logits' gradient
+in one pass, :math:`\partial x_j = g_\mathrm{lse}\, e^{x_j -
+\mathrm{lse}_\mathrm{shard}} + g_y [j = y] + g_s w_j [j \in S]`, in every
+autodiff mode; the collectives that combine the shards stay outside them,
+differentiated by JAX itself, so that gradients are right with and without
+``shard_map``'s replication checks (``check_vma``). A replicated input's
+gradient (the hidden states of the fused linear loss) is summed over the
+shards by JAX, as for any ``shard_map`` input.
 """
-
-import functools
 
 import jax
 from jax import lax
 import jax.numpy as jnp
 
 from jaxloss import _checks
+from jaxloss import _jit
 from jaxloss import _reduction
 from jaxloss import _rows
 from jaxloss.kernels import cross_entropy as _fast_ce
@@ -93,61 +95,6 @@ def combine(axis_name, lse, *sums):
   return (jnp.log(total) + top, *sums)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _statistics(smoothing, x, labels, keep, class_keep, weight):
-  """Per-row statistics of this shard's [R, C/k] logits, O(R) residuals.
-
-  Args:
-    smoothing: whether to compute the sums over the support.
-    x: [R, C/k] local logits, any floating dtype (never upcast as a whole).
-    labels: [R] int32 label index into this shard, -1 where it lies in
-      another shard.
-    keep: optional [R] boolean; dropped rows get statistics 0 and gradient 0.
-    class_keep: optional [R, C/k] boolean classes of the softmax.
-    weight: optional [C/k] class weights of the smoothing sums (constants).
-
-  Returns:
-    ``(lse, label_x)``, plus ``(sx, wsum, count)`` with smoothing: the
-    shard's log-sum-exp (``-inf`` where it has no possible class), the
-    label's logit (0 where the label is elsewhere) and the sums over the
-    support of ``w x``, ``w`` and 1. Each is [R] in float32 (float64 for
-    float64 logits).
-  """
-  dtype = _reduction.stat_dtype(x.dtype)
-  # The unsharded path's statistics (lse is -inf where the shard has no
-  # possible class); the label's logit is 0 where the label is elsewhere.
-  stats, _ = _fast_ce.xla_statistics(x, class_keep, weight, smoothing, dtype)
-  label_x = jnp.take_along_axis(x, jnp.maximum(labels, 0)[:, None],
-                                axis=-1)[:, 0].astype(dtype)
-  stats = (stats[0], jnp.where(labels >= 0, label_x, 0)) + stats[1:]
-  if keep is not None:
-    # Dropped rows may hold anything (inf, nan): zeros keep the zero
-    # cotangents of their masked loss from meeting an inf downstream.
-    stats = tuple(jnp.where(keep, s, 0) for s in stats)
-  return stats
-
-
-def _statistics_fwd(smoothing, x, labels, keep, class_keep, weight):
-  stats = _statistics(smoothing, x, labels, keep, class_keep, weight)
-  return stats, (x, labels, keep, class_keep, weight, stats[0])
-
-
-def _statistics_bwd(smoothing, residuals, cotangents):
-  x, labels, keep, class_keep, weight, lse = residuals
-  ct_lse, ct_label = cotangents[:2]
-  # A shard with no possible class has lse -inf and every exp(x) 0.
-  lse = jnp.where(jnp.isfinite(lse), lse, 0)
-  dx = _fast_ce.xla_gradient(
-      x, keep, class_keep, lse, ct_lse[:, None], None,
-      _fast_ce.label_term(labels, ct_label),
-      _fast_ce.smoothing_gradient(cotangents[2] if smoothing else None,
-                                  weight))
-  return dx, None, None, None, None
-
-
-_statistics.defvjp(_statistics_fwd, _statistics_bwd)
-
-
 def softmax_cross_entropy_with_integer_labels(
     fn, logits, labels, *, axis, where, ignore_index, weight, label_smoothing,
     z_loss, reduction, axis_name):
@@ -172,10 +119,8 @@ def softmax_cross_entropy_with_integer_labels(
                      "the local shard: one per class of the logits' shard")
     weight = lax.stop_gradient(weight.astype(dtype))
   labels = _checks.integer(fn, "labels", labels)
-  if labels.shape != batch_shape:
-    _checks.fail(fn, f"labels shape {labels.shape} does not match the batch "
-                 f"shape {batch_shape} of logits (logits shape without the "
-                 "class axis)")
+  labels = _checks.conform(fn, "labels", labels, "the batch shape of logits",
+                           batch_shape)
   keep = row_keep
   if ignore_index is not None:
     keep = _rows.both(keep, labels != ignore_index)
@@ -190,9 +135,13 @@ def softmax_cross_entropy_with_integer_labels(
   def flat(a):
     return _rows.flat_rows(a, batch_shape)
 
-  stats = _statistics(
-      bool(label_smoothing), flat(x), flat(local).astype(jnp.int32),
-      flat(keep), flat(class_keep), weight if label_smoothing else None)
+  smoothed = not _jit.is_zero(label_smoothing)
+  # The unsharded statistics of this shard: lse is -inf where it has no
+  # possible class, the label logit 0 where the label is elsewhere.
+  config = _fast_ce.Config(smoothing=smoothed)
+  stats = _fast_ce.row_statistics(
+      config, flat(x), flat(local).astype(jnp.int32), flat(keep),
+      flat(class_keep), weight if smoothed else None)
   stats = combine(axis_name, *stats)
   return _rows.loss_from_statistics(
       fn, stats, batch_shape, label_w, keep, valid, label_smoothing, z_loss,

@@ -11,6 +11,7 @@ import math
 import jax.numpy as jnp
 
 from jaxloss import _checks
+from jaxloss import _jit
 from jaxloss import _reduction
 
 
@@ -64,16 +65,18 @@ def both(a, b):
 
 
 def integer_rows(fn, x, labels, batch_shape, *, ignore_index, row_keep,
-                 weight, labels_name="labels"):
+                 weight, labels_name="labels", x_name="logits"):
   """What integer-label losses share: the label logit, weight and masks.
 
   Args:
     x: [..., C] scores (logits or log-probabilities), classes last.
-    labels: integer labels of shape ``batch_shape``.
+    labels: integer labels broadcastable to ``batch_shape`` (never
+      enlarging it).
     ignore_index: label value whose rows are dropped, or None.
     row_keep: boolean [...] of rows to keep, or None.
     weight: [C] class weights in ``x``'s dtype, or None.
-    labels_name: the caller's name for ``labels``, used in messages.
+    labels_name, x_name: the caller's names for ``labels`` and the scores,
+      used in messages.
 
   Returns:
     ``(x, label_x, label_w, keep, valid)``: ``x`` with dropped rows zeroed
@@ -82,10 +85,8 @@ def integer_rows(fn, x, labels, batch_shape, *, ignore_index, row_keep,
     kept) and the rows whose label lies in [0, C).
   """
   labels = _checks.integer(fn, labels_name, labels)
-  if labels.shape != batch_shape:
-    _checks.fail(fn, f"{labels_name} shape {labels.shape} does not match the "
-                 f"batch shape {batch_shape} of logits (logits shape without "
-                 "the class axis)")
+  labels = _checks.conform(fn, labels_name, labels,
+                           f"the batch shape of {x_name}", batch_shape)
   num_classes = x.shape[-1]
   keep = row_keep
   if ignore_index is not None:
@@ -112,12 +113,15 @@ def row_loss(lse, label_x, label_w, label_smoothing, z_loss, smoothing=None):
   :math:`\varepsilon` times ``smoothing``, the row's cross entropy against
   the uniform distribution over its support.
   """
-  loss = (1 - label_smoothing) * (lse - label_x)
-  if z_loss:
+  smoothed = not _jit.is_zero(label_smoothing)
+  loss = lse - label_x
+  if smoothed:
+    loss = (1 - label_smoothing) * loss
+  if not _jit.is_zero(z_loss):
     loss = loss + z_loss * lse**2
   if label_w is not None:
     loss = label_w * loss
-  if label_smoothing:
+  if smoothed:
     loss = loss + label_smoothing * smoothing
   return loss
 
@@ -131,7 +135,7 @@ def loss_from_statistics(fn, stats, batch_shape, label_w, keep, valid,
   """
   lse, label_x, *sums = (s.reshape(batch_shape) for s in stats)
   smoothing = None
-  if label_smoothing:
+  if not _jit.is_zero(label_smoothing):
     sx, wsum, count = sums
     smoothing = (lse * wsum - sx) / jnp.maximum(count, 1)
   loss = row_loss(lse, label_x, label_w, label_smoothing, z_loss, smoothing)

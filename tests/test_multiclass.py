@@ -253,8 +253,9 @@ def test_vmap_jit_checkpoint(fn, labels):
 
 @pytest.mark.parametrize("call,error,message", [
     (lambda: CE(jnp.zeros((4, 3)), jnp.zeros(3, jnp.int32)),
-     ValueError, r"softmax_cross_entropy_with_integer_labels: labels shape "
-     r"\(3,\) does not match the batch shape \(4,\)"),
+     ValueError, r"softmax_cross_entropy_with_integer_labels: "
+     r"labels shape \(3,\) does not broadcast to the batch shape of logits "
+     r"\(4,\)"),
     (lambda: CE(jnp.zeros((4, 3)), jnp.zeros(4)),
      TypeError, "labels must have an integer dtype .*got float32"),
     (lambda: CE(jnp.zeros((4, 3)), jnp.zeros(4, jnp.int32), reduction="max"),

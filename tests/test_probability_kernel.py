@@ -224,12 +224,29 @@ def test_class_axis_vmap_and_checkpoint():
   np.testing.assert_allclose(saved, want, rtol=1e-6, atol=1e-7)
 
 
-def test_higher_order_needs_the_reference():
-  x = jnp.asarray(X[2], jnp.float32)
-  y = jnp.asarray(Y[2], jnp.float32)   # sums to 1
-  with pytest.raises(NotImplementedError, match="first-order.*\"reference\""):
-    jax.hessian(lambda x: CE(x, y))(x)
-  hessian = jax.hessian(lambda x: CE(x, y, implementation="reference"))(x)
+def test_every_autodiff_mode_matches_the_reference():
+  # One tangent rule for every mode; labels and weights differentiated too.
+  x = jnp.asarray(INF_X[:3, :9], jnp.float32)
+  y = jnp.asarray(INF_Y[:3, :9], jnp.float32)
+  w = jnp.asarray(W[:9], jnp.float32)
+  where = jnp.asarray([True, False, True])
+
+  def f(implementation):
+    return lambda x, y, w: CE(x, y, weight=w, where=where,
+                              label_smoothing=0.2, reduction="mean",
+                              implementation=implementation)
+  fast, slow = f("xla"), f("reference")
+  args = (jnp.where(jnp.isinf(x), -30.0, x), y, w)
+  tangents = tuple(jnp.asarray(rng.normal(size=a.shape), jnp.float32)
+                   for a in args)
+  np.testing.assert_allclose(jax.jvp(fast, args, tangents)[1],
+                             jax.jvp(slow, args, tangents)[1], rtol=2e-5)
+  for mode in (jax.jacfwd, jax.jacrev, jax.hessian):
+    for got, want in zip(jax.tree.leaves(mode(fast, (0, 1, 2))(*args)),
+                         jax.tree.leaves(mode(slow, (0, 1, 2))(*args))):
+      np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6)
+  x, y = jnp.asarray(X[2], jnp.float32), jnp.asarray(Y[2], jnp.float32)
+  hessian = jax.hessian(lambda x: CE(x, y))(x)   # y sums to 1
   p = jax.nn.softmax(x)
   np.testing.assert_allclose(hessian, np.diag(p) - np.outer(p, p),
                              atol=1e-6)

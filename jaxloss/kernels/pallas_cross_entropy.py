@@ -1,11 +1,12 @@
-"""Pallas (Triton) kernels for the cross-entropy statistics and gradient.
+"""The Pallas (Triton) kernel for the cross-entropy statistics.
 
-One program per row walks the classes in blocks: the forward keeps a running
-maximum and a rescaled sum of exponentials (an online logsumexp, so a row may
-be far longer than one block), and the backward streams the same blocks once
-more to write the gradient. Each kernel reads the logits once; the gradient is
-the only [N, C] array written. On a CPU the same kernels run in Pallas
-interpret mode, which is how the tests check them.
+One program per row walks the classes in blocks, keeping a running maximum
+and a rescaled sum of exponentials (an online logsumexp, so a row may be far
+longer than one block), and the sums label smoothing needs; it reads the
+logits once and writes [R] statistics. The derivatives are XLA's
+(:mod:`jaxloss.kernels.cross_entropy` transposes their tangent for the
+gradient, one fused elementwise pass). On a CPU the kernel runs in Pallas
+interpret mode, which is how the tests check it.
 """
 
 import functools
@@ -16,13 +17,11 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-# On an H200, [8192, 128256] bfloat16 logits: blocks of 4096 classes with 8
-# warps took 1.91 ms for value and gradient, 8192 with 16 warps 2.07 ms; more
-# pipeline stages changed nothing, per-lane sums were slower
-# (benchmarks/results/cross_entropy_sweep-nvidia-h200.json, where the value
-# alone took 0.814 ms in blocks of 4096). With the statistics in blocks of
-# 2048 (4 warps) and the gradient in 4096, the value took 0.772 ms and value
-# and gradient 1.89 ms (benchmarks/results/cross_entropy-nvidia-h200.json).
+# On an H200, [8192, 128256] bfloat16 logits: the statistics in blocks of
+# 4096 classes took 0.814 ms, in blocks of 2048 (4 warps) 0.772 ms
+# (benchmarks/results/cross_entropy_sweep-nvidia-h200.json and
+# cross_entropy-nvidia-h200.json, measured with the Pallas gradient kernel
+# this module had then); per-lane sums were slower.
 MAX_BLOCK = 4096
 MAX_STATISTICS_BLOCK = 2048
 
@@ -150,89 +149,3 @@ def statistics(x, class_keep, weight, *, smoothing, dtype, interpret,
       interpret=interpret,
       name="cross_entropy_statistics")
   return tuple(jax.vmap(call, in_axes=tuple(in_axes))(*inputs))
-
-
-def _gradient_kernel(*refs, block, has_smoothing, has_weight, has_class_mask):
-  refs = list(refs)
-  x_ref, label_ref, keep_ref, lse_ref, ct_lse_ref, ct_label_ref = refs[:6]
-  refs = refs[6:]
-  ct_sx_ref = refs.pop(0) if has_smoothing else None
-  w_ref = refs.pop(0) if has_weight else None
-  mask_ref = refs.pop(0) if has_class_mask else None
-  dx_ref, = refs
-  dtype = lse_ref.dtype
-  n = x_ref.shape[0]
-  label = label_ref[...]
-  keep = keep_ref[...] != 0
-  lse = lse_ref[...]
-  ct_lse = ct_lse_ref[...]
-  ct_label = ct_label_ref[...]
-
-  @pl.loop(0, pl.cdiv(n, block))
-  def _(i):
-    cols = i * block + jnp.arange(block)
-    inside = cols < n
-    x = _load(x_ref, cols, inside, 0, dtype)
-    p = jnp.exp(x - lse)
-    live = None
-    if mask_ref is not None:
-      live = _load(mask_ref, cols, inside, 0, jnp.int32) != 0
-      p = jnp.where(live, p, 0)
-    dx = ct_lse * p + jnp.where(cols == label, ct_label, 0)
-    if ct_sx_ref is not None:
-      support = x > -jnp.inf
-      if live is not None:
-        support = support & live
-      c = ct_sx_ref[...]
-      if w_ref is not None:
-        c = c * _load(w_ref, cols, inside, 0, dtype)
-      dx = dx + jnp.where(support, c, 0)
-    dx = jnp.where(keep, dx, 0)
-    plgpu.store(dx_ref.at[cols], dx.astype(dx_ref.dtype), mask=inside)
-
-
-def gradient(x, labels, keep, class_keep, weight, lse, ct_lse, ct_label,
-             ct_sx, *, interpret, block=None, num_warps=None,
-             num_stages=None):
-  """``ct_lse * softmax(x) + ct_label * onehot + ct_sx * w * support``, per row.
-
-  Args:
-    x: [R, C] logits.
-    labels: [R] int32 class indices in ``[0, C)``.
-    keep: optional [R] boolean; dropped rows get an exact zero gradient.
-    class_keep: optional [R, C] boolean mask of the softmax's classes.
-    weight: optional [C] class weights of the smoothing sum.
-    lse: [R] logsumexp from :func:`statistics`.
-    ct_lse, ct_label, ct_sx: [R] cotangents of the logsumexp, of the label
-      logit and (or None) of the smoothing sum of ``w * x``.
-    interpret: run in Pallas interpret mode instead of Triton.
-    block, num_warps, num_stages: Triton launch configuration.
-
-  Returns:
-    The [R, C] gradient in ``x``'s dtype.
-  """
-  rows, num_classes = x.shape
-  block = block_size(num_classes, block)
-  if keep is None:
-    keep = jnp.ones((rows,), jnp.int32)
-  inputs = [x, labels, keep.astype(jnp.int32), lse, ct_lse, ct_label]
-  in_axes = [0] * 6
-  if ct_sx is not None:
-    inputs.append(ct_sx)
-    in_axes.append(0)
-    if weight is not None:
-      inputs.append(weight)
-      in_axes.append(None)
-  if class_keep is not None:
-    inputs.append(class_keep.astype(jnp.int8))
-    in_axes.append(0)
-  kernel = functools.partial(
-      _gradient_kernel, block=block, has_smoothing=ct_sx is not None,
-      has_weight=ct_sx is not None and weight is not None,
-      has_class_mask=class_keep is not None)
-  call = pl.pallas_call(
-      kernel, out_shape=jax.ShapeDtypeStruct((num_classes,), x.dtype),
-      compiler_params=_params(block, num_warps, num_stages),
-      interpret=interpret,
-      name="cross_entropy_gradient")
-  return jax.vmap(call, in_axes=tuple(in_axes))(*inputs)
