@@ -1,0 +1,178 @@
+"""The input contract, catalogue-wide: no silent broadcast, empty batches.
+
+A loss's element shape is its predictions' shape. Targets, weights and masks
+may broadcast to it, batch axes included, but never enlarge it; a class axis
+must match. Driven by ``jaxloss.names()`` and the inputs of
+``tests/catalogue.py``: an argument whose catalogue shape is the first
+argument's is an elementwise target, one with the first argument's shape
+less its last axis a per-row label. A loss is covered the day it is
+registered.
+"""
+
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import catalogue
+import jaxloss
+
+NAMES = jaxloss.names()
+B = 3
+
+
+def _params(name):
+  return list(inspect.signature(jaxloss.get(name)).parameters)
+
+
+def _targets(name):
+  """``[(index, "element" | "row")]`` of the arguments that follow the first."""
+  specs = catalogue.SPECS[name][0]
+  first = specs[0][1]
+  out = []
+  for i, (_, shape) in enumerate(specs[1:], 1):
+    if shape == first:
+      out.append((i, "element"))
+    elif first[:1] == ("B",) and len(first) >= 2 and shape == first[:-1]:
+      out.append((i, "row"))
+  return out
+
+
+def _call(name, args, **kwargs):
+  out = catalogue.loss(name)(*args, **kwargs)
+  return out[0] if isinstance(out, tuple) else out
+
+
+def _raises_naming(name, what, shapes, call):
+  with pytest.raises(ValueError) as info:
+    call()
+  message = str(info.value)
+  assert message.startswith(f"{name}: "), message
+  assert what in message, message
+  for shape in shapes:
+    assert str(tuple(shape)) in message, message
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if _targets(n)])
+def test_a_target_never_enlarges_the_predictions(name):
+  # [N] predictions against [N, 1] targets (and the like) is an error in
+  # both directions, never an [N, N] broadcast.
+  args = catalogue.inputs(name, B)
+  params = _params(name)
+  for i, relation in _targets(name):
+    bad = list(args)
+    bad[i] = args[i][..., None]
+    _raises_naming(name, params[i], [bad[i].shape],
+                   lambda bad=bad: _call(name, bad))
+    if relation == "element":
+      bad = list(args)
+      bad[0] = args[0][..., None]
+      _raises_naming(name, params[i], [args[i].shape],
+                     lambda bad=bad: _call(name, bad))
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if _targets(n)])
+def test_targets_broadcast_along_the_batch_as_if_explicit(name):
+  args = catalogue.inputs(name, B)
+  for i, _ in _targets(name):
+    one = list(args)
+    one[i] = args[i][:1]
+    explicit = list(one)
+    explicit[i] = jnp.broadcast_to(one[i], args[i].shape)
+    np.testing.assert_allclose(_call(name, one), _call(name, explicit),
+                               rtol=1e-6, err_msg=f"argument {i}")
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES
+                                  if {"where", "weight"} & set(_params(n))])
+def test_masks_and_weights_never_enlarge_the_loss(name):
+  args = catalogue.inputs(name, B)
+  shape = args[0].shape + (1,)
+  for keyword, value in (("where", jnp.ones(shape, bool)),
+                         ("weight", jnp.ones(shape))):
+    if keyword in _params(name):
+      _raises_naming(name, keyword, [shape],
+                     lambda k=keyword, v=value: _call(name, args, **{k: v}))
+
+
+def _reductions(name):
+  p = inspect.signature(jaxloss.get(name)).parameters.get("reduction")
+  if p is None or p.default is None:
+    return [{}]
+  return [dict(reduction=r) for r in ("none", "sum", "mean")]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_an_empty_batch_costs_nothing(name):
+  # 0 for a mean or a sum over nothing, an empty array per element; zero,
+  # finite gradients. Never NaN.
+  args = catalogue.inputs(name, 0)
+  floating = jnp.issubdtype(args[0].dtype, jnp.floating)
+  for kwargs in _reductions(name):
+    out = _call(name, args, **kwargs)
+    assert np.all(np.isfinite(np.asarray(out))), (kwargs, out)
+    assert out.size == 0 or np.all(np.asarray(out) == 0), (kwargs, out)
+    if floating:
+      grad = jax.grad(lambda x, kw=kwargs: jnp.sum(
+          _call(name, (x,) + args[1:], **kw)))(args[0])
+      assert grad.shape == args[0].shape
+      assert not np.any(np.asarray(grad)), (kwargs, grad)
+
+
+def _class_axis_losses():
+  out = []
+  for name in NAMES:
+    specs = catalogue.SPECS[name][0]
+    if ("axis" in _params(name) and len(specs) == 2
+        and specs[0][1] == ("B", catalogue.C)
+        and "axis" not in catalogue.SPECS[name][1]
+        and specs[1][1] in (("B", catalogue.C), ("B",))):
+      out.append(name)
+  return out
+
+
+@pytest.mark.parametrize("name", _class_axis_losses())
+def test_tuple_class_axes_flatten_in_the_order_given(name):
+  # Logits [B, 2, 3] with axis=(2, 1): the class index runs over axis 1
+  # fastest, as optax flattens them (and as a transpose then reshape does).
+  rng = np.random.default_rng(4)
+  (kind0, _), (kind1, shape1) = catalogue.SPECS[name][0]
+  flat = [np.asarray(catalogue.draw(kind0, (B, 6), rng))]
+  if shape1 == ("B",):
+    flat.append(rng.integers(0, 6, (B,)).astype(np.int32))
+  else:
+    flat.append(np.asarray(catalogue.draw(kind1, (B, 6), rng)))
+
+  def unflatten(a):
+    return a.reshape(B, 3, 2).transpose(0, 2, 1)
+  given = [unflatten(flat[0])] + [
+      unflatten(flat[1]) if flat[1].ndim == 2 else flat[1]]
+  arrays = [[jnp.asarray(a, jnp.int32 if a.dtype.kind in "iu"
+                         else jnp.float32) for a in group]
+            for group in (flat, given)]
+  try:
+    got = _call(name, arrays[1], axis=(2, 1))
+  except TypeError as e:
+    # A loss whose axis is a single axis says so.
+    assert f"{name}: axis must be" in str(e)
+    return
+  want = _call(name, arrays[0], axis=-1)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_tuple_axes_example_from_optax():
+  # optax and a hand computation give [3.287, 2.232]; reading the axes in
+  # sorted order gave [2.883, 1.601].
+  logits = jnp.arange(24.0).reshape(2, 3, 4) % 5 - 2.0
+  labels = jnp.array([7, 2])
+  flat = jnp.transpose(logits, (0, 2, 1)).reshape(2, 12)
+  want = -jax.nn.log_softmax(flat)[jnp.arange(2), labels]
+  for implementation in ("auto", "reference"):
+    got = jaxloss.softmax_cross_entropy_with_integer_labels(
+        logits, labels, axis=(2, 1), implementation=implementation)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+  np.testing.assert_allclose(
+      jaxloss.nll_loss(jax.nn.log_softmax(logits, axis=(1, 2)), labels,
+                       axis=(2, 1)), want, rtol=1e-6)

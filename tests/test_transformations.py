@@ -1,0 +1,327 @@
+"""Every loss composes like optax's: traced hyperparameters, one compile,
+every autodiff mode.
+
+Driven by ``jaxloss.names()``: a loss is covered the day it is registered.
+Each public loss declares its structural keywords (static) and its numeric
+hyperparameters (``.static_argnames``, ``.hyperparameters``, from
+``jaxloss._jit.jit``); the tests read them, so nothing here lists a loss's
+options by hand. Inputs come from ``tests/catalogue.py``.
+
+Exactness is checked in float64 against central differences; the compiled
+programs are few per loss (the traced hyperparameters make one program serve
+every value), which keeps the module fast.
+"""
+
+import inspect
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import catalogue
+import jaxloss
+from jaxloss import _jit
+
+NAMES = jaxloss.names()
+B = 3
+# Kinds of catalogue input the losses are smooth in: differentiated below.
+CONTINUOUS = {"real", "unit", "probs", "pos", "scores", "simplex", "logprob",
+              "away_from_zero"}
+# Losses whose gradient is by definition not the derivative of their value.
+DETACHED = {
+    "circle_loss": "the pair weights are constants in the gradient "
+                   "(stop_gradient), as in the paper and in Keras",
+}
+# Static keywords that are numbers: class indices and torch's restricted
+# integer choices.
+STRUCTURAL_NUMBERS = {"axis", "ignore_index", "blank_id", "p"}
+
+
+def _hypers(name):
+  return getattr(jaxloss.get(name), "hyperparameters", {})
+
+
+def _with_hypers():
+  return [n for n in NAMES if _hypers(n)]
+
+
+def _inputs(name, batch=B, dtype=jnp.float64):
+  return catalogue.inputs(name, batch, seed=3, dtype=dtype)
+
+
+def _loss(name):
+  """The loss itself (the first output of a loss returning more)."""
+  f = catalogue.loss(name)
+
+  def loss(*args, **kwargs):
+    out = f(*args, **kwargs)
+    return out[0] if isinstance(out, tuple) else out
+  return loss
+
+
+def _objective(name, args):
+  """``sum(r * loss)`` with fixed random weights ``r`` of the loss's shape."""
+  f = _loss(name)
+  shape = jnp.shape(f(*args))
+  r = jnp.asarray(np.random.default_rng(7).uniform(0.5, 1.5, shape),
+                  jnp.float64)
+  return lambda *a, **kw: jnp.sum(r * f(*a, **kw))
+
+
+def _values(name, h):
+  """Two distinct valid nonzero values of hyperparameter ``h``."""
+  spec = _hypers(name)[h]
+  default = inspect.signature(jaxloss.get(name)).parameters[h].default
+  if isinstance(default, (int, float)) and not isinstance(default, bool) and (
+      default != 0):
+    base = float(default)
+  elif math.isfinite(spec.low) and math.isfinite(spec.high):
+    base = spec.low + 0.3 * (spec.high - spec.low)
+  elif math.isfinite(spec.low):
+    base = spec.low + 0.7
+  elif math.isfinite(spec.high):
+    base = spec.high - 0.7
+  else:
+    base = 0.7
+  second = base * 1.25
+  if not spec.inside(second, np):
+    second = base * 0.8
+  return base, second
+
+
+def _step(v):
+  return 1e-5 * abs(v) if v else 1e-6
+
+
+def _close(got, want, rtol, atol, what):
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(g, np.float64),
+                               np.asarray(w, np.float64), rtol=rtol,
+                               atol=atol, err_msg=what)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_numeric_keyword_is_declared(name):
+  # A numeric keyword is a traced hyperparameter unless it picks structure.
+  f = jaxloss.get(name)
+  hypers = getattr(f, "hyperparameters", None)
+  static = getattr(f, "static_argnames", None)
+  assert hypers is not None and static is not None, (
+      f"{name} is not wrapped by jaxloss._jit.jit")
+  for p in inspect.signature(f).parameters.values():
+    number = (isinstance(p.default, (int, float))
+              and not isinstance(p.default, bool))
+    if number and p.name not in hypers:
+      assert p.name in static and p.name in STRUCTURAL_NUMBERS, (
+          f"{name}: numeric keyword {p.name!r} is neither a hyperparameter "
+          "nor a structural keyword")
+  assert not set(hypers) & set(static)
+  for h in hypers:
+    assert h not in STRUCTURAL_NUMBERS
+
+
+@pytest.mark.parametrize("name", _with_hypers())
+def test_hyperparameters_traced_vmapped_differentiated_compiled_once(name):
+  f = jaxloss.get(name)
+  hypers = sorted(_hypers(name))
+  firsts, seconds = (np.asarray(v) for v in zip(*(_values(name, h)
+                                                  for h in hypers)))
+  with jax.enable_x64(True):
+    args = _inputs(name)
+    objective = _objective(name, args)
+    loss = _loss(name)
+
+    def concrete(values):
+      return loss(*args, **{h: float(v) for h, v in zip(hypers, values)})
+
+    first = concrete(firsts)
+    compiles = f.compiled._cache_size()
+    second = concrete(seconds)
+    assert f.compiled._cache_size() == compiles, (
+        f"{name}: a new value of {hypers} compiled again")
+
+    def traced(values):
+      return loss(*args, **dict(zip(hypers, values)))
+
+    def total(values):
+      return objective(*args, **dict(zip(hypers, values)))
+
+    steps = np.asarray([_step(v) for v in firsts])
+    shifts = np.diag(steps)
+    batch = np.concatenate([firsts[None], seconds[None], firsts + shifts,
+                            firsts - shifts])
+
+    @jax.jit
+    def program(firsts, batch):
+      # One program: the loss and its gradient at traced values, and under
+      # vmap at a batch of them (the second values, and the shifted ones
+      # for central differences).
+      return (traced(list(firsts)), jax.grad(total)(firsts),
+              jax.vmap(traced)(batch), jax.vmap(total)(batch))
+
+    at_first, grads, batched, totals = program(jnp.asarray(firsts),
+                                               jnp.asarray(batch))
+    _close(at_first, first, 1e-10, 1e-12, "traced under jit")
+    _close(jax.tree.map(lambda a: a[0], batched), first, 1e-10, 1e-12, "vmap")
+    _close(jax.tree.map(lambda a: a[1], batched), second, 1e-10, 1e-12,
+           "vmap")
+    k = len(hypers)
+    numeric = (totals[2:2 + k] - totals[2 + k:]) / (2 * steps)
+    np.testing.assert_allclose(grads, numeric, rtol=1e-5,
+                               atol=1e-8 * (1 + np.max(np.abs(numeric))),
+                               err_msg=f"d loss / d {hypers}")
+    assert np.all(np.isfinite(grads))
+
+    # Exact zeros take their own program; it agrees with the traced one.
+    zero_able = [i for i, h in enumerate(hypers)
+                 if _hypers(name)[h].inside(0.0, np)]
+    if zero_able:
+      at_zero = np.where(np.isin(np.arange(k), zero_able), 0.0, firsts)
+      _close(concrete(at_zero), jax.jit(traced)(jnp.asarray(at_zero)),
+             1e-10, 1e-12, "an exact zero against a traced zero")
+
+
+def _outside(spec):
+  """Values just outside ``spec``'s interval (none if it is the whole line)."""
+  out = []
+  if math.isfinite(spec.low):
+    out.append(spec.low if spec.low_open else spec.low - 0.5)
+  if math.isfinite(spec.high):
+    out.append(spec.high if spec.high_open else spec.high + 0.5)
+  return out
+
+
+@pytest.mark.parametrize("name", _with_hypers())
+def test_hyperparameter_ranges_checked_concrete_and_traced(name):
+  f = jaxloss.get(name)
+  hypers = sorted(_hypers(name))
+  firsts = tuple(_values(name, h)[0] for h in hypers)
+  args = _inputs(name, dtype=jnp.float32)
+  loss = _loss(name)
+  checked = jaxloss.checked(jax.jit(
+      lambda *values: loss(*args, **dict(zip(hypers, values)))))
+  checked(*firsts)
+  for i, h in enumerate(hypers):
+    for bad in _outside(_hypers(name)[h]):
+      values = dict(zip(hypers, firsts), **{h: bad})
+      with pytest.raises(ValueError, match=f"{name}: {h} must be in"):
+        loss(*args, **values)
+      with pytest.raises(jaxloss.CheckError, match=f"{name}: {h} must be"):
+        checked(*values.values())
+    with pytest.raises(TypeError, match=f"{name}: {h} must be a number"):
+      loss(*args, **{h: "0.5"})
+  del f
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_traced_structural_keywords_fail_clearly(name):
+  f = jaxloss.get(name)
+  args = _inputs(name, dtype=jnp.float32)
+  for k in getattr(f, "static_argnames", ()):
+    if k in catalogue.SPECS[name][1]:
+      continue
+    with pytest.raises(TypeError, match=f"{name}: {k} must be .*fixed when "
+                       "the function is traced"):
+      jax.jit(lambda s, k=k: f(*args, **{k: s}))(jnp.asarray(1))
+
+
+def _continuous(name):
+  """Indices of the positional arguments the loss is smooth in."""
+  return tuple(i for i, (kind, _) in enumerate(catalogue.SPECS[name][0])
+               if kind in CONTINUOUS)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_autodiff_mode_against_finite_differences(name):
+  # jvp, linearize, grad (jacrev), jacfwd, Hessian-vector products from
+  # forward-over-reverse, reverse-over-reverse (grad of grad) and the full
+  # Hessian, in float64 against central differences, by every smooth
+  # argument at once. One compiled program holds them all.
+  wrt = _continuous(name)
+  step = 1e-6
+  with jax.enable_x64(True):
+    args = _inputs(name, batch=2)
+    objective = _objective(name, args)
+
+    def f(*diff):
+      full = list(args)
+      for i, d in zip(wrt, diff):
+        full[i] = d
+      return objective(*full)
+
+    argnums = tuple(range(len(wrt)))
+    grad = jax.grad(f, argnums)
+
+    @jax.jit
+    def modes(x, t):
+      def shifted(s):
+        return tuple(a + s * step * d for a, d in zip(x, t))
+      out = {"value": f(*x)}
+      out["jvp_value"], out["jvp"] = jax.jvp(f, x, t)
+      out["numeric"] = (f(*shifted(1)) - f(*shifted(-1))) / (2 * step)
+      out["linearize"] = jax.linearize(f, *x)[1](*t)
+      out["grad"] = grad(*x)
+      out["jacfwd"] = jax.jacfwd(f, argnums)(*x)
+      out["hvp"] = jax.jvp(lambda *a: grad(*a), x, t)[1]
+      out["numeric_hvp"] = jax.tree.map(lambda a, b: (a - b) / (2 * step),
+                                        grad(*shifted(1)), grad(*shifted(-1)))
+      out["grad_of_grad"] = jax.grad(lambda *a: sum(
+          jnp.vdot(g, d) for g, d in zip(grad(*a), t)), argnums)(*x)
+      def first(a):
+        return f(a, *x[1:])
+      hessian = jax.hessian(first)(x[0])
+      out["hessian_t"] = hessian.reshape(x[0].size, -1) @ t[0].reshape(-1)
+      out["first_hvp"] = jax.jvp(jax.grad(first), (x[0],), (t[0],))[1]
+      return out
+
+    x = tuple(args[i] for i in wrt)
+    rng = np.random.default_rng(11)
+    t = tuple(jnp.asarray(rng.normal(size=a.shape)) for a in x)
+    out = modes(x, t)
+    _close(out["jvp_value"], out["value"], 1e-12, 1e-12, "jvp primal")
+    if name not in DETACHED:
+      _close(out["jvp"], out["numeric"], 1e-6, 1e-8,
+             "jvp against differences")
+    _close(out["linearize"], out["jvp"], 1e-10, 1e-12, "linearize")
+    _close(sum(jnp.vdot(g, d) for g, d in zip(out["grad"], t)), out["jvp"],
+           1e-10, 1e-12, "grad against jvp")
+    _close(out["jacfwd"], out["grad"], 1e-10, 1e-12, "jacfwd against jacrev")
+    scale = max(1.0, max(float(jnp.max(jnp.abs(h))) for h in out["hvp"]))
+    if name not in DETACHED:
+      _close(out["hvp"], out["numeric_hvp"], 1e-5, 1e-7 * scale,
+             "forward-over-reverse against differences of the gradient")
+    _close(out["grad_of_grad"], out["hvp"], 1e-9, 1e-10 * scale,
+           "grad of grad")
+    _close(out["hessian_t"], out["first_hvp"].reshape(-1), 1e-9,
+           1e-10 * scale, "hessian")
+
+
+def _implementations(name):
+  p = inspect.signature(jaxloss.get(name)).parameters.get("implementation")
+  return p is not None
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if _implementations(n)])
+def test_default_path_matches_the_reference_in_every_mode(name):
+  # float32 rounding apart, the fast path's derivatives are the formula's.
+  args = _inputs(name, dtype=jnp.float32)
+  wrt = _continuous(name)
+  t = tuple(jnp.asarray(np.random.default_rng(2).normal(size=args[i].shape),
+                        jnp.float32) for i in wrt)
+
+  def f(implementation):
+    loss = _loss(name)
+
+    def g(*diff):
+      full = list(args)
+      for i, d in zip(wrt, diff):
+        full[i] = d
+      return jnp.sum(loss(*full, implementation=implementation))
+    return g
+  x = tuple(args[i] for i in wrt)
+  for mode in (lambda g: jax.jvp(g, x, t),
+               lambda g: jax.jvp(jax.grad(g), x[:1], t[:1])):
+    _close(mode(f("auto")), mode(f("reference")), 2e-5, 1e-6,
+           "default against reference")
