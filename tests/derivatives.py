@@ -17,7 +17,8 @@ def check_derivatives(f, args, directions=2, eps=1e-5, rtol=1e-6,
                       atol=1e-8):
   """``f(*args)``'s jvp and Hessian-vector products along random directions.
 
-  Call under ``jax.enable_x64(True)`` with float64 ``args``. Checks that the
+  ``args`` are pytrees of arrays. Call under ``jax.enable_x64(True)`` with
+  float64 ``args``. Checks that the
   jvp is the central difference of ``f`` and that the Hessian-vector product
   is the central difference of the gradient, both finite.
   """
@@ -31,13 +32,13 @@ def check_derivatives(f, args, directions=2, eps=1e-5, rtol=1e-6,
   at = jit_fast(lambda args: value_and_grad(*args))
   rng = np.random.default_rng(7)
   for _ in range(directions):
-    v = tuple(rng.normal(size=np.shape(a)) for a in args)
+    v = jax.tree.map(lambda a: rng.normal(size=np.shape(a)), args)
     (_, _), (jvp, hvp) = forward(args, v)
-    plus = at(tuple(a + eps * d for a, d in zip(args, v)))
-    minus = at(tuple(a - eps * d for a, d in zip(args, v)))
+    plus = at(jax.tree.map(lambda a, d: a + eps * d, args, v))
+    minus = at(jax.tree.map(lambda a, d: a - eps * d, args, v))
     np.testing.assert_allclose(jvp, (plus[0] - minus[0]) / (2 * eps),
                                rtol=rtol, atol=atol, err_msg="jvp")
-    for h, p, m in zip(hvp, plus[1], minus[1]):
+    for h, p, m in zip(*map(jax.tree.leaves, (hvp, plus[1], minus[1]))):
       assert np.all(np.isfinite(h))
       np.testing.assert_allclose(h, (p - m) / (2 * eps), rtol=max(rtol, 1e-5),
                                  atol=max(atol, 1e-6), err_msg="hvp")
