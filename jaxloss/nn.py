@@ -1065,7 +1065,7 @@ class CTCLoss(_Loss):
                  >= target_lengths[:, None])
     loss = _ctc.ctc_loss(
         jnp.transpose(log_probs, (1, 0, 2)), frame_pad, targets, label_pad,
-        blank_id=self.blank, log_epsilon=-jnp.inf)
+        blank_id=int(self.blank), log_epsilon=-jnp.inf)
     if self.zero_infinity:
       loss = jnp.where(jnp.isinf(loss), 0, loss)
     if self.reduction == "mean":

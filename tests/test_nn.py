@@ -240,6 +240,11 @@ def test_ctc_blank_must_be_a_class_index():
   with pytest.raises(TypeError, match="CTCLoss: blank must be an int, got "
                      "1.0"):
     nn.CTCLoss(blank=1.0)
+  # A NumPy integer is an int.
+  np.testing.assert_array_equal(
+      nn.CTCLoss(blank=np.int64(0))(LOG_PROBS, TARGETS, INPUT_LENGTHS,
+                                    TARGET_LENGTHS),
+      nn.CTCLoss()(LOG_PROBS, TARGETS, INPUT_LENGTHS, TARGET_LENGTHS))
 
 
 def test_ctc_accepts_what_torch_accepts():
