@@ -19,11 +19,35 @@ def _floating(fn, x):
   return x, x.astype(_reduction.stat_dtype(x.dtype))
 
 
-def _class_mask(fn, where, x, axis):
+def _class_mask(fn, where, x):
   if where is None:
     return None
   where = _checks.boolean(fn, "where", where)
-  return _checks.broadcastable(fn, "where", where, x.shape, "x")
+  return _checks.conform(fn, "where", where, "x", x.shape)
+
+
+def _normalised(fn, normalise, x, axis, where, fill):
+  """``normalise(x, axis, where)`` in float32, ``fill`` where not taking part.
+
+  A 0-d ``x`` is a single entry, normalised along ``axis`` 0 or -1 as torch
+  allows: probability 1, log-probability 0.
+  """
+  x, x32 = _floating(fn, x)
+  if x.ndim == 0:
+    if isinstance(axis, int) and not isinstance(axis, bool) and axis in (
+        0, -1):
+      axis = -1
+      x32 = x32[None]
+    else:
+      _checks.fail(fn, f"axis must be 0 or -1 for a 0-d x, got {axis!r}")
+  axis = _checks.axes(fn, axis, x32.ndim)
+  where = _class_mask(fn, where, x)
+  if where is not None and x.ndim == 0:
+    where = where[None]
+  out = normalise(x32, axis=axis, where=where)
+  if where is not None:
+    out = jnp.where(where, out, fill)
+  return out.reshape(x.shape).astype(x.dtype)
 
 
 @_jit.jit()
@@ -90,10 +114,11 @@ def softmax(x, axis=-1, where=None):
   are left out of the normalisation.
 
   Args:
-    x: floating array.
+    x: floating array; a 0-d ``x`` is one entry (``axis`` 0 or -1, as in
+      torch).
     axis: int or tuple of ints, the axes normalised over.
-    where: optional boolean mask broadcastable to ``x``: the entries taking
-      part.
+    where: optional boolean mask broadcastable to the shape of ``x`` (never
+      enlarging it): the entries taking part.
 
   Returns:
     Probabilities, same shape and dtype as ``x``.
@@ -106,13 +131,7 @@ def softmax(x, axis=-1, where=None):
   References:
     ``torch.softmax``; ``jax.nn.softmax``.
   """
-  x, x32 = _floating("softmax", x)
-  axis = _checks.axes("softmax", axis, x.ndim)
-  where = _class_mask("softmax", where, x, axis)
-  out = jax.nn.softmax(x32, axis=axis, where=where)
-  if where is not None:
-    out = jnp.where(where, out, 0)
-  return out.astype(x.dtype)
+  return _normalised("softmax", jax.nn.softmax, x, axis, where, 0)
 
 
 @_jit.jit("axis")
@@ -122,9 +141,11 @@ def log_softmax(x, axis=-1, where=None):
   Entries excluded by ``where`` are ``-inf`` in the output.
 
   Args:
-    x: floating array.
+    x: floating array; a 0-d ``x`` is one entry (``axis`` 0 or -1, as in
+      torch).
     axis: int or tuple of ints, the axes normalised over.
-    where: optional boolean mask broadcastable to ``x``.
+    where: optional boolean mask broadcastable to the shape of ``x`` (never
+      enlarging it).
 
   Returns:
     Log-probabilities, same shape and dtype as ``x``.
@@ -137,10 +158,5 @@ def log_softmax(x, axis=-1, where=None):
   References:
     ``torch.log_softmax``; ``jax.nn.log_softmax``.
   """
-  x, x32 = _floating("log_softmax", x)
-  axis = _checks.axes("log_softmax", axis, x.ndim)
-  where = _class_mask("log_softmax", where, x, axis)
-  out = jax.nn.log_softmax(x32, axis=axis, where=where)
-  if where is not None:
-    out = jnp.where(where, out, -jnp.inf)
-  return out.astype(x.dtype)
+  return _normalised("log_softmax", jax.nn.log_softmax, x, axis, where,
+                     -jnp.inf)

@@ -1,5 +1,7 @@
 """Connectionist temporal classification (CTC), with optax's interface."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -8,24 +10,20 @@ from jaxloss import _jit
 from jaxloss import _reduction
 
 
-@jax.custom_jvp
 def _logaddexp(a, b):
-  return jnp.logaddexp(a, b)
+  """``log(e^a + e^b)``, with derivatives of every order 0 where both are
+  ``-inf`` (a path that ``log_epsilon=-inf`` makes impossible).
 
-
-@_logaddexp.defjvp
-def _logaddexp_jvp(primals, tangents):
-  # jnp.logaddexp's own rule gives NaN when both arguments are -inf (a path
-  # that log_epsilon=-inf makes impossible): here an impossible path gets
-  # gradient 0, and finite arguments get exactly jnp's rule.
-  a, b = primals
-  da, db = tangents
-  out = jnp.logaddexp(a, b)
-  finite = jnp.isfinite(out)
-  safe = jnp.where(finite, out, 0)
-  wa = jnp.where(finite, jnp.exp(a - safe), 0)
-  wb = jnp.where(finite, jnp.exp(b - safe), 0)
-  return out, da * wa + db * wb
+  jnp.logaddexp's derivative is NaN there. A custom JVP fixes the first
+  order only: the partial evaluation of ``lax.scan`` differentiates the
+  primal again at the second (grad of grad), so this is written in
+  differentiable operations, with the untaken branch fed safe values.
+  """
+  top = jnp.maximum(a, b)
+  finite = jnp.isfinite(top)
+  gap = jnp.where(finite, jnp.minimum(a, b) - top, 0)
+  return jnp.where(finite, top + jnp.log1p(jnp.exp(gap)),
+                   jax.lax.stop_gradient(top))
 
 
 def _clamp(x, sign):
@@ -50,12 +48,15 @@ def _check(fn, logits, logit_paddings, labels, label_paddings, blank_id):
     _checks.fail(fn, f"logits must have at least one time step, got shape "
                  f"{logits.shape}")
   logit_paddings = _checks.numeric(fn, "logit_paddings", logit_paddings)
-  _checks.shape_is(fn, "logit_paddings", logit_paddings, (batch, time),
-                   "the shape of logits without the class axis")
+  if logit_paddings.shape != (batch, time):
+    _checks.fail(fn, f"logit_paddings shape {logit_paddings.shape} does not "
+                 f"match logits shape {logits.shape} without its class axis, "
+                 f"{(batch, time)}")
   labels = _checks.integer(fn, "labels", labels)
   if labels.ndim != 2 or labels.shape[0] != batch:
-    _checks.fail(fn, f"labels must have shape ({batch}, max_label_length) "
-                 f"(batch size of logits first), got shape {labels.shape}")
+    _checks.fail(fn, f"labels shape {labels.shape} does not match logits "
+                 f"shape {logits.shape}: labels must be (batch, "
+                 f"max_label_length) with the batch size {batch} of logits")
   label_paddings = _checks.numeric(fn, "label_paddings", label_paddings)
   _checks.same_shape(fn, "label_paddings", label_paddings, "labels", labels)
   if (isinstance(blank_id, bool) or not isinstance(blank_id, int)
@@ -163,9 +164,7 @@ def _ctc(fn, logits, logit_paddings, labels, label_paddings, blank_id,
   logits, frame_pad, labels, label_pad = _check(
       fn, logits, logit_paddings, labels, label_paddings, blank_id)
   emit, blank, valid = _label_log_probs(logits, frame_pad, labels, blank_id)
-  log_epsilon = _checks.numeric(fn, "log_epsilon", log_epsilon)
-  _checks.shape_is(fn, "log_epsilon", log_epsilon, (), "a scalar")
-  log_epsilon = log_epsilon.astype(emit.dtype)
+  log_epsilon = jnp.asarray(log_epsilon, emit.dtype)
   # repeat[b, n]: label n + 1 repeats label n, so a blank must separate them.
   repeat = jnp.concatenate([labels[:, :-1] == labels[:, 1:],
                             jnp.zeros_like(labels[:, :1], bool)], axis=1)
@@ -180,7 +179,12 @@ def _ctc(fn, logits, logit_paddings, labels, label_paddings, blank_id,
   return _reduction.reduce(fn, loss, reduction), phi, lab
 
 
-@_jit.jit("blank_id", "reduction")
+# log(0) stands in for impossible transitions: -inf is exact, 0 (log 1) the
+# largest value that still means a probability.
+_LOG_EPSILON = _jit.Hyper(-math.inf, 0.0)
+
+
+@_jit.jit("blank_id", "reduction", log_epsilon=_LOG_EPSILON)
 def ctc_loss_with_forward_probs(logits, logit_paddings, labels, label_paddings,
                                 *, blank_id=0, log_epsilon=-1e5,
                                 reduction="none"):
@@ -220,7 +224,8 @@ def ctc_loss_with_forward_probs(logits, logit_paddings, labels, label_paddings,
     label_paddings: (B, N) padding indicators, nonzero (1.0) on padded
       labels, which must come after the real ones in each row.
     blank_id: class of the blank symbol, in ``[0, K)``.
-    log_epsilon: scalar standing for :math:`\log 0`.
+    log_epsilon: traced or concrete scalar in ``[-inf, 0]`` standing for
+      :math:`\log 0`.
     reduction: ``"none"``, ``"mean"`` or ``"sum"`` over the batch.
 
   Returns:
@@ -246,7 +251,7 @@ def ctc_loss_with_forward_probs(logits, logit_paddings, labels, label_paddings,
               label_paddings, blank_id, log_epsilon, reduction)
 
 
-@_jit.jit("blank_id", "reduction")
+@_jit.jit("blank_id", "reduction", log_epsilon=_LOG_EPSILON)
 def ctc_loss(logits, logit_paddings, labels, label_paddings, *, blank_id=0,
              log_epsilon=-1e5, reduction="none"):
   r"""Connectionist temporal classification loss, never negative.
@@ -272,9 +277,9 @@ def ctc_loss(logits, logit_paddings, labels, label_paddings, *, blank_id=0,
     label_paddings: (B, N) padding indicators, nonzero (1.0) on padded
       labels, which must come after the real ones in each row.
     blank_id: class of the blank symbol, in ``[0, K)``.
-    log_epsilon: scalar standing for :math:`\log 0`; ``-inf`` makes
-      impossible alignments exact (an unreachable label sequence costs
-      ``inf`` with zero gradient).
+    log_epsilon: traced or concrete scalar in ``[-inf, 0]`` standing for
+      :math:`\log 0`; ``-inf`` makes impossible alignments exact (an
+      unreachable label sequence costs ``inf`` with zero gradient).
     reduction: ``"none"``, ``"mean"`` or ``"sum"`` over the batch.
 
   Returns:

@@ -1,5 +1,8 @@
 """Kullback-Leibler divergences: optax's row-wise ones and torch's ``kl_div``."""
 
+import functools
+import warnings
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -8,24 +11,21 @@ from jaxloss import _jit
 from jaxloss import _reduction
 
 
-def _common_shape(fn, a_name, a, b_name, b):
-  try:
-    return np.broadcast_shapes(a.shape, b.shape)
-  except ValueError:
-    _checks.fail(fn, f"{b_name} shape {b.shape} does not broadcast with "
-                 f"{a_name} shape {a.shape}")
+def _inputs(fn, log_predictions, targets, t_name, axis=None, summed=False):
+  """Both arrays checked, ``targets`` conformed to ``log_predictions``.
 
-
-def _inputs(fn, log_predictions, targets, t_name, t_floating=False):
-  """Both arrays checked, broadcast to one shape and cast to float32/64."""
+  ``targets`` may broadcast to the shape of ``log_predictions`` but never
+  enlarge it; with ``summed``, the axes ``axis`` summed over are class axes,
+  which ``targets`` must match exactly. Returns both in float32 (float64 for
+  float64 input) and the summed axes.
+  """
   log_predictions = _checks.floating(fn, "log_predictions", log_predictions)
-  targets = (_checks.floating if t_floating else _checks.numeric)(
-      fn, t_name, targets)
-  shape = _common_shape(fn, "log_predictions", log_predictions, t_name,
-                        targets)
+  targets = _checks.floating(fn, t_name, targets)
+  axes = _summed_axes(fn, axis, log_predictions.ndim) if summed else ()
+  targets = _checks.conform(fn, t_name, targets, "log_predictions",
+                            log_predictions.shape, class_axes=axes)
   dtype = _reduction.stat_dtype(log_predictions.dtype)
-  return (jnp.broadcast_to(log_predictions, shape).astype(dtype),
-          jnp.broadcast_to(targets, shape).astype(dtype))
+  return log_predictions.astype(dtype), targets.astype(dtype), axes
 
 
 def _summed_axes(fn, axis, ndim):
@@ -69,13 +69,13 @@ def _target_checks(fn, lp, t, t_name, log_targets):
 def _rowwise(fn, elementwise, log_predictions, targets, t_name, axis, where,
              reduction, extra=None):
   """Sums ``elementwise`` over ``axis`` where kept, then reduces the rows."""
-  lp, t = _inputs(fn, log_predictions, targets, t_name, t_floating=True)
-  axes = _summed_axes(fn, axis, lp.ndim)
+  lp, t, axes = _inputs(fn, log_predictions, targets, t_name, axis,
+                        summed=True)
   keep = None
   if where is not None:
     where = _checks.boolean(fn, "where", where)
-    where = _checks.broadcastable(fn, "where", where, lp.shape,
-                                  "log_predictions")
+    # A mask may drop whole rows (length 1 on the summed axes), as optax's.
+    where = _checks.conform(fn, "where", where, "log_predictions", lp.shape)
     # Dropped entries are fed safe values, so that whatever they held (NaN,
     # +inf) gives an exact zero gradient.
     lp = jnp.where(where, lp, 0)
@@ -107,10 +107,12 @@ def kl_divergence(log_predictions, targets, axis=-1, where=None, *,
 
   Args:
     log_predictions: floating [..., C] log-probabilities of the prediction.
-    targets: floating probabilities broadcastable with ``log_predictions``.
+    targets: floating probabilities of ``log_predictions``' shape; batch
+      axes of length 1 broadcast, the summed axes must match.
     axis: axis, tuple of axes or None (all axes) summed over.
     where: optional boolean mask broadcastable to ``log_predictions``: the
-      entries summed. Dropped entries give zero gradients.
+      entries summed (length 1 on the summed axes drops whole rows). Dropped
+      entries give zero gradients.
     reduction: ``"none"``, ``"mean"`` (over rows with a kept entry) or
       ``"sum"``.
 
@@ -148,8 +150,8 @@ def kl_divergence_with_log_targets(log_predictions, log_targets, axis=-1,
 
   Args:
     log_predictions: floating [..., C] log-probabilities of the prediction.
-    log_targets: floating log-probabilities broadcastable with
-      ``log_predictions``.
+    log_targets: floating log-probabilities of ``log_predictions``' shape;
+      batch axes of length 1 broadcast, the summed axes must match.
     axis: axis, tuple of axes or None (all axes) summed over.
     where: optional boolean mask broadcastable to ``log_predictions``.
     reduction: ``"none"``, ``"mean"`` (over rows with a kept entry) or
@@ -194,8 +196,9 @@ def generalized_kl_divergence(log_predictions, targets, axis=-1, where=None,
 
   Args:
     log_predictions: floating [..., C] log of the predicted measure.
-    targets: floating non-negative target measure broadcastable with
-      ``log_predictions``.
+    targets: floating non-negative target measure of
+      ``log_predictions``' shape; batch axes of length 1 broadcast, the
+      summed axes must match.
     axis: axis, tuple of axes or None (all axes) summed over.
     where: optional boolean mask broadcastable to ``log_predictions``.
     reduction: ``"none"``, ``"mean"`` (over rows with a kept entry) or
@@ -221,6 +224,21 @@ def generalized_kl_divergence(log_predictions, targets, axis=-1, where=None,
                   extra=_mass_difference)
 
 
+def _deprecated(replacement):
+  """Warns at each call, with optax's ``DeprecationWarning`` and message."""
+  def wrap(jitted):
+    message = (f"The function {jitted.__name__} is deprecated. Please use "
+               f"{replacement} instead.")
+
+    @functools.wraps(jitted)
+    def public(*args, **kwargs):
+      warnings.warn(message, DeprecationWarning, stacklevel=2)
+      return jitted(*args, **kwargs)
+    return public
+  return wrap
+
+
+@_deprecated("generalized_kl_divergence")
 @_jit.jit("axis", "reduction")
 def convex_kl_divergence(log_predictions, targets, axis=-1, where=None, *,
                          reduction="none"):
@@ -230,13 +248,14 @@ def convex_kl_divergence(log_predictions, targets, axis=-1, where=None, *,
     D(t \,\|\, p) = \sum_j t_j (\log t_j - \log p_j) + p_j - t_j
 
   Same function as :func:`generalized_kl_divergence`, kept so that code
-  calling ``optax.losses.convex_kl_divergence`` (deprecated there, with a
-  warning) ports unchanged; jaxloss does not warn.
+  calling ``optax.losses.convex_kl_divergence`` ports unchanged. Deprecated,
+  as in optax: each call warns with optax's ``DeprecationWarning``.
 
   Args:
     log_predictions: floating [..., C] log of the predicted measure.
-    targets: floating non-negative target measure broadcastable with
-      ``log_predictions``.
+    targets: floating non-negative target measure of
+      ``log_predictions``' shape; batch axes of length 1 broadcast, the
+      summed axes must match.
     axis: axis, tuple of axes or None (all axes) summed over.
     where: optional boolean mask broadcastable to ``log_predictions``.
     reduction: ``"none"``, ``"mean"`` (over rows with a kept entry) or
@@ -248,9 +267,14 @@ def convex_kl_divergence(log_predictions, targets, axis=-1, where=None, *,
 
   Example:
     >>> import jaxloss
+    >>> import warnings
     >>> log_p = jnp.log(jnp.array([1.0, 2.0, 0.5]))
-    >>> print(jaxloss.convex_kl_divergence(log_p, jnp.array([2.0, 2.0, 0.0])))
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...   warnings.simplefilter("always")
+    ...   print(jaxloss.convex_kl_divergence(log_p, jnp.array([2.0, 2.0, 0.0])))
     0.8863
+    >>> print(caught[0].category.__name__, caught[0].message)
+    DeprecationWarning The function convex_kl_divergence is deprecated. ...
 
   References:
     ``optax.losses.convex_kl_divergence``.
@@ -282,14 +306,15 @@ def kl_div(log_predictions, targets, *, log_target=False, reduction="none"):
   Args:
     log_predictions: floating log-probabilities (torch's ``input``).
     targets: probabilities, or log-probabilities with ``log_target``
-      (torch's ``target``), broadcastable with ``log_predictions``.
+      (torch's ``target``), floating, broadcastable to the shape of
+      ``log_predictions`` (never enlarging it: torch broadcasts both ways).
     log_target: whether ``targets`` are log-probabilities.
     reduction: ``"none"``, ``"mean"``, ``"sum"`` or ``"batchmean"``
       (torch's default is ``"mean"``; here ``"none"``).
 
   Returns:
-    float32 loss (float64 for float64 input): the broadcast shape for
-    ``"none"``, else a scalar.
+    float32 loss (float64 for float64 input): ``log_predictions``' shape
+    for ``"none"``, else a scalar.
 
   Example:
     >>> import jaxloss
@@ -308,7 +333,7 @@ def kl_div(log_predictions, targets, *, log_target=False, reduction="none"):
   if not isinstance(log_target, (bool, np.bool_)):
     _checks.fail(fn, f"log_target must be a bool, got {log_target!r}",
                  TypeError)
-  lp, t = _inputs(fn, log_predictions, targets, "targets")
+  lp, t, _ = _inputs(fn, log_predictions, targets, "targets")
   _target_checks(fn, lp, t, "targets", log_target)
   loss = (_elementwise_kl_log_targets if log_target else _elementwise_kl)(
       lp, t)

@@ -1,13 +1,25 @@
 """Overlap losses for segmentation: Dice, generalized Dice, Tversky."""
 
+import functools
+import inspect
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxloss import _checks
 from jaxloss import _jit
 from jaxloss import _reduction
 from jaxloss._embedding import _axes
 from jaxloss._regression import not_nan
+
+# optax's tolerance on the class sums of probabilities (jnp.allclose's), or a
+# rounding error of one ulp per class where the input's dtype is coarser.
+_SUM_TOLERANCE = 1e-5 + 1e-8
+
+
+def _sum_tolerance(dtype, num_classes):
+  return max(_SUM_TOLERANCE, num_classes * float(jnp.finfo(dtype).eps))
 
 
 def _values(fn, predictions, targets, probabilities):
@@ -22,17 +34,75 @@ def _values(fn, predictions, targets, probabilities):
                  "must be in [0, 1]", targets)
 
 
+def _sums_to_one(fn, predictions):
+  """Under ``checked``: probabilities over C > 1 classes sum to 1."""
+  if predictions.shape[-1] > 1:
+    sums = jnp.sum(predictions.astype(_reduction.stat_dtype(
+        predictions.dtype)), axis=-1)
+    tolerance = _sum_tolerance(predictions.dtype, predictions.shape[-1])
+    _checks.values(fn, "predictions.sum(-1)", jnp.abs(sums - 1) <= tolerance,
+                   "must be 1 with apply_softmax=False (probabilities over "
+                   "the classes)", sums)
+
+
+def _eager_sums_to_one(jitted):
+  """optax's check of ``apply_softmax=False`` probabilities, on concrete input.
+
+  optax raises ``ValueError`` when probabilities over C > 1 classes do not
+  sum to 1; it can only do so on concrete arrays. So does this, before
+  tracing: traced predictions are checked under :func:`jaxloss.checked`
+  instead. A single channel holds sigmoid probabilities and is not checked.
+  """
+  signature = inspect.signature(jitted)
+  fn = jitted.__name__
+
+  @functools.wraps(jitted)
+  def public(*args, **kwargs):
+    try:
+      arguments = signature.bind(*args, **kwargs).arguments
+    except TypeError:
+      return jitted(*args, **kwargs)     # which says what is wrong
+    predictions = arguments.get("predictions")
+    if (not arguments.get("apply_softmax", True)
+        and not isinstance(predictions, jax.core.Tracer)):
+      p = np.asarray(predictions)
+      single = (p.ndim == np.ndim(arguments.get("targets")) - 1
+                or p.ndim == 0 or p.shape[-1] == 1)
+      if p.dtype.kind == "f" and p.size and not single:
+        sums = p.astype(np.float64).sum(-1)
+        if not np.all(np.abs(sums - 1) <= _sum_tolerance(p.dtype,
+                                                          p.shape[-1])):
+          _checks.fail(fn, "predictions must be probabilities that sum to 1 "
+                       "over the class axis with apply_softmax=False, got "
+                       f"sums in [{np.min(sums):.6g}, {np.max(sums):.6g}]")
+    return jitted(*args, **kwargs)
+  return public
+
+
+def _hyper(value, dtype):
+  """A hyperparameter in the statistics' dtype (Python numbers stay weak)."""
+  return value if isinstance(value, (int, float)) else jnp.asarray(
+      value).astype(dtype)
+
+
 def _tversky_loss(probs, targets, alpha, beta, smooth, axes):
   r"""``1 - (I + s) / (I + alpha FP + beta FN + s)`` summed over ``axes``.
 
-  An empty prediction against an empty target with ``smooth=0`` (0/0) is a
+  A concrete zero ``alpha``, ``beta`` or ``smooth`` leaves its term out. An
+  empty prediction against an empty target with ``smooth=0`` (0/0) is a
   perfect match: loss 0, gradient 0.
   """
   intersection = jnp.sum(probs * targets, axis=axes)
-  false_pos = jnp.sum(probs, axis=axes) - intersection
-  false_neg = jnp.sum(targets, axis=axes) - intersection
-  numerator = intersection + smooth
-  denominator = intersection + alpha * false_pos + beta * false_neg + smooth
+  numerator = denominator = intersection
+  if not _jit.is_zero(alpha):
+    false_pos = jnp.sum(probs, axis=axes) - intersection
+    denominator = denominator + alpha * false_pos
+  if not _jit.is_zero(beta):
+    false_neg = jnp.sum(targets, axis=axes) - intersection
+    denominator = denominator + beta * false_neg
+  if not _jit.is_zero(smooth):
+    numerator = numerator + smooth
+    denominator = denominator + smooth
   empty = denominator == 0
   ratio = numerator / jnp.where(empty, 1, denominator)
   return 1 - jnp.where(empty, 1, ratio)
@@ -48,7 +118,60 @@ def _class_reduce(fn, loss, reduction):
   return loss
 
 
-@_jit.jit("apply_softmax", "reduction", "ignore_background", "axis")
+def _dice(fn, predictions, targets, *, class_weights=None, smooth,
+          alpha=0.5, beta=0.5, apply_softmax, reduction="mean",
+          ignore_background=False, axis=None, binary=False):
+  """The Dice family's body: checks, channel rules, per-class Tversky loss.
+
+  ``binary`` adds a channel axis to both arrays unless the last one already
+  has size 1 (:func:`binary_dice_loss`'s layouts).
+  """
+  predictions = _checks.floating(fn, "predictions", predictions)
+  targets = _checks.numeric(fn, "targets", targets)
+  _values(fn, predictions, targets, not apply_softmax)
+  if (binary and predictions.ndim == targets.ndim and predictions.ndim
+      and predictions.shape[-1] != 1):
+    predictions = predictions[..., None]
+    targets = targets[..., None]
+  # optax's channel rule: a missing class axis of size 1 is added.
+  if predictions.ndim == targets.ndim - 1:
+    predictions = predictions[..., None]
+  if targets.ndim == predictions.ndim - 1:
+    targets = targets[..., None]
+  _checks.at_least_rank(fn, "predictions", predictions, 1)
+  ndim = predictions.ndim
+  targets = _checks.conform(fn, "targets", targets, "predictions",
+                            predictions.shape, class_axes=(ndim - 1,))
+  if not apply_softmax:
+    _sums_to_one(fn, predictions)
+  axes = (tuple(range(1, ndim - 1)) if axis is None
+          else _axes(fn, axis, ndim, "predictions"))
+  if ndim - 1 in axes:
+    _checks.fail(fn, f"axis {axis!r} must leave out the class axis (the "
+                 "last)")
+  dtype = _reduction.stat_dtype(jnp.result_type(predictions, targets))
+  probs = predictions.astype(dtype)
+  targets = targets.astype(dtype)
+  if apply_softmax:
+    probs = (jax.nn.sigmoid(probs) if probs.shape[-1] == 1
+             else jax.nn.softmax(probs, axis=-1))
+  loss = _tversky_loss(probs, targets, _hyper(alpha, dtype),
+                       _hyper(beta, dtype), _hyper(smooth, dtype), axes)
+  if class_weights is not None:
+    class_weights = _checks.numeric(fn, "class_weights", class_weights)
+    class_weights = _checks.conform(
+        fn, "class_weights", class_weights, "the per-class loss", loss.shape,
+        class_axes=(loss.ndim - 1,))
+    loss = loss * class_weights.astype(dtype)
+  if ignore_background and loss.shape[-1] > 1:
+    loss = loss[..., 1:]
+  return _class_reduce(fn, loss, reduction)
+
+
+@_eager_sums_to_one
+@_jit.jit("apply_softmax", "reduction", "ignore_background", "axis",
+          smooth=_jit.NON_NEGATIVE, alpha=_jit.NON_NEGATIVE,
+          beta=_jit.NON_NEGATIVE)
 def dice_loss(predictions, targets, *, class_weights=None, smooth=1.0,
               alpha=0.5, beta=0.5, apply_softmax=True, reduction="mean",
               ignore_background=False, axis=None):
@@ -68,22 +191,31 @@ def dice_loss(predictions, targets, *, class_weights=None, smooth=1.0,
   when it has size 1.
 
   ``reduction`` is optax's: over the class axis only (the batch stays).
-  Differences from ``optax.losses.dice_loss``: ``apply_softmax=False`` runs
-  under ``jax.jit`` and accepts single-channel probabilities (optax checks
-  that the class axis sums to 1 with a Python ``if``, which fails under jit
-  and rejects valid binary input); an empty class predicted empty with
-  ``smooth=0`` is a perfect match, loss 0 (optax: NaN); half precision is
-  computed in float32.
+  With ``apply_softmax=False``, probabilities over C > 1 classes must sum
+  to 1: like optax, a concrete input that does not raises ``ValueError``
+  (within optax's tolerance 1e-5, or an ulp per class of a coarser dtype);
+  a traced one is checked under :func:`jaxloss.checked`. Differences from
+  ``optax.losses.dice_loss``: ``apply_softmax=False`` runs under
+  ``jax.jit`` and accepts single-channel probabilities (optax checks with a
+  Python ``if``, which fails under jit, and rejects valid binary input);
+  targets may broadcast along the batch and spatial axes (optax: equal
+  shapes); an empty class predicted empty with ``smooth=0`` is a perfect
+  match, loss 0 (optax: NaN); half precision is computed in float32.
 
   Args:
     predictions: floating logits [..., C] (or probabilities with
       ``apply_softmax=False``); [...] when ``targets`` is [..., 1].
-    targets: one-hot or soft targets of ``predictions``' shape; [...] when
+    targets: one-hot or soft targets of ``predictions``' shape (axes of
+      length 1 broadcast, except the class axis); [...] when
       ``predictions`` is [..., 1].
-    class_weights: optional [C] weights of the per-class losses.
-    smooth: :math:`s`, added to numerator and denominator.
-    alpha: :math:`\alpha`, the weight of false positives.
-    beta: :math:`\beta`, the weight of false negatives.
+    class_weights: optional [C] weights of the per-class losses (or any
+      shape broadcasting to the per-class loss, with all C classes).
+    smooth: :math:`s \ge 0`, added to numerator and denominator; traced or
+      concrete (a concrete 0 adds nothing).
+    alpha: :math:`\alpha \ge 0`, the weight of false positives; traced or
+      concrete.
+    beta: :math:`\beta \ge 0`, the weight of false negatives; traced or
+      concrete.
     apply_softmax: turn logits into probabilities first.
     reduction: ``"mean"`` or ``"sum"`` over classes, or ``"none"``.
     ignore_background: drop class 0 (when there are several classes).
@@ -106,42 +238,13 @@ def dice_loss(predictions, targets, *, class_weights=None, smooth=1.0,
     Salehi et al., `Tversky loss function for image segmentation
     <https://arxiv.org/abs/1706.05721>`_, 2017; ``optax.losses.dice_loss``.
   """
-  fn = "dice_loss"
-  predictions = _checks.floating(fn, "predictions", predictions)
-  targets = _checks.numeric(fn, "targets", targets)
-  _values(fn, predictions, targets, not apply_softmax)
-  if predictions.ndim == targets.ndim - 1:
-    predictions = predictions[..., None]
-  if targets.ndim == predictions.ndim - 1:
-    targets = targets[..., None]
-  _checks.same_shape(fn, "targets", targets, "predictions", predictions)
-  _checks.at_least_rank(fn, "predictions", predictions, 1)
-  ndim = predictions.ndim
-  axes = (tuple(range(1, ndim - 1)) if axis is None
-          else _axes(fn, axis, ndim, "predictions"))
-  if ndim - 1 in axes:
-    _checks.fail(fn, f"axis {axis!r} must leave out the class axis (the "
-                 "last)")
-  dtype = _reduction.stat_dtype(jnp.result_type(predictions, targets))
-  probs = predictions.astype(dtype)
-  targets = targets.astype(dtype)
-  if apply_softmax:
-    probs = (jax.nn.sigmoid(probs) if probs.shape[-1] == 1
-             else jax.nn.softmax(probs, axis=-1))
-  loss = _tversky_loss(probs, targets, jnp.asarray(alpha, dtype),
-                       jnp.asarray(beta, dtype), jnp.asarray(smooth, dtype),
-                       axes)
-  if class_weights is not None:
-    class_weights = _checks.numeric(fn, "class_weights", class_weights)
-    _checks.shape_is(fn, "class_weights", class_weights, loss.shape[-1:],
-                     "one per class")
-    loss = loss * jnp.broadcast_to(class_weights.astype(dtype), loss.shape)
-  if ignore_background and loss.shape[-1] > 1:
-    loss = loss[..., 1:]
-  return _class_reduce(fn, loss, reduction)
+  return _dice("dice_loss", predictions, targets, class_weights=class_weights,
+               smooth=smooth, alpha=alpha, beta=beta,
+               apply_softmax=apply_softmax, reduction=reduction,
+               ignore_background=ignore_background, axis=axis)
 
 
-@_jit.jit("apply_sigmoid")
+@_jit.jit("apply_sigmoid", smooth=_jit.NON_NEGATIVE)
 def binary_dice_loss(predictions, targets, *, smooth=1.0, apply_sigmoid=True):
   r"""Dice loss of one foreground class: :func:`dice_loss` on a sigmoid.
 
@@ -156,7 +259,7 @@ def binary_dice_loss(predictions, targets, *, smooth=1.0, apply_sigmoid=True):
     predictions: floating logits [...] or [..., 1] (probabilities with
       ``apply_sigmoid=False``).
     targets: binary or soft targets, [...] or [..., 1].
-    smooth: :math:`s`.
+    smooth: :math:`s \ge 0`; traced or concrete.
     apply_sigmoid: turn logits into probabilities first.
 
   Returns:
@@ -175,21 +278,15 @@ def binary_dice_loss(predictions, targets, *, smooth=1.0, apply_sigmoid=True):
     ``optax.losses.binary_dice_loss``, which (unlike this) rejects
     probabilities with ``apply_sigmoid=False`` and fails under ``jax.jit``.
   """
-  fn = "binary_dice_loss"
-  predictions = _checks.floating(fn, "predictions", predictions)
-  targets = _checks.numeric(fn, "targets", targets)
-  _values(fn, predictions, targets, not apply_sigmoid)
-  if predictions.ndim == targets.ndim and predictions.shape[-1] != 1:
-    predictions = predictions[..., None]
-    targets = targets[..., None]
-  return dice_loss(predictions, targets, smooth=smooth,
-                   apply_softmax=apply_sigmoid, reduction="mean")
+  return _dice("binary_dice_loss", predictions, targets, smooth=smooth,
+               apply_softmax=apply_sigmoid, binary=True)
 
 
 _FREQUENCY_EPSILON = 1e-7
 
 
-@_jit.jit("apply_softmax", "ignore_background")
+@_eager_sums_to_one
+@_jit.jit("apply_softmax", "ignore_background", smooth=_jit.NON_NEGATIVE)
 def multiclass_generalized_dice_loss(predictions, targets, *, smooth=1.0,
                                      apply_softmax=True,
                                      ignore_background=False):
@@ -206,15 +303,17 @@ def multiclass_generalized_dice_loss(predictions, targets, *, smooth=1.0,
 
   Args:
     predictions: floating logits [..., C] (probabilities with
-      ``apply_softmax=False``).
-    targets: one-hot targets of the same shape.
-    smooth: the Dice smoothing :math:`s`.
+      ``apply_softmax=False``, summing to 1 as in :func:`dice_loss`).
+    targets: one-hot targets of the same shape (axes of length 1 broadcast,
+      except the class axis).
+    smooth: the Dice smoothing :math:`s \ge 0`; traced or concrete.
     apply_softmax: turn logits into probabilities first.
     ignore_background: leave class 0 out of the mean (its weight still
       counts in the normalisation, as optax).
 
   Returns:
-    float32 scalar (float64 for float64 input).
+    float32 scalar (float64 for float64 input); 0 with zero gradient for
+    an empty batch (optax: NaN).
 
   Example:
     >>> import jaxloss
@@ -233,21 +332,24 @@ def multiclass_generalized_dice_loss(predictions, targets, *, smooth=1.0,
   fn = "multiclass_generalized_dice_loss"
   predictions = _checks.floating(fn, "predictions", predictions)
   targets = _checks.numeric(fn, "targets", targets)
-  _checks.same_shape(fn, "targets", targets, "predictions", predictions)
   _checks.at_least_rank(fn, "predictions", predictions, 1)
-  _values(fn, predictions, targets, not apply_softmax)
+  targets = _checks.conform(fn, "targets", targets, "predictions",
+                            predictions.shape,
+                            class_axes=(predictions.ndim - 1,))
   dtype = _reduction.stat_dtype(jnp.result_type(predictions, targets))
   frequency = jnp.sum(targets.astype(dtype),
                       axis=tuple(range(targets.ndim - 1)))
   weights = 1 / (frequency**2 + _FREQUENCY_EPSILON)
   weights = weights / jnp.sum(weights) * weights.shape[0]
-  return jnp.mean(dice_loss(
-      predictions, targets, class_weights=weights, smooth=smooth,
-      apply_softmax=apply_softmax, reduction="none",
-      ignore_background=ignore_background))
+  loss = _dice(fn, predictions, targets, class_weights=weights, smooth=smooth,
+               apply_softmax=apply_softmax, reduction="none",
+               ignore_background=ignore_background)
+  # The mean over an empty batch is 0, with zero gradient.
+  return jnp.sum(loss) / max(loss.size, 1)
 
 
-@_jit.jit("axis", "reduction")
+@_jit.jit("axis", "reduction", alpha=_jit.NON_NEGATIVE,
+          beta=_jit.NON_NEGATIVE, smooth=_jit.NON_NEGATIVE)
 def tversky_loss(predictions, targets, *, alpha=0.5, beta=0.5, smooth=0.0,
                  axis=None, reduction="none"):
   r"""Tversky loss on probabilities: Dice with separate weights on FP and FN.
@@ -270,10 +372,13 @@ def tversky_loss(predictions, targets, *, alpha=0.5, beta=0.5, smooth=0.0,
 
   Args:
     predictions: floating probabilities of any shape.
-    targets: binary or soft targets broadcastable to ``predictions``.
-    alpha: :math:`\alpha`, the weight of false positives.
-    beta: :math:`\beta`, the weight of false negatives.
-    smooth: :math:`s \ge 0`.
+    targets: binary or soft targets broadcastable to ``predictions``
+      (never enlarging it).
+    alpha: :math:`\alpha \ge 0`, the weight of false positives; traced or
+      concrete.
+    beta: :math:`\beta \ge 0`, the weight of false negatives; traced or
+      concrete.
+    smooth: :math:`s \ge 0`; traced or concrete.
     axis: axes summed into one Tversky index; None (Keras's default) for
       all, so that ``"none"`` is a scalar; ``tuple(range(1, ndim))`` for one
       loss per sample.
@@ -300,11 +405,11 @@ def tversky_loss(predictions, targets, *, alpha=0.5, beta=0.5, smooth=0.0,
   predictions = _checks.floating(fn, "predictions", predictions)
   targets = _checks.numeric(fn, "targets", targets)
   _values(fn, predictions, targets, True)
-  targets = _checks.broadcastable(fn, "targets", targets, predictions.shape,
-                                  "predictions")
+  targets = _checks.conform(fn, "targets", targets, "predictions",
+                            predictions.shape)
   axes = _axes(fn, axis, predictions.ndim, "predictions")
   dtype = _reduction.stat_dtype(jnp.result_type(predictions, targets))
   loss = _tversky_loss(predictions.astype(dtype), targets.astype(dtype),
-                       jnp.asarray(alpha, dtype), jnp.asarray(beta, dtype),
-                       jnp.asarray(smooth, dtype), axes)
+                       _hyper(alpha, dtype), _hyper(beta, dtype),
+                       _hyper(smooth, dtype), axes)
   return _reduction.reduce(fn, loss, reduction)

@@ -398,8 +398,10 @@ class KLDivLoss(_Loss):
     log_target: whether ``target`` holds log-probabilities.
 
   Call:
-    ``loss(input, target)``: log-probabilities ``input`` and the target of the
-    same shape. See :func:`jaxloss.kl_div`.
+    ``loss(input, target)``: floating log-probabilities ``input`` and the
+    target of the same shape, or broadcasting to it; a target that would
+    enlarge ``input`` (torch broadcasts both ways, silently) is an error.
+    See :func:`jaxloss.kl_div`.
 
   Example:
     >>> import jaxloss
@@ -902,11 +904,23 @@ class TripletMarginWithDistanceLoss(_Loss):
 
 
 def _lengths(fn, name, lengths, batch):
+  """One integer length per sequence; torch reads any shape of that size."""
   lengths = _checks.integer(fn, name, lengths)
-  if lengths.size != batch or lengths.ndim > 1:
+  if lengths.size != batch:
     _checks.fail(fn, f"{name} must have shape ({batch},) (one length per "
                  f"sequence), got shape {lengths.shape}")
   return lengths.reshape(batch)
+
+
+def _class_indices(fn, name, targets):
+  """Targets as torch's CTC reads them: integers, or booleans and floats
+  truncated to integers (``checked`` flags a fractional float)."""
+  targets = _checks.numeric(fn, name, targets)
+  if jnp.issubdtype(targets.dtype, jnp.floating):
+    _checks.values(fn, name, targets == jnp.trunc(targets),
+                   "must be whole numbers (class indices)", targets)
+  return targets if jnp.issubdtype(targets.dtype, jnp.integer) else (
+      targets.astype(jnp.int32))
 
 
 def _concrete(lengths):
@@ -969,12 +983,15 @@ class CTCLoss(_Loss):
   Call:
     ``loss(log_probs, targets, input_lengths, target_lengths)``:
     ``log_probs`` (T, N, C) or (T, C) log-probabilities, time first;
-    ``targets`` integer, (N, S) padded or (sum(target_lengths),)
-    concatenated, or (S,) when unbatched; ``input_lengths`` and
-    ``target_lengths`` integer (N,) or () (arrays, tuples or lists).
-    Returns (N,) (or () unbatched) for ``"none"``, else a scalar. With
-    concatenated targets, concrete ``target_lengths`` size the padded
-    targets by their maximum; traced ones, by the concatenated length.
+    ``targets`` class indices, (N, S) padded or (sum(target_lengths),)
+    concatenated, or (S,) or (1, S) when unbatched (booleans and floats
+    are truncated to integers, as torch does); ``input_lengths`` and
+    ``target_lengths`` integer, N of them in any shape ((N,), or () when
+    unbatched; arrays, tuples or lists). Returns (N,) (or () unbatched) for
+    ``"none"``, else a scalar; an empty batch gives an empty array or 0
+    (torch raises). With concatenated targets, concrete ``target_lengths``
+    size the padded targets by their maximum; traced ones, by the
+    concatenated length.
 
   Example:
     >>> import jaxloss
@@ -993,20 +1010,36 @@ class CTCLoss(_Loss):
   reduction: str = "mean"
   zero_infinity: bool = False
 
+  def __post_init__(self):
+    super().__post_init__()
+    if isinstance(self.blank, bool) or not isinstance(self.blank,
+                                                      (int, np.integer)):
+      _checks.fail("CTCLoss", f"blank must be an int, got {self.blank!r}",
+                   TypeError)
+    if self.blank < 0:
+      _checks.fail("CTCLoss", f"blank must be a class index, at least 0, got "
+                   f"{self.blank}")
+
   def __call__(self, log_probs, targets, input_lengths, target_lengths):
     fn = "CTCLoss"
     log_probs = _checks.floating(fn, "log_probs", log_probs)
-    targets = _checks.integer(fn, "targets", targets)
+    targets = _class_indices(fn, "targets", targets)
     if log_probs.ndim not in (2, 3):
       _checks.fail(fn, "log_probs must have shape (T, N, C) or (T, C), got "
                    f"shape {log_probs.shape}")
     unbatched = log_probs.ndim == 2
     if unbatched:
-      if targets.ndim != 1:
-        _checks.fail(fn, "targets must have shape (S,) for unbatched "
-                     f"log_probs, got shape {targets.shape}")
-      log_probs, targets = log_probs[:, None, :], targets[None, :]
-    time, batch, _ = log_probs.shape
+      if not (targets.ndim == 1 or targets.ndim == 2
+              and targets.shape[0] == 1):
+        _checks.fail(fn, "targets must have shape (S,) or (1, S) for "
+                     f"unbatched log_probs shape {log_probs.shape}, got shape "
+                     f"{targets.shape}")
+      log_probs = log_probs[:, None, :]
+      targets = targets.reshape(1, -1)
+    time, batch, num_classes = log_probs.shape
+    if not 0 <= self.blank < num_classes:
+      _checks.fail(fn, f"blank must be in [0, {num_classes}) (a class of "
+                   f"log_probs shape {log_probs.shape}), got {self.blank}")
     input_lengths = _lengths(fn, "input_lengths", input_lengths, batch)
     target_lengths = _lengths(fn, "target_lengths", target_lengths, batch)
     _check_lengths(fn, "input_lengths", _concrete(input_lengths), 0, time,
@@ -1032,7 +1065,7 @@ class CTCLoss(_Loss):
                  >= target_lengths[:, None])
     loss = _ctc.ctc_loss(
         jnp.transpose(log_probs, (1, 0, 2)), frame_pad, targets, label_pad,
-        blank_id=self.blank, log_epsilon=-jnp.inf)
+        blank_id=int(self.blank), log_epsilon=-jnp.inf)
     if self.zero_infinity:
       loss = jnp.where(jnp.isinf(loss), 0, loss)
     if self.reduction == "mean":

@@ -63,3 +63,30 @@ def test_half_precision_softmax_keeps_its_dtype(dtype):
   x = jnp.asarray(X, dtype)
   assert jaxloss.softmax(x).dtype == x.dtype
   assert jaxloss.log_softmax(x).dtype == x.dtype
+
+
+def test_zero_dimensional_and_empty_input_as_torch():
+  # torch.softmax(scalar, 0) is 1, log_softmax 0: one entry normalised.
+  x = jnp.float32(3.0)
+  for axis in (0, -1):
+    assert jaxloss.softmax(x, axis=axis) == 1
+    assert jaxloss.log_softmax(x, axis=axis) == 0
+  assert jax.grad(jaxloss.log_softmax)(x) == 0
+  with pytest.raises(ValueError, match="softmax: axis must be 0 or -1 for a "
+                     "0-d x, got 1"):
+    jaxloss.softmax(x, axis=1)
+  empty = jnp.zeros((5, 0, 0))
+  assert jaxloss.softmax(empty).shape == jaxloss.log_softmax(empty).shape == (
+      5, 0, 0)
+
+
+def test_where_broadcasts_to_x_never_enlarges_it():
+  rows = jnp.asarray(X[:, :1] > 0)        # whole rows in or out
+  np.testing.assert_array_equal(
+      jaxloss.softmax(X, where=rows),
+      jaxloss.softmax(X, where=jnp.broadcast_to(rows, X.shape)))
+  for fn in ("softmax", "log_softmax"):
+    with pytest.raises(ValueError, match=(
+        rf"^{fn}: where shape \(6, 1\) does not broadcast to x shape \(6,\): "
+        r"it has more axes than x")):
+      getattr(jaxloss, fn)(X[0], where=jnp.ones((6, 1), bool))

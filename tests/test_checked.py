@@ -269,6 +269,11 @@ VALUE_CHECKS = [
                          [[[1.0, 0.0], [1.0, 0.0]]]), {"apply_softmax": False},
      r"dice_loss: predictions must be probabilities in \[0, 1\]; first "
      r"offending element predictions\[0, 0, 1\] = 1.5"),
+    (jaxloss.dice_loss, ([[[0.25, 0.25], [1.0, 0.0]]],
+                         [[[1.0, 0.0], [1.0, 0.0]]]), {"apply_softmax": False},
+     r"dice_loss: predictions.sum\(-1\) must be 1 with apply_softmax=False "
+     r"\(probabilities over the classes\); first offending element "
+     r"predictions.sum\(-1\)\[0, 0\] = 0.5"),
     (jaxloss.dice_loss, ([[[0.0, _NAN], [1.0, 0.0]]],
                          [[[1.0, 0.0], [1.0, 0.0]]]), {},
      r"dice_loss: predictions must not be NaN"),

@@ -9,6 +9,7 @@ import pytest
 from jax.test_util import check_grads
 
 import jaxloss
+from derivatives import check_derivatives
 from helpers import FLOATS, MODES, assert_finite, dtype_context, rounded, run
 
 rng = np.random.default_rng(5)
@@ -280,17 +281,32 @@ def test_gradients_match_finite_differences():
     ({"logits": LOGITS[:, :0]}, ValueError,
      "ctc_loss: logits must have at least one time step"),
     ({"logit_paddings": FRAME_PAD[:, :3]}, ValueError,
-     r"ctc_loss: logit_paddings must have shape \(4, 9\)"),
+     r"ctc_loss: logit_paddings shape \(4, 3\) does not match logits shape "
+     r"\(4, 9, 5\) without its class axis, \(4, 9\)"),
+    ({"logit_paddings": FRAME_PAD[:1]}, ValueError,
+     r"ctc_loss: logit_paddings shape \(1, 9\) does not match logits shape "
+     r"\(4, 9, 5\) without its class axis, \(4, 9\)"),
     ({"labels": LABELS.astype(float)}, TypeError,
      "ctc_loss: labels must have an integer dtype"),
     ({"labels": LABELS[:2]}, ValueError,
-     r"ctc_loss: labels must have shape \(4, max_label_length\)"),
+     r"ctc_loss: labels shape \(2, 4\) does not match logits shape "
+     r"\(4, 9, 5\): labels must be \(batch, max_label_length\) with the "
+     r"batch size 4 of logits"),
+    ({"labels": LABELS[0]}, ValueError,
+     r"ctc_loss: labels shape \(4,\) does not match logits shape"),
     ({"label_paddings": LABEL_PAD[:, :2]}, ValueError,
      r"ctc_loss: label_paddings shape \(4, 2\) does not match labels"),
     ({"blank_id": K}, ValueError,
      r"ctc_loss: blank_id must be an int in \[0, 5\)"),
     ({"log_epsilon": jnp.zeros(2)}, ValueError,
-     r"ctc_loss: log_epsilon must have shape \(\)"),
+     r"ctc_loss: log_epsilon must be a scalar, got shape \(2,\)"),
+    ({"log_epsilon": 1.0}, ValueError,
+     r"ctc_loss: log_epsilon must be in \[-inf, 0\], got 1.0"),
+    ({"log_epsilon": float("nan")}, ValueError,
+     r"ctc_loss: log_epsilon must be in \[-inf, 0\], got nan"),
+    ({"blank_id": jnp.asarray(0)}, TypeError,
+     r"ctc_loss: blank_id must be a Python int, fixed when the function is "
+     r"traced"),
     ({"reduction": "batchmean"}, ValueError,
      "ctc_loss: reduction must be one of 'none', 'mean', 'sum'"),
 ])
@@ -300,3 +316,65 @@ def test_errors(kwargs, error, match):
   args.update(kwargs)
   with pytest.raises(error, match=match):
     jaxloss.ctc_loss(**args)
+
+
+def test_log_epsilon_is_a_hyperparameter():
+  """Traced or concrete, one compile, checked, and differentiable: with a
+  log_epsilon near 0 the impossible transitions carry weight."""
+  args = (LOGITS[:2, :5, :3], FRAME_PAD[:2, :5],
+          np.array([[1, 1], [2, 1]]), np.zeros((2, 2)))
+  f = functools.partial(jaxloss.ctc_loss, *args)
+  values = (-1e5, -2.0, -0.5)
+  concrete = [f(log_epsilon=v) for v in values[:2]]
+  size = jaxloss.ctc_loss.compiled._cache_size()
+  concrete.append(f(log_epsilon=values[2]))
+  assert jaxloss.ctc_loss.compiled._cache_size() == size
+  traced = jax.jit(jax.vmap(lambda e: f(log_epsilon=e)))(jnp.asarray(values))
+  np.testing.assert_allclose(traced, concrete, rtol=1e-6)
+  # log_epsilon = -1e5 stands for log 0: the exact value.
+  np.testing.assert_allclose(concrete[0], ctc_reference(*args), rtol=1e-5)
+  with pytest.raises(jaxloss.CheckError, match=(
+      r"ctc_loss: log_epsilon must be in \[-inf, 0\]; got 0.5")):
+    jaxloss.checked(jax.jit(lambda e: f(log_epsilon=e)))(jnp.float32(0.5))
+  with jax.enable_x64(True):
+    args64 = (jnp.asarray(args[0]),) + args[1:]
+
+    def loss(e):
+      return jaxloss.ctc_loss(*args64, log_epsilon=e, reduction="sum")
+
+    grad = jax.jit(jax.grad(loss))(-1.5)
+    eps = 1e-6
+    assert abs(grad) > 1e-3
+    np.testing.assert_allclose(grad, (loss(-1.5 + eps) - loss(-1.5 - eps))
+                               / (2 * eps), rtol=1e-6)
+
+
+def test_forward_and_second_order_derivatives():
+  """jvp and Hessian-vector products (forward over reverse, and reverse over
+  reverse), with log_epsilon = -inf and an impossible label sequence (1, 1
+  in one frame: inf, with zero derivatives of every order)."""
+  frame_pad = np.array([[0.0] * 5, [0.0] * 4 + [1.0], [0.0] + [1.0] * 4])
+  labels, label_pad = np.array([[1, 2], [2, 2], [1, 1]]), np.zeros((3, 2))
+
+  def total(x):
+    loss = jaxloss.ctc_loss(x, frame_pad, labels, label_pad,
+                            log_epsilon=-jnp.inf)
+    return jnp.sum(jnp.where(jnp.isinf(loss), 0, loss))
+
+  with jax.enable_x64(True):
+    x = jnp.asarray(LOGITS[:3, :5, :3])
+    assert jaxloss.ctc_loss(x, frame_pad, labels, label_pad,
+                            log_epsilon=-jnp.inf)[2] == np.inf
+    check_derivatives(total, (x,), directions=1)
+
+
+def test_empty_batch():
+  args = (jnp.zeros((0, T, K)), jnp.zeros((0, T)), jnp.zeros((0, N), int),
+          jnp.zeros((0, N)))
+  assert jaxloss.ctc_loss(*args).shape == (0,)
+  loss, alpha_blank, alpha_label = jaxloss.ctc_loss_with_forward_probs(*args)
+  assert loss.shape == (0,) and alpha_blank.shape == (T, 0, N + 1)
+  for reduction in ("mean", "sum"):
+    value, grad = jax.value_and_grad(lambda x, r=reduction: jaxloss.ctc_loss(
+        x, *args[1:], reduction=r))(args[0])
+    assert value == 0 and grad.shape == (0, T, K)

@@ -1,5 +1,6 @@
 """KL divergences: optax's row-wise ones and torch's pointwise kl_div."""
 
+import re
 import warnings
 
 import jax
@@ -10,6 +11,7 @@ import pytest
 from jax.test_util import check_grads
 
 import jaxloss
+from derivatives import check_derivatives
 
 rng = np.random.default_rng(11)
 N, C = 3, 4
@@ -20,6 +22,22 @@ T_ZERO[0, 1] = T_ZERO[2, 3] = 0.0
 LOG_P_INF = LOG_P.copy()
 LOG_P_INF[0, 1] = -np.inf                # zero target on a -inf prediction
 MEASURE = rng.uniform(0.2, 2.0, (N, C))
+
+
+# convex_kl_divergence warns at every call (optax's deprecation): the tests
+# that run it for its values let it; test_convex_kl_divergence_warns_as_optax
+# checks the warning.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:The function convex_kl_divergence is deprecated:"
+    "DeprecationWarning")
+
+KL = ("convex_kl_divergence", "generalized_kl_divergence", "kl_div",
+      "kl_divergence", "kl_divergence_with_log_targets")
+
+
+def target_name(name):
+  return "log_targets" if name == "kl_divergence_with_log_targets" else (
+      "targets")
 
 
 def ref_kl_terms(lp, t):
@@ -152,10 +170,11 @@ def test_rowwise_transforms_and_dtypes():
   with jax.disable_jit():
     eager = jaxloss.kl_divergence(lp, t)
   np.testing.assert_allclose(eager, plain, rtol=1e-6)
-  # Broadcasting: one prediction against several targets.
-  np.testing.assert_allclose(jaxloss.kl_divergence(lp[:1], t),
-                             jaxloss.kl_divergence(jnp.broadcast_to(lp[:1],
-                                                                    t.shape), t))
+  # Broadcasting: one target row against every prediction (the other way
+  # round enlarges the loss: an error, see test_shape_contract).
+  np.testing.assert_allclose(jaxloss.kl_divergence(lp, t[:1]),
+                             jaxloss.kl_divergence(lp, jnp.broadcast_to(
+                                 t[:1], lp.shape)))
   for dtype in (jnp.float16, jnp.bfloat16):
     got = jaxloss.kl_divergence(lp.astype(dtype), t.astype(dtype))
     assert got.dtype == jnp.float32
@@ -169,6 +188,95 @@ def test_rowwise_transforms_and_dtypes():
       plain[0], rtol=1e-6)
 
 
+def test_convex_kl_divergence_warns_as_optax():
+  lp, t = jnp.asarray(LOG_P, jnp.float32), jnp.asarray(T, jnp.float32)
+  with pytest.warns(DeprecationWarning) as ours:
+    got = jaxloss.convex_kl_divergence(lp, t)
+  with pytest.warns(DeprecationWarning) as theirs:
+    optax.losses.convex_kl_divergence(lp, t)
+  assert str(ours[0].message) == str(theirs[0].message) == (
+      "The function convex_kl_divergence is deprecated. Please use "
+      "generalized_kl_divergence instead.")
+  assert ours[0].filename == __file__        # the caller's line
+  np.testing.assert_array_equal(got,
+                                jaxloss.generalized_kl_divergence(lp, t))
+  # Under the caller's jit it warns when traced.
+  with pytest.warns(DeprecationWarning, match="convex_kl_divergence"):
+    jax.jit(jaxloss.convex_kl_divergence)(lp, t)
+
+
+@pytest.mark.parametrize("name", KL)
+def test_shape_contract(name):
+  """Targets broadcast to log_predictions' shape, never enlarge it; the
+  summed (class) axis of the row-wise divergences matches exactly."""
+  fn, t = getattr(jaxloss, name), target_name(name)
+
+  def raises(lp_shape, t_shape, why):
+    with pytest.raises(ValueError, match=(
+        rf"^{name}: {t} shape {re.escape(str(t_shape))} does not broadcast "
+        rf"to log_predictions shape {re.escape(str(lp_shape))}: {why}")):
+      fn(jnp.zeros(lp_shape), jnp.zeros(t_shape))
+
+  # [N] against [N, 1], both ways: torch's kl_div broadcasts them to [N, N].
+  raises((3,), (3, 1), "it has more axes than log_predictions")
+  raises((3, 1), (3,), "axis 1 has length 3 where log_predictions has 1")
+  raises((1, 4), (2, 4), "axis 0 has length 2 where log_predictions has 1")
+  lp = jnp.asarray(LOG_P, jnp.float32)
+  row = jnp.asarray(T[:1], jnp.float32)
+  if name == "kl_divergence_with_log_targets":
+    row = jnp.log(row)
+  np.testing.assert_allclose(fn(lp, row),
+                             fn(lp, jnp.broadcast_to(row, lp.shape)))
+  if name == "kl_div":      # elementwise: no class axis
+    np.testing.assert_allclose(fn(lp, row[:, :1]),
+                               fn(lp, jnp.broadcast_to(row[:, :1], lp.shape)))
+    return
+  raises((N, C), (N, 1), r"the class axis 1 must have length 4, as in "
+         r"log_predictions, not 1")
+  with pytest.raises(ValueError, match=(
+      rf"{name}: where shape \(3, 4, 1\) does not broadcast to "
+      r"log_predictions shape \(3, 4\)")):
+    fn(lp, lp, where=jnp.ones((N, C, 1), bool))
+  # A mask of length 1 on the summed axis drops whole rows, as optax's.
+  rows = jnp.array([[True], [False], [True]])
+  np.testing.assert_allclose(
+      fn(lp, jnp.exp(lp) if t == "targets" else lp, where=rows),
+      fn(lp, jnp.exp(lp) if t == "targets" else lp,
+         where=jnp.broadcast_to(rows, lp.shape)))
+
+
+@pytest.mark.parametrize("name", KL)
+def test_empty_batch(name):
+  fn = getattr(jaxloss, name)
+  lp, t = jnp.zeros((0, C)), jnp.zeros((0, C))
+  reductions = ("none", "mean", "sum") + (
+      ("batchmean",) if name == "kl_div" else ())
+  with jax.disable_jit():
+    for reduction in reductions:
+      value, grads = jax.value_and_grad(
+          lambda lp, t, r=reduction: jnp.sum(fn(lp, t, reduction=r)),
+          argnums=(0, 1))(lp, t)
+      out = fn(lp, t, reduction=reduction)
+      want_shape = ((0, C) if name == "kl_div" else (0,)) if (
+          reduction == "none") else ()
+      assert out.shape == want_shape and np.all(np.asarray(out) == 0)
+      assert value == 0 and all(g.shape == (0, C) for g in grads)
+
+
+def test_forward_and_second_order_derivatives():
+  """jvp, jacfwd and hessians (forward over reverse) of every divergence
+  against float64 finite differences, on positive targets."""
+  def total(lp, t):
+    out = 0.0
+    for i, name in enumerate(KL):
+      target = jnp.log(t) if name == "kl_divergence_with_log_targets" else t
+      out = out + (i + 1) * jnp.sum(getattr(jaxloss, name)(lp, target))
+    return out
+
+  with jax.enable_x64(True):
+    check_derivatives(total, (jnp.asarray(LOG_P), jnp.asarray(MEASURE)))
+
+
 def test_rowwise_errors():
   lp = jnp.zeros((2, 3))
   with pytest.raises(TypeError, match="kl_divergence: targets must have a "
@@ -178,14 +286,14 @@ def test_rowwise_errors():
                      "have a floating dtype"):
     jaxloss.kl_divergence(jnp.zeros((2, 3), int), lp)
   with pytest.raises(ValueError, match=r"generalized_kl_divergence: targets "
-                     r"shape \(2, 4\) does not broadcast with log_predictions "
+                     r"shape \(2, 4\) does not broadcast to log_predictions "
                      r"shape \(2, 3\)"):
     jaxloss.generalized_kl_divergence(lp, jnp.zeros((2, 4)))
   with pytest.raises(ValueError, match="kl_divergence_with_log_targets: axis "
                      "2 is out of bounds for log_predictions of rank 2"):
     jaxloss.kl_divergence_with_log_targets(lp, lp, axis=2)
   with pytest.raises(TypeError, match="convex_kl_divergence: where must be a "
-                     "boolean mask"):
+                     "boolean mask"), pytest.warns(DeprecationWarning):
     jaxloss.convex_kl_divergence(lp, lp, where=jnp.ones((2, 3)))
   with pytest.raises(ValueError, match="kl_divergence: reduction must be one "
                      "of 'none', 'mean', 'sum', got 'batchmean'"):
@@ -248,8 +356,13 @@ def test_kl_div_errors():
                      "got 1"):
     jaxloss.kl_div(jnp.zeros(3), jnp.zeros(3), log_target=1)
   with pytest.raises(ValueError, match=r"kl_div: targets shape \(2,\) does "
-                     r"not broadcast with log_predictions shape \(3,\)"):
+                     r"not broadcast to log_predictions shape \(3,\)"):
     jaxloss.kl_div(jnp.zeros(3), jnp.zeros(2))
-  with pytest.raises(TypeError, match="kl_div: targets must be real, got "
-                     "complex64"):
+  # torch: "kl_div: Complex inputs not supported", "Integral inputs not
+  # supported".
+  with pytest.raises(TypeError, match="kl_div: targets must have a floating "
+                     "dtype, got complex64"):
     jaxloss.kl_div(jnp.zeros(3), jnp.zeros(3, jnp.complex64))
+  with pytest.raises(TypeError, match="kl_div: targets must have a floating "
+                     "dtype, got int32"):
+    jaxloss.kl_div(jnp.zeros(3), jnp.zeros(3, jnp.int32))

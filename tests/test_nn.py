@@ -204,8 +204,8 @@ def test_ctc_infinite_loss_has_zero_gradient():
 @pytest.mark.parametrize("args,error,match", [
     ((LOG_PROBS[0, 0], TARGETS, INPUT_LENGTHS, TARGET_LENGTHS), ValueError,
      r"CTCLoss: log_probs must have shape \(T, N, C\) or \(T, C\)"),
-    ((LOG_PROBS, TARGETS.astype(jnp.float32), INPUT_LENGTHS, TARGET_LENGTHS),
-     TypeError, "CTCLoss: targets must have an integer dtype"),
+    ((LOG_PROBS, TARGETS.astype(jnp.complex64), INPUT_LENGTHS,
+      TARGET_LENGTHS), TypeError, "CTCLoss: targets must be real"),
     ((LOG_PROBS, TARGETS[:2], INPUT_LENGTHS, TARGET_LENGTHS), ValueError,
      r"CTCLoss: targets must have shape \(3, S\)"),
     ((LOG_PROBS, TARGETS, INPUT_LENGTHS[:2], TARGET_LENGTHS), ValueError,
@@ -213,7 +213,11 @@ def test_ctc_infinite_loss_has_zero_gradient():
     ((LOG_PROBS, TARGETS, INPUT_LENGTHS, TARGET_LENGTHS * 1.0), TypeError,
      "CTCLoss: target_lengths must have an integer dtype"),
     ((LOG_PROBS[:, 0], TARGETS, 8, 3), ValueError,
-     r"CTCLoss: targets must have shape \(S,\) for unbatched"),
+     r"CTCLoss: targets must have shape \(S,\) or \(1, S\) for unbatched "
+     r"log_probs shape \(8, 5\), got shape \(3, 4\)"),
+    ((LOG_PROBS[..., :4], TARGETS, INPUT_LENGTHS, TARGET_LENGTHS, 4),
+     ValueError, r"CTCLoss: blank must be in \[0, 4\) \(a class of log_probs "
+     r"shape \(8, 3, 4\)\), got 4"),
     ((LOG_PROBS, TARGETS, jnp.array([8, 9, 7]), TARGET_LENGTHS), ValueError,
      r"CTCLoss: input_lengths must be in \[0, 8\] \(at most T, the length "
      r"of log_probs\), got \[8, 9, 7\]"),
@@ -224,5 +228,76 @@ def test_ctc_infinite_loss_has_zero_gradient():
      "concatenated targets, got"),
 ])
 def test_ctc_errors(args, error, match):
+  *args, blank = args if len(args) == 5 else (*args, 0)
   with pytest.raises(error, match=match):
-    nn.CTCLoss()(*args)
+    nn.CTCLoss(blank=blank)(*args)
+
+
+def test_ctc_blank_must_be_a_class_index():
+  with pytest.raises(ValueError, match="CTCLoss: blank must be a class "
+                     "index, at least 0, got -1"):
+    nn.CTCLoss(blank=-1)
+  with pytest.raises(TypeError, match="CTCLoss: blank must be an int, got "
+                     "1.0"):
+    nn.CTCLoss(blank=1.0)
+  # A NumPy integer is an int.
+  np.testing.assert_array_equal(
+      nn.CTCLoss(blank=np.int64(0))(LOG_PROBS, TARGETS, INPUT_LENGTHS,
+                                    TARGET_LENGTHS),
+      nn.CTCLoss()(LOG_PROBS, TARGETS, INPUT_LENGTHS, TARGET_LENGTHS))
+
+
+def test_ctc_accepts_what_torch_accepts():
+  loss = nn.CTCLoss(reduction="none")
+  want = loss(LOG_PROBS, TARGETS, INPUT_LENGTHS, TARGET_LENGTHS)
+  # Floating targets truncated, boolean ones read as 0 and 1 (torch's
+  # numbers, tests/torch_cases_nn.py); lengths of any shape holding N.
+  np.testing.assert_array_equal(
+      loss(LOG_PROBS, TARGETS + 0.75, INPUT_LENGTHS, TARGET_LENGTHS), want)
+  np.testing.assert_array_equal(
+      loss(LOG_PROBS, TARGETS, INPUT_LENGTHS[None], TARGET_LENGTHS[:, None]),
+      want)
+  ones = jnp.ones_like(TARGETS)
+  np.testing.assert_array_equal(
+      loss(LOG_PROBS, ones.astype(bool), INPUT_LENGTHS, TARGET_LENGTHS),
+      loss(LOG_PROBS, ones, INPUT_LENGTHS, TARGET_LENGTHS))
+  # Unbatched input with a (1, S) target.
+  np.testing.assert_array_equal(
+      loss(LOG_PROBS[:, 2], TARGETS[2:], INPUT_LENGTHS[2], TARGET_LENGTHS[2]),
+      want[2])
+  # Under checked, a fractional class index is flagged.
+  with pytest.raises(jaxloss.CheckError, match=r"CTCLoss: targets must be "
+                     r"whole numbers \(class indices\); first offending "
+                     r"element targets\[0, 1\] = 2.5"):
+    jaxloss.checked(loss)(LOG_PROBS, (TARGETS + 0.0).at[0, 1].add(0.5),
+                          INPUT_LENGTHS, TARGET_LENGTHS)
+
+
+def test_ctc_empty_batch():
+  # torch raises ("log_probs tensor must not be empty"); here the empty
+  # batch gives what every loss gives: empty, and 0 for a mean.
+  empty = (LOG_PROBS[:, :0], TARGETS[:0], INPUT_LENGTHS[:0],
+           TARGET_LENGTHS[:0])
+  assert nn.CTCLoss(reduction="none")(*empty).shape == (0,)
+  for reduction in ("mean", "sum"):
+    value, grad = jax.value_and_grad(nn.CTCLoss(reduction=reduction))(*empty)
+    assert value == 0 and grad.shape == (T, 0, C)
+
+
+def test_kl_div_loss_shape_contract():
+  log_p = jax.nn.log_softmax(X)
+  target = jax.nn.softmax(X[:1] * 2)
+  loss = nn.KLDivLoss(reduction="sum")
+  # A target row broadcasts to the input, as in torch.
+  np.testing.assert_allclose(loss(log_p, target),
+                             loss(log_p, jnp.broadcast_to(target, X.shape)),
+                             rtol=1e-6)
+  # torch broadcasts [N] against [N, 1] to [N, N] silently: here an error.
+  with pytest.raises(ValueError, match=(
+      r"kl_div: targets shape \(5, 1\) does not broadcast to "
+      r"log_predictions shape \(5,\)")):
+    loss(log_p[:, 0], jnp.full((5, 1), 0.25))
+  with pytest.raises(ValueError, match=(
+      r"kl_div: targets shape \(5, 4\) does not broadcast to "
+      r"log_predictions shape \(1, 4\)")):
+    loss(log_p[:1], jnp.broadcast_to(target, X.shape))

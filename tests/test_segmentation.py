@@ -2,6 +2,7 @@
 references, optax and Keras's formula."""
 
 import inspect
+import re
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,7 @@ import optax
 import pytest
 
 import jaxloss
+from derivatives import check_derivatives
 from helpers import check_grads_directional, jit_fast
 
 _jit = jit_fast
@@ -341,13 +343,16 @@ def test_tversky_against_keras_formula():
 def test_errors_name_the_function_and_argument():
   x = jnp.zeros((2, 3, 4))
   with pytest.raises(ValueError, match=r"dice_loss: targets shape \(2, 3, 5\) "
-                     r"does not match predictions shape \(2, 3, 4\)"):
+                     r"does not broadcast to predictions shape \(2, 3, 4\): "
+                     r"the class axis 2 must have length 4, as in "
+                     r"predictions, not 5"):
     jaxloss.dice_loss(x, jnp.zeros((2, 3, 5)))
   with pytest.raises(TypeError, match="dice_loss: predictions must have a "
                      "floating dtype"):
     jaxloss.dice_loss(jnp.zeros((2, 3, 4), jnp.int32), x)
-  with pytest.raises(ValueError, match=r"dice_loss: class_weights must have "
-                     r"shape \(4,\) \(one per class\), got \(3,\)"):
+  with pytest.raises(ValueError, match=r"dice_loss: class_weights shape "
+                     r"\(3,\) does not broadcast to the per-class loss shape "
+                     r"\(2, 4\): the class axis 1 must have length 4"):
     jaxloss.dice_loss(x, x, class_weights=jnp.ones(3))
   with pytest.raises(ValueError, match=r"dice_loss: axis \(1, 2\) must leave "
                      r"out the class axis"):
@@ -355,7 +360,8 @@ def test_errors_name_the_function_and_argument():
   with pytest.raises(ValueError, match="dice_loss: reduction must be one of"):
     jaxloss.dice_loss(x, x, reduction="batchmean")
   with pytest.raises(ValueError, match=r"multiclass_generalized_dice_loss: "
-                     r"targets shape \(2, 3\) does not match"):
+                     r"targets shape \(2, 3\) does not broadcast to "
+                     r"predictions shape \(2, 3, 4\)"):
     jaxloss.multiclass_generalized_dice_loss(x, jnp.zeros((2, 3)))
   with pytest.raises(ValueError, match=r"tversky_loss: targets shape \(5,\) "
                      r"does not broadcast to predictions shape \(2, 3, 4\)"):
@@ -366,3 +372,193 @@ def test_errors_name_the_function_and_argument():
   with pytest.raises(TypeError, match="binary_dice_loss: targets must be "
                      "real"):
     jaxloss.binary_dice_loss(x, jnp.zeros((2, 3, 4), jnp.complex64))
+
+
+# ---------------------------------------------------------------------------
+# The shape contract: targets broadcast to the predictions, never enlarge
+# them; the class axis matches exactly.
+
+
+def test_shape_contract():
+  def raises(call, name, t_shape, p_shape, why):
+    with pytest.raises(ValueError, match=(
+        rf"^{name}: targets shape {re.escape(str(t_shape))} does not "
+        rf"broadcast to predictions shape {re.escape(str(p_shape))}: "
+        rf"{why}")):
+      call(jnp.full(p_shape, 0.5), jnp.zeros(t_shape))
+
+  # [N] against [N, 1], both ways.
+  raises(jaxloss.tversky_loss, "tversky_loss", (4, 1), (4,),
+         "it has more axes than predictions")
+  raises(jaxloss.tversky_loss, "tversky_loss", (4,), (4, 1),
+         "axis 1 has length 4 where predictions has 1")
+  raises(jaxloss.tversky_loss, "tversky_loss", (3, 4), (1, 4),
+         "axis 0 has length 3 where predictions has 1")
+  # One channel of targets against C classes (optax's channel rule adds it).
+  for fn in ("dice_loss", "multiclass_generalized_dice_loss"):
+    raises(getattr(jaxloss, fn), fn, (2, 3, 1), (2, 3, 4),
+           "the class axis 2 must have length 4, as in predictions, not 1")
+  # A missing class axis reads as one channel (optax's rule), never as a
+  # batch broadcast.
+  with pytest.raises(ValueError, match=(
+      r"^dice_loss: targets shape \(2, 3, 1\) does not broadcast to "
+      r"predictions shape \(2, 3, 4\): the class axis 2 must have length 4")):
+    jaxloss.dice_loss(jnp.zeros((2, 3, 4)), jnp.zeros((2, 3)))
+  with pytest.raises(ValueError, match=(
+      r"^dice_loss: targets shape \(3, 4, 1\) does not broadcast to "
+      r"predictions shape \(2, 3, 4\): axis 0 has length 3")):
+    jaxloss.dice_loss(jnp.zeros((2, 3, 4)), jnp.zeros((3, 4)))
+  with pytest.raises(ValueError, match=(
+      r"^binary_dice_loss: targets shape \(2, 3, 2\) does not broadcast to "
+      r"predictions shape \(2, 3, 1\): axis 2 has length 2 where predictions "
+      r"has 1")):
+    jaxloss.binary_dice_loss(jnp.zeros((2, 3)), jnp.zeros((2, 3, 2)))
+  # Batch axes of length 1 broadcast.
+  x, t = jnp.asarray(LOGITS, jnp.float32), jnp.asarray(ONE_HOT, jnp.float32)
+  p, y = jnp.asarray(PROBS, jnp.float32), jnp.asarray(BIN_TARGETS)
+  for call in (lambda x, t: jaxloss.dice_loss(x, t, reduction="none"),
+               jaxloss.multiclass_generalized_dice_loss):
+    np.testing.assert_allclose(call(x, t[:1]),
+                               call(x, jnp.broadcast_to(t[:1], t.shape)),
+                               rtol=1e-6)
+  np.testing.assert_allclose(
+      jaxloss.tversky_loss(p, y[:1], axis=(1, 2)),
+      jaxloss.tversky_loss(p, jnp.broadcast_to(y[:1], y.shape), axis=(1, 2)),
+      rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["dice_loss", "binary_dice_loss",
+                                  "multiclass_generalized_dice_loss",
+                                  "tversky_loss"])
+def test_empty_batch(name):
+  fn = getattr(jaxloss, name)
+  x = jnp.zeros((0, 3, 2 if name != "binary_dice_loss" else 1))
+  kwargs = {"axis": (1, 2), "reduction": "mean"} if (
+      name == "tversky_loss") else {}
+  (value, out), grad = jit_fast(jax.value_and_grad(
+      lambda x: (jnp.sum(fn(x, x, **kwargs)), fn(x, x, **kwargs)),
+      has_aux=True))(x)
+  want = (0,) if name in ("dice_loss", "binary_dice_loss") else ()
+  assert out.shape == want and np.all(np.asarray(out) == 0), out
+  assert value == 0 and grad.shape == x.shape
+
+
+# ---------------------------------------------------------------------------
+# Hyperparameters: traced or concrete, one compile, differentiable, checked.
+
+HYPERS = [("dice_loss", "smooth"), ("dice_loss", "alpha"),
+          ("dice_loss", "beta"), ("binary_dice_loss", "smooth"),
+          ("multiclass_generalized_dice_loss", "smooth"),
+          ("tversky_loss", "alpha"), ("tversky_loss", "beta"),
+          ("tversky_loss", "smooth")]
+
+
+def _hyper_call(name, hyper, dtype=jnp.float32):
+  """``hyper -> loss`` on fixed inputs, summed to a scalar."""
+  fn = getattr(jaxloss, name)
+  if name == "binary_dice_loss":
+    args = (BIN_LOGITS, BIN_TARGETS)
+  elif name == "tversky_loss":
+    args = (PROBS, BIN_TARGETS)
+  else:
+    args = (LOGITS, ONE_HOT)
+  args = tuple(jnp.asarray(a, dtype) for a in args)
+  kwargs = {"axis": (1, 2)} if name == "tversky_loss" else {}
+  return lambda h: jnp.sum(fn(*args, **kwargs, **{hyper: h}))
+
+
+@pytest.mark.parametrize("name,hyper", HYPERS)
+def test_hyperparameters(name, hyper):
+  fn = getattr(jaxloss, name)
+  assert fn.hyperparameters[hyper].interval() == "[0, inf)"
+  f = _hyper_call(name, hyper)
+  values = (0.3, 0.8)
+  concrete = [f(v) for v in values]
+  size = fn.compiled._cache_size()
+  concrete.append(f(1.7))                # a new value: no new compile
+  assert fn.compiled._cache_size() == size
+  # Traced (a jit argument) under vmap: the same numbers.
+  traced = jax.jit(jax.vmap(f))(jnp.asarray(values + (1.7,)))
+  np.testing.assert_allclose(traced, concrete, rtol=1e-6)
+  # A concrete value out of range raises when called, naming both.
+  with pytest.raises(ValueError, match=rf"^{name}: {hyper} must be in "
+                     r"\[0, inf\), got -0.5"):
+    f(-0.5)
+  with pytest.raises(jaxloss.CheckError, match=rf"{name}: {hyper} must be "
+                     r"in \[0, inf\)"):
+    jaxloss.checked(jax.jit(f))(jnp.float32(-0.5))
+  # The gradient against float64 central differences.
+  with jax.enable_x64(True):
+    f64 = _hyper_call(name, hyper, jnp.float64)
+    grad = jax.jit(jax.grad(f64))(0.6)
+    eps = 1e-6
+    np.testing.assert_allclose(grad, (f64(0.6 + eps) - f64(0.6 - eps))
+                               / (2 * eps), rtol=1e-6, atol=1e-9)
+
+
+def test_a_concrete_zero_leaves_its_term_out():
+  p, y = jnp.asarray(PROBS, jnp.float32), jnp.asarray(BIN_TARGETS)
+
+  def sums(**kwargs):
+    jaxpr = jax.make_jaxpr(lambda p: jaxloss.tversky_loss(p, y, **kwargs))(p)
+    return str(jaxpr).count("reduce_sum")
+
+  # FP and FN each need a sum of their own (the value checks have theirs).
+  tp_only = sums(alpha=0.0, beta=0.0)
+  assert sums(alpha=0.5, beta=0.0) == sums(alpha=0.0, beta=0.5) == tp_only + 1
+  assert sums(alpha=0.5, beta=0.5) == tp_only + 2
+  # A traced zero is the same number.
+  for hyper in ("alpha", "beta", "smooth"):
+    np.testing.assert_allclose(
+        jax.jit(lambda h, k=hyper: jaxloss.tversky_loss(p, y, **{k: h}))(0.0),
+        jaxloss.tversky_loss(p, y, **{hyper: 0}), rtol=1e-6)
+
+
+def test_second_order_derivatives():
+  """jvp and Hessian-vector products: softmax and sigmoid, every Tversky
+  term, class weights and the generalized weights."""
+  names = ("binary_dice_loss", "dice_loss_options",
+           "multiclass_generalized_dice_loss", "tversky_loss_all_axes")
+  with jax.enable_x64(True):
+    inputs = _inputs(jnp.float64)
+
+    def total(floats):
+      return sum(CASES[n][0](*floats[n], *inputs[n][1], reduction="sum")
+                 for n in names)
+
+    check_derivatives(total, ({n: inputs[n][0] for n in names},),
+                      directions=1)
+
+
+# ---------------------------------------------------------------------------
+# apply_softmax=False: probabilities over C > 1 classes sum to 1, as optax
+# checks on concrete input.
+
+
+def test_probabilities_must_sum_to_one():
+  p = np.full((1, 2, 3), 0.3)                  # sums 0.9
+  t = np.eye(3)[None, [0, 2]]
+  message = (r"predictions must be probabilities that sum to 1 over the "
+             r"class axis with apply_softmax=False, got sums in \[0.9, 0.9\]")
+  with pytest.raises(ValueError, match="must be valid probability"):
+    optax.losses.dice_loss(jnp.asarray(p), jnp.asarray(t),
+                           apply_softmax=False)
+  for name in ("dice_loss", "multiclass_generalized_dice_loss"):
+    fn = getattr(jaxloss, name)
+    for given in (p, jnp.asarray(p, jnp.float32)):
+      with pytest.raises(ValueError, match=f"^{name}: {message}"):
+        fn(given, t, apply_softmax=False)
+    # Traced: checked under jaxloss.checked only.
+    traced = jax.jit(lambda p, fn=fn: fn(p, t, apply_softmax=False))
+    assert np.all(np.isfinite(traced(p)))
+    with pytest.raises(jaxloss.CheckError, match=(
+        rf"{name}: predictions.sum\(-1\) must be 1 with apply_softmax=False "
+        r"\(probabilities over the classes\); first offending element "
+        r"predictions.sum\(-1\)\[0, 0\] = 0.9")):
+      jaxloss.checked(traced)(p)
+  # Softmax probabilities rounded to half precision sum to 1 within their
+  # rounding; a single channel holds sigmoid probabilities.
+  half = jnp.asarray(SOFT_PROBS, jnp.bfloat16)
+  jaxloss.dice_loss(half, jnp.asarray(ONE_HOT), apply_softmax=False)
+  jaxloss.dice_loss(p[..., :1], t[..., :1], apply_softmax=False)
+  jaxloss.binary_dice_loss(p[..., 0], t[..., 0], apply_sigmoid=False)

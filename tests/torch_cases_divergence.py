@@ -39,11 +39,22 @@ for red in ("none", "batchmean"):
       lambda x, t, red=red: jaxloss.kl_div(x, t, reduction=red),
       {"x": log_predictions, "t": targets_with_zeros}, grad=("x",)))
 
+# Targets broadcast to the input's shape (torch broadcasts the other way
+# too, which jaxloss rejects: the loss would take the target's shape).
 CASES.append(Case(
-    "kl_div-broadcast",
+    "kl_div-broadcast-target",
     lambda torch, x, t: torch.nn.functional.kl_div(x, t, reduction="none"),
     lambda x, t: jaxloss.kl_div(x, t),
-    {"x": log_predictions[:1], "t": targets}, grad=("x", "t")))
+    {"x": log_predictions, "t": targets[:1]}, grad=("x", "t")))
+
+# 0-d: "batchmean" divides by 1.
+for red in ("batchmean", "mean"):
+  CASES.append(Case(
+      f"kl_div-0d-{red}",
+      lambda torch, x, t, red=red: torch.nn.functional.kl_div(
+          x, t, reduction=red),
+      lambda x, t, red=red: jaxloss.kl_div(x, t, reduction=red),
+      {"x": log_predictions[1, 2], "t": targets[1, 2]}, grad=("x", "t")))
 
 CASES.append(Case(
     "kl_div-unnormalized-sum",

@@ -162,6 +162,12 @@ add("", "KLDivLoss",
      "lt": np.log(probs_target)},
     [V("x", "t0"), V("x", "t"), V("x", "lt", log_target=True)],
     grad=("x", "t", "lt"), reductions=("none", "mean", "sum", "batchmean"))
+# A target row broadcast to the input, and 0-d input and target.
+add("broadcast-0d", "KLDivLoss",
+    {"x": log_probs, "trow": probs_target[:1], "x0": log_probs[0, 1],
+     "t0": probs_target[2, 1]},
+    [V("x", "trow"), V("x0", "t0")], grad=("x", "trow", "x0", "t0"),
+    reductions=("none", "mean", "sum", "batchmean"))
 
 add("", "MarginRankingLoss", {"x1": x[:, 0], "x2": y[:, 0], "t": signs},
     [V("x1", "x2", "t", margin=m) for m in (0.0, 0.7)], grad=("x1", "x2"))
@@ -248,3 +254,14 @@ add("blank-last-unbatched", "CTCLoss",
 add("concatenated", "CTCLoss", {**ctc, "t": concatenated},
     [V("lp", "t", "il", "tl"), V("lp", "t", "il", "tl", zero_infinity=True)])
 add("infinite", "CTCLoss", ctc, [V("lp", "t", "il", "tl")])
+# Inputs torch accepts that jaxloss rejected before: floating targets
+# (truncated), lengths of shape (1, N) and (N, 1), an unbatched input with a
+# (1, S) target.
+add("torch-layouts", "CTCLoss",
+    {**ctc, "tf": ctc_targets + 0.5, "il2": input_lengths[None],
+     "tl2": target_lengths[:, None], "lp0": ctc_log_probs[:, 4],
+     "t0": ctc_targets[4:], "il0": input_lengths[4:],
+     "tl0": target_lengths[4:]},
+    [V("lp", "tf", "il", "tl", zero_infinity=True),
+     V("lp", "t", "il2", "tl2", zero_infinity=True),
+     V("lp0", "t0", "il0", "tl0")], grad=("lp", "lp0"))
