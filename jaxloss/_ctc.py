@@ -47,18 +47,21 @@ def _check(fn, logits, logit_paddings, labels, label_paddings, blank_id):
   if time == 0:
     _checks.fail(fn, f"logits must have at least one time step, got shape "
                  f"{logits.shape}")
+  # The contract: paddings and labels may broadcast along the batch (and
+  # paddings along the labels' rows), never enlarge the logits' batch.
   logit_paddings = _checks.numeric(fn, "logit_paddings", logit_paddings)
-  if logit_paddings.shape != (batch, time):
-    _checks.fail(fn, f"logit_paddings shape {logit_paddings.shape} does not "
-                 f"match logits shape {logits.shape} without its class axis, "
-                 f"{(batch, time)}")
+  logit_paddings = _checks.conform(fn, "logit_paddings", logit_paddings,
+                                   "the (batch, time) shape of logits",
+                                   (batch, time))
   labels = _checks.integer(fn, "labels", labels)
-  if labels.ndim != 2 or labels.shape[0] != batch:
+  if labels.ndim != 2 or labels.shape[0] not in (1, batch):
     _checks.fail(fn, f"labels shape {labels.shape} does not match logits "
                  f"shape {logits.shape}: labels must be (batch, "
                  f"max_label_length) with the batch size {batch} of logits")
+  labels = jnp.broadcast_to(labels, (batch, labels.shape[1]))
   label_paddings = _checks.numeric(fn, "label_paddings", label_paddings)
-  _checks.same_shape(fn, "label_paddings", label_paddings, "labels", labels)
+  label_paddings = _checks.conform(fn, "label_paddings", label_paddings,
+                                   "labels", labels.shape)
   if (isinstance(blank_id, bool) or not isinstance(blank_id, int)
       or not 0 <= blank_id < num_classes):
     _checks.fail(fn, f"blank_id must be an int in [0, {num_classes}) (a "

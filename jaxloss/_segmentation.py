@@ -63,7 +63,8 @@ def _eager_sums_to_one(jitted):
     except TypeError:
       return jitted(*args, **kwargs)     # which says what is wrong
     predictions = arguments.get("predictions")
-    if (not arguments.get("apply_softmax", True)
+    # A traced switch is left to the jitted function's own message.
+    if (arguments.get("apply_softmax", True) is False
         and not isinstance(predictions, jax.core.Tracer)):
       p = np.asarray(predictions)
       single = (p.ndim == np.ndim(arguments.get("targets")) - 1

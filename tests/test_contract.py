@@ -21,6 +21,10 @@ import jaxloss
 
 NAMES = jaxloss.names()
 B = 3
+# optax's Dice layouts: predictions without a channel axis against targets
+# with one of size 1 are binary maps, not an enlargement.
+CHANNEL_RULE = {"binary_dice_loss", "dice_loss",
+                "multiclass_generalized_dice_loss"}
 
 
 def _params(name):
@@ -61,15 +65,21 @@ def test_a_target_never_enlarges_the_predictions(name):
   # both directions, never an [N, N] broadcast.
   args = catalogue.inputs(name, B)
   params = _params(name)
+  def enlarged(a):
+    # A new axis of length 1 (inside, for the Dice channel rule).
+    return a[:, None] if name in CHANNEL_RULE else a[..., None]
+
   for i, relation in _targets(name):
     bad = list(args)
-    bad[i] = args[i][..., None]
+    bad[i] = enlarged(args[i])
     _raises_naming(name, params[i], [bad[i].shape],
                    lambda bad=bad: _call(name, bad))
     if relation == "element":
       bad = list(args)
-      bad[0] = args[0][..., None]
-      _raises_naming(name, params[i], [args[i].shape],
+      bad[0] = enlarged(args[0])
+      # (The channel rule gives the target its channel axis first.)
+      shapes = [] if name in CHANNEL_RULE else [args[i].shape]
+      _raises_naming(name, params[i], shapes,
                      lambda bad=bad: _call(name, bad))
 
 
