@@ -44,6 +44,7 @@ def sigmoid(path):
   ax.annotate("peak 0.25 at x = 0", xy=(0, 0.25), xytext=(1.5, 0.45),
               arrowprops={"arrowstyle": "->"})
   ax.set_xlabel("x")
+  ax.set_ylabel(r"$\sigma(x)$ and $\sigma'(x)$")
   ax.set_title("sigmoid and its derivative: at most 0.25")
   ax.grid(alpha=0.3)
   ax.legend(loc="upper left")
@@ -189,7 +190,10 @@ def figures(out, only=None):
 
 
 def curves(history, path, title=""):
-  """Loss and accuracy per epoch, from a trainer's history."""
+  """Loss and accuracy per epoch, from a trainer's history.
+
+  ``title``, in words (the trainer's ``curves_title``), heads the figure.
+  """
   plt = _pyplot()
   epochs = [r["epoch"] for r in history]
   fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
