@@ -334,7 +334,8 @@ def test_curves_are_titled_in_words(tmp_path, monkeypatch, capsys):
                    "--loss", "focal", *SMALL]) == 0
   (fig,) = figures
   assert fig._suptitle.get_text() == (
-      "Sigmoid focal loss (gamma 2) on handwritten digits, odd vs even")
+      "Sigmoid focal loss (gamma 2), trained on handwritten digits, odd vs "
+      "even")
   assert [ax.get_ylabel() for ax in fig.axes] == ["loss", "accuracy"]
   assert [ax.get_xlabel() for ax in fig.axes] == ["epoch", "epoch"]
   capsys.readouterr()

@@ -611,11 +611,12 @@ def test_bad_checkpoints(tmp_path):
 
 def test_curves_title(binary, multiclass):
   assert trainer.curves_title(quick(binary), binary) == (
-      "Binary cross entropy on logits on handwritten digits, odd vs even")
+      "Binary cross entropy on logits, trained on handwritten digits, odd "
+      "vs even")
   assert trainer.curves_title(
       quick(multiclass, label_smoothing=0.1), multiclass) == (
-          "Softmax cross entropy (label smoothing 0.1) on handwritten "
-          "digits, ten classes")
+          "Softmax cross entropy (label smoothing 0.1), trained on "
+          "handwritten digits, ten classes")
   for task in ("binary", "multiclass"):
     for name in losses.names(task):
       assert not losses.title(name, task).startswith("-"), name

@@ -79,6 +79,7 @@ def softmax(path):
     ax.text(bar.get_x() + bar.get_width() / 2, value + 0.01, f"{value:.2f}",
             ha="center")
   ax.set_ylim(0, 0.8)
+  ax.set_xlabel("logit")
   ax.set_ylabel("probability")
   ax.set_title("softmax([1, 2, 3])")
   return _save(fig, path)
@@ -171,6 +172,7 @@ def saturation(path):
     ax.plot(x, curves["prob"][1], "--", label="probability form")
     ax.set_title(f"label {label}: gradient d loss / d logit")
     ax.set_xlabel("logit x (float32)")
+    ax.set_ylabel("d loss / d x")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
   fig.suptitle("Where BCE on probabilities saturates in float32 and BCE on "

@@ -341,8 +341,8 @@ def _diverged(message, epoch, out):
 
 def curves_title(config, dataset):
   """The training curves' title, in words: the loss and the data."""
-  return (f"{losses_lib.title(config.loss, dataset.task, config)} on "
-          f"{dataset.title}")
+  return (f"{losses_lib.title(config.loss, dataset.task, config)}, trained "
+          f"on {dataset.title}")
 
 
 def train(dataset, config, spec=None, *, out=None, resume=None, quiet=False):
