@@ -18,8 +18,8 @@ DIGITS_DEFAULTS = {"task": "binary", "model": "default", "loss": None,
                    "schedule": "cosine", "batch_size": 64, "epochs": 20,
                    "seed": 0, "channels": 32, "grid": 4, "hidden": 128,
                    "num_examples": 32, "size": 64}
-# The tutorial's image side. 32 such images train for 20 epochs in about 11
-# minutes on 2 CPU cores, hence the smaller default above.
+# The tutorial's image side. 32 such images take about 8 s an epoch on 2 CPU
+# cores, minutes for a run (11 under load), hence the smaller default above.
 ARTICLE_SIZE = 512
 # Options a resumed run takes from its checkpoint.
 RESUMED = ("task", "model", "loss", "label_smoothing", "gamma", "optimizer",
@@ -98,8 +98,7 @@ stopping and resuming:
                     help="--synthetic: number of images (32)")
   data.add_argument("--size", type=int,
                     help="--synthetic: image side (64: 20 epochs in seconds; "
-                         "the tutorial's 512 takes about 11 minutes on 2 CPU "
-                         "cores)")
+                         "the tutorial's 512 takes minutes on a CPU)")
   model = p.add_argument_group("model")
   model.add_argument("--model", choices=("default", "article"),
                      help="default: conv+ReLU, pool to a grid, linear+ReLU, "
@@ -312,10 +311,9 @@ def _train(args):
     what = _epochs(config.epochs)
     if args.synthetic and s["size"] >= ARTICLE_SIZE // 2:
       print(f"jaxloss train: warning: {len(dataset.y_train)} training "
-            f"images of 3x{s['size']}x{s['size']} are slow on a CPU (the "
-            f"tutorial's 512 takes about 11 minutes for 20 epochs on 2 "
-            f"cores); the default --size "
-            f"{DIGITS_DEFAULTS['size']} runs in seconds", file=sys.stderr)
+            f"images of 3x{s['size']}x{s['size']} take seconds an epoch on "
+            f"a CPU, minutes for the run; the default --size "
+            f"{DIGITS_DEFAULTS['size']} trains in seconds", file=sys.stderr)
 
   print(f"{dataset.describe()}; model {spec.model} "
         f"({spec.num_params} parameters); loss "
