@@ -283,6 +283,19 @@ def test_non_finite_loss_keeps_the_last_good_epoch(tmp_path, monkeypatch,
   assert float(capsys.readouterr().out.splitlines()[-1].split()[-1]) > 0.8
 
 
+def test_a_failed_write_mid_run_exits_1(tmp_path, monkeypatch, capsys):
+  def disk_full(out, history):
+    raise OSError(28, "No space left on device", f"{out}/metrics.json")
+
+  monkeypatch.setattr(trainer, "write_metrics", disk_full)
+  assert cli.main(["train", "--out", str(tmp_path), "--epochs", "1",
+                   *SMALL]) == 1
+  err = capsys.readouterr().err
+  assert err.splitlines()[-1] == (f"jaxloss train: error: {tmp_path}/"
+                                  f"metrics.json: No space left on device")
+  assert "Traceback" not in err
+
+
 def test_progress_redirected_is_plain_lines(capsys):
   # capsys's stderr is not a terminal: one line per epoch, no bar.
   assert cli.main(["train", "--epochs", "2", *SMALL[:-1]]) == 0
