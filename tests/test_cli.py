@@ -428,3 +428,17 @@ def test_installed_script_runs_article():
   assert result.returncode == 0, result.stderr
   assert "sigmoid_binary_cross_entropy(logits, y)" in result.stdout
   assert "Where the two ways part" in result.stdout
+
+
+def test_readme_quotes_the_divergence_of_lr_1e9(capsys):
+  import pathlib
+  import re
+  assert cli.main(["train", "--lr", "1e9", "--quiet"]) == 1
+  err = capsys.readouterr().err
+  loss = float(re.search(r"the train loss diverged: (\S+) at epoch 1,",
+                         err).group(1))
+  readme = (pathlib.Path(__file__).resolve().parent.parent /
+            "README.md").read_text()
+  assert 1e30 < loss < np.finfo(np.float32).max
+  assert ("`jaxloss train --lr 1e9` reaches a finite\nloss over 1e+30 in its "
+          "first epoch") in readme
