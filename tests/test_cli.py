@@ -115,6 +115,7 @@ def interrupt_after_first_save(monkeypatch):
 COSINE = ["--channels", "16", "--hidden", "64", "--epochs", "3", "--quiet"]
 
 
+@pytest.mark.slow  # A cosine schedule: a train step of its own to compile.
 def test_resume_continues_the_schedule(tmp_path, monkeypatch, capsys):
   # A cosine run stopped after its first epoch and resumed gives the
   # uninterrupted run's numbers: the learning rate at every epoch, the
