@@ -11,7 +11,7 @@ import pytest
 
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 # Blocks that take long enough to belong to the slow set (still run in CI).
-SLOW = {"Beyond one device"}
+SLOW = {"Fused linear + cross entropy", "Beyond one device"}
 
 
 def blocks():
