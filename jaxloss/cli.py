@@ -124,8 +124,8 @@ stopping and resuming:
   opt.add_argument("--weight-decay", type=float, help="adamw (1e-4)")
   opt.add_argument("--momentum", type=float, help="sgd (0.9)")
   opt.add_argument("--schedule", choices=("cosine", "constant"),
-                   help="cosine decay to 0 over the run (default) or "
-                        "constant")
+                   help="cosine decay to 0 over the planned epochs "
+                        "(default) or constant")
   opt.add_argument("--batch-size", type=int, help="64 (digits, npz), 8 "
                                                   "(--synthetic)")
   opt.add_argument("--epochs", type=int, help="the planned number of "
