@@ -92,7 +92,8 @@ def main():
 
   timing = None
   if not args.no_synthetic and not args.only:
-    synthetic = ["--synthetic", "--model", "article", "--epochs", "3"]
+    synthetic = ["--synthetic", "--size", "512", "--model", "article",
+                 "--epochs", "3"]
     history, wall = train(synthetic, [])
     first, last = history[0]["seconds"], history[-1]["seconds"]
     timing = {"command": "jaxloss train " + " ".join(synthetic),

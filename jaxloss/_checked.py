@@ -22,6 +22,9 @@ class CheckError(ValueError):
     ``ValueError`` naming the loss's argument.
   """
 
+  # Raised and printed as the public name: ``jaxloss.CheckError: ...``.
+  __module__ = "jaxloss"
+
 
 def checked(fn):
   r"""Wraps a jaxloss loss, or any function calling them, with value checks.
@@ -54,7 +57,7 @@ def checked(fn):
     >>> ce(logits, jnp.array([0, 7, 3]))
     Traceback (most recent call last):
     ...
-    jaxloss._checked.CheckError: softmax_cross_entropy_with_integer_labels: labels must be in [0, 4); first offending element labels[1] = 7 ...
+    jaxloss.CheckError: softmax_cross_entropy_with_integer_labels: labels must be in [0, 4); first offending element labels[1] = 7 (`check` failed)
 
   References:
     ``jax.experimental.checkify``.

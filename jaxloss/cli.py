@@ -1,11 +1,15 @@
 """The ``jaxloss`` command: article, train, eval, plot.
 
-Errors the user can fix (a bad data file, an unknown loss, a missing
-optional dependency) print ``jaxloss <command>: error: <message>`` and exit
-with status 2, like argparse's own usage errors.
+Errors the user can fix (a bad data file, an unknown loss, an output
+directory that cannot be written, a missing optional dependency) print
+``jaxloss <command>: error: <message>`` and exit with status 2, like
+argparse's own usage errors. A run that fails on its way (a diverging loss, a
+write that fails mid-run) prints the same way and exits with status 1.
 """
 
 import argparse
+import os
+import pathlib
 import sys
 
 DIGITS_DEFAULTS = {"task": "binary", "model": "default", "loss": None,
@@ -13,7 +17,10 @@ DIGITS_DEFAULTS = {"task": "binary", "model": "default", "loss": None,
                    "lr": 3e-3, "weight_decay": 1e-4, "momentum": 0.9,
                    "schedule": "cosine", "batch_size": 64, "epochs": 20,
                    "seed": 0, "channels": 32, "grid": 4, "hidden": 128,
-                   "num_examples": 32, "size": 512}
+                   "num_examples": 32, "size": 64}
+# The tutorial's image side. 32 such images take about 8 s an epoch on 2 CPU
+# cores, minutes for a run (11 under load), hence the smaller default above.
+ARTICLE_SIZE = 512
 # Options a resumed run takes from its checkpoint.
 RESUMED = ("task", "model", "loss", "label_smoothing", "gamma", "optimizer",
            "lr", "weight_decay", "momentum", "schedule", "batch_size", "seed",
@@ -26,6 +33,10 @@ POSITIVE = ("batch_size", "epochs", "channels", "grid", "hidden",
 
 class CommandError(Exception):
   """A problem the user can fix; printed without a traceback."""
+
+
+class RunError(Exception):
+  """A run that failed on its way; printed without a traceback, status 1."""
 
 
 def _parser():
@@ -49,9 +60,28 @@ def _parser():
 
   p = commands.add_parser(
       "train", help="train the tutorial's CNN with a jaxloss loss",
+      formatter_class=argparse.RawDescriptionHelpFormatter,
       description="Trains a small CNN (plain JAX, optax) on the UCI digits "
                   "that scikit-learn embeds, on your own .npz, or on the "
-                  "tutorial's random images, with a loss chosen by name.")
+                  "tutorial's random images, with a loss chosen by name.",
+      epilog="""\
+progress:
+  One line on stderr says what is trained (data, model, loss, optimizer).
+  On a terminal each epoch shows a progress bar; redirected to a file, each
+  epoch prints one plain line instead. --quiet drops both. The final table
+  goes to stdout.
+
+stopping and resuming:
+  Training stops at the first non-finite batch loss, or after an epoch whose
+  mean train loss is over 1000 times the first batch's (a diverging run),
+  with status 1; --out keeps the last good epoch. Interrupted (Ctrl-C), --out
+  keeps the last finished epoch. --resume continues a run to the number of
+  epochs it planned, at the optimizer step, learning rate, optimizer state
+  and data order where it stopped: the result is that of an uninterrupted
+  run. To train past the plan, --resume --extend N adds N epochs; with the
+  cosine schedule they form a new cycle that warms up linearly from 0 (where
+  the last one ended) to the peak --lr over a tenth of its steps, then
+  decays to 0 again.""")
   data = p.add_argument_group("data")
   source = data.add_mutually_exclusive_group()
   source.add_argument("--data", metavar="PATH.npz",
@@ -59,14 +89,16 @@ def _parser():
                            "and y [N] integer labels (default: the digits)")
   source.add_argument("--synthetic", action="store_true", default=None,
                       help="the tutorial's random [N, 3, size, size] images, "
-                           "for timing")
+                           "for timing; the tutorial's own size is --size "
+                           "512")
   data.add_argument("--task", choices=("binary", "multiclass"),
                     help="digits: odd vs even (binary, default) or the ten "
                          "digits; --data: inferred from the labels")
   data.add_argument("--num-examples", type=int,
                     help="--synthetic: number of images (32)")
   data.add_argument("--size", type=int,
-                    help="--synthetic: image side (512)")
+                    help="--synthetic: image side (64: 20 epochs in seconds; "
+                         "the tutorial's 512 takes minutes on a CPU)")
   model = p.add_argument_group("model")
   model.add_argument("--model", choices=("default", "article"),
                      help="default: conv+ReLU, pool to a grid, linear+ReLU, "
@@ -92,11 +124,12 @@ def _parser():
   opt.add_argument("--weight-decay", type=float, help="adamw (1e-4)")
   opt.add_argument("--momentum", type=float, help="sgd (0.9)")
   opt.add_argument("--schedule", choices=("cosine", "constant"),
-                   help="cosine decay to 0 over the run (default) or "
-                        "constant")
+                   help="cosine decay to 0 over the planned epochs "
+                        "(default) or constant")
   opt.add_argument("--batch-size", type=int, help="64 (digits, npz), 8 "
                                                   "(--synthetic)")
-  opt.add_argument("--epochs", type=int, help="20")
+  opt.add_argument("--epochs", type=int, help="the planned number of "
+                                              "epochs (20)")
   opt.add_argument("--seed", type=int, help="0; the same seed gives the "
                                             "same numbers")
   run = p.add_argument_group("output")
@@ -104,9 +137,13 @@ def _parser():
                    help="write metrics.json, metrics.csv, curves.png and "
                         "checkpoint.npz here")
   run.add_argument("--resume", action="store_true",
-                   help="continue the run saved in --out, up to --epochs")
+                   help="continue the run saved in --out to the epochs it "
+                        "planned, where it stopped")
+  run.add_argument("--extend", type=int, metavar="N",
+                   help="with --resume: train N epochs past the plan, in a "
+                        "new learning-rate cycle")
   run.add_argument("--quiet", action="store_true",
-                   help="no progress bars")
+                   help="no progress bars or per-epoch lines")
 
   p = commands.add_parser(
       "eval", help="reload a checkpoint and report its accuracy",
@@ -152,31 +189,85 @@ def _settings(args):
   return s
 
 
+def _epochs(n):
+  return f"{n} epoch{'' if n == 1 else 's'}"
+
+
+def _output_dir(path, create=True):
+  """``path`` as a directory this process can write, or a CommandError."""
+  out = pathlib.Path(path)
+  if create:
+    try:
+      out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+      raise CommandError(f"--out {path}: expected a directory, got a "
+                         f"file") from None
+    except OSError as e:
+      raise CommandError(f"--out {path}: cannot create the directory: "
+                         f"{e.strerror}") from None
+  elif not out.is_dir():
+    raise CommandError(f"--out {path}: no such directory")
+  if not os.access(out, os.W_OK | os.X_OK):
+    raise CommandError(f"--out {path}: the directory is not writable")
+  return out
+
+
+def _resume(args):
+  """The saved state, its data set and the plan to finish (or None)."""
+  from jaxloss.train import data as data_lib
+  from jaxloss.train import trainer
+  if args.out is None:
+    raise CommandError("--resume needs --out DIR, the run to continue")
+  given = sorted(_given(args))
+  if given:
+    raise CommandError(
+        f"--resume takes its settings from the checkpoint; drop "
+        f"{', '.join('--' + k.replace('_', '-') for k in given)} (only "
+        f"--extend, --out and --quiet apply)")
+  state = trainer.load(pathlib.Path(args.out) / trainer.CHECKPOINT)
+  planned = state.config.epochs
+  if args.epochs is not None:
+    raise CommandError(
+        f"--resume continues the run to the {_epochs(planned)} it planned; "
+        f"drop --epochs {args.epochs}, or add epochs past the plan with "
+        f"--extend N")
+  _output_dir(args.out, create=False)
+  config = state.config
+  if args.extend is not None:
+    if args.extend < 1:
+      raise CommandError(f"--extend expected a positive int, got "
+                         f"{args.extend}")
+    config = config.extended(args.extend)
+  elif state.epoch >= planned:
+    last = state.history[-1] if state.history else {}
+    accuracy = (f" (test accuracy {last['test_accuracy']:.4f})"
+                if "test_accuracy" in last else "")
+    print(f"{args.out}: the run already finished the {_epochs(planned)} it "
+          f"planned{accuracy}; nothing to do. To train further, add epochs "
+          f"past the plan: jaxloss train --out {args.out} --resume --extend "
+          f"N")
+    return None
+  dataset = data_lib.load(state.source, mean=state.mean, std=state.std)
+  return state, dataset, config
+
+
 def _train(args):
-  import pathlib
   from jaxloss.train import data as data_lib
   from jaxloss.train import model as model_lib
   from jaxloss.train import trainer
 
   if args.resume:
-    if args.out is None:
-      raise CommandError("--resume needs --out DIR, the run to continue")
-    given = sorted(_given(args))
-    if given:
-      raise CommandError(
-          f"--resume takes its settings from the checkpoint; drop "
-          f"{', '.join('--' + k.replace('_', '-') for k in given)} (only "
-          f"--epochs, --out and --quiet apply)")
-    state = trainer.load(pathlib.Path(args.out) / trainer.CHECKPOINT)
-    dataset = data_lib.load(state.source, mean=state.mean, std=state.std)
-    config = state.config
-    if args.epochs is not None:
-      config = trainer.Config(**{**vars(config), "epochs": args.epochs})
-    if state.epoch >= config.epochs:
-      print(f"checkpoint is at epoch {state.epoch}; nothing to do for "
-            f"--epochs {config.epochs}", file=sys.stderr)
+    resumed = _resume(args)
+    if resumed is None:
+      return
+    state, dataset, config = resumed
     spec = state.spec
+    what = (f"resuming {args.out} after epoch {state.epoch} of "
+            f"{config.epochs}")
   else:
+    if args.extend is not None:
+      raise CommandError("--extend adds epochs to a saved run: use it with "
+                         "--resume --out DIR")
     s = _settings(args)
     for k in POSITIVE:
       if not s[k] >= 1:
@@ -213,21 +304,31 @@ def _train(args):
         weight_decay=s["weight_decay"], momentum=s["momentum"],
         schedule=s["schedule"], batch_size=s["batch_size"],
         epochs=s["epochs"], seed=s["seed"])
+    trainer.make_loss(config, dataset.task)  # A bad --loss fails here.
+    if args.out is not None:
+      _output_dir(args.out)
     state = None
+    what = _epochs(config.epochs)
+    if args.synthetic and s["size"] >= ARTICLE_SIZE // 2:
+      print(f"jaxloss train: warning: {len(dataset.y_train)} training "
+            f"images of 3x{s['size']}x{s['size']} take seconds an epoch on "
+            f"a CPU, minutes for the run; the default --size "
+            f"{DIGITS_DEFAULTS['size']} trains in seconds", file=sys.stderr)
 
-  trainer.make_loss(config, dataset.task)  # A bad --loss fails here.
-  if not args.quiet:
-    print(f"{dataset.describe()}; model {spec.model} "
-          f"({spec.num_params} parameters); loss "
-          f"{config.loss}; {config.optimizer} lr {config.lr:g} "
-          f"{config.schedule}, batch {config.batch_size}, {config.epochs} "
-          f"epochs, seed {config.seed}", file=sys.stderr)
-  final = trainer.train(dataset, config, spec, out=args.out, resume=state,
-                        quiet=args.quiet)
+  print(f"{dataset.describe()}; model {spec.model} "
+        f"({spec.num_params} parameters); loss "
+        f"{config.loss}; {config.optimizer} lr {config.lr:g} "
+        f"{config.schedule}, batch {config.batch_size}, {what}, seed "
+        f"{config.seed}", file=sys.stderr, flush=True)
+  try:
+    final = trainer.train(dataset, config, spec, out=args.out, resume=state,
+                          quiet=args.quiet)
+  except trainer.Diverged as e:
+    raise RunError(e) from None
   print(trainer.table(trainer.evaluate_state(final, dataset)))
   if final.history:
-    print(f"{final.history[-1]['seconds']:.1f} s for {final.epoch} "
-          f"epoch{'s' if final.epoch != 1 else ''}")
+    print(f"{final.history[-1]['seconds']:.1f} s for "
+          f"{_epochs(final.epoch)}")
   if args.out is not None:
     print(f"wrote metrics.json, metrics.csv, curves.png and checkpoint.npz "
           f"to {args.out}")
@@ -266,6 +367,7 @@ def _eval(args):
 
 def _plot(args):
   from jaxloss.train import plots
+  _output_dir(args.out)
   only = None
   if args.only:
     only = [name.strip() for name in args.only.split(",") if name.strip()]
@@ -281,7 +383,8 @@ def main(argv=None):
   """Runs ``jaxloss`` with ``argv`` (default: the command line).
 
   Returns the exit status: 0 on success, 2 on a usage or data error
-  (argparse's own usage errors exit 2 through ``SystemExit``).
+  (argparse's own usage errors exit 2 through ``SystemExit``), 1 when a run
+  fails on its way (a diverging loss, a failed write), 130 on Ctrl-C.
   """
   args = _parser().parse_args(argv)
   command = {"article": _article, "train": _train, "eval": _eval,
@@ -296,6 +399,14 @@ def main(argv=None):
           trainer.ConfigError) as e:
     print(f"jaxloss {args.command}: error: {e}", file=sys.stderr)
     return 2
+  except RunError as e:
+    print(f"jaxloss {args.command}: error: {e}", file=sys.stderr)
+    return 1
+  except OSError as e:  # A disk that fills up, a directory removed mid-run.
+    where = f"{e.filename}: " if e.filename else ""
+    print(f"jaxloss {args.command}: error: {where}{e.strerror or e}",
+          file=sys.stderr)
+    return 1
   except KeyboardInterrupt:
     hint = ""
     if args.command == "train" and args.out is not None:

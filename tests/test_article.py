@@ -92,3 +92,14 @@ def test_seed_changes_the_batch(results):
   assert 0.6 < other["logit_loss"] < 0.8
   np.testing.assert_array_equal(article.run(seed=0, size=512)["logits"],
                                 results["logits"])
+
+
+def test_readme_quotes_what_jaxloss_article_prints(results):
+  import pathlib
+  readme = (pathlib.Path(__file__).resolve().parent.parent /
+            "README.md").read_text()
+  row = next(line for line in readme.splitlines()
+             if line.startswith("| `BCELoss` against `BCEWithLogitsLoss`"))
+  assert "`jaxloss article`" in row and "for seed 0" in row
+  assert f"({results['logit_loss']:.7f} both, for seed 0" in row
+  assert f"{results['prob_loss']:.7f}" == f"{results['logit_loss']:.7f}"

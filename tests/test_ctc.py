@@ -112,6 +112,7 @@ def _value_and_grad(fn, x, *args, log_epsilon=-1e5):
   return out, grad
 
 
+@pytest.mark.slow  # Over 15 s on 2 shared cores.
 def test_equals_optax_values_forward_probs_and_gradients():
   x = jnp.asarray(LOGITS, jnp.float32)
   ours, g = _value_and_grad(jaxloss.ctc_loss_with_forward_probs, x,
@@ -170,6 +171,7 @@ def test_never_negative_on_confident_batches():
     assert (alpha_blank <= 0).all() and (alpha_label <= 0).all()
 
 
+@pytest.mark.slow  # Over 15 s on 2 shared cores.
 def test_minus_inf_logits_keep_finite_gradients():
   # A class that is impossible at some frames, not needed by the labels.
   x = jnp.asarray(LOGITS, jnp.float32).at[:, ::2, K - 1].set(-jnp.inf)

@@ -410,6 +410,7 @@ def test_pallas_lowers_to_triton():
     assert lowered.as_text().count("xla.gpu.triton") == 1
 
 
+@pytest.mark.slow  # Over 15 s on 2 shared cores.
 @pytest.mark.parametrize("launch", [
     dict(lane_sums=True), dict(num_stages=3, num_warps=2),
     dict(lane_sums=True, num_stages=2, block=8)])

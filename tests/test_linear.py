@@ -168,6 +168,7 @@ def test_mixed_dtypes_give_gradients_in_each_dtype():
     np.testing.assert_allclose(g, w, atol=1e-2 * np.max(np.abs(w)))
 
 
+@pytest.mark.slow  # Over 15 s on 2 shared cores.
 def test_eager_matches_jit():
   bias, kw = keywords(OPTIONS["all"], jnp.float32)
   h, k = (jnp.asarray(a, jnp.float32) for a in (HIDDEN, KERNEL))

@@ -164,6 +164,7 @@ TARGET_LENGTHS = jnp.array([3, 1, 4])
 CONCAT = jnp.array([1, 2, 2, 3, 4, 1, 3, 2])
 
 
+@pytest.mark.slow  # Over 15 s on 2 shared cores.
 def test_ctc_layouts_agree_and_lengths_may_be_traced():
   loss = nn.CTCLoss(reduction="none")
   padded = loss(LOG_PROBS, TARGETS, INPUT_LENGTHS, TARGET_LENGTHS)

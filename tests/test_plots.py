@@ -73,6 +73,46 @@ def test_tutorial_numbers():
   assert losses[0] < losses[1] < losses[2]
 
 
+@pytest.fixture
+def drawn(monkeypatch):
+  """The figures the plot functions build, instead of their PNG files."""
+  figures = []
+  monkeypatch.setattr(plots, "_save",
+                      lambda fig, path: figures.append(fig) or path)
+  return figures
+
+
+def test_every_axis_is_labelled_and_titled(tmp_path, drawn):
+  plots.figures(tmp_path)
+  assert len(drawn) == len(plots.FIGURES)
+  for name, fig in zip(plots.FIGURES, drawn):
+    for ax in fig.axes:
+      assert ax.get_title() and ax.get_ylabel(), name
+    # Shared x axes (saturation) label the bottom row only.
+    assert fig.axes[-1].get_xlabel(), name
+  sigmoid = drawn[0].axes[0]
+  assert sigmoid.get_ylabel() == r"$\sigma(x)$ and $\sigma'(x)$"
+  assert sigmoid.get_xlabel() == "x"
+  # The saturation grid: a y label per row, an x label per column.
+  saturation = drawn[plots.FIGURES.index("saturation")]
+  assert [ax.get_ylabel() for ax in saturation.axes] == [
+      "loss", "loss", "d loss / d x", "d loss / d x"]
+  assert [ax.get_xlabel() for ax in saturation.axes] == [
+      "", "", "logit x (float32)", "logit x (float32)"]
+
+
+def test_curves_title_and_labels(tmp_path, drawn):
+  history = [{"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.8,
+              "test_loss": 0.6, "test_accuracy": 0.7}]
+  plots.curves(history, tmp_path / "c.png", title="Hinge loss on digits")
+  (fig,) = drawn
+  assert fig._suptitle.get_text() == "Hinge loss on digits"
+  assert [(ax.get_xlabel(), ax.get_ylabel()) for ax in fig.axes] == [
+      ("epoch", "loss"), ("epoch", "accuracy")]
+  assert [[line.get_label() for line in ax.get_lines()] for ax in fig.axes] \
+      == [["train", "test"], ["train", "test"]]
+
+
 def test_training_curves(tmp_path):
   history = [{"epoch": e, "train_loss": 1 / e, "train_accuracy": 1 - 1 / e,
               "test_loss": 1.1 / e, "test_accuracy": 0.9 - 1 / e}

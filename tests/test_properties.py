@@ -476,6 +476,7 @@ def jit_and_eager_bitwise(names, seeds, scales):
                                       err_msg=f"{name} {seed} {scale}")
 
 
+@pytest.mark.slow  # Over 15 s on 2 shared cores.
 def test_jit_equals_eager_bitwise_for_elementwise_losses():
   # LLVM's optimisation level can move a result by an ulp, and the suite
   # compiles at level 0 (conftest.py): this comparison runs in a process of

@@ -128,6 +128,7 @@ def test_matches_float64_reference_and_reductions():
     np.testing.assert_allclose(mean, np.mean(none), rtol=1e-12, err_msg=name)
 
 
+@pytest.mark.slow  # Over 15 s on 2 shared cores.
 def test_jit_matches_eager_and_vmap_matches_batched():
   inputs = _inputs(jnp.float32)
   jitted, mapped = _jit(lambda x: (_run(x, ("none",)), jax.vmap(lambda x: {

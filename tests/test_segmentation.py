@@ -140,6 +140,7 @@ def test_matches_float64_reference_and_reductions():
     np.testing.assert_allclose(mean, np.mean(none), rtol=1e-12, err_msg=name)
 
 
+@pytest.mark.slow  # Over 15 s on 2 shared cores.
 def test_jit_matches_eager_and_gradients_match_finite_differences():
   inputs = _inputs(jnp.float32)
   jitted = _jit(lambda x: _run(x, ("none",)))(inputs)
@@ -219,6 +220,7 @@ def test_optax_signatures_are_kept():
       assert ours[arg].default == param.default, (name, arg)
 
 
+@pytest.mark.slow  # Over 15 s on 2 shared cores.
 def test_optax_parity():
   x, t = jnp.asarray(LOGITS, jnp.float32), jnp.asarray(ONE_HOT, jnp.float32)
   xb, tb = (jnp.asarray(BIN_LOGITS, jnp.float32),

@@ -87,6 +87,7 @@ def test_sparsemax_axes_and_where():
   np.testing.assert_allclose(masked, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # Over 15 s on 2 shared cores.
 def test_sparsemax_gradients_edges_and_transforms():
   x = jnp.asarray(X, jnp.float32)
   # The Jacobian is diag(s) - s s^T / |s| on the support s.

@@ -1,5 +1,6 @@
 """The Flax-free trainer: model, data, losses by name, loop, checkpoints."""
 
+import dataclasses
 import json
 import sys
 
@@ -121,6 +122,7 @@ def test_spec_rejects_bad_values():
 # Losses by name.
 
 
+@pytest.mark.slow  # One program of every loss's value and gradient.
 @pytest.mark.parametrize("task", ["binary", "multiclass"])
 def test_every_loss_prefers_the_right_answer(task):
   labels = jnp.array([0, 1, 1, 0, 2, 1]) % (2 if task == "binary" else 3)
@@ -259,13 +261,34 @@ def test_bad_npz_rejected_with_its_message(tmp_path, arrays, message):
 def test_bad_npz_files(tmp_path):
   with pytest.raises(data.DataError, match="no such file"):
     data.load_npz(tmp_path / "missing.npz")
-  garbage = tmp_path / "garbage.npz"
-  garbage.write_bytes(b"not a zip archive")
-  with pytest.raises(data.DataError, match="cannot read as .npz"):
-    data.load_npz(garbage)
+  with pytest.raises(data.DataError, match="is a directory; expected an .npz "
+                     "archive"):
+    data.load_npz(tmp_path)
+  for content, kind in ((b"not a zip archive", "a text file"),
+                        (b"", "an empty file"),
+                        (b"\x80\x04\x95", "a Python pickle"),
+                        (b"\x00\xff\x13", "a file that is not a zip archive")):
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(content)
+    with pytest.raises(data.DataError, match=f"garbage.npz: not an .npz "
+                       f"archive: expected .*, got {kind}$"):
+      data.load_npz(garbage)
+  truncated = save_npz(tmp_path, "truncated.npz", x=np.zeros((20, 8, 8)),
+                       y=np.arange(20) % 2)
+  truncated.write_bytes(truncated.read_bytes()[:-30])
+  with pytest.raises(data.DataError, match="truncated.npz: not an .npz "
+                     "archive: .* got a damaged or truncated zip archive"):
+    data.load_npz(truncated)
+  import zipfile
+  with zipfile.ZipFile(tmp_path / "members.npz", "w") as z:
+    z.writestr("x.npy", b"not an array")
+    z.writestr("y.npy", b"nor this")
+  with pytest.raises(data.DataError, match="members.npz: cannot read 'x' and "
+                     "'y': "):
+    data.load_npz(tmp_path / "members.npz")
   single = tmp_path / "single.npy"
   np.save(single, np.zeros(3))
-  with pytest.raises(data.DataError, match="got a single array"):
+  with pytest.raises(data.DataError, match="got a single .npy array"):
     data.load_npz(single)
   path = save_npz(tmp_path, x=np.zeros((20, 8, 8)), y=np.arange(20) % 3)
   with pytest.raises(data.DataError, match="out of range for --task binary: "
@@ -406,27 +429,181 @@ def test_checkpoint_round_trip(binary, run):
   assert png.startswith(b"\x89PNG") and len(png) > 5000
 
 
-def test_interrupted_run_resumes_exactly(binary, run, tmp_path, monkeypatch):
+def interrupted(dataset, config, out, monkeypatch, epochs=1):
+  """Trains with ``out`` until ``epochs`` are saved; returns the checkpoint."""
   real_save = trainer.save
 
   def save_then_interrupt(path, state):
     real_save(path, state)
-    raise KeyboardInterrupt
+    if state.epoch == epochs:
+      raise KeyboardInterrupt
 
   monkeypatch.setattr(trainer, "save", save_then_interrupt)
   with pytest.raises(KeyboardInterrupt):
-    trainer.train(binary, quick(binary), small_spec(binary), out=tmp_path,
-                  quiet=True)
+    trainer.train(dataset, config, small_spec(dataset), out=out, quiet=True)
   monkeypatch.undo()
-  saved = trainer.load(tmp_path)
-  assert saved.epoch == 1
+  saved = trainer.load(out)
+  assert saved.epoch == epochs
+  return saved
+
+
+def assert_same_run(got, want):
+  assert [r["epoch"] for r in got.history] == [r["epoch"] for r in
+                                               want.history]
+  assert numbers(got.history) == numbers(want.history)
+  assert got.step == want.step
+  jax.tree_util.tree_map(np.testing.assert_array_equal, got.params,
+                         want.params)
+  for a, b in zip(got.opt_leaves, want.opt_leaves, strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_interrupted_run_resumes_exactly(binary, run, tmp_path, monkeypatch):
+  saved = interrupted(binary, quick(binary), tmp_path, monkeypatch)
   resumed = trainer.train(binary, saved.config, saved.spec, out=tmp_path,
                           resume=saved, quiet=True)
   assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
-  assert numbers(resumed.history) == numbers(run[0].history)
-  jax.tree_util.tree_map(np.testing.assert_array_equal, resumed.params,
-                         run[0].params)
+  assert_same_run(resumed, run[0])
   assert len(json.loads((tmp_path / "metrics.json").read_text())) == 3
+
+
+@pytest.fixture(scope="module")
+def cosine(binary):
+  # Compiles two train steps of their own (a schedule is part of the step):
+  # the tests using it are slow.
+  """Three epochs of cosine decay, then two more after a restart: whole."""
+  config = quick(binary, 3, schedule="cosine")
+  spec = small_spec(binary)
+  return (trainer.train(binary, config, spec, quiet=True),
+          trainer.train(binary, config.extended(2), spec, quiet=True))
+
+
+@pytest.mark.slow
+def test_resumed_cosine_run_follows_the_uninterrupted_schedule(
+    binary, cosine, tmp_path, monkeypatch):
+  whole = cosine[0]
+  steps = 22
+  assert [r["lr"] for r in whole.history] == pytest.approx(
+      [1e-2 * 0.5 * (1 + np.cos(np.pi * e / 3)) for e in (1, 2, 3)],
+      rel=1e-6, abs=1e-9)
+  saved = interrupted(binary, whole.config, tmp_path, monkeypatch)
+  assert saved.step == steps
+  resumed = trainer.train(binary, saved.config, saved.spec, out=tmp_path,
+                          resume=saved, quiet=True)
+  assert_same_run(resumed, whole)
+
+
+@pytest.mark.slow
+def test_extending_a_finished_run_is_a_continuous_new_cycle(
+    binary, cosine, tmp_path, monkeypatch):
+  whole, extended = cosine
+  assert extended.config == trainer.Config(**{
+      **vars(whole.config), "epochs": 5, "restarts": (3,)})
+  # The first three epochs are the unextended run's, exactly.
+  assert numbers(extended.history[:3]) == numbers(whole.history)
+  # Finished, then extended by two epochs: the same numbers as the run
+  # planned that way from the start.
+  saved = interrupted(binary, whole.config, tmp_path, monkeypatch, 3)
+  resumed = trainer.train(binary, saved.config.extended(2), saved.spec,
+                          out=tmp_path, resume=saved, quiet=True)
+  assert_same_run(resumed, extended)
+  # Interrupted inside the extension: the same again.
+  saved = interrupted(binary, extended.config, tmp_path, monkeypatch, 4)
+  assert saved.config.restarts == (3,) and saved.step == 4 * 22
+  resumed = trainer.train(binary, saved.config, saved.spec, out=tmp_path,
+                          resume=saved, quiet=True)
+  assert_same_run(resumed, extended)
+
+
+def test_extended_schedule_has_no_jump():
+  config = trainer.Config(lr=0.1, epochs=20).extended(10)
+  steps = 22
+  lr = trainer.make_schedule(config, steps)
+  values = np.asarray(jax.jit(lr)(jnp.arange(30 * steps + 1)))
+  restart = 20 * steps
+  warmup = 10 * steps // 10
+  assert values[0] == pytest.approx(0.1) and values[restart] == 0.0
+  assert values[restart + warmup] == pytest.approx(0.1)
+  assert values[-1] == pytest.approx(0.0, abs=1e-12)
+  # No step moves the rate by more than the warm-up's slope.
+  assert np.max(np.abs(np.diff(values))) <= 0.1 / warmup + 1e-7
+  planned = trainer.make_schedule(trainer.Config(lr=0.1, epochs=20), steps)
+  np.testing.assert_allclose(values[:restart + 1],
+                             jax.jit(planned)(jnp.arange(restart + 1)),
+                             rtol=1e-6)
+  # A constant rate stays constant when extended.
+  constant = trainer.make_schedule(
+      trainer.Config(lr=0.1, schedule="constant").extended(5), steps)
+  for t in (0, 20 * steps, 21 * steps, 25 * steps):
+    assert float(constant(t)) == pytest.approx(0.1)
+
+
+def test_resume_checks_the_plan_and_the_data(binary, run, tmp_path):
+  state = trainer.load(run[1])
+  other = dataclasses.replace(state.config, lr=0.5)
+  with pytest.raises(trainer.CheckpointError, match="a resumed run keeps "
+                     r"the checkpoint's settings and plan \(3 epochs\), or "
+                     "extends it with --extend"):
+    trainer.train(binary, other, state.spec, resume=state, quiet=True)
+  moved = dataclasses.replace(state, step=3 * 21)
+  with pytest.raises(trainer.CheckpointError, match="stopped at step 63 after "
+                     "3 epochs, but its data now gives 22 steps per epoch"):
+    trainer.train(binary, state.config.extended(1), state.spec, resume=moved,
+                  quiet=True)
+
+
+def test_first_format_checkpoints_still_load(run, tmp_path):
+  import zipfile
+  with np.load(run[1] / "checkpoint.npz") as f:
+    arrays = {k: f[k] for k in f.files}
+  meta = json.loads(str(arrays["meta"]))
+  meta["format"] = 1
+  for key in ("step", "first_loss"):
+    del meta[key]
+  del meta["config"]["restarts"]
+  arrays["meta"] = np.array(json.dumps(meta))
+  np.savez(tmp_path / "checkpoint.npz", **arrays)
+  assert zipfile.is_zipfile(tmp_path / "checkpoint.npz")
+  old = trainer.load(tmp_path)
+  assert old.step is None and old.config == run[0].config
+  assert old.epoch == 3
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_epoch(
+    binary, tmp_path, monkeypatch):
+  real = trainer.make_step
+
+  def poisoned(*args):
+    optimizer, schedule, step, init = real(*args)
+    calls = []
+
+    def step_then_inf(*a):
+      calls.append(1)
+      params, opt_state, value, acc = step(*a)
+      return params, opt_state, value + (np.inf if len(calls) == 30 else 0), acc
+    return optimizer, schedule, step_then_inf, init
+
+  monkeypatch.setattr(trainer, "make_step", poisoned)
+  with pytest.raises(trainer.Diverged, match=r"the train loss is inf at "
+                     r"epoch 2, step 8 of 22 \(--lr 0.01\); stopped. .* "
+                     r"keeps epoch 1, the last good one"):
+    trainer.train(binary, quick(binary), small_spec(binary), out=tmp_path,
+                  quiet=True)
+  with pytest.raises(trainer.Diverged, match="Nothing was saved"):
+    trainer.train(binary, quick(binary), small_spec(binary), quiet=True)
+  monkeypatch.undo()
+  saved = trainer.load(tmp_path)
+  assert saved.epoch == 1 and len(saved.history) == 1
+  assert np.isfinite(saved.first_loss)
+  assert all(np.all(np.isfinite(leaf)) for leaf in
+             jax.tree_util.tree_leaves(saved.params))
+
+
+def test_divergence_is_measured_against_the_first_batch(binary):
+  with pytest.raises(trainer.Diverged, match=r"the train loss diverged: .* at "
+                     r"epoch 1, over 1000 times its first value \(0\.6"):
+    trainer.train(binary, quick(binary, 1, lr=1e9), small_spec(binary),
+                  quiet=True)
 
 
 def test_bad_checkpoints(tmp_path):
@@ -436,6 +613,19 @@ def test_bad_checkpoints(tmp_path):
   with pytest.raises(trainer.CheckpointError, match="not a jaxloss "
                      "checkpoint"):
     trainer.load(tmp_path)
+
+
+def test_curves_title(binary, multiclass):
+  assert trainer.curves_title(quick(binary), binary) == (
+      "Binary cross entropy on logits, trained on handwritten digits, odd "
+      "vs even")
+  assert trainer.curves_title(
+      quick(multiclass, label_smoothing=0.1), multiclass) == (
+          "Softmax cross entropy (label smoothing 0.1), trained on "
+          "handwritten digits, ten classes")
+  for task in ("binary", "multiclass"):
+    for name in losses.names(task):
+      assert not losses.title(name, task).startswith("-"), name
 
 
 def test_config_errors():
@@ -453,3 +643,9 @@ def test_config_errors():
   with pytest.raises(trainer.ConfigError, match="--weight-decay expected a "
                      "value >= 0, got -0.1"):
     trainer.Config(weight_decay=-0.1)
+  with pytest.raises(trainer.ConfigError, match=r"restarts expected "
+                     r"ascending epochs inside \(0, 20\), got \[20\]"):
+    trainer.Config(restarts=(20,))
+  with pytest.raises(trainer.ConfigError, match="--extend expected a "
+                     "positive int, got 0"):
+    trainer.Config().extended(0)

@@ -425,6 +425,7 @@ def test_lce_without_replication_checks():
     assert_same(*compare_lce(LCE_CASES["softcap_sum"], check_vma=False))
 
 
+@pytest.mark.slow  # Over 15 s on 2 shared cores.
 @direct
 def test_lce_2d_mesh():
   """Tokens over "data" (hidden sharded), the kernel's columns over "model"."""

@@ -61,6 +61,18 @@ class Dataset:
   def in_channels(self):
     return self.x_train.shape[1]
 
+  @property
+  def title(self):
+    """The data in words, for figure titles."""
+    name = self.source["name"]
+    if name == "digits":
+      return ("handwritten digits, odd vs even" if self.task == "binary"
+              else "handwritten digits, ten classes")
+    _, c, h, w = self.x_train.shape
+    if name == "synthetic":
+      return f"random {c}x{h}x{w} images"
+    return f"{pathlib.Path(self.source['path']).name}, {self.num_classes} classes"
+
   def describe(self):
     _, c, h, w = self.x_train.shape
     return (f"{self.source['name']}: {len(self.y_train)} train / "
@@ -156,6 +168,32 @@ def _check_task(task):
     raise DataError(f"--task expected one of {TASKS}, got {task!r}")
 
 
+def not_npz(path):
+  """What ``path`` is, in words, when it is not an .npz archive; else None.
+
+  ``np.load`` takes any file that is not a zip for a pickle, and reports a
+  text file as "pickled (object) data": the magic bytes tell the truth.
+  """
+  import zipfile
+  with open(path, "rb") as f:
+    head = f.read(512)
+  if head.startswith(b"PK"):
+    return None if zipfile.is_zipfile(path) else (
+        "a damaged or truncated zip archive")
+  if not head:
+    return "an empty file"
+  if head.startswith(b"\x93NUMPY"):
+    return "a single .npy array"
+  if head.startswith(b"\x80"):
+    return "a Python pickle"
+  try:
+    head.decode("utf-8")
+    text = b"\0" not in head
+  except UnicodeDecodeError as e:  # A multi-byte character cut at 512.
+    text = e.start > len(head) - 4 and b"\0" not in head
+  return "a text file" if text else "a file that is not a zip archive"
+
+
 def load_npz(path, task=None, *, seed=0, mean=None, std=None):
   """The user's images: ``x`` [N, H, W] or [N, H, W, C], ``y`` [N] labels.
 
@@ -165,15 +203,20 @@ def load_npz(path, task=None, *, seed=0, mean=None, std=None):
   if task is not None:
     _check_task(task)
   path = pathlib.Path(path)
+  expected = ("expected an .npz archive (numpy.savez) of arrays 'x' [N, H, W] "
+              "or [N, H, W, C] and 'y' [N]")
+  if path.is_dir():
+    raise DataError(f"{path}: is a directory; {expected}")
   if not path.is_file():
     raise DataError(f"{path}: no such file")
+  kind = not_npz(path)
+  if kind is not None:
+    raise DataError(f"{path}: not an .npz archive: {expected}, got {kind}")
   try:
     archive = np.load(path, allow_pickle=False)
-  except Exception as e:  # Not a zip, pickled objects, truncated file, ...
-    raise DataError(f"{path}: cannot read as .npz: {e}") from None
-  if not isinstance(archive, np.lib.npyio.NpzFile):
-    raise DataError(f"{path}: expected an .npz archive with arrays 'x' and "
-                    f"'y', got a single array")
+  except Exception as e:  # A damaged or truncated zip.
+    raise DataError(f"{path}: cannot read as .npz: {type(e).__name__}: "
+                    f"{e}") from None
   with archive:
     keys = list(archive.files)
     for key in ("x", "y"):
@@ -185,6 +228,11 @@ def load_npz(path, task=None, *, seed=0, mean=None, std=None):
       x, y = archive["x"], archive["y"]
     except Exception as e:
       raise DataError(f"{path}: cannot read 'x' and 'y': {e}") from None
+  for key, value in (("x", x), ("y", y)):
+    # NumPy hands back the raw bytes of a member that is not an .npy array.
+    if not isinstance(value, np.ndarray):
+      raise DataError(f"{path}: cannot read 'x' and 'y': member {key!r} is "
+                      f"not an .npy array")
   x, y = _check_arrays(path, x, y)
   labels, task, num_classes = _check_labels(path, y, task)
   return _build(x, labels, task, num_classes, seed,

@@ -23,42 +23,47 @@ class Loss:
   name: str
   task: str
   function: str
+  title: str  # In words, for figures.
   about: str
   options: tuple = ()
 
 
 LOSSES = (
     Loss("bce", "binary", "binary_cross_entropy",
+         "Binary cross entropy on probabilities",
          "BCELoss: sigmoid, then binary cross entropy on probabilities"),
     Loss("bce-logits", "binary", "sigmoid_binary_cross_entropy",
+         "Binary cross entropy on logits",
          "BCEWithLogitsLoss: binary cross entropy on logits",
          ("label_smoothing",)),
-    Loss("focal", "binary", "sigmoid_focal_loss",
+    Loss("focal", "binary", "sigmoid_focal_loss", "Sigmoid focal loss",
          "focal loss on the logit (no alpha)", ("gamma",)),
-    Loss("hinge", "binary", "hinge_loss",
+    Loss("hinge", "binary", "hinge_loss", "Hinge loss",
          "hinge loss on the logit, labels mapped to -1/+1"),
-    Loss("squared-hinge", "binary", "squared_hinge",
+    Loss("squared-hinge", "binary", "squared_hinge", "Squared hinge loss",
          "Keras's squared hinge on the logit"),
-    Loss("perceptron", "binary", "perceptron_loss",
+    Loss("perceptron", "binary", "perceptron_loss", "Perceptron loss",
          "perceptron loss on the logit, labels mapped to -1/+1"),
-    Loss("sparsemax", "binary", "sparsemax_loss",
+    Loss("sparsemax", "binary", "sparsemax_loss", "Sparsemax loss",
          "binary sparsemax loss"),
     Loss("ce", "multiclass", "softmax_cross_entropy_with_integer_labels",
+         "Softmax cross entropy",
          "CrossEntropyLoss: softmax cross entropy", ("label_smoothing",)),
     Loss("focal", "multiclass", "categorical_focal_cross_entropy",
+         "Categorical focal loss",
          "softmax focal loss on the logits (no alpha)", ("gamma",)),
     Loss("poly", "multiclass", "poly_loss_cross_entropy",
-         "Poly-1 cross entropy (epsilon 2)"),
+         "Poly-1 cross entropy", "Poly-1 cross entropy (epsilon 2)"),
     Loss("multiclass-hinge", "multiclass", "multiclass_hinge_loss",
-         "multiclass (Crammer-Singer) hinge loss"),
+         "Multiclass hinge loss", "multiclass (Crammer-Singer) hinge loss"),
     Loss("multi-margin", "multiclass", "multi_margin_loss",
-         "torch's MultiMarginLoss (Weston-Watkins hinge)"),
+         "Multi-margin loss", "torch's MultiMarginLoss (Weston-Watkins hinge)"),
     Loss("categorical-hinge", "multiclass", "categorical_hinge",
-         "Keras's categorical hinge"),
+         "Categorical hinge loss", "Keras's categorical hinge"),
     Loss("perceptron", "multiclass", "multiclass_perceptron_loss",
-         "multiclass perceptron loss"),
+         "Multiclass perceptron loss", "multiclass perceptron loss"),
     Loss("sparsemax", "multiclass", "multiclass_sparsemax_loss",
-         "multiclass sparsemax loss"),
+         "Multiclass sparsemax loss", "multiclass sparsemax loss"),
 )
 
 DEFAULT = {"binary": "bce-logits", "multiclass": "ce"}
@@ -80,6 +85,22 @@ def find(name, task):
                     f"for {task}: {', '.join(names(task))}")
   raise LossError(f"--loss expected one of {', '.join(names(task))} for "
                   f"--task {task}, got {name!r}")
+
+
+def title(name, task, options=None):
+  """The loss in words, with the options that change it: for figures.
+
+  ``options`` is anything with ``label_smoothing`` and ``gamma`` attributes
+  (a trainer ``Config``).
+  """
+  entry = find(name, task)
+  extras = []
+  if options is not None:
+    if "gamma" in entry.options:
+      extras.append(f"gamma {options.gamma:g}")
+    if "label_smoothing" in entry.options and options.label_smoothing:
+      extras.append(f"label smoothing {options.label_smoothing:g}")
+  return entry.title + (f" ({', '.join(extras)})" if extras else "")
 
 
 def _function(entry):

@@ -44,6 +44,7 @@ def sigmoid(path):
   ax.annotate("peak 0.25 at x = 0", xy=(0, 0.25), xytext=(1.5, 0.45),
               arrowprops={"arrowstyle": "->"})
   ax.set_xlabel("x")
+  ax.set_ylabel(r"$\sigma(x)$ and $\sigma'(x)$")
   ax.set_title("sigmoid and its derivative: at most 0.25")
   ax.grid(alpha=0.3)
   ax.legend(loc="upper left")
@@ -78,6 +79,7 @@ def softmax(path):
     ax.text(bar.get_x() + bar.get_width() / 2, value + 0.01, f"{value:.2f}",
             ha="center")
   ax.set_ylim(0, 0.8)
+  ax.set_xlabel("logit")
   ax.set_ylabel("probability")
   ax.set_title("softmax([1, 2, 3])")
   return _save(fig, path)
@@ -170,6 +172,7 @@ def saturation(path):
     ax.plot(x, curves["prob"][1], "--", label="probability form")
     ax.set_title(f"label {label}: gradient d loss / d logit")
     ax.set_xlabel("logit x (float32)")
+    ax.set_ylabel("d loss / d x")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
   fig.suptitle("Where BCE on probabilities saturates in float32 and BCE on "
@@ -189,7 +192,10 @@ def figures(out, only=None):
 
 
 def curves(history, path, title=""):
-  """Loss and accuracy per epoch, from a trainer's history."""
+  """Loss and accuracy per epoch, from a trainer's history.
+
+  ``title``, in words (the trainer's ``curves_title``), heads the figure.
+  """
   plt = _pyplot()
   epochs = [r["epoch"] for r in history]
   fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
