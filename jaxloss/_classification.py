@@ -7,6 +7,8 @@ Three families of names live here: optax's (``hinge_loss``,
 model output first and its target second.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -1171,3 +1173,135 @@ def categorical_focal_cross_entropy(predictions, targets, *, alpha=0.25,
   loss = jnp.sum(jnp.broadcast_to(alpha, terms.shape) * terms, axis=-1)
   return _reduction.reduce(fn, loss, reduction)
 
+
+# Taylor coefficients of (1 + (z - 1) e^z) / z^2 = sum_n (n + 1) z^n / (n + 2)!
+_GAP_SERIES = tuple((n + 1) / math.factorial(n + 2) for n in range(12))
+
+
+def _exp_gap(z):
+  r""":math:`1 + (z - 1) e^z` for :math:`z \le 0` (``-inf`` included),
+  without the cancellation near 0: a series for :math:`|z| < 1/2`."""
+  small = jnp.where(jnp.abs(z) < 0.5, z, 0.0)
+  series = _GAP_SERIES[-1]
+  for c in _GAP_SERIES[-2::-1]:
+    series = series * small + c
+  large = jnp.where(jnp.abs(z) < 0.5, -1.0, jnp.maximum(z, -1e4))
+  return jnp.where(jnp.abs(z) < 0.5, small * small * series,
+                   1 + (large - 1) * jnp.exp(large))
+
+
+@jax.custom_jvp
+def _generalized_cross_entropy(p, q):
+  r""":math:`(1 - p^q) / q` for :math:`p \in [0, 1]`, :math:`q > 0`.
+
+  Computed as :math:`-\mathrm{expm1}(q \log p) / q`: exact as :math:`q \to
+  0` (where it tends to :math:`-\log p`), and :math:`1 / q` at
+  :math:`p = 0`. The derivatives are written out: in :math:`p`,
+  :math:`-p^{q - 1}` (``-inf`` at :math:`p = 0` for :math:`q < 1`); in
+  :math:`q`, :math:`-(1 + (z - 1) e^z) / q^2` with :math:`z = q \log p`,
+  which autodiff of the formula would compute as the difference of two
+  terms of size :math:`1 / q`, all digits lost at small :math:`q`.
+  """
+  positive = p > 0
+  z = q * jnp.log(jnp.where(positive, p, 1.0))
+  return jnp.where(positive, -jnp.expm1(z), 1.0) / q
+
+
+@_generalized_cross_entropy.defjvp
+def _generalized_cross_entropy_jvp(primals, tangents):
+  (p, q), (dp, dq) = primals, tangents
+  positive = p > 0
+  z = q * jnp.log(jnp.where(positive, p, 1.0))
+  value = jnp.where(positive, -jnp.expm1(z), 1.0) / q
+  d_p = -jnp.power(p, q - 1)
+  d_q = -jnp.where(positive, _exp_gap(z), 1.0) / (q * q)
+  return value, d_p * dp + d_q * dq
+
+
+@_jit.jit("axis", "reduction", q=_jit.Hyper(0.0, 1.0, low_open=True))
+def categorical_generalized_cross_entropy(probs, labels, *, q=0.5, axis=-1,
+                                          where=None, weight=None,
+                                          reduction="none"):
+  r"""Generalized cross entropy on probabilities against integer labels.
+
+  .. math::
+    \ell = w_y\, \frac{1 - p_y^{\,q}}{q}
+
+  the Box-Cox transform of the cross entropy: :math:`-\log p_y` as
+  :math:`q \to 0`, the mean absolute error :math:`1 - p_y` at :math:`q = 1`;
+  smaller :math:`q` weighs confident mistakes more, larger :math:`q` is more
+  robust to noisy labels. ``reduction="mean"`` divides by the sum of
+  :math:`w_y` over kept rows (by their number without ``weight``). A label
+  outside ``[0, C)`` gives NaN for its row (Keras reads a zero
+  probability).
+
+  The value is :math:`-\mathrm{expm1}(q \log p_y) / q`, exact for small
+  :math:`q`, with derivatives written out: the gradient in ``q`` is right to
+  float rounding down to :math:`q \to 0` (autodiff of the formula loses
+  every digit there). At :math:`p_y = 0` the loss is :math:`1 / q` and its
+  gradient in :math:`p_y` is ``-inf`` for :math:`q < 1` (-1 at
+  :math:`q = 1`); Keras does not clip :math:`p` either.
+
+  Arguments map to Keras 3's ``categorical_generalized_cross_entropy``
+  (``y_true, y_pred, q``) with the model output first: ``probs`` is Keras's
+  ``y_pred`` and ``labels`` its ``y_true``. Keras takes the class axis last
+  and squeezes [N, 1] labels; here labels have the batch shape exactly (or
+  broadcast to it), so [N, 1] labels against [N, C] probabilities are an
+  error. Keras's ``CategoricalGeneralizedCrossEntropy`` class takes
+  :math:`q \in (0, 1)`; :math:`q = 1` is allowed here, as in the paper.
+
+  Args:
+    probs: floating [..., C, ...] class probabilities (softmax outputs).
+    labels: integer labels with the batch shape (``probs``' shape without
+      ``axis``) or broadcasting to it.
+    q: :math:`q \in (0, 1]`, traced or concrete.
+    axis: class axis or tuple of axes.
+    where: optional boolean row mask broadcasting to the batch shape;
+      dropped rows give loss 0 and gradient 0.
+    weight: optional [C] class weights :math:`w`.
+    reduction: ``"none"``, ``"mean"`` (over kept rows, weighted) or
+      ``"sum"``.
+
+  Returns:
+    float32 loss (float64 for float64 probabilities): the batch shape for
+    ``"none"``, else a scalar.
+
+  Example:
+    >>> import jaxloss
+    >>> probs = jnp.array([[0.7, 0.3], [0.2, 0.8], [0.6, 0.4]])
+    >>> print(jaxloss.categorical_generalized_cross_entropy(
+    ...     probs, jnp.array([0, 1, 1])))
+    [0.3267 0.2111 0.7351]
+
+  References:
+    Zhang and Sabuncu, `Generalized Cross Entropy Loss for Training Deep
+    Neural Networks with Noisy Labels <https://arxiv.org/abs/1805.07836>`_,
+    NeurIPS 2018; ``keras.losses.categorical_generalized_cross_entropy`` /
+    ``keras.losses.CategoricalGeneralizedCrossEntropy``.
+  """
+  fn = "categorical_generalized_cross_entropy"
+  probs = _checks.floating(fn, "probs", probs)
+  x, batch_shape, _ = classes_last(fn, probs, axis)
+  x = x.astype(_reduction.stat_dtype(x.dtype))
+  if where is not None and jnp.ndim(where) == probs.ndim:
+    _checks.fail(fn, f"where must be a row mask with the batch shape "
+                 f"{batch_shape}, got shape {jnp.shape(where)}")
+  row_keep, _ = split_where(fn, where, probs.shape, axis, batch_shape,
+                            "probs")
+  _rows.class_values(fn, [("probs", x, (x >= 0) & (x <= 1),
+                           "must be in [0, 1]")],
+                     row_keep, None, probs.shape, axis)
+  labels = row_labels(fn, "labels", labels, "probs", probs.shape,
+                      batch_shape)
+  weight = _rows.class_weight(fn, weight, x.shape[-1], x.dtype)
+  _, label_p, label_w, keep, valid = integer_rows(
+      fn, x, labels, batch_shape, ignore_index=None, row_keep=row_keep,
+      weight=weight)
+  # Dropped rows read p = 1: loss 0, and a finite slope for their zero
+  # cotangent (never -inf * 0).
+  if keep is not None:
+    label_p = jnp.where(keep, label_p, 1.0)
+  loss = _generalized_cross_entropy(label_p, jnp.asarray(q, x.dtype))
+  if label_w is not None:
+    loss = label_w * loss
+  return finish_rows(fn, loss, label_w, keep, valid, reduction)

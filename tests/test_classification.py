@@ -652,6 +652,8 @@ HYPERS = [
      {"from_logits": True}, (X, ONE_HOT)),
     ("categorical_focal_cross_entropy", "label_smoothing", 0.1, 0.2, 1.1,
      {"from_logits": True}, (X, ONE_HOT)),
+    ("categorical_generalized_cross_entropy", "q", 0.3, 1.0, 0.0, {},
+     (PROBS, LABELS)),
 ]
 
 
@@ -750,6 +752,116 @@ def assert_all_finite(tree):
 
 
 # ----------------------------------------------------------------------------
+# categorical_generalized_cross_entropy (Keras 3's).
+
+
+def ref_gce(p, labels, q, weight=None):
+  """Float64 NumPy reference: (1 - p_y^q) / q, times the class weight."""
+  p_y = np.take_along_axis(p, labels[..., None], -1)[..., 0]
+  loss = (1 - p_y**q) / q
+  return loss * (1 if weight is None else weight[labels])
+
+
+def test_generalized_cross_entropy_reference_keras_and_options():
+  gce = jaxloss.categorical_generalized_cross_entropy
+  # Keras 3's own test: q = 0.5 on four binary rows.
+  keras_probs = f32([[0.7, 0.3], [0.2, 0.8], [0.6, 0.4], [0.4, 0.6]])
+  np.testing.assert_allclose(
+      gce(keras_probs, jnp.array([0, 1, 0, 1])),
+      2 * (1 - np.sqrt([0.7, 0.8, 0.6, 0.6])), rtol=1e-6)
+  w = rng.uniform(0.5, 2.0, C)
+  keep = np.array([True, False, True, True])
+  with jax.enable_x64(True):
+    p, labels = jnp.asarray(PROBS), jnp.asarray(LABELS)
+    for q in (0.3, 1.0):
+      np.testing.assert_allclose(gce(p, labels, q=q), ref_gce(PROBS, LABELS, q),
+                                 rtol=1e-12)
+      want = ref_gce(PROBS, LABELS, q, w)
+      got = gce(p, labels, q=q, weight=jnp.asarray(w),
+                where=jnp.asarray(keep), reduction="mean")
+      np.testing.assert_allclose(got, want[keep].sum() / w[LABELS][keep].sum(),
+                                 rtol=1e-12)
+      # d/dp_y = -p_y^(q - 1), at the label only.
+      g = jax.grad(lambda p: gce(p, labels, q=q, reduction="sum"))(p)
+      want_g = np.zeros_like(PROBS)
+      p_y = PROBS[np.arange(N), LABELS]
+      want_g[np.arange(N), LABELS] = -p_y ** (q - 1)
+      np.testing.assert_allclose(g, want_g, rtol=1e-12)
+    # The class axis anywhere, tuple axes in the order given.
+    np.testing.assert_allclose(gce(p.T, labels, axis=0), gce(p, labels),
+                               rtol=1e-12)
+    cube = p.reshape(N, 1, C)
+    np.testing.assert_allclose(gce(cube, labels[:, None], axis=-1),
+                               gce(p, labels)[:, None], rtol=1e-12)
+  # Half precision in, float32 out.
+  for dtype in (jnp.float16, jnp.bfloat16):
+    half = f32(PROBS).astype(dtype)
+    got = gce(half, jnp.asarray(LABELS))
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(
+        got, ref_gce(np.asarray(half, np.float64), LABELS, 0.5), rtol=1e-6)
+
+
+def test_generalized_cross_entropy_small_q_and_edges():
+  gce = jaxloss.categorical_generalized_cross_entropy
+  labels = jnp.asarray(LABELS)
+  # As q -> 0 it tends to the cross entropy; its q-derivative to
+  # -log(p)^2 / 2. Autodiff of (1 - p^q) / q loses every digit there.
+  for q in (1e-2, 1e-4, 1e-6):
+    with jax.enable_x64(True):
+      p64 = jnp.asarray(PROBS)
+
+      def total(q):
+        return gce(p64, labels, q=q, reduction="sum")
+      h = q * 1e-2
+      numeric = (total(q + h) - total(q - h)) / (2 * h)
+      np.testing.assert_allclose(jax.grad(total)(q), numeric, rtol=1e-7)
+    got = jax.grad(lambda q: gce(f32(PROBS), labels, q=q,
+                                 reduction="sum"))(jnp.float32(q))
+    np.testing.assert_allclose(got, numeric, rtol=2e-5)
+  np.testing.assert_allclose(gce(f32(PROBS), labels, q=1e-6),
+                             -np.log(PROBS[np.arange(N), LABELS]), rtol=1e-5)
+  # p_y = 0: 1 / q, slope -inf (q < 1) or -1 (q = 1), d/dq = -1 / q^2;
+  # p_y = 1: 0, slope -1, d/dq = 0.
+  edge = f32([[0.0, 1.0], [1.0, 0.0]])
+  zero_one = jnp.array([0, 0])
+  for q in (0.5, 1.0):
+    np.testing.assert_array_equal(gce(edge, zero_one, q=q), [1 / q, 0])
+    gp, gq = jax.jacobian(lambda p, q: gce(p, zero_one, q=q),
+                          argnums=(0, 1))(edge, jnp.float32(q))
+    np.testing.assert_array_equal(gp[0, 0, 0], -np.inf if q < 1 else -1)
+    np.testing.assert_array_equal(gp[1, 1, 0], -1)
+    np.testing.assert_allclose(gq, [-1 / q**2, 0], rtol=1e-6)
+
+
+def test_generalized_cross_entropy_masks_labels_and_checks():
+  gce = jaxloss.categorical_generalized_cross_entropy
+  p = f32(PROBS).at[1].set(jnp.nan).at[2, 0].set(0.0)
+  bad = jnp.array([0, 7, 0, -1])
+  keep = jnp.array([True, False, True, True])
+  loss = gce(p, bad, where=keep)
+  # Dropped rows cost 0 whatever they hold; labels outside [0, C) give NaN.
+  assert loss[1] == 0 and np.isnan(loss[3])
+  np.testing.assert_allclose(loss[2], 2.0)            # p_y = 0, q = 0.5
+  g = jax.grad(lambda p: gce(p, bad, where=keep)[:3].sum())(p)
+  np.testing.assert_array_equal(g[1], 0)
+  assert gce(p, bad, where=jnp.zeros(N, bool), reduction="mean") == 0
+  with pytest.raises(jaxloss.CheckError, match=r"categorical_generalized_"
+                     r"cross_entropy: probs must be in \[0, 1\]; first "
+                     r"offending element probs\[0, 1\] = 1.5"):
+    jaxloss.checked(gce)(f32(PROBS).at[0, 1].set(1.5), jnp.asarray(LABELS))
+  with pytest.raises(jaxloss.CheckError, match=r"labels must be in \[0, 5\)"):
+    jaxloss.checked(gce)(f32(PROBS), bad)
+  with pytest.raises(ValueError, match=r"categorical_generalized_cross_"
+                     r"entropy: q must be in \(0, 1\], got 1.5"):
+    gce(f32(PROBS), jnp.asarray(LABELS), q=1.5)
+  with pytest.raises(TypeError, match="labels must have an integer dtype"):
+    gce(f32(PROBS), f32(LABELS))
+  with pytest.raises(ValueError, match=r"where must be a row mask"):
+    gce(f32(PROBS), jnp.asarray(LABELS), where=jnp.ones((N, C), bool))
+
+
+# ----------------------------------------------------------------------------
 # torch's layouts: 0-d inputs, (C,) with (1,), as torch's OpInfo samples.
 
 
@@ -826,7 +938,8 @@ def test_no_silent_broadcast_of_targets(name):
 @pytest.mark.parametrize("name,first", [
     ("multiclass_hinge_loss", "scores"),
     ("multiclass_perceptron_loss", "scores"),
-    ("multi_margin_loss", "predictions")])
+    ("multi_margin_loss", "predictions"),
+    ("categorical_generalized_cross_entropy", "probs")])
 def test_no_silent_broadcast_of_integer_labels(name, first):
   fn = getattr(jaxloss, name)
   second = "targets" if name == "multi_margin_loss" else "labels"
@@ -885,6 +998,7 @@ def test_empty_batch(name):
 
 
 @pytest.mark.parametrize("name", ["categorical_focal_cross_entropy",
+                                  "categorical_generalized_cross_entropy",
                                   "multi_margin_loss"])
 def test_autodiff_modes_against_finite_differences(name):
   kwargs = {"categorical_focal_cross_entropy": {"gamma": 0.5},
