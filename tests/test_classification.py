@@ -1032,3 +1032,18 @@ def test_autodiff_modes_against_finite_differences(name):
     np.testing.assert_allclose(fwd, grad, rtol=1e-12)
     np.testing.assert_allclose(hv, numeric_hv, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(ggv, hv, rtol=1e-12)
+
+
+def test_tuple_class_axes_flatten_in_the_order_given():
+  # axis=(2, 1): the flat class index runs fastest along axis 1, as optax's
+  # flattening of the axes in the order given.
+  cube = f32(rng.normal(size=(N, 2, 3)))
+  flat = cube.transpose(0, 2, 1).reshape(N, 6)
+  labels = jnp.array([0, 5, 2, 4])
+  probs = jax.nn.softmax(flat)
+  for name, x, flat_x in [("multiclass_hinge_loss", cube, flat),
+                          ("categorical_generalized_cross_entropy",
+                           probs.reshape(N, 3, 2).transpose(0, 2, 1), probs)]:
+    fn = getattr(jaxloss, name)
+    np.testing.assert_allclose(fn(x, labels, axis=(2, 1)),
+                               fn(flat_x, labels), rtol=1e-6)
