@@ -16,6 +16,7 @@ from jaxloss._multiclass import softmax_cross_entropy_with_integer_labels as sof
 # Catalogue: classification, margins, focal, KL divergences, sparsemax.
 from jaxloss._classification import binary_focal_cross_entropy as binary_focal_cross_entropy
 from jaxloss._classification import categorical_focal_cross_entropy as categorical_focal_cross_entropy
+from jaxloss._classification import categorical_generalized_cross_entropy as categorical_generalized_cross_entropy
 from jaxloss._classification import categorical_hinge as categorical_hinge
 from jaxloss._classification import hinge_loss as hinge_loss
 from jaxloss._classification import multi_margin_loss as multi_margin_loss

@@ -11,18 +11,22 @@ from jaxloss import _reduction
 
 
 def _prepare(fn, x, x_name, labels, weight, where):
-  """Checks and float32 casts shared by the binary losses."""
+  """Checks and float32 casts shared by the binary losses.
+
+  ``labels``, ``weight`` and ``where`` broadcast to ``x``'s shape, never
+  enlarge it (:func:`jaxloss._checks.conform`).
+  """
   x = _checks.floating(fn, x_name, x)
   labels = _checks.numeric(fn, "labels", labels)
-  _checks.same_shape(fn, "labels", labels, x_name, x)
+  labels = _checks.conform(fn, "labels", labels, x_name, x.shape)
   dtype = _reduction.stat_dtype(x.dtype)
   if weight is not None:
     weight = _checks.numeric(fn, "weight", weight)
-    weight = _checks.broadcastable(fn, "weight", weight, x.shape, x_name)
+    weight = _checks.conform(fn, "weight", weight, x_name, x.shape)
     weight = weight.astype(dtype)
   if where is not None:
     where = _checks.boolean(fn, "where", where)
-    where = _checks.broadcastable(fn, "where", where, x.shape, x_name)
+    where = _checks.conform(fn, "where", where, x_name, x.shape)
   x, labels = x.astype(dtype), labels.astype(dtype)
   if x_name == "probs":
     _value_check(fn, "probs", (x >= 0) & (x <= 1), "must be in [0, 1]", x,
@@ -45,11 +49,22 @@ def _finish(fn, loss, weight, where, reduction):
   return _reduction.reduce(fn, loss, reduction, keep=where)
 
 
+def _clamped_logs(p):
+  """torch's BCELoss logs, each clamped at -100: ``log p`` and ``log(1 - p)``.
+
+  The clamp is a double where: at ``p`` in {0, 1} neither the value nor any
+  derivative meets ``log 0``.
+  """
+  log_p = jnp.maximum(jnp.log(jnp.where(p > 0, p, 1)), -100.0)
+  log_not_p = jnp.maximum(jnp.log1p(-jnp.where(p < 1, p, 0)), -100.0)
+  return (jnp.where(p > 0, log_p, -100.0),
+          jnp.where(p < 1, log_not_p, -100.0))
+
+
 @jax.custom_jvp
 def _bce_on_probs(p, y):
   # torch's BCELoss: each log is clamped at -100, so p=0 with y=1 gives 100.
-  log_p = jnp.maximum(jnp.log(p), -100.0)
-  log_not_p = jnp.maximum(jnp.log1p(-p), -100.0)
+  log_p, log_not_p = _clamped_logs(p)
   return -(y * log_p + (1 - y) * log_not_p)
 
 
@@ -57,8 +72,7 @@ def _bce_on_probs(p, y):
 def _bce_on_probs_jvp(primals, tangents):
   p, y = primals
   dp, dy = tangents
-  log_p = jnp.maximum(jnp.log(p), -100.0)
-  log_not_p = jnp.maximum(jnp.log1p(-p), -100.0)
+  log_p, log_not_p = _clamped_logs(p)
   loss = -(y * log_p + (1 - y) * log_not_p)
   # torch's backward: (p - y) / max(p (1 - p), 1e-12), finite at p in {0, 1}.
   dloss_dp = (p - y) / jnp.maximum(p * (1 - p), 1e-12)
@@ -81,10 +95,11 @@ def binary_cross_entropy(probs, labels, *, weight=None, where=None,
 
   Args:
     probs: probabilities in [0, 1], floating, any shape.
-    labels: targets in [0, 1], same shape as ``probs``.
-    weight: optional per-element weights broadcastable to ``probs``.
-    where: optional boolean mask broadcastable to ``probs``; dropped elements
-      give loss 0 and gradient 0.
+    labels: targets in [0, 1], ``probs``' shape or broadcasting to it (never
+      enlarging it; torch's ``BCELoss`` wants equal shapes).
+    weight: optional per-element weights broadcasting to ``probs``' shape.
+    where: optional boolean mask broadcasting to ``probs``' shape; dropped
+      elements give loss 0 and gradient 0.
     reduction: ``"none"``, ``"mean"`` (over kept elements) or ``"sum"``.
 
   Returns:
@@ -111,7 +126,7 @@ def binary_cross_entropy(probs, labels, *, weight=None, where=None,
 
 
 def _smooth(labels, label_smoothing):
-  if label_smoothing == 0:
+  if _jit.is_zero(label_smoothing):
     return labels
   return labels * (1 - label_smoothing) + 0.5 * label_smoothing
 
@@ -166,7 +181,7 @@ def _logit_bce_jvp(primals, tangents):
 _logit_bce.defjvp(_logit_bce_jvp, symbolic_zeros=True)
 
 
-@_jit.jit("label_smoothing", "reduction")
+@_jit.jit("reduction", label_smoothing=_jit.UNIT)
 def sigmoid_binary_cross_entropy(logits, labels, *, pos_weight=None,
                                  weight=None, label_smoothing=0.0, where=None,
                                  reduction="none"):
@@ -188,14 +203,17 @@ def sigmoid_binary_cross_entropy(logits, labels, *, pos_weight=None,
 
   Args:
     logits: floating array of any shape.
-    labels: targets in [0, 1] (binary or soft), same shape as ``logits``.
+    labels: targets in [0, 1] (binary or soft), ``logits``' shape or
+      broadcasting to it (never enlarging it: [N] labels against [N, 1]
+      logits are an error).
     pos_weight: optional weight :math:`p_c` of the positive term, broadcast
-      from the right (one per class on the last axis), as torch's
-      ``BCEWithLogitsLoss(pos_weight=...)``.
-    weight: optional per-element weights broadcastable to ``logits``.
-    label_smoothing: float in [0, 1].
-    where: optional boolean mask broadcastable to ``logits``; dropped elements
-      give loss 0 and gradient 0.
+      to ``logits``' shape from the right (one per class on the last axis),
+      as torch's ``BCEWithLogitsLoss(pos_weight=...)``.
+    weight: optional per-element weights broadcasting to ``logits``' shape.
+    label_smoothing: :math:`\varepsilon` in [0, 1], traced or concrete;
+      an exact 0 leaves the smoothing out of the program.
+    where: optional boolean mask broadcasting to ``logits``' shape; dropped
+      elements give loss 0 and gradient 0.
     reduction: ``"none"``, ``"mean"`` (over kept elements) or ``"sum"``.
 
   Returns:
@@ -214,7 +232,6 @@ def sigmoid_binary_cross_entropy(logits, labels, *, pos_weight=None,
     ``torch.nn.BCEWithLogitsLoss``; ``optax.losses.sigmoid_binary_cross_entropy``.
   """
   fn = "sigmoid_binary_cross_entropy"
-  _checks.in_range(fn, "label_smoothing", label_smoothing, 0, 1)
   logits, labels, weight, where = _prepare(fn, logits, "logits", labels,
                                            weight, where)
   labels = _smooth(labels, label_smoothing)
@@ -223,8 +240,8 @@ def sigmoid_binary_cross_entropy(logits, labels, *, pos_weight=None,
   positive = labels
   if pos_weight is not None:
     pos_weight = _checks.numeric(fn, "pos_weight", pos_weight)
-    pos_weight = _checks.broadcastable(fn, "pos_weight", pos_weight,
-                                       logits.shape, "logits")
+    pos_weight = _checks.conform(fn, "pos_weight", pos_weight, "logits",
+                                 logits.shape)
     positive = labels * pos_weight.astype(logits.dtype)
   loss = _logit_bce(logits, 1 - labels, positive)
   return _finish(fn, loss, weight, where, reduction)
@@ -234,7 +251,8 @@ def sigmoid_binary_cross_entropy(logits, labels, *, pos_weight=None,
 _SATURATED = 1e4
 
 
-@_jit.jit("gamma", "reduction")
+@_jit.jit("reduction", gamma=_jit.NON_NEGATIVE,
+          alpha=_jit.Hyper(0.0, 1.0, optional=True, array=True))
 def sigmoid_focal_loss(logits, labels, *, alpha=None, gamma=2.0, weight=None,
                        where=None, reduction="none"):
   r"""Focal loss on logits, with finite gradients at any finite logit.
@@ -254,12 +272,16 @@ def sigmoid_focal_loss(logits, labels, *, alpha=None, gamma=2.0, weight=None,
 
   Args:
     logits: floating array of any shape.
-    labels: targets in [0, 1], same shape as ``logits``.
-    alpha: optional balance in [0, 1]: weight ``alpha`` on positives,
-      ``1 - alpha`` on negatives.
-    gamma: focusing exponent, ``>= 0`` (0 gives binary cross entropy).
-    weight: optional per-element weights broadcastable to ``logits``.
-    where: optional boolean mask broadcastable to ``logits``.
+    labels: targets in [0, 1], ``logits``' shape or broadcasting to it.
+    alpha: optional balance in [0, 1], traced or concrete, a number or an
+      array broadcasting to ``logits``' shape: weight ``alpha`` on
+      positives, ``1 - alpha`` on negatives. None weighs both by 1.
+    gamma: focusing exponent :math:`\gamma \ge 0`, traced or concrete (0
+      gives binary cross entropy; an exact concrete 0 leaves the modulating
+      factor out of the program). The gradient in ``gamma`` is finite at
+      any finite logit.
+    weight: optional per-element weights broadcasting to ``logits``' shape.
+    where: optional boolean mask broadcasting to ``logits``' shape.
     reduction: ``"none"``, ``"mean"`` (over kept elements) or ``"sum"``.
 
   Returns:
@@ -280,13 +302,12 @@ def sigmoid_focal_loss(logits, labels, *, alpha=None, gamma=2.0, weight=None,
     ``torchvision.ops.sigmoid_focal_loss``; ``optax.losses.sigmoid_focal_loss``.
   """
   fn = "sigmoid_focal_loss"
-  _checks.in_range(fn, "gamma", gamma, 0, float("inf"), high_open=True)
   logits, labels, weight, where = _prepare(fn, logits, "logits", labels,
                                            weight, where)
   if where is not None:
     logits = jnp.where(where, logits, 0)
   loss = _logit_bce(logits, 1 - labels, labels)
-  if gamma != 0:
+  if not _jit.is_zero(gamma):
     # At an infinite logit the modulating factor is its value at a saturated
     # finite logit (0 or 1) and is held constant: the cross entropy alone
     # carries the 0 or inf, and its finite gradient.
@@ -303,7 +324,7 @@ def sigmoid_focal_loss(logits, labels, *, alpha=None, gamma=2.0, weight=None,
     loss = jnp.where(saturated, loss * lax.stop_gradient(factor),
                      jnp.where(saturated, 0, loss) * factor)
   if alpha is not None:
-    alpha = _checks.numeric(fn, "alpha", alpha).astype(logits.dtype)
-    alpha = _checks.broadcastable(fn, "alpha", alpha, logits.shape, "logits")
+    alpha = _checks.conform(fn, "alpha", jnp.asarray(alpha, logits.dtype),
+                            "logits", logits.shape)
     loss = loss * (alpha * labels + (1 - alpha) * (1 - labels))
   return _finish(fn, loss, weight, where, reduction)

@@ -7,7 +7,7 @@ Three families of names live here: optax's (``hinge_loss``,
 model output first and its target second.
 """
 
-import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -29,30 +29,27 @@ from jaxloss._regression import not_nan
 _KERAS_EPSILON = 1e-7
 
 
-def _pair(fn, x_name, x, t_name, t, *, same_shape=False, weight=None,
-          where=None):
-  """Model output and target checked, brought to one shape, in float32/64."""
+def _pair(fn, x_name, x, t_name, t, *, weight=None, where=None,
+          class_axes=()):
+  """Model output and target checked, the target, weight and mask brought to
+  the model output's shape (never enlarging it), in float32/64.
+
+  ``class_axes`` (ints, negative ones counted from the end) are the axes the
+  target must match exactly.
+  """
   x = _checks.floating(fn, x_name, x)
   t = _checks.numeric(fn, t_name, t)
-  if same_shape:
-    _checks.same_shape(fn, t_name, t, x_name, x)
-    shape = x.shape
-  else:
-    try:
-      shape = np.broadcast_shapes(x.shape, t.shape)
-    except ValueError:
-      _checks.fail(fn, f"{t_name} shape {t.shape} does not broadcast with "
-                   f"{x_name} shape {x.shape}")
+  t = _checks.conform(fn, t_name, t, x_name, x.shape,
+                      class_axes=tuple(a % x.ndim for a in class_axes))
   dtype = _reduction.stat_dtype(x.dtype)
-  x = jnp.broadcast_to(x, shape).astype(dtype)
-  t = jnp.broadcast_to(t, shape).astype(dtype)
+  x, t = x.astype(dtype), t.astype(dtype)
   if weight is not None:
     weight = _checks.numeric(fn, "weight", weight)
-    weight = _checks.broadcastable(fn, "weight", weight, shape,
-                                   x_name).astype(dtype)
+    weight = _checks.conform(fn, "weight", weight, x_name,
+                             x.shape).astype(dtype)
   if where is not None:
     where = _checks.boolean(fn, "where", where)
-    where = _checks.broadcastable(fn, "where", where, shape, x_name)
+    where = _checks.conform(fn, "where", where, x_name, x.shape)
     x = jnp.where(where, x, 0)
   return x, t, weight, where
 
@@ -70,17 +67,22 @@ def _flag(fn, name, value):
   return bool(value)
 
 
-def _labels(fn, name, labels, batch_shape, x_name):
-  """Integer class labels with the batch shape, checked under ``fn``'s names."""
-  labels = jnp.asarray(labels)
-  if not jnp.issubdtype(labels.dtype, jnp.integer):
-    _checks.fail(fn, f"{name} must have an integer dtype (class indices), "
-                 f"got {labels.dtype}", TypeError)
-  if labels.shape != batch_shape:
-    _checks.fail(fn, f"{name} shape {labels.shape} does not match the batch "
-                 f"shape {batch_shape} of {x_name} ({x_name} shape without "
-                 "the class axis)")
-  return labels
+def row_labels(fn, name, labels, x_name, x_shape, batch_shape):
+  """Integer class labels broadcast to the batch shape, never enlarging it.
+
+  The batch shape is ``x_shape`` without its class axes; the message names
+  both arguments, both shapes and the batch shape.
+  """
+  labels = _checks.integer(fn, name, labels)
+  have, batch_shape = tuple(labels.shape), tuple(batch_shape)
+  fits = len(have) <= len(batch_shape) and all(
+      h in (1, b) for h, b in zip(have[::-1], batch_shape[::-1]))
+  if not fits:
+    _checks.fail(fn, f"{name} shape {have} does not broadcast to the batch "
+                 f"shape {batch_shape} of {x_name} shape {tuple(x_shape)} "
+                 f"({x_name} without its class axis; {name} may broadcast to "
+                 "it, never enlarge it)")
+  return jnp.broadcast_to(labels, batch_shape)
 
 
 def _signs(fn, x, t, where):
@@ -99,6 +101,14 @@ def _unit_interval(fn, x, y, from_logits):
     _checks.values(fn, "predictions", (x >= 0) & (x <= 1),
                    "must be in [0, 1]", x)
   _checks.values(fn, "targets", (y >= 0) & (y <= 1), "must be in [0, 1]", y)
+
+
+def _probability_labels(fn, logits, labels, axis):
+  """Probability labels brought to ``logits``' shape: the batch axes may
+  broadcast, the class axes match exactly."""
+  labels = _checks.numeric(fn, "labels", labels)
+  return _checks.conform(fn, "labels", labels, "logits", logits.shape,
+                         class_axes=_checks.axes(fn, axis, logits.ndim))
 
 
 def _one_hot(labels, valid, num_classes):
@@ -121,15 +131,18 @@ def hinge_loss(predictor_outputs, targets, *, weight=None, where=None,
 
   Args:
     predictor_outputs: floating decision values, any shape.
-    targets: targets in {-1, 1}, broadcastable with ``predictor_outputs``.
-    weight: optional per-element weights broadcastable to the loss.
-    where: optional boolean mask broadcastable to the loss; dropped elements
-      give loss 0 and gradient 0.
+    targets: targets in {-1, 1}, ``predictor_outputs``' shape or
+      broadcasting to it (never enlarging it: [N] targets against [N, 1]
+      outputs are an error, where optax broadcasts both to [N, N]).
+    weight: optional per-element weights broadcasting to
+      ``predictor_outputs``' shape.
+    where: optional boolean mask broadcasting to ``predictor_outputs``'
+      shape; dropped elements give loss 0 and gradient 0.
     reduction: ``"none"``, ``"mean"`` (over kept elements) or ``"sum"``.
 
   Returns:
-    float32 loss (float64 for float64 input): the broadcast shape of the two
-    arrays for ``"none"``, else a scalar.
+    float32 loss (float64 for float64 input): ``predictor_outputs``' shape
+    for ``"none"``, else a scalar.
 
   Example:
     >>> import jaxloss
@@ -158,15 +171,17 @@ def perceptron_loss(predictor_outputs, targets, *, weight=None, where=None,
 
   Args:
     predictor_outputs: floating decision values, any shape.
-    targets: targets in {-1, 1}, broadcastable with ``predictor_outputs``
-      (optax requires equal shapes).
-    weight: optional per-element weights broadcastable to the loss.
-    where: optional boolean mask broadcastable to the loss.
+    targets: targets in {-1, 1}, ``predictor_outputs``' shape or
+      broadcasting to it, never enlarging it (optax requires equal shapes).
+    weight: optional per-element weights broadcasting to
+      ``predictor_outputs``' shape.
+    where: optional boolean mask broadcasting to ``predictor_outputs``'
+      shape.
     reduction: ``"none"``, ``"mean"`` (over kept elements) or ``"sum"``.
 
   Returns:
-    float32 loss (float64 for float64 input): the broadcast shape for
-    ``"none"``, else a scalar.
+    float32 loss (float64 for float64 input): ``predictor_outputs``' shape
+    for ``"none"``, else a scalar.
 
   Example:
     >>> import jaxloss
@@ -201,7 +216,8 @@ def _multiclass_rows(fn, scores, labels, axis, where):
   _rows.class_values(fn, [("scores", x, ~jnp.isnan(x),
                                  "must not be NaN")],
                            row_keep, None, scores.shape, axis)
-  labels = _labels(fn, "labels", labels, batch_shape, "scores")
+  labels = row_labels(fn, "labels", labels, "scores", scores.shape,
+                      batch_shape)
   x, label_x, _, keep, valid = integer_rows(
       fn, x, labels, batch_shape, ignore_index=None, row_keep=row_keep,
       weight=None)
@@ -221,7 +237,8 @@ def multiclass_hinge_loss(scores, labels, *, axis=-1, where=None,
 
   Args:
     scores: floating [..., C, ...] scores.
-    labels: integer labels with the shape of ``scores`` without ``axis``.
+    labels: integer labels with the batch shape (``scores``' shape without
+      ``axis``) or broadcasting to it.
     axis: class axis or tuple of axes (optax: last axis only).
     where: optional boolean row mask with the batch shape; dropped rows give
       loss 0 and gradient 0.
@@ -261,7 +278,8 @@ def multiclass_perceptron_loss(scores, labels, *, axis=-1, where=None,
 
   Args:
     scores: floating [..., C, ...] scores.
-    labels: integer labels with the shape of ``scores`` without ``axis``.
+    labels: integer labels with the batch shape (``scores``' shape without
+      ``axis``) or broadcasting to it.
     axis: class axis or tuple of axes (optax: last axis only).
     where: optional boolean row mask with the batch shape.
     reduction: ``"none"``, ``"mean"`` (over kept rows) or ``"sum"``.
@@ -292,7 +310,8 @@ def multiclass_perceptron_loss(scores, labels, *, axis=-1, where=None,
 # Softmax-based (optax names).
 
 
-@_jit.jit("axis", "reduction")
+@_jit.jit("axis", "reduction",
+          epsilon=_jit.Hyper(low_open=True, high_open=True, array=True))
 def poly_loss_cross_entropy(logits, labels, *, epsilon=2.0, axis=-1,
                             where=None, reduction="none"):
   r"""PolyLoss: softmax cross entropy plus a weighted first polynomial term.
@@ -307,10 +326,12 @@ def poly_loss_cross_entropy(logits, labels, *, epsilon=2.0, axis=-1,
 
   Args:
     logits: floating [..., C, ...] logits.
-    labels: probabilities broadcastable to ``logits``' shape.
-    epsilon: coefficient of the polynomial term, a number or an array
-      broadcastable to the batch shape (2.0 for ImageNet, -1.0 for detection
-      in the paper).
+    labels: probabilities, ``logits``' shape or broadcasting to it over the
+      batch axes (the class axes match exactly).
+    epsilon: coefficient of the polynomial term, traced or concrete, any
+      real number or an array broadcasting to the batch shape (2.0 for
+      ImageNet, -1.0 for detection in the paper). An exact concrete 0 leaves
+      the term out of the program: the softmax cross entropy alone.
     axis: class axis or tuple of axes.
     where: optional boolean mask: batch-shaped to drop rows, or
       ``logits``-shaped to restrict the softmax to some classes (as optax).
@@ -335,19 +356,20 @@ def poly_loss_cross_entropy(logits, labels, *, epsilon=2.0, axis=-1,
   fn = "poly_loss_cross_entropy"
   logits = _checks.floating(fn, "logits", logits)
   shape = logits.shape
-  labels = _checks.numeric(fn, "labels", labels)
-  labels = _checks.broadcastable(fn, "labels", labels, shape, "logits")
+  labels = _probability_labels(fn, logits, labels, axis)
   x, batch_shape, _ = classes_last(fn, logits, axis)
   x = x.astype(_reduction.stat_dtype(x.dtype))
   y, _, _ = classes_last(fn, labels, axis)
   y = y.astype(x.dtype)
   row_keep, class_keep = split_where(fn, where, shape, axis, batch_shape)
-  epsilon = _checks.numeric(fn, "epsilon", epsilon)
-  epsilon = _checks.broadcastable(fn, "epsilon", epsilon, batch_shape,
-                                  "the batch shape of logits").astype(x.dtype)
   cross_entropy = _multiclass.probability_cross_entropy(
       fn, logits, labels, axis=axis, where=where, weight=None,
       label_smoothing=0.0, reduction="none")
+  if _jit.is_zero(epsilon):
+    return _reduction.reduce(fn, _reduction.mask(cross_entropy, row_keep),
+                             reduction, keep=row_keep)
+  epsilon = _checks.conform(fn, "epsilon", jnp.asarray(epsilon, x.dtype),
+                            "the batch shape of logits", batch_shape)
   if row_keep is not None:
     x = jnp.where(row_keep[..., None], x, 0)
     if class_keep is not None:
@@ -379,11 +401,12 @@ def safe_softmax_cross_entropy(logits, labels, *, axis=-1, where=None,
 
   Args:
     logits: floating [..., C, ...] logits.
-    labels: probabilities broadcastable to ``logits``' shape.
+    labels: probabilities, ``logits``' shape or broadcasting to it over the
+      batch axes (the class axes match exactly).
     axis: class axis or tuple of axes (optax: last axis only).
     where: optional boolean mask, batch-shaped or ``logits``-shaped.
     weight: optional [C] class weights, as torch's.
-    label_smoothing: in [0, 1].
+    label_smoothing: in [0, 1], traced or concrete.
     reduction: ``"none"``, ``"mean"`` (over kept rows) or ``"sum"``.
 
   Returns:
@@ -400,9 +423,12 @@ def safe_softmax_cross_entropy(logits, labels, *, axis=-1, where=None,
   References:
     ``optax.losses.safe_softmax_cross_entropy``.
   """
+  fn = "safe_softmax_cross_entropy"
+  logits = _checks.floating(fn, "logits", logits)
+  labels = _probability_labels(fn, logits, labels, axis)
   return _multiclass.probability_cross_entropy(
-      "safe_softmax_cross_entropy", logits, labels, axis=axis, where=where,
-      weight=weight, label_smoothing=label_smoothing, reduction=reduction)
+      fn, logits, labels, axis=axis, where=where, weight=weight,
+      label_smoothing=label_smoothing, reduction=reduction)
 
 
 _REDUCE_FNS = {"none": None, "mean": jnp.mean, "sum": jnp.sum}
@@ -424,9 +450,11 @@ def ranking_softmax_loss(logits, labels, *, where=None, weights=None,
 
   Args:
     logits: floating [..., list_size] item scores.
-    labels: relevance labels broadcastable to ``logits``.
-    where: optional boolean [..., list_size] mask of valid items.
-    weights: optional per-item weights broadcastable to ``logits``.
+    labels: relevance labels, ``logits``' shape or broadcasting to it over
+      the leading axes (one label per item: the list axis matches).
+    where: optional boolean [..., list_size] mask of valid items,
+      broadcasting to ``logits``' shape.
+    weights: optional per-item weights broadcasting to ``logits``' shape.
     reduce_fn: ``jnp.mean`` (default, as optax), ``jnp.sum``, None for the
       per-list losses, or any function called as ``reduce_fn(loss,
       where=valid_lists)``.
@@ -465,24 +493,25 @@ def ranking_softmax_loss(logits, labels, *, where=None, weights=None,
   shape = logits.shape
   x = logits.astype(_reduction.stat_dtype(logits.dtype))
   labels = _checks.numeric(fn, "labels", labels)
-  y = _checks.broadcastable(fn, "labels", labels, shape, "logits")
+  # The list axis is the class axis: one label per item, never spread.
+  y = _checks.conform(fn, "labels", labels, "logits", shape,
+                      class_axes=(len(shape) - 1,))
   y = y.astype(x.dtype)
   value_keep = None
   if where is not None:
-    value_keep = _checks.broadcastable(
-        fn, "where", _checks.boolean(fn, "where", where), shape, "logits")
+    value_keep = _checks.conform(
+        fn, "where", _checks.boolean(fn, "where", where), "logits", shape)
   not_nan(fn, "logits", x, value_keep)
   ok = y >= 0
   _checks.values(fn, "labels", ok if value_keep is None else ok | ~value_keep,
                  "must be non-negative (relevance)", y)
   if weights is not None:
     weights = _checks.numeric(fn, "weights", weights)
-    y = y * _checks.broadcastable(fn, "weights", weights, shape,
-                                  "logits").astype(x.dtype)
+    y = y * _checks.conform(fn, "weights", weights, "logits",
+                            shape).astype(x.dtype)
   keep = row_keep = None
   if where is not None:
-    keep = _checks.boolean(fn, "where", where)
-    keep = _checks.broadcastable(fn, "where", keep, shape, "logits")
+    keep = value_keep
     row_keep = jnp.any(keep, axis=-1)
     x = jnp.where(keep, x, 0)
     y = jnp.where(keep, y, 0)
@@ -500,6 +529,7 @@ def ranking_softmax_loss(logits, labels, *, where=None, weights=None,
   return reduce_fn(loss, where=row_keep)
 
 
+@_jit.jit("axis", alpha=_jit.Hyper(0.0, 1.0, array=True))
 def smooth_labels(labels, alpha, *, axis=-1, where=None):
   r"""Label smoothing: mixes labels with the uniform distribution.
 
@@ -513,11 +543,11 @@ def smooth_labels(labels, alpha, *, axis=-1, where=None):
 
   Args:
     labels: one-hot or probability labels (floating, integer or boolean).
-    alpha: smoothing factor in [0, 1], a number or an array broadcastable to
-      ``labels``.
+    alpha: smoothing factor in [0, 1], traced or concrete, a number or an
+      array broadcasting to ``labels``' shape (a smoothing per row, say).
     axis: class axis or tuple of axes.
-    where: optional boolean mask broadcastable to ``labels``: the classes
-      that take part.
+    where: optional boolean mask broadcasting to ``labels``' shape: the
+      classes that take part.
 
   Returns:
     Smoothed labels, ``labels``' shape, in ``labels``' floating dtype
@@ -532,32 +562,22 @@ def smooth_labels(labels, alpha, *, axis=-1, where=None):
     Müller, Kornblith and Hinton, `When Does Label Smoothing Help?
     <https://arxiv.org/abs/1906.02629>`_, 2019; ``optax.smooth_labels``.
   """
-  # A Python number alpha is checked here, before jit makes it a tracer.
-  _python_unit_interval("smooth_labels", "alpha", alpha)
-  return _smooth_labels(labels, alpha, axis=axis, where=where)
-
-
-def _python_unit_interval(fn, name, value):
-  if isinstance(value, (int, float)) and not isinstance(value, bool):
-    _checks.in_range(fn, name, value, 0, 1)
-
-
-@_jit.jit("axis")
-def _smooth_labels(labels, alpha, *, axis, where):
   fn = "smooth_labels"
   labels = _checks.numeric(fn, "labels", labels)
   out_dtype = (labels.dtype if jnp.issubdtype(labels.dtype, jnp.floating)
                else jnp.float32)
   y = labels.astype(_reduction.stat_dtype(out_dtype))
-  alpha = _checks.numeric(fn, "alpha", alpha)
-  alpha = _checks.broadcastable(fn, "alpha", alpha, y.shape,
-                                "labels").astype(y.dtype)
   axes = _checks.axes(fn, axis, y.ndim)
+  if where is not None:
+    where = _checks.boolean(fn, "where", where)
+    where = _checks.conform(fn, "where", where, "labels", y.shape)
+  if _jit.is_zero(alpha):
+    return y.astype(out_dtype)
+  alpha = _checks.conform(fn, "alpha", jnp.asarray(alpha, y.dtype), "labels",
+                          y.shape)
   if where is None:
     count = float(np.prod([y.shape[a] for a in axes]))
     return ((1 - alpha) * y + alpha / count).astype(out_dtype)
-  where = _checks.boolean(fn, "where", where)
-  where = _checks.broadcastable(fn, "where", where, y.shape, "labels")
   count = jnp.sum(where, axis=axes, keepdims=True, dtype=y.dtype)
   uniform = jnp.where(where, 1 / jnp.maximum(count, 1), 0)
   return ((1 - alpha) * y + alpha * uniform).astype(out_dtype)
@@ -568,13 +588,19 @@ def _smooth_labels(labels, alpha, *, axis, where):
 
 
 def _torch_rows(fn, predictions):
+  """torch's (N, C) or (C,) scores, in float32/64; a 0-d input is one row of
+  one class, as torch reads it."""
   predictions = _checks.floating(fn, "predictions", predictions)
-  _checks.at_least_rank(fn, "predictions", predictions, 1)
+  if predictions.ndim == 0:
+    predictions = predictions[None]
+  if predictions.shape[-1] == 0:
+    _checks.fail(fn, f"predictions must have at least one class, got shape "
+                 f"{predictions.shape}")
   not_nan(fn, "predictions", predictions)
   return predictions.astype(_reduction.stat_dtype(predictions.dtype))
 
 
-@_jit.jit("p", "margin", "reduction")
+@_jit.jit("p", "reduction", margin=_jit.Hyper())
 def multi_margin_loss(predictions, targets, *, p=1, margin=1.0, weight=None,
                       reduction="none"):
   r"""Multiclass margin loss against integer targets, as torch's.
@@ -586,11 +612,17 @@ def multi_margin_loss(predictions, targets, *, p=1, margin=1.0, weight=None,
   torch does. A target outside ``[0, C)`` gives NaN for its row (torch
   raises).
 
+  torch's layouts are read as torch reads them: a 0-d ``predictions`` is
+  one row of one class, and a (C,) ``predictions`` with a (1,) ``targets``
+  is one row in a batch of one (the loss has shape (1,)).
+
   Args:
-    predictions: floating [..., C] scores (torch: (N, C) or (C,)).
-    targets: integer targets of shape [...].
-    p: 1 or 2.
-    margin: the margin :math:`m`.
+    predictions: floating [..., C] scores (torch: (N, C), (C,) or ()).
+    targets: integer targets with the batch shape [...] or broadcasting to
+      it (torch: (N,), () or (1,)).
+    p: 1 or 2, as torch (a structural choice, fixed at trace time).
+    margin: the margin :math:`m`, traced or concrete, any number (torch
+      accepts negative margins too).
     weight: optional [C] class weights :math:`w`.
     reduction: ``"none"``, ``"mean"`` or ``"sum"`` (torch's default is
       ``"mean"``; here ``"none"``).
@@ -611,10 +643,13 @@ def multi_margin_loss(predictions, targets, *, p=1, margin=1.0, weight=None,
   fn = "multi_margin_loss"
   if isinstance(p, bool) or p not in (1, 2):
     _checks.fail(fn, f"p must be 1 or 2, got {p!r}")
-  _checks.in_range(fn, "margin", margin, -float("inf"), float("inf"))
   x = _torch_rows(fn, predictions)
+  targets = _checks.integer(fn, "targets", targets)
+  if x.ndim == 1 and targets.shape == (1,):
+    x = x[None]
   num_classes = x.shape[-1]
-  targets = _labels(fn, "targets", targets, x.shape[:-1], "predictions")
+  targets = row_labels(fn, "targets", targets, "predictions", x.shape,
+                       x.shape[:-1])
   if weight is not None:
     weight = _checks.numeric(fn, "weight", weight)
     _checks.shape_is(fn, "weight", weight, (num_classes,), "one per class")
@@ -645,11 +680,13 @@ def multilabel_margin_loss(predictions, targets, *, reduction="none"):
   where the targets :math:`T` of a row are its leading non-negative entries
   of ``targets``, up to the first ``-1`` (torch's layout: ``[3, 0, -1, 1]``
   means classes 3 and 0). A target index ``>= C`` (or a terminator below
-  -1) gives NaN for its row (torch raises).
+  -1) gives NaN for its row (torch raises). A 0-d ``predictions`` is one
+  row of one class, as in torch.
 
   Args:
-    predictions: floating [..., C] scores (torch: (N, C) or (C,)).
-    targets: integer [..., C] class indices padded with -1.
+    predictions: floating [..., C] scores (torch: (N, C), (C,) or ()).
+    targets: integer [..., C] class indices padded with -1: ``predictions``'
+      shape, or broadcasting to it over the batch axes.
     reduction: ``"none"``, ``"mean"`` or ``"sum"`` (torch's default is
       ``"mean"``; here ``"none"``).
 
@@ -669,11 +706,11 @@ def multilabel_margin_loss(predictions, targets, *, reduction="none"):
   """
   fn = "multilabel_margin_loss"
   x = _torch_rows(fn, predictions)
-  targets = jnp.asarray(targets)
-  if not jnp.issubdtype(targets.dtype, jnp.integer):
-    _checks.fail(fn, f"targets must have an integer dtype (class indices), "
-                 f"got {targets.dtype}", TypeError)
-  _checks.same_shape(fn, "targets", targets, "predictions", x)
+  targets = _checks.integer(fn, "targets", targets)
+  if x.shape == (1,) and targets.shape in ((), (1,)):
+    targets = targets.reshape(1)
+  targets = _checks.conform(fn, "targets", targets, "predictions", x.shape,
+                            class_axes=(x.ndim - 1,))
   num_classes = x.shape[-1]
   negative = targets < 0
   seen = jnp.cumsum(negative, axis=-1)
@@ -709,7 +746,8 @@ def soft_margin_loss(predictions, targets, *, reduction="none"):
 
   Args:
     predictions: floating decision values, any shape.
-    targets: targets in {-1, 1}, same shape.
+    targets: targets in {-1, 1}, ``predictions``' shape or broadcasting to
+      it, never enlarging it (as torch).
     reduction: ``"none"``, ``"mean"`` or ``"sum"`` (torch's default is
       ``"mean"``; here ``"none"``).
 
@@ -727,8 +765,7 @@ def soft_margin_loss(predictions, targets, *, reduction="none"):
     ``torch.nn.functional.soft_margin_loss`` / ``torch.nn.SoftMarginLoss``.
   """
   fn = "soft_margin_loss"
-  x, t, _, _ = _pair(fn, "predictions", predictions, "targets", targets,
-                     same_shape=True)
+  x, t, _, _ = _pair(fn, "predictions", predictions, "targets", targets)
   not_nan(fn, "predictions", x)
   _checks.values(fn, "targets", (t == 1) | (t == -1), "must be -1 or 1", t)
   return _reduction.reduce(fn, jax.nn.softplus(-t * x), reduction)
@@ -748,9 +785,11 @@ def multilabel_soft_margin_loss(predictions, targets, *, weight=None,
 
   Args:
     predictions: floating [..., C] logits (torch: (N, C) or (C,)).
-    targets: targets in [0, 1], same shape.
-    weight: optional class weights broadcastable to ``predictions`` (torch:
-      a [C] tensor).
+    targets: targets in [0, 1], ``predictions``' shape or broadcasting to it
+      over the batch axes; the class axis matches exactly (torch also
+      spreads a (N, 1) target over the classes).
+    weight: optional class weights broadcasting to ``predictions``' shape
+      (torch: a [C] tensor).
     reduction: ``"none"``, ``"mean"`` or ``"sum"`` (torch's default is
       ``"mean"``; here ``"none"``).
 
@@ -771,7 +810,7 @@ def multilabel_soft_margin_loss(predictions, targets, *, weight=None,
   fn = "multilabel_soft_margin_loss"
   _checks.at_least_rank(fn, "predictions", jnp.asarray(predictions), 1)
   x, t, weight, _ = _pair(fn, "predictions", predictions, "targets", targets,
-                          same_shape=True, weight=weight)
+                          weight=weight, class_axes=(-1,))
   _unit_interval(fn, x, t, from_logits=True)
   loss = _binary.sigmoid_binary_cross_entropy(x, t, weight=weight)
   return _reduction.reduce(fn, jnp.mean(loss, axis=-1), reduction)
@@ -794,7 +833,8 @@ def squared_hinge(predictions, targets, *, reduction="none"):
 
   Args:
     predictions: floating [..., C] decision values (Keras's ``y_pred``).
-    targets: targets (Keras's ``y_true``), same shape.
+    targets: targets (Keras's ``y_true``), ``predictions``' shape or
+      broadcasting to it over the leading axes (the last axis matches).
     reduction: ``"none"``, ``"mean"`` or ``"sum"``.
 
   Returns:
@@ -814,7 +854,7 @@ def squared_hinge(predictions, targets, *, reduction="none"):
   fn = "squared_hinge"
   _checks.at_least_rank(fn, "predictions", jnp.asarray(predictions), 1)
   x, t, _, _ = _pair(fn, "predictions", predictions, "targets", targets,
-                     same_shape=True)
+                     class_axes=(-1,))
   binary = jnp.all((t == 0) | (t == 1))
   not_nan(fn, "predictions", x)
   _checks.values(fn, "targets", (t == 1) | (t == -1) | binary,
@@ -836,7 +876,8 @@ def categorical_hinge(predictions, targets, *, reduction="none"):
 
   Args:
     predictions: floating [..., C] scores (Keras's ``y_pred``).
-    targets: one-hot targets (Keras's ``y_true``), same shape.
+    targets: one-hot targets (Keras's ``y_true``), ``predictions``' shape or
+      broadcasting to it over the leading axes (the class axis matches).
     reduction: ``"none"``, ``"mean"`` or ``"sum"``.
 
   Returns:
@@ -855,7 +896,7 @@ def categorical_hinge(predictions, targets, *, reduction="none"):
   fn = "categorical_hinge"
   _checks.at_least_rank(fn, "predictions", jnp.asarray(predictions), 1)
   x, t, _, _ = _pair(fn, "predictions", predictions, "targets", targets,
-                     same_shape=True)
+                     class_axes=(-1,))
   not_nan(fn, "predictions", x)
   # Keras documents one-hot {0, 1} or {-1, 1} targets; soft ones in between
   # are read by the same formula.
@@ -867,12 +908,25 @@ def categorical_hinge(predictions, targets, *, reduction="none"):
   return _reduction.reduce(fn, loss, reduction)
 
 
-def _focal_options(fn, gamma, from_logits, label_smoothing):
-  _checks.in_range(fn, "gamma", gamma, 0, float("inf"), high_open=True)
-  _checks.in_range(fn, "label_smoothing", label_smoothing, 0, 1)
-  return _flag(fn, "from_logits", from_logits)
+def _focal_targets(fn, predictions, targets, from_logits, axis):
+  """The Keras focal losses' inputs: targets broadcast to the predictions'
+  shape (the axes reduced over match exactly), value checks under
+  ``checked``."""
+  from_logits = _flag(fn, "from_logits", from_logits)
+  predictions = _checks.floating(fn, "predictions", predictions)
+  _checks.at_least_rank(fn, "predictions", predictions, 1)
+  axes = _checks.axes(fn, axis, predictions.ndim)
+  x, y, _, _ = _pair(fn, "predictions", predictions, "targets", targets,
+                     class_axes=axes)
+  _unit_interval(fn, x, y, from_logits)
+  return x, y, axes, from_logits
 
 
+_FOCAL = dict(gamma=_jit.NON_NEGATIVE, label_smoothing=_jit.UNIT)
+
+
+@_jit.jit("apply_class_balancing", "from_logits", "axis", "reduction",
+          alpha=_jit.Hyper(0.0, 1.0, array=True), **_FOCAL)
 def binary_focal_cross_entropy(predictions, targets, *,
                                apply_class_balancing=False, alpha=0.25,
                                gamma=2.0, from_logits=False,
@@ -901,13 +955,15 @@ def binary_focal_cross_entropy(predictions, targets, *,
 
   Args:
     predictions: floating logits or probabilities, [..., C].
-    targets: targets in [0, 1], same shape.
+    targets: targets in [0, 1], ``predictions``' shape or broadcasting to it
+      over the axes not in ``axis`` (those match exactly).
     apply_class_balancing: whether to weight by :math:`\alpha_t`.
-    alpha: weight of the positive class, a number in [0, 1] or an array
-      broadcastable to ``predictions``.
-    gamma: focusing exponent :math:`\gamma \ge 0`.
+    alpha: weight of the positive class in [0, 1], traced or concrete, a
+      number or an array broadcasting to ``predictions``' shape.
+    gamma: focusing exponent :math:`\gamma \ge 0`, traced or concrete; an
+      exact concrete 0 leaves the modulating factor out of the program.
     from_logits: whether ``predictions`` are logits.
-    label_smoothing: :math:`\varepsilon` in [0, 1].
+    label_smoothing: :math:`\varepsilon` in [0, 1], traced or concrete.
     axis: axis or tuple of axes averaged over.
     reduction: ``"none"``, ``"mean"`` or ``"sum"`` over the remaining shape.
 
@@ -927,30 +983,14 @@ def binary_focal_cross_entropy(predictions, targets, *,
     ``keras.losses.binary_focal_crossentropy`` /
     ``keras.losses.BinaryFocalCrossentropy``.
   """
-  _python_unit_interval("binary_focal_cross_entropy", "alpha", alpha)
-  return _binary_focal_cross_entropy(
-      predictions, targets, apply_class_balancing=apply_class_balancing,
-      alpha=alpha, gamma=gamma, from_logits=from_logits,
-      label_smoothing=label_smoothing, axis=axis, reduction=reduction)
-
-
-@_jit.jit("apply_class_balancing", "gamma", "from_logits", "label_smoothing",
-          "axis", "reduction")
-def _binary_focal_cross_entropy(predictions, targets, *,
-                                apply_class_balancing, alpha, gamma,
-                                from_logits, label_smoothing, axis, reduction):
   fn = "binary_focal_cross_entropy"
-  from_logits = _focal_options(fn, gamma, from_logits, label_smoothing)
   balance = _flag(fn, "apply_class_balancing", apply_class_balancing)
-  _checks.at_least_rank(fn, "predictions", jnp.asarray(predictions), 1)
-  x, y, _, _ = _pair(fn, "predictions", predictions, "targets", targets,
-                     same_shape=True)
-  _unit_interval(fn, x, y, from_logits)
-  axes = _checks.axes(fn, axis, x.ndim)
-  alpha = _checks.numeric(fn, "alpha", alpha)
-  alpha = _checks.broadcastable(fn, "alpha", alpha, x.shape,
-                                "predictions").astype(x.dtype)
-  if label_smoothing:
+  x, y, axes, from_logits = _focal_targets(fn, predictions, targets,
+                                           from_logits, axis)
+  if balance:
+    alpha = _checks.conform(fn, "alpha", jnp.asarray(alpha, x.dtype),
+                            "predictions", x.shape)
+  if not _jit.is_zero(label_smoothing):
     y = y * (1 - label_smoothing) + 0.5 * label_smoothing
   if from_logits:
     loss = _binary.sigmoid_focal_loss(x, y, alpha=alpha if balance else None,
@@ -958,40 +998,89 @@ def _binary_focal_cross_entropy(predictions, targets, *,
   else:
     clipped = jnp.clip(x, _KERAS_EPSILON, 1 - _KERAS_EPSILON)
     loss = -(y * jnp.log(clipped) + (1 - y) * jnp.log(1 - clipped))
-    if gamma:
+    if not _jit.is_zero(gamma):
       # y (1 - p) + (1 - y) p is Keras's 1 - p_t, never rounded below 0.
-      loss = loss * jnp.power(y * (1 - x) + (1 - y) * x, gamma)
+      loss = loss * _modulation_of(y * (1 - x) + (1 - y) * x, gamma)
     if balance:
       loss = loss * (y * alpha + (1 - y) * (1 - alpha))
   return _reduction.reduce(fn, jnp.mean(loss, axis=axes), reduction)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _modulation_of(base, gamma):
+  r""":math:`b^\gamma` for :math:`b \ge 0`, through a double where: at
+  :math:`b = 0` it is ``0 ** gamma`` with zero derivatives (``jnp.power``'s
+  derivative there is ``inf``, and ``inf * 0`` for :math:`\gamma < 1`)."""
+  positive = base > 0
+  log_base = jnp.log(jnp.where(positive, base, 1.0))
+  return jnp.where(positive, jnp.exp(gamma * log_base),
+                   jnp.asarray(gamma == 0, base.dtype))
+
+
+_LOG2 = float(np.log(2.0))
+
+
+def _log_modulation(u):
+  r""":math:`\log(1 - e^{-u})` for :math:`u > 0`, accurate at both ends
+  (Mächler's log1mexp); each branch is fed only its own range, so neither
+  derivative meets a ``log 0``."""
+  small = jnp.where(u <= _LOG2, u, _LOG2)
+  large = jnp.where(u > _LOG2, u, 1.0)
+  return jnp.where(u <= _LOG2, jnp.log(-jnp.expm1(-small)),
+                   jnp.log1p(-jnp.exp(-large)))
+
+
+def _modulation(u, gamma):
+  r""":math:`(1 - e^{-u})^\gamma` and its log for :math:`u \ge 0`: ``0 **
+  gamma`` (1 at :math:`\gamma = 0`) at :math:`u = 0`, through a double
+  where."""
+  positive = u > 0
+  log_m = _log_modulation(jnp.where(positive, u, 1.0))
+  modulation = jnp.where(positive, jnp.exp(gamma * log_m),
+                         jnp.asarray(gamma == 0, u.dtype))
+  return modulation, log_m
+
+
+def _exprel_inverse(u):
+  r""":math:`u / (e^u - 1)` for :math:`u \ge 0`: 1 at 0, 0 at ``inf``, a
+  series near 0 so that its own derivatives stay finite."""
+  series = jnp.where(u < 1e-2, u, 0.0)
+  middle = (u >= 1e-2) & (u < jnp.inf)
+  safe = jnp.where(middle, u, 1.0)
+  near_zero = 1 - series / 2 + series**2 / 12 - series**4 / 720
+  return jnp.where(u < 1e-2, near_zero,
+                   jnp.where(middle, safe / jnp.expm1(safe), 0.0))
+
+
+@jax.custom_jvp
 def _focal_term(u, gamma):
   r""":math:`g(u) = (1 - e^{-u})^\gamma\, u` for :math:`u = -\log p \ge 0`.
 
   The focal cross entropy of one class from its cross entropy :math:`u`.
   Autodiff through the power gives ``0 * inf`` at :math:`p = 1` for
-  :math:`\gamma < 1`; the derivative written out,
-  :math:`g'(u) = (1 - e^{-u})^\gamma (1 + \gamma u / (e^u - 1))`, is finite
-  for every :math:`u \in [0, \infty]`.
+  :math:`\gamma < 1`; the derivatives written out,
+  :math:`\partial_u g = (1 - e^{-u})^\gamma (1 + \gamma u / (e^u - 1))` and
+  :math:`\partial_\gamma g = g \log(1 - e^{-u})`, are finite for every
+  :math:`u \in [0, \infty]` (0 at :math:`u = 0` and :math:`u = \infty` for
+  the second), and made of differentiable operations.
   """
   u = jnp.maximum(u, 0)
-  return (-jnp.expm1(-u)) ** gamma * u
+  return _modulation(u, gamma)[0] * u
 
 
 @_focal_term.defjvp
-def _focal_term_jvp(gamma, primals, tangents):
-  (u,), (du,) = primals, tangents
+def _focal_term_jvp(primals, tangents):
+  (u, gamma), (du, dgamma) = primals, tangents
   u = jnp.maximum(u, 0)
-  modulation = (-jnp.expm1(-u)) ** gamma
-  safe = jnp.where((u > 0) & (u < jnp.inf), u, 1)
-  ratio = jnp.where(u > 0, safe / jnp.expm1(safe), 1)   # u / (e^u - 1)
-  ratio = jnp.where(u == jnp.inf, 0, ratio)
-  return modulation * u, modulation * (1 + gamma * ratio) * du
+  modulation, log_m = _modulation(u, gamma)
+  value = modulation * u
+  d_u = modulation * (1 + gamma * _exprel_inverse(u))
+  finite = (u > 0) & (u < jnp.inf)
+  d_gamma = jnp.where(finite, modulation * jnp.where(finite, u, 0) * log_m, 0)
+  return value, d_u * du + d_gamma * dgamma
 
 
-@_jit.jit("gamma", "from_logits", "label_smoothing", "axis", "reduction")
+@_jit.jit("from_logits", "axis", "reduction",
+          alpha=_jit.Hyper(0.0, high_open=True, array=True), **_FOCAL)
 def categorical_focal_cross_entropy(predictions, targets, *, alpha=0.25,
                                     gamma=2.0, from_logits=False,
                                     label_smoothing=0.0, axis=-1,
@@ -1005,11 +1094,12 @@ def categorical_focal_cross_entropy(predictions, targets, *, alpha=0.25,
   label smoothing. With ``from_logits`` it is computed from
   ``log_softmax`` with a hand-written derivative: exact at any logit,
   gradients finite at :math:`\pm 10^4` and at :math:`p_c = 1` for every
-  :math:`\gamma \ge 0`, where Keras clips :math:`p` to
-  :math:`[10^{-7}, 1 - 10^{-7}]`. ``-inf`` logits mark impossible classes:
-  they cost nothing with a zero target and the smoothing mass spreads over
-  the other classes only. On probabilities (``from_logits=False``) this is
-  Keras's formula: renormalised over ``axis`` and clipped.
+  :math:`\gamma \ge 0` (in the logits and in :math:`\gamma`), where Keras
+  clips :math:`p` to :math:`[10^{-7}, 1 - 10^{-7}]`. ``-inf`` logits mark
+  impossible classes: they cost nothing with a zero target and the
+  smoothing mass spreads over the other classes only. On probabilities
+  (``from_logits=False``) this is Keras's formula: renormalised over
+  ``axis`` and clipped.
 
   Arguments map to Keras's ``CategoricalFocalCrossentropy`` one to one, under
   the same names, with the model output first (``predictions`` is Keras's
@@ -1018,11 +1108,14 @@ def categorical_focal_cross_entropy(predictions, targets, *, alpha=0.25,
 
   Args:
     predictions: floating logits or probabilities [..., C, ...].
-    targets: one-hot or probability targets, same shape.
-    alpha: class weight, a number or a [C] array.
-    gamma: focusing exponent :math:`\gamma \ge 0`.
+    targets: one-hot or probability targets, ``predictions``' shape or
+      broadcasting to it over the batch axes (the class axis matches).
+    alpha: class weight :math:`\ge 0`, traced or concrete, a number or a
+      [C] array.
+    gamma: focusing exponent :math:`\gamma \ge 0`, traced or concrete; an
+      exact concrete 0 leaves the modulating factor out of the program.
     from_logits: whether ``predictions`` are logits.
-    label_smoothing: :math:`\varepsilon` in [0, 1].
+    label_smoothing: :math:`\varepsilon` in [0, 1], traced or concrete.
     axis: the class axis.
     reduction: ``"none"``, ``"mean"`` or ``"sum"`` over the remaining shape.
 
@@ -1044,22 +1137,19 @@ def categorical_focal_cross_entropy(predictions, targets, *, alpha=0.25,
     ``keras.losses.CategoricalFocalCrossentropy``.
   """
   fn = "categorical_focal_cross_entropy"
-  from_logits = _focal_options(fn, gamma, from_logits, label_smoothing)
   if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
     _checks.fail(fn, f"axis must be an int, got {axis!r}", TypeError)
-  _checks.at_least_rank(fn, "predictions", jnp.asarray(predictions), 1)
-  x, y, _, _ = _pair(fn, "predictions", predictions, "targets", targets,
-                     same_shape=True)
-  _unit_interval(fn, x, y, from_logits)
+  x, y, _, from_logits = _focal_targets(fn, predictions, targets,
+                                        from_logits, axis)
   x, _, _ = classes_last(fn, x, axis)
   y, _, _ = classes_last(fn, y, axis)
   num_classes = x.shape[-1]
-  alpha = _checks.numeric(fn, "alpha", alpha)
+  alpha = jnp.asarray(alpha, x.dtype)
   if alpha.ndim:
     _checks.shape_is(fn, "alpha", alpha, (num_classes,), "one per class")
-  alpha = alpha.astype(x.dtype)
+  smoothing = not _jit.is_zero(label_smoothing)
   if from_logits:
-    if label_smoothing:
+    if smoothing:
       support = x > -jnp.inf
       count = jnp.sum(support, axis=-1, keepdims=True, dtype=x.dtype)
       y = (1 - label_smoothing) * y + label_smoothing * support / jnp.maximum(
@@ -1068,15 +1158,150 @@ def categorical_focal_cross_entropy(predictions, targets, *, alpha=0.25,
     # A zero target never looks at its class: -inf logits (cross entropy
     # inf) contribute 0 with a zero gradient.
     on = y != 0
-    focal = _focal_term(jnp.where(on, cross_entropy, 0), float(gamma))
+    cross_entropy = jnp.where(on, cross_entropy, 0)
+    focal = (cross_entropy if _jit.is_zero(gamma)
+             else _focal_term(cross_entropy, gamma))
     terms = jnp.where(on, y * focal, 0)
   else:
-    if label_smoothing:
+    if smoothing:
       y = (1 - label_smoothing) * y + label_smoothing / num_classes
     p = x / jnp.sum(x, axis=-1, keepdims=True)
     p = jnp.clip(p, _KERAS_EPSILON, 1 - _KERAS_EPSILON)
     terms = -y * jnp.log(p)
-    if gamma:
+    if not _jit.is_zero(gamma):
       terms = terms * jnp.power(1 - p, gamma)
   loss = jnp.sum(jnp.broadcast_to(alpha, terms.shape) * terms, axis=-1)
   return _reduction.reduce(fn, loss, reduction)
+
+
+# Taylor coefficients of (1 + (z - 1) e^z) / z^2 = sum_n (n + 1) z^n / (n + 2)!
+_GAP_SERIES = tuple((n + 1) / math.factorial(n + 2) for n in range(12))
+
+
+def _exp_gap(z):
+  r""":math:`1 + (z - 1) e^z` for :math:`z \le 0` (``-inf`` included),
+  without the cancellation near 0: a series for :math:`|z| < 1/2`."""
+  small = jnp.where(jnp.abs(z) < 0.5, z, 0.0)
+  series = _GAP_SERIES[-1]
+  for c in _GAP_SERIES[-2::-1]:
+    series = series * small + c
+  large = jnp.where(jnp.abs(z) < 0.5, -1.0, jnp.maximum(z, -1e4))
+  return jnp.where(jnp.abs(z) < 0.5, small * small * series,
+                   1 + (large - 1) * jnp.exp(large))
+
+
+@jax.custom_jvp
+def _generalized_cross_entropy(p, q):
+  r""":math:`(1 - p^q) / q` for :math:`p \in [0, 1]`, :math:`q > 0`.
+
+  Computed as :math:`-\mathrm{expm1}(q \log p) / q`: exact as :math:`q \to
+  0` (where it tends to :math:`-\log p`), and :math:`1 / q` at
+  :math:`p = 0`. The derivatives are written out: in :math:`p`,
+  :math:`-p^{q - 1}` (``-inf`` at :math:`p = 0` for :math:`q < 1`); in
+  :math:`q`, :math:`-(1 + (z - 1) e^z) / q^2` with :math:`z = q \log p`,
+  which autodiff of the formula would compute as the difference of two
+  terms of size :math:`1 / q`, all digits lost at small :math:`q`.
+  """
+  positive = p > 0
+  z = q * jnp.log(jnp.where(positive, p, 1.0))
+  return jnp.where(positive, -jnp.expm1(z), 1.0) / q
+
+
+@_generalized_cross_entropy.defjvp
+def _generalized_cross_entropy_jvp(primals, tangents):
+  (p, q), (dp, dq) = primals, tangents
+  positive = p > 0
+  z = q * jnp.log(jnp.where(positive, p, 1.0))
+  value = jnp.where(positive, -jnp.expm1(z), 1.0) / q
+  d_p = -jnp.power(p, q - 1)
+  d_q = -jnp.where(positive, _exp_gap(z), 1.0) / (q * q)
+  return value, d_p * dp + d_q * dq
+
+
+@_jit.jit("axis", "reduction", q=_jit.Hyper(0.0, 1.0, low_open=True))
+def categorical_generalized_cross_entropy(probs, labels, *, q=0.5, axis=-1,
+                                          where=None, weight=None,
+                                          reduction="none"):
+  r"""Generalized cross entropy on probabilities against integer labels.
+
+  .. math::
+    \ell = w_y\, \frac{1 - p_y^{\,q}}{q}
+
+  the Box-Cox transform of the cross entropy: :math:`-\log p_y` as
+  :math:`q \to 0`, the mean absolute error :math:`1 - p_y` at :math:`q = 1`;
+  smaller :math:`q` weighs confident mistakes more, larger :math:`q` is more
+  robust to noisy labels. ``reduction="mean"`` divides by the sum of
+  :math:`w_y` over kept rows (by their number without ``weight``). A label
+  outside ``[0, C)`` gives NaN for its row (Keras reads a zero
+  probability).
+
+  The value is :math:`-\mathrm{expm1}(q \log p_y) / q`, exact for small
+  :math:`q`, with derivatives written out: the gradient in ``q`` is right to
+  float rounding down to :math:`q \to 0` (autodiff of the formula loses
+  every digit there). At :math:`p_y = 0` the loss is :math:`1 / q` and its
+  gradient in :math:`p_y` is ``-inf`` for :math:`q < 1` (-1 at
+  :math:`q = 1`); Keras does not clip :math:`p` either.
+
+  Arguments map to Keras 3's ``categorical_generalized_cross_entropy``
+  (``y_true, y_pred, q``) with the model output first: ``probs`` is Keras's
+  ``y_pred`` and ``labels`` its ``y_true``. Keras takes the class axis last
+  and squeezes [N, 1] labels; here labels have the batch shape exactly (or
+  broadcast to it), so [N, 1] labels against [N, C] probabilities are an
+  error. Keras's ``CategoricalGeneralizedCrossEntropy`` class takes
+  :math:`q \in (0, 1)`; :math:`q = 1` is allowed here, as in the paper.
+
+  Args:
+    probs: floating [..., C, ...] class probabilities (softmax outputs).
+    labels: integer labels with the batch shape (``probs``' shape without
+      ``axis``) or broadcasting to it.
+    q: :math:`q \in (0, 1]`, traced or concrete.
+    axis: class axis or tuple of axes.
+    where: optional boolean row mask broadcasting to the batch shape;
+      dropped rows give loss 0 and gradient 0.
+    weight: optional [C] class weights :math:`w`.
+    reduction: ``"none"``, ``"mean"`` (over kept rows, weighted) or
+      ``"sum"``.
+
+  Returns:
+    float32 loss (float64 for float64 probabilities): the batch shape for
+    ``"none"``, else a scalar.
+
+  Example:
+    >>> import jaxloss
+    >>> probs = jnp.array([[0.7, 0.3], [0.2, 0.8], [0.6, 0.4]])
+    >>> print(jaxloss.categorical_generalized_cross_entropy(
+    ...     probs, jnp.array([0, 1, 1])))
+    [0.3267 0.2111 0.7351]
+
+  References:
+    Zhang and Sabuncu, `Generalized Cross Entropy Loss for Training Deep
+    Neural Networks with Noisy Labels <https://arxiv.org/abs/1805.07836>`_,
+    NeurIPS 2018; ``keras.losses.categorical_generalized_cross_entropy`` /
+    ``keras.losses.CategoricalGeneralizedCrossEntropy``.
+  """
+  fn = "categorical_generalized_cross_entropy"
+  probs = _checks.floating(fn, "probs", probs)
+  x, batch_shape, _ = classes_last(fn, probs, axis)
+  x = x.astype(_reduction.stat_dtype(x.dtype))
+  if where is not None and jnp.ndim(where) == probs.ndim:
+    _checks.fail(fn, f"where must be a row mask with the batch shape "
+                 f"{batch_shape}, got shape {jnp.shape(where)}")
+  row_keep, _ = split_where(fn, where, probs.shape, axis, batch_shape,
+                            "probs")
+  _rows.class_values(fn, [("probs", x, (x >= 0) & (x <= 1),
+                           "must be in [0, 1]")],
+                     row_keep, None, probs.shape, axis)
+  labels = row_labels(fn, "labels", labels, "probs", probs.shape,
+                      batch_shape)
+  weight = _rows.class_weight(fn, weight, x.shape[-1], x.dtype)
+  _, label_p, label_w, keep, valid = integer_rows(
+      fn, x, labels, batch_shape, ignore_index=None, row_keep=row_keep,
+      weight=weight)
+  # Dropped rows read p = 1: loss 0, and a finite slope for their zero
+  # cotangent (never -inf * 0).
+  if keep is not None:
+    label_p = jnp.where(keep, label_p, 1.0)
+  loss = _generalized_cross_entropy(label_p, jnp.asarray(q, x.dtype))
+  if label_w is not None:
+    loss = label_w * loss
+  return finish_rows(fn, loss, label_w, keep, valid, reduction)

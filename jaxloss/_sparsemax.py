@@ -5,6 +5,7 @@ import jax.numpy as jnp
 
 from jaxloss import _binary
 from jaxloss import _checks
+from jaxloss import _classification
 from jaxloss import _jit
 from jaxloss import _reduction
 from jaxloss._rows import classes_last
@@ -65,8 +66,8 @@ def sparsemax(x, axis=-1, where=None):
   Args:
     x: floating array.
     axis: int or tuple of ints, the axes projected over together.
-    where: optional boolean mask broadcastable to ``x``: the entries taking
-      part.
+    where: optional boolean mask broadcasting to ``x``' shape: the entries
+      taking part.
 
   Returns:
     Probabilities, same shape and dtype as ``x`` (computed in float32 for
@@ -92,7 +93,7 @@ def sparsemax(x, axis=-1, where=None):
   z = x.astype(_reduction.stat_dtype(dtype))
   if where is not None:
     where = _checks.boolean(fn, "where", where)
-    where = _checks.broadcastable(fn, "where", where, shape, "x")
+    where = _checks.conform(fn, "where", where, "x", shape)
     z = jnp.where(where, z, -jnp.inf)
   rows, batch_shape, axes = classes_last(fn, z, axis)
   p = _sparsemax_rows(rows)
@@ -140,7 +141,8 @@ def multiclass_sparsemax_loss(scores, labels, *, axis=-1, where=None,
 
   Args:
     scores: floating [..., C, ...] scores.
-    labels: integer labels with the shape of ``scores`` without ``axis``.
+    labels: integer labels with the batch shape (``scores``' shape without
+      ``axis``) or broadcasting to it.
     axis: class axis or tuple of axes (optax: last axis only).
     where: optional boolean mask: batch-shaped to drop rows, or
       ``scores``-shaped to restrict the sparsemax to some classes.
@@ -171,6 +173,8 @@ def multiclass_sparsemax_loss(scores, labels, *, axis=-1, where=None,
                                      "scores")
   if class_keep is not None:
     x = jnp.where(class_keep, x, -jnp.inf)
+  labels = _classification.row_labels(fn, "labels", labels, "scores", shape,
+                                      batch_shape)
   x, label_x, _, keep, valid = integer_rows(
       fn, x, labels, batch_shape, ignore_index=None, row_keep=row_keep,
       weight=None)
@@ -186,15 +190,15 @@ def multiclass_sparsemax_loss(scores, labels, *, axis=-1, where=None,
 def _binary_inputs(fn, logits, labels, weight, where):
   logits = _checks.floating(fn, "logits", logits)
   labels = _checks.numeric(fn, "labels", labels)
-  _checks.same_shape(fn, "labels", labels, "logits", logits)
+  labels = _checks.conform(fn, "labels", labels, "logits", logits.shape)
   dtype = _reduction.stat_dtype(logits.dtype)
   if weight is not None:
     weight = _checks.numeric(fn, "weight", weight)
-    weight = _checks.broadcastable(fn, "weight", weight, logits.shape,
-                                   "logits").astype(dtype)
+    weight = _checks.conform(fn, "weight", weight, "logits",
+                             logits.shape).astype(dtype)
   if where is not None:
     where = _checks.boolean(fn, "where", where)
-    where = _checks.broadcastable(fn, "where", where, logits.shape, "logits")
+    where = _checks.conform(fn, "where", where, "logits", logits.shape)
   return logits.astype(dtype), labels.astype(dtype), weight, where
 
 
@@ -216,10 +220,10 @@ def sparsemax_loss(logits, labels, *, weight=None, where=None,
 
   Args:
     logits: floating array of any shape.
-    labels: targets in [0, 1] (binary, boolean or soft), same shape as
-      ``logits``.
-    weight: optional per-element weights broadcastable to ``logits``.
-    where: optional boolean mask broadcastable to ``logits``; dropped
+    labels: targets in [0, 1] (binary, boolean or soft), ``logits``' shape
+      or broadcasting to it (never enlarging it).
+    weight: optional per-element weights broadcasting to ``logits``' shape.
+    where: optional boolean mask broadcasting to ``logits``' shape; dropped
       elements give loss 0 and gradient 0.
     reduction: ``"none"``, ``"mean"`` (over kept elements) or ``"sum"``.
 
@@ -282,7 +286,8 @@ def make_fenchel_young_loss(max_fun, *, reduction="none"):
 
   Returns:
     ``fenchel_young_loss(scores, targets, *args, **kwargs)``: takes floating
-    [..., C] ``scores`` and ``targets`` broadcastable to them, forwards
+    [..., C] ``scores`` and ``targets`` of their shape or broadcasting to it
+    over the leading axes (the class axis matches), forwards
     ``args`` and ``kwargs`` to ``max_fun``, and returns the loss, float32
     (float64 for float64 scores), of shape [...] for ``"none"`` or a scalar.
     It is traced in the caller's ``jax.jit``.
@@ -311,8 +316,8 @@ def make_fenchel_young_loss(max_fun, *, reduction="none"):
     scores = _checks.floating(name, "scores", scores)
     _checks.at_least_rank(name, "scores", scores, 1)
     targets = _checks.numeric(name, "targets", targets)
-    targets = _checks.broadcastable(name, "targets", targets, scores.shape,
-                                    "scores")
+    targets = _checks.conform(name, "targets", targets, "scores",
+                              scores.shape, class_axes=(scores.ndim - 1,))
     scores = scores.astype(_reduction.stat_dtype(scores.dtype))
     targets = targets.astype(scores.dtype)
     # A zero target reads its score as 0: no 0 * -inf in the value, no

@@ -133,6 +133,23 @@ def _loss_class(*arrays):
   return wrap
 
 
+def _same_shape(fn, x, target):
+  """torch's rule for the binary cross entropies: equal shapes, no
+  broadcast (torch raises ``ValueError`` too)."""
+  if jnp.shape(x) != jnp.shape(target):
+    _checks.fail(fn, f"target shape {jnp.shape(target)} does not match "
+                 f"input shape {jnp.shape(x)} (torch requires equal shapes)")
+
+
+def _torch_vector_or_matrix(fn, x, target):
+  """torch's margin-loss layouts: input (N, C), (C,) or (), C > 0."""
+  x, target = jnp.asarray(x), jnp.asarray(target)
+  if x.ndim > 2 or (x.ndim and x.shape[-1] == 0):
+    _checks.fail(fn, "input must be a non-empty vector or a matrix (N, C) "
+                 f"with C > 0, as in torch, got shape {x.shape}")
+  return x, target
+
+
 def _class_axis(fn, x):
   x = _checks.floating(fn, "input", x)
   return 0 if x.ndim == 1 else 1
@@ -432,12 +449,13 @@ class BCELoss(_Loss):
     \right]
 
   Args:
-    weight: optional weights broadcastable to ``input``.
+    weight: optional weights broadcasting to ``input``'s shape.
     reduction: ``"none"``, ``"mean"`` (default) or ``"sum"``.
 
   Call:
-    ``loss(input, target)`` on probabilities and targets of the same shape.
-    See :func:`jaxloss.binary_cross_entropy`.
+    ``loss(input, target)`` on probabilities and targets of the same shape
+    (torch raises for other shapes, and so does this class). See
+    :func:`jaxloss.binary_cross_entropy`.
 
   Example:
     >>> import jaxloss
@@ -453,6 +471,7 @@ class BCELoss(_Loss):
   reduction: str = "mean"
 
   def __call__(self, input, target):  # noqa: A002
+    _same_shape(type(self).__name__, input, target)
     return _binary.binary_cross_entropy(input, target, weight=self.weight,
                                         reduction=self.reduction)
 
@@ -465,13 +484,15 @@ class BCEWithLogitsLoss(_Loss):
     \ell = -w \left[p_c\, y \log \sigma(x) + (1 - y) \log \sigma(-x)\right]
 
   Args:
-    weight: optional weights broadcastable to ``input``.
+    weight: optional weights broadcasting to ``input``'s shape.
     reduction: ``"none"``, ``"mean"`` (default) or ``"sum"``.
-    pos_weight: optional weight :math:`p_c` of positives, broadcast from the
-      right (one per class on the last dimension).
+    pos_weight: optional weight :math:`p_c` of positives, broadcasting to
+      ``input``'s shape from the right (one per class on the last
+      dimension).
 
   Call:
-    ``loss(input, target)`` on logits and targets of the same shape. See
+    ``loss(input, target)`` on logits and targets of the same shape (torch
+    raises for other shapes, and so does this class). See
     :func:`jaxloss.sigmoid_binary_cross_entropy`.
 
   Example:
@@ -489,6 +510,7 @@ class BCEWithLogitsLoss(_Loss):
   pos_weight: jax.Array | None = None
 
   def __call__(self, input, target):  # noqa: A002
+    _same_shape(type(self).__name__, input, target)
     return _binary.sigmoid_binary_cross_entropy(
         input, target, weight=self.weight, pos_weight=self.pos_weight,
         reduction=self.reduction)
@@ -578,8 +600,9 @@ class MultiLabelMarginLoss(_Loss):
     reduction: ``"none"``, ``"mean"`` (default) or ``"sum"``.
 
   Call:
-    ``loss(input, target)``: ``input`` (C,) or (N, C), integer ``target`` of
-    the same shape. See :func:`jaxloss.multilabel_margin_loss`.
+    ``loss(input, target)``: ``input`` (N, C), (C,) or (), integer
+    ``target`` of the same shape (a single class may also pair () with
+    (1,), as in torch). See :func:`jaxloss.multilabel_margin_loss`.
 
   Example:
     >>> import jaxloss
@@ -595,8 +618,14 @@ class MultiLabelMarginLoss(_Loss):
   reduction: str = "mean"
 
   def __call__(self, input, target):  # noqa: A002
-    return _classification.multilabel_margin_loss(input, target,
-                                          reduction=self.reduction)
+    name = type(self).__name__
+    x, target = _torch_vector_or_matrix(name, input, target)
+    if target.shape != x.shape and not (
+        x.ndim <= 1 and target.ndim <= 1 and x.size == target.size):
+      _checks.fail(name, f"target shape {target.shape} does not match input "
+                   f"shape {x.shape} (torch requires equal shapes)")
+    return _classification.multilabel_margin_loss(x, target,
+                                                  reduction=self.reduction)
 
 
 @_loss_class()
@@ -679,7 +708,8 @@ class SoftMarginLoss(_Loss):
     reduction: ``"none"``, ``"mean"`` (default) or ``"sum"``.
 
   Call:
-    ``loss(input, target)`` with ``target`` in {1, -1}, same shape. See
+    ``loss(input, target)`` with ``target`` in {1, -1}, ``input``'s shape
+    or broadcasting to it (as torch; never enlarging it). See
     :func:`jaxloss.soft_margin_loss`.
 
   Example:
@@ -710,12 +740,15 @@ class MultiLabelSoftMarginLoss(_Loss):
   one value per sample.
 
   Args:
-    weight: optional (C,) class weights.
+    weight: optional (C,) class weights (or weights broadcasting to
+      ``input``'s shape).
     reduction: ``"none"``, ``"mean"`` (default) or ``"sum"``.
 
   Call:
     ``loss(input, target)``: ``input`` (C,) or (N, C), ``target`` in {0, 1}
-    of the same shape. See :func:`jaxloss.multilabel_soft_margin_loss`.
+    of the same shape, or broadcasting to it over the batch (a (N, 1) target
+    is an error: torch spreads it over the classes). See
+    :func:`jaxloss.multilabel_soft_margin_loss`.
 
   Example:
     >>> import jaxloss
@@ -780,14 +813,15 @@ class MultiMarginLoss(_Loss):
     \ell = \frac1C \sum_{i \ne y} w_y \max(0, \mathrm{margin} - x_y + x_i)^p
 
   Args:
-    p: 1 or 2.
-    margin: the margin.
+    p: 1 or 2 (checked when the loss is built, as torch).
+    margin: the margin, any number.
     weight: optional (C,) class weights.
     reduction: ``"none"``, ``"mean"`` (default) or ``"sum"``.
 
   Call:
-    ``loss(input, target)``: ``input`` (N, C) or (C,), integer ``target``
-    (N,) or (). See :func:`jaxloss.multi_margin_loss`.
+    ``loss(input, target)``: ``input`` (N, C), (C,) or (), integer
+    ``target`` (N,), () or (1,) as torch pairs them; ``"none"`` returns
+    ``target``'s shape, as torch. See :func:`jaxloss.multi_margin_loss`.
 
   Example:
     >>> import jaxloss
@@ -804,10 +838,28 @@ class MultiMarginLoss(_Loss):
   _: dataclasses.KW_ONLY
   reduction: str = "mean"
 
+  def __post_init__(self):
+    super().__post_init__()
+    if isinstance(self.p, bool) or self.p not in (1, 2):
+      _checks.fail(type(self).__name__, f"p must be 1 or 2, got {self.p!r}")
+    if self.weight is not None and self.weight.ndim != 1:
+      _checks.fail(type(self).__name__, "weight must be None or a 1-D array "
+                   f"(one per class), got shape {self.weight.shape}")
+
   def __call__(self, input, target):  # noqa: A002
-    return _classification.multi_margin_loss(input, target, p=self.p,
-                                     margin=self.margin, weight=self.weight,
-                                     reduction=self.reduction)
+    name = type(self).__name__
+    x, target = _torch_vector_or_matrix(name, input, target)
+    rows = x.shape[0] if x.ndim == 2 else 1
+    allowed = ((rows,),) + (((),) if rows == 1 else ())
+    if target.shape not in allowed:
+      _checks.fail(name, f"target shape {target.shape} does not match input "
+                   f"shape {x.shape}: torch wants a target of shape "
+                   f"{' or '.join(map(str, allowed))}")
+    loss = _classification.multi_margin_loss(
+        x, target, p=self.p, margin=self.margin, weight=self.weight,
+        reduction=self.reduction)
+    # torch's "none" has the target's shape: (1, C) with () gives ().
+    return loss.reshape(target.shape) if self.reduction == "none" else loss
 
 
 @_loss_class()

@@ -22,6 +22,8 @@ SPECS = {
                                     ("binary", ("B", C))], {}),
     "categorical_focal_cross_entropy": (
         [("real", ("B", C)), ("onehot", ("B", C))], {"from_logits": True}),
+    "categorical_generalized_cross_entropy": (
+        [("simplex", ("B", C)), ("int", ("B",))], {}),
     "categorical_hinge": ([("real", ("B", C)), ("onehot", ("B", C))], {}),
     "circle_loss": ([("scores", ("B", 2)), ("scores", ("B", 3))], {}),
     "convex_kl_divergence": ([("unit", ("B", C)), ("pos", ("B", C))], {}),

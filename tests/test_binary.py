@@ -1,8 +1,11 @@
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.extend import core as jax_core
 from jax.test_util import check_grads
 
 import jaxloss
@@ -234,10 +237,6 @@ def test_composes_with_checkpoint_and_value_and_grad():
 
 
 @pytest.mark.parametrize("call,error,message", [
-    (lambda: jaxloss.sigmoid_binary_cross_entropy(jnp.zeros((4, 3)),
-                                                  jnp.zeros(3)),
-     ValueError, r"sigmoid_binary_cross_entropy: labels shape \(3,\) does not "
-     r"match logits shape \(4, 3\)"),
     (lambda: jaxloss.sigmoid_binary_cross_entropy(jnp.zeros(3, jnp.int32),
                                                   jnp.zeros(3)),
      TypeError, "logits must have a floating dtype, got int32"),
@@ -246,22 +245,229 @@ def test_composes_with_checkpoint_and_value_and_grad():
      ValueError, "reduction must be one of 'none', 'mean', 'sum', got 'avg'"),
     (lambda: jaxloss.sigmoid_binary_cross_entropy(
         jnp.zeros(3), jnp.zeros(3), label_smoothing=1.5),
-     ValueError, r"label_smoothing must be in \[0, 1\], got 1.5"),
+     ValueError, r"sigmoid_binary_cross_entropy: label_smoothing must be in "
+     r"\[0, 1\], got 1.5"),
     (lambda: jaxloss.sigmoid_binary_cross_entropy(
-        jnp.zeros((2, 3)), jnp.zeros((2, 3)), pos_weight=jnp.ones(2)),
-     ValueError, r"pos_weight shape \(2,\) does not broadcast to logits shape "
-     r"\(2, 3\)"),
+        jnp.zeros(3), jnp.zeros(3), label_smoothing=jnp.ones(2) / 2),
+     ValueError, r"label_smoothing must be a scalar, got shape \(2,\)"),
     (lambda: jaxloss.sigmoid_focal_loss(jnp.zeros(3), jnp.zeros(3),
                                         gamma=-1.0),
      ValueError, r"sigmoid_focal_loss: gamma must be in \[0, inf\), got -1.0"),
+    (lambda: jaxloss.sigmoid_focal_loss(jnp.zeros(3), jnp.zeros(3),
+                                        alpha=np.array([0.5, 1.5, 0.5])),
+     ValueError, r"sigmoid_focal_loss: alpha must be in \[0, 1\], got 1.5"),
     (lambda: jaxloss.binary_cross_entropy(jnp.zeros(3), jnp.zeros(3),
                                           where=jnp.ones(3)),
      TypeError, "binary_cross_entropy: where must be a boolean mask, got "
      "float32"),
-    (lambda: jaxloss.binary_cross_entropy(jnp.zeros(3), jnp.zeros(3),
-                                          weight=jnp.ones(4)),
-     ValueError, r"weight shape \(4,\) does not broadcast to probs shape"),
 ])
 def test_errors(call, error, message):
   with pytest.raises(error, match=message):
     call()
+
+
+# ----------------------------------------------------------------------------
+# The shape contract: labels, weights, masks broadcast to the model output's
+# shape and never enlarge it.
+
+N1, N = (3, 1), (3,)
+
+
+@pytest.mark.parametrize("fn,first,arg,other", [
+    (jaxloss.binary_cross_entropy, "probs", "labels", None),
+    (jaxloss.sigmoid_binary_cross_entropy, "logits", "labels", None),
+    (jaxloss.sigmoid_focal_loss, "logits", "labels", None),
+    (jaxloss.sigmoid_binary_cross_entropy, "logits", "weight", "labels"),
+    (jaxloss.sigmoid_binary_cross_entropy, "logits", "pos_weight", "labels"),
+    (jaxloss.binary_cross_entropy, "probs", "where", "labels"),
+    (jaxloss.sigmoid_focal_loss, "logits", "alpha", "labels"),
+])
+@pytest.mark.parametrize("shapes", [(N, N1), (N1, N)], ids=["N-N1", "N1-N"])
+def test_no_silent_broadcast(fn, first, arg, other, shapes):
+  # [N] against [N, 1] in either order: torch and optax broadcast both to
+  # [N, N] (optax, torch's BCEWithLogitsLoss) or warn (torch).
+  x_shape, arg_shape = shapes
+  x = jnp.full(x_shape, 0.25)
+  value = (jnp.ones(arg_shape, bool) if arg == "where"
+           else jnp.full(arg_shape, 0.5))
+  kwargs = {arg: value} if other else {}
+  args = (x, jnp.full(x_shape, 0.5)) if other else (x, value)
+  message = (rf"{fn.__name__}: {arg} shape {re.escape(str(arg_shape))} does "
+             rf"not broadcast to {first} shape {re.escape(str(x_shape))}")
+  with pytest.raises(ValueError, match=message):
+    fn(*args, **kwargs)
+
+
+def test_targets_weights_and_masks_broadcast_to_the_output_shape():
+  x, y = jnp.asarray(X[:3], jnp.float32), jnp.asarray(Y[0], jnp.float32)
+  full = jnp.broadcast_to(y, x.shape)
+  for fn, kwargs in [(jaxloss.sigmoid_binary_cross_entropy,
+                      {"weight": jnp.asarray(W[:, :1][:3]),
+                       "pos_weight": jnp.asarray(PW)}),
+                     (jaxloss.sigmoid_focal_loss,
+                      {"alpha": jnp.array([0.2, 0.4, 0.6, 0.8])}),
+                     (jaxloss.binary_cross_entropy,
+                      {"where": jnp.array([True, False, True, True])})]:
+    first = jax.nn.sigmoid(x) if fn is jaxloss.binary_cross_entropy else x
+    got = fn(first, y, **kwargs)
+    assert got.shape == x.shape
+    np.testing.assert_allclose(got, fn(first, full, **kwargs), rtol=1e-6)
+
+
+@pytest.mark.parametrize("fn", [jaxloss.binary_cross_entropy,
+                                jaxloss.sigmoid_binary_cross_entropy,
+                                jaxloss.sigmoid_focal_loss])
+def test_empty_batch(fn):
+  x = jnp.zeros((0, 4))
+  def summed(x, reduction):
+    return jnp.sum(fn(x, x, reduction=reduction))
+  f = jax.jit(lambda x: (fn(x, x), summed(x, "mean"), summed(x, "sum"),
+                         jax.grad(summed)(x, "mean")))
+  none, mean, total, grad = f(x)
+  assert none.shape == (0, 4) and grad.shape == (0, 4)
+  assert mean == 0 and total == 0
+
+
+# ----------------------------------------------------------------------------
+# Hyperparameters: traced, vmapped, differentiated, compiled once.
+
+
+def _eqns(jaxpr):
+  """Equations of a jaxpr, those of its sub-jaxprs included."""
+  count = 0
+  for eqn in jaxpr.eqns:
+    count += 1
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        inner = getattr(sub, "jaxpr", sub)
+        if isinstance(inner, jax_core.Jaxpr):
+          count += _eqns(inner)
+  return count
+
+
+# (function, hyperparameter, two valid values, an invalid one, keywords).
+HYPERS = [
+    (jaxloss.sigmoid_binary_cross_entropy, "label_smoothing", 0.1, 0.3, 1.5,
+     {"pos_weight": PW}),
+    (jaxloss.sigmoid_focal_loss, "gamma", 0.5, 2.5, -0.5, {"alpha": 0.3}),
+    (jaxloss.sigmoid_focal_loss, "alpha", 0.25, 0.75, -0.1, {"gamma": 1.5}),
+]
+
+
+@pytest.mark.parametrize("fn,name,a,b,bad,kwargs", HYPERS,
+                         ids=[f"{c[0].__name__}-{c[1]}" for c in HYPERS])
+def test_hyperparameter_traced_vmapped_differentiated(fn, name, a, b, bad,
+                                                      kwargs):
+  x, y = jnp.asarray(X, jnp.float32), jnp.asarray(SOFT, jnp.float32)
+  assert name in fn.hyperparameters
+  concrete = [fn(x, y, **kwargs, **{name: v}) for v in (a, b)]
+  compiles = fn.compiled._cache_size()
+  fn(x, y, **kwargs, **{name: (a + b) / 2})
+  assert fn.compiled._cache_size() == compiles   # a new value: no compile
+  # A jit argument under vmap: a batch of values, one program.
+  traced = jax.jit(jax.vmap(lambda v: fn(x, y, **kwargs, **{name: v})))(
+      jnp.array([a, b]))
+  np.testing.assert_allclose(traced, np.stack(concrete), rtol=1e-6,
+                             atol=1e-7)
+  with pytest.raises(ValueError, match=rf"{fn.__name__}: {name} must be in"):
+    fn(x, y, **kwargs, **{name: bad})
+  with pytest.raises(jaxloss.CheckError, match=rf"{fn.__name__}: {name} "
+                     "must be in"):
+    jaxloss.checked(jax.jit(lambda v: fn(x, y, **kwargs, **{name: v})))(bad)
+  with jax.enable_x64(True):
+    x64, y64 = jnp.asarray(X), jnp.asarray(SOFT)
+    def total(v):
+      return fn(x64, y64, **kwargs, **{name: v}, reduction="sum")
+    eps = 1e-6
+    numeric = (total(a + eps) - total(a - eps)) / (2 * eps)
+    np.testing.assert_allclose(jax.grad(total)(a), numeric, rtol=1e-6)
+
+
+@pytest.mark.parametrize("fn,name,kwargs", [
+    (jaxloss.sigmoid_binary_cross_entropy, "label_smoothing", {}),
+    (jaxloss.sigmoid_focal_loss, "gamma", {}),
+])
+def test_an_exact_zero_leaves_its_term_out(fn, name, kwargs):
+  x, y = jnp.asarray(X, jnp.float32), jnp.asarray(SOFT, jnp.float32)
+  zero = jax.make_jaxpr(lambda x: fn(x, y, **kwargs, **{name: 0.0}))(x)
+  other = jax.make_jaxpr(lambda x: fn(x, y, **kwargs, **{name: 0.5}))(x)
+  assert _eqns(zero.jaxpr) < _eqns(other.jaxpr)
+  # A traced zero is the same number by the general program.
+  np.testing.assert_allclose(
+      jax.jit(lambda v: fn(x, y, **kwargs, **{name: v}))(0.0),
+      fn(x, y, **kwargs, **{name: 0.0}), rtol=1e-6, atol=1e-7)
+
+
+def test_focal_gamma_gradient_at_saturated_logits():
+  # d/dgamma of (1 - p_t)^gamma bce = (1 - p_t)^gamma log(1 - p_t) bce:
+  # finite at +-1e4, where 1 - p_t or bce underflows; at an infinite logit
+  # the factor is held constant (0 for the right answer, inf for the wrong).
+  x = np.array([-1e4, 1e4, -40.0, 40.0, 0.0, 3.0])
+  y = np.array([0.0, 0.0, 1.0, 1.0, 1.0, 0.0])
+  bce = np.logaddexp(0, np.where(y == 1, -x, x))
+  log_one_minus_pt = -np.logaddexp(0, np.where(y == 1, x, -x))
+  inf_x, inf_y = jnp.array([-jnp.inf, jnp.inf]), jnp.array([0.0, 0.0])
+  for gamma in (0.0, 0.5, 2.0):
+    g = jax.jacobian(lambda gm: jaxloss.sigmoid_focal_loss(
+        jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32),
+        gamma=gm))(jnp.float32(gamma))
+    want = np.exp(gamma * log_one_minus_pt) * log_one_minus_pt * bce
+    np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-30)
+    g = jax.jacobian(lambda gm: jaxloss.sigmoid_focal_loss(
+        inf_x, inf_y, gamma=gm))(jnp.float32(gamma))
+    np.testing.assert_array_equal(g, [0, 0])
+
+
+# ----------------------------------------------------------------------------
+# Every autodiff mode, against float64 finite differences.
+
+
+@pytest.mark.parametrize("fn,first", [
+    (jaxloss.binary_cross_entropy, P),
+    (jaxloss.sigmoid_binary_cross_entropy, X),
+    (jaxloss.sigmoid_focal_loss, X)])
+def test_autodiff_modes_against_finite_differences(fn, first):
+  with jax.enable_x64(True):
+    x, y = jnp.asarray(first[:2]), jnp.asarray(SOFT[:2])
+    x = x.at[0, 0].set(0.0 if fn is not jaxloss.binary_cross_entropy
+                       else 0.5)
+    v = jnp.asarray(rng.normal(size=x.shape))
+
+    def total(x):
+      return fn(x, y, reduction="sum")
+
+    @jax.jit
+    def modes(x):
+      jv = jax.jvp(total, (x,), (v,))[1]
+      lin = jax.linearize(total, x)[1](v)
+      hv = jnp.tensordot(jax.hessian(total)(x), v, axes=2)
+      ggv = jax.grad(lambda x: jnp.vdot(jax.grad(total)(x), v))(x)
+      return jv, lin, jax.jacfwd(total)(x), hv, ggv
+
+    @jax.jit
+    def differences(x, eps=1e-6):
+      grad = jax.grad(total)
+      return ((total(x + eps * v) - total(x - eps * v)) / (2 * eps),
+              (grad(x + eps * v) - grad(x - eps * v)) / (2 * eps), grad(x))
+
+    jv, lin, fwd, hv, ggv = modes(x)
+    numeric_jv, numeric_hv, grad = differences(x)
+    np.testing.assert_allclose(jv, numeric_jv, rtol=1e-7)
+    np.testing.assert_allclose(lin, jv, rtol=1e-12)
+    np.testing.assert_allclose(fwd, grad, rtol=1e-12)
+    np.testing.assert_allclose(hv, numeric_hv, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(ggv, hv, rtol=1e-12)
+
+
+def test_binary_cross_entropy_second_derivatives_at_0_and_1():
+  # The clamped logs are double wheres: no log(0) in any derivative.
+  p = jnp.array([0.0, 1.0, 0.0, 1.0])
+  y = jnp.array([1.0, 0.0, 0.0, 1.0])
+  h = jax.jit(jax.hessian(lambda py: jaxloss.binary_cross_entropy(
+      py[0], py[1]).sum()))(jnp.stack([p, y]))
+  assert_finite(h)
+  # d/dp of the label slope log(1 - p) - log(p): the unclamped log's, -1
+  # (the clamped one is flat); d/dy of torch's slope
+  # (p - y) / max(p (1 - p), 1e-12): -1e12.
+  np.testing.assert_array_equal(h[1, :, 0, :], -np.eye(4))
+  np.testing.assert_allclose(h[0, :, 1, :], -1e12 * np.eye(4), rtol=1e-6)

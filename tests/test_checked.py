@@ -170,6 +170,13 @@ VALUE_CHECKS = [
     (jaxloss.multiclass_sparsemax_loss, ([[0.0, 1.0]], [5]), {},
      r"multiclass_sparsemax_loss: labels must be in \[0, 2\); first "
      r"offending element labels\[0\] = 5"),
+    (jaxloss.categorical_generalized_cross_entropy,
+     ([[0.5, 0.5], [1.25, -0.25]], [0, 1]), {},
+     r"categorical_generalized_cross_entropy: probs must be in \[0, 1\]; "
+     r"first offending element probs\[1, 0\] = 1.25"),
+    (jaxloss.categorical_generalized_cross_entropy, ([[0.5, 0.5]] * 2, [0, 2]),
+     {}, r"categorical_generalized_cross_entropy: labels must be in \[0, 2\);"
+     r" first offending element labels\[1\] = 2"),
     (jaxloss.kl_divergence, ([[-1.0, -0.5]], [[1.25, -0.25]]), {},
      r"kl_divergence: targets must be non-negative; first offending element "
      r"targets\[0, 1\] = -0.25"),
@@ -401,6 +408,10 @@ VALID = [
     (jaxloss.nll_loss, ([[-_INF, 0.0], [5.0, _NAN]], [1, -100]),
      {"ignore_index": -100}),
     (jaxloss.sparsemax_loss, ([-9.0, 9.0], [0.0, 1.0]), {}),
+    # A zero probability at the label is valid (loss 1 / q); a dropped row
+    # may hold anything.
+    (jaxloss.categorical_generalized_cross_entropy,
+     ([[0.0, 1.0], [_NAN, 0.5]], [0, 9]), {"where": _MASK}),
     (jaxloss.kl_divergence, ([[-_INF, 0.0]], [[0.0, 1.0]]), {}),
     (jaxloss.kl_divergence, ([[_NAN, -1.0], [-1.0, -1.0]],
                              [[-5.0, 0.5], [0.5, 0.5]]),

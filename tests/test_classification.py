@@ -1,12 +1,16 @@
 """Margins, poly, ranking, smoothing, torch's margin losses and Keras's focal."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.extend import core as jax_core
 from jax.test_util import check_grads
 
+import catalogue
 import jaxloss
 
 rng = np.random.default_rng(5)
@@ -526,14 +530,14 @@ def test_errors():
       (TypeError, "hinge_loss: predictor_outputs must have a floating dtype",
        lambda: jaxloss.hinge_loss(jnp.ones(3, int), jnp.ones(3))),
       (ValueError, r"perceptron_loss: targets shape \(2,\) does not "
-       r"broadcast with predictor_outputs shape \(3,\)",
+       r"broadcast to predictor_outputs shape \(3,\)",
        lambda: jaxloss.perceptron_loss(jnp.ones(3), jnp.ones(2))),
       (TypeError, "hinge_loss: where must be a boolean mask",
        lambda: jaxloss.hinge_loss(jnp.ones(3), jnp.ones(3), where=jnp.ones(3))),
       (TypeError, "multiclass_hinge_loss: labels must have an integer dtype",
        lambda: jaxloss.multiclass_hinge_loss(x2, jnp.zeros(2))),
       (ValueError, r"multiclass_perceptron_loss: labels shape \(3,\) does not "
-       r"match the batch shape \(2,\) of scores",
+       r"broadcast to the batch shape \(2,\) of scores shape \(2, 3\)",
        lambda: jaxloss.multiclass_perceptron_loss(x2, jnp.zeros(3, int))),
       (ValueError, r"multiclass_hinge_loss: where must be a row mask with the "
        r"batch shape \(2,\), got shape \(2, 3\)",
@@ -564,15 +568,16 @@ def test_errors():
        lambda: jaxloss.multi_margin_loss(x2, y2, weight=jnp.ones(2))),
       (TypeError, "multi_margin_loss: targets must have an integer dtype",
        lambda: jaxloss.multi_margin_loss(x2, jnp.zeros(2))),
-      (ValueError, "multi_margin_loss: predictions must have at least 1 "
-       r"dimension, got shape \(\)",
-       lambda: jaxloss.multi_margin_loss(jnp.ones(()), jnp.zeros((), int))),
+      (ValueError, "multi_margin_loss: predictions must have at least one "
+       r"class, got shape \(2, 0\)",
+       lambda: jaxloss.multi_margin_loss(jnp.ones((2, 0)), y2)),
       (ValueError, r"multilabel_margin_loss: targets shape \(2,\) does not "
-       r"match predictions shape \(2, 3\)",
+       r"broadcast to predictions shape \(2, 3\): the class axis 1 must have "
+       "length 3",
        lambda: jaxloss.multilabel_margin_loss(x2, y2)),
-      (ValueError, r"soft_margin_loss: targets shape \(3,\) does not match "
-       r"predictions shape \(2, 3\)",
-       lambda: jaxloss.soft_margin_loss(x2, jnp.ones(3))),
+      (ValueError, r"soft_margin_loss: targets shape \(2,\) does not "
+       r"broadcast to predictions shape \(2, 3\)",
+       lambda: jaxloss.soft_margin_loss(x2, jnp.ones(2))),
       (ValueError, r"multilabel_soft_margin_loss: weight shape \(2,\) does "
        r"not broadcast to predictions shape \(2, 3\)",
        lambda: jaxloss.multilabel_soft_margin_loss(x2, x2,
@@ -605,3 +610,448 @@ def test_errors():
   for error, message, call in cases:
     with pytest.raises(error, match=message):
       call()
+
+
+# ----------------------------------------------------------------------------
+# Hyperparameters: traced, vmapped, differentiated, compiled once.
+
+
+def _eqns(jaxpr):
+  """Equations of a jaxpr, those of its sub-jaxprs included."""
+  count = 0
+  for eqn in jaxpr.eqns:
+    count += 1
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        inner = getattr(sub, "jaxpr", sub)
+        if isinstance(inner, jax_core.Jaxpr):
+          count += _eqns(inner)
+  return count
+
+
+# (function, hyperparameter, two valid values, an invalid one, keywords,
+# inputs): the gradient is checked at the first value.
+HYPERS = [
+    ("poly_loss_cross_entropy", "epsilon", 1.5, -0.5, np.inf, {},
+     (X, PROBS)),
+    ("smooth_labels", "alpha", 0.1, 0.4, 1.5, {"axis": -1}, (PROBS,)),
+    ("multi_margin_loss", "margin", 0.7, -0.3, np.nan, {"p": 2},
+     (X, LABELS)),
+    ("binary_focal_cross_entropy", "gamma", 0.5, 2.5, -1.0, {}, (P, BINARY)),
+    ("binary_focal_cross_entropy", "gamma", 0.5, 2.5, -1.0,
+     {"from_logits": True}, (X, BINARY)),
+    ("binary_focal_cross_entropy", "alpha", 0.3, 0.6, 1.2,
+     {"apply_class_balancing": True}, (P, BINARY)),
+    ("binary_focal_cross_entropy", "label_smoothing", 0.1, 0.3, -0.1, {},
+     (P, BINARY)),
+    ("categorical_focal_cross_entropy", "gamma", 0.5, 3.0, -1.0,
+     {"from_logits": True}, (X, ONE_HOT)),
+    ("categorical_focal_cross_entropy", "gamma", 0.5, 3.0, -1.0, {},
+     (PROBS, ONE_HOT)),
+    ("categorical_focal_cross_entropy", "alpha", 0.3, 0.9, -0.5,
+     {"from_logits": True}, (X, ONE_HOT)),
+    ("categorical_focal_cross_entropy", "label_smoothing", 0.1, 0.2, 1.1,
+     {"from_logits": True}, (X, ONE_HOT)),
+    ("categorical_generalized_cross_entropy", "q", 0.3, 1.0, 0.0, {},
+     (PROBS, LABELS)),
+]
+
+
+def _arrays(inputs, dtype):
+  return tuple(jnp.asarray(a) if a.dtype.kind == "i" else jnp.asarray(a, dtype)
+               for a in inputs)
+
+
+@pytest.mark.parametrize(
+    "name,hyper,a,b,bad,kwargs,inputs", HYPERS,
+    ids=[f"{c[0]}-{c[1]}-{i}" for i, c in enumerate(HYPERS)])
+def test_hyperparameter_traced_vmapped_differentiated(name, hyper, a, b, bad,
+                                                      kwargs, inputs):
+  fn = getattr(jaxloss, name)
+  assert hyper in fn.hyperparameters
+  args = _arrays(inputs, jnp.float32)
+  concrete = [fn(*args, **kwargs, **{hyper: v}) for v in (a, b)]
+  compiles = fn.compiled._cache_size()
+  fn(*args, **kwargs, **{hyper: (a + b) / 2})
+  assert fn.compiled._cache_size() == compiles   # a new value: no compile
+  # A jit argument under vmap: a batch of values, one program.
+  traced = jax.jit(jax.vmap(lambda v: fn(*args, **kwargs, **{hyper: v})))(
+      jnp.array([a, b]))
+  np.testing.assert_allclose(traced, np.stack(concrete), rtol=2e-6,
+                             atol=1e-7)
+  with pytest.raises(ValueError, match=rf"{name}: {hyper} must be in"):
+    fn(*args, **kwargs, **{hyper: bad})
+  with pytest.raises(jaxloss.CheckError, match=rf"{name}: {hyper} must be "
+                     "in"):
+    jaxloss.checked(jax.jit(lambda v: fn(*args, **kwargs, **{hyper: v})))(
+        bad)
+  with jax.enable_x64(True):
+    args = _arrays(inputs, jnp.float64)
+
+    def total(v):
+      out = fn(*args, **kwargs, **{hyper: v})
+      # Weighted: smooth_labels' rows sum to 1 whatever alpha is.
+      return jnp.vdot(jnp.linspace(1.0, 2.0, out.size), out.reshape(-1))
+    eps = 1e-6
+    numeric = (total(a + eps) - total(a - eps)) / (2 * eps)
+    np.testing.assert_allclose(jax.grad(total)(a), numeric, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name,hyper,kwargs,inputs", [
+    ("poly_loss_cross_entropy", "epsilon", {}, (X, PROBS)),
+    ("smooth_labels", "alpha", {}, (PROBS,)),
+    ("binary_focal_cross_entropy", "gamma", {}, (P, BINARY)),
+    ("binary_focal_cross_entropy", "label_smoothing", {}, (P, BINARY)),
+    ("categorical_focal_cross_entropy", "gamma", {"from_logits": True},
+     (X, ONE_HOT)),
+    ("categorical_focal_cross_entropy", "gamma", {}, (PROBS, ONE_HOT)),
+    ("categorical_focal_cross_entropy", "label_smoothing",
+     {"from_logits": True}, (X, ONE_HOT)),
+])
+def test_an_exact_zero_leaves_its_term_out(name, hyper, kwargs, inputs):
+  fn = getattr(jaxloss, name)
+  x, *rest = _arrays(inputs, jnp.float32)
+  zero = jax.make_jaxpr(lambda x: fn(x, *rest, **kwargs, **{hyper: 0.0}))(x)
+  other = jax.make_jaxpr(lambda x: fn(x, *rest, **kwargs, **{hyper: 0.5}))(x)
+  assert _eqns(zero.jaxpr) < _eqns(other.jaxpr)
+  np.testing.assert_allclose(
+      jax.jit(lambda v: fn(x, *rest, **kwargs, **{hyper: v}))(0.0),
+      fn(x, *rest, **kwargs, **{hyper: 0.0}), rtol=1e-6, atol=1e-7)
+
+
+def test_categorical_focal_at_certainty_second_order_and_in_gamma():
+  # Row 0 is certain (p = 1 to float32, cross entropy 0): the derivatives
+  # in the logits and in gamma are 0 there, the hessian finite; row 1 is
+  # not, and its hessian in gamma matches finite differences.
+  x = f32([[60.0, 0.0, 0.0], [0.5, -1.0, 2.0]])
+  y = f32([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+
+  def total(x, g):
+    return jaxloss.categorical_focal_cross_entropy(x, y, gamma=g,
+                                                   from_logits=True)
+
+  @jax.jit
+  def probe(g):
+    return (jax.jacobian(total, argnums=(0, 1))(x, g),
+            jax.hessian(lambda x: total(x, g).sum())(x))
+
+  for gamma in (0.25, 0.5, 2.0):
+    jac, hessian = probe(jnp.float32(gamma))
+    assert_all_finite((jac, hessian))
+    np.testing.assert_array_equal(jac[0][0], 0)
+    np.testing.assert_array_equal(jac[1][0], 0)
+  with jax.enable_x64(True):
+    x64, y64 = jnp.asarray(x, jnp.float64)[1:], jnp.asarray(y, jnp.float64)[1:]
+
+    def row(g):
+      return jaxloss.categorical_focal_cross_entropy(
+          x64, y64, gamma=g, from_logits=True, reduction="sum")
+    eps = 1e-5
+    grad = jax.jit(jax.grad(row))
+    d2 = (grad(0.5 + eps) - grad(0.5 - eps)) / (2 * eps)
+    np.testing.assert_allclose(jax.jit(jax.hessian(row))(0.5), d2, rtol=1e-6)
+
+
+def assert_all_finite(tree):
+  for leaf in jax.tree_util.tree_leaves(tree):
+    assert np.all(np.isfinite(np.asarray(leaf))), leaf
+
+
+# ----------------------------------------------------------------------------
+# categorical_generalized_cross_entropy (Keras 3's).
+
+
+def ref_gce(p, labels, q, weight=None):
+  """Float64 NumPy reference: (1 - p_y^q) / q, times the class weight."""
+  p_y = np.take_along_axis(p, labels[..., None], -1)[..., 0]
+  loss = (1 - p_y**q) / q
+  return loss * (1 if weight is None else weight[labels])
+
+
+def test_generalized_cross_entropy_reference_keras_and_options():
+  gce = jaxloss.categorical_generalized_cross_entropy
+  # Keras 3's own test: q = 0.5 on four binary rows.
+  keras_probs = f32([[0.7, 0.3], [0.2, 0.8], [0.6, 0.4], [0.4, 0.6]])
+  np.testing.assert_allclose(
+      gce(keras_probs, jnp.array([0, 1, 0, 1])),
+      2 * (1 - np.sqrt([0.7, 0.8, 0.6, 0.6])), rtol=1e-6)
+  w = rng.uniform(0.5, 2.0, C)
+  keep = np.array([True, False, True, True])
+  with jax.enable_x64(True):
+    p, labels = jnp.asarray(PROBS), jnp.asarray(LABELS)
+    for q in (0.3, 1.0):
+      np.testing.assert_allclose(gce(p, labels, q=q), ref_gce(PROBS, LABELS, q),
+                                 rtol=1e-12)
+      want = ref_gce(PROBS, LABELS, q, w)
+      got = gce(p, labels, q=q, weight=jnp.asarray(w),
+                where=jnp.asarray(keep), reduction="mean")
+      np.testing.assert_allclose(got, want[keep].sum() / w[LABELS][keep].sum(),
+                                 rtol=1e-12)
+      # d/dp_y = -p_y^(q - 1), at the label only.
+      g = jax.grad(lambda p: gce(p, labels, q=q, reduction="sum"))(p)
+      want_g = np.zeros_like(PROBS)
+      p_y = PROBS[np.arange(N), LABELS]
+      want_g[np.arange(N), LABELS] = -p_y ** (q - 1)
+      np.testing.assert_allclose(g, want_g, rtol=1e-12)
+    # The class axis anywhere, tuple axes in the order given.
+    np.testing.assert_allclose(gce(p.T, labels, axis=0), gce(p, labels),
+                               rtol=1e-12)
+    cube = p.reshape(N, 1, C)
+    np.testing.assert_allclose(gce(cube, labels[:, None], axis=-1),
+                               gce(p, labels)[:, None], rtol=1e-12)
+  # Half precision in, float32 out.
+  for dtype in (jnp.float16, jnp.bfloat16):
+    half = f32(PROBS).astype(dtype)
+    got = gce(half, jnp.asarray(LABELS))
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(
+        got, ref_gce(np.asarray(half, np.float64), LABELS, 0.5), rtol=1e-6)
+
+
+def test_generalized_cross_entropy_small_q_and_edges():
+  gce = jaxloss.categorical_generalized_cross_entropy
+  labels = jnp.asarray(LABELS)
+  # As q -> 0 it tends to the cross entropy; its q-derivative to
+  # -log(p)^2 / 2. Autodiff of (1 - p^q) / q loses every digit there.
+  with jax.enable_x64(True):
+    p64 = jnp.asarray(PROBS)
+
+    def total64(q):
+      return gce(p64, labels, q=q, reduction="sum")
+    grad64 = jax.jit(jax.grad(total64))
+  grad32 = jax.jit(jax.grad(lambda q: gce(f32(PROBS), labels, q=q,
+                                          reduction="sum")))
+  for q in (1e-2, 1e-6):
+    with jax.enable_x64(True):
+      h = q * 1e-2
+      numeric = (total64(q + h) - total64(q - h)) / (2 * h)
+      np.testing.assert_allclose(grad64(q), numeric, rtol=1e-7)
+    np.testing.assert_allclose(grad32(jnp.float32(q)), numeric, rtol=2e-5)
+  np.testing.assert_allclose(gce(f32(PROBS), labels, q=1e-6),
+                             -np.log(PROBS[np.arange(N), LABELS]), rtol=1e-5)
+  # p_y = 0: 1 / q, slope -inf (q < 1) or -1 (q = 1), d/dq = -1 / q^2;
+  # p_y = 1: 0, slope -1, d/dq = 0.
+  edge = f32([[0.0, 1.0], [1.0, 0.0]])
+  zero_one = jnp.array([0, 0])
+  for q in (0.5, 1.0):
+    np.testing.assert_array_equal(gce(edge, zero_one, q=q), [1 / q, 0])
+    gp, gq = jax.jacobian(lambda p, q: gce(p, zero_one, q=q),
+                          argnums=(0, 1))(edge, jnp.float32(q))
+    np.testing.assert_array_equal(gp[0, 0, 0], -np.inf if q < 1 else -1)
+    np.testing.assert_array_equal(gp[1, 1, 0], -1)
+    np.testing.assert_allclose(gq, [-1 / q**2, 0], rtol=1e-6)
+
+
+def test_generalized_cross_entropy_masks_labels_and_checks():
+  gce = jaxloss.categorical_generalized_cross_entropy
+  p = f32(PROBS).at[1].set(jnp.nan).at[2, 0].set(0.0)
+  bad = jnp.array([0, 7, 0, -1])
+  keep = jnp.array([True, False, True, True])
+  loss = gce(p, bad, where=keep)
+  # Dropped rows cost 0 whatever they hold; labels outside [0, C) give NaN.
+  assert loss[1] == 0 and np.isnan(loss[3])
+  np.testing.assert_allclose(loss[2], 2.0)            # p_y = 0, q = 0.5
+  g = jax.grad(lambda p: gce(p, bad, where=keep)[:3].sum())(p)
+  np.testing.assert_array_equal(g[1], 0)
+  assert gce(p, bad, where=jnp.zeros(N, bool), reduction="mean") == 0
+  with pytest.raises(jaxloss.CheckError, match=r"categorical_generalized_"
+                     r"cross_entropy: probs must be in \[0, 1\]; first "
+                     r"offending element probs\[0, 1\] = 1.5"):
+    jaxloss.checked(gce)(f32(PROBS).at[0, 1].set(1.5), jnp.asarray(LABELS))
+  with pytest.raises(jaxloss.CheckError, match=r"labels must be in \[0, 5\)"):
+    jaxloss.checked(gce)(f32(PROBS), bad)
+  with pytest.raises(ValueError, match=r"categorical_generalized_cross_"
+                     r"entropy: q must be in \(0, 1\], got 1.5"):
+    gce(f32(PROBS), jnp.asarray(LABELS), q=1.5)
+  with pytest.raises(TypeError, match="labels must have an integer dtype"):
+    gce(f32(PROBS), f32(LABELS))
+  with pytest.raises(ValueError, match=r"where must be a row mask"):
+    gce(f32(PROBS), jnp.asarray(LABELS), where=jnp.ones((N, C), bool))
+
+
+# ----------------------------------------------------------------------------
+# torch's layouts: 0-d inputs, (C,) with (1,), as torch's OpInfo samples.
+
+
+def test_torch_layouts_of_the_margin_losses():
+  x = f32([0.1, 0.5, 0.3])
+  row = jaxloss.multi_margin_loss(x, jnp.array(1))
+  assert row.shape == ()
+  np.testing.assert_allclose(row, (0.6 + 0.8) / 3, rtol=1e-6)
+  one = jaxloss.multi_margin_loss(x, jnp.array([1]))    # a batch of one
+  assert one.shape == (1,)
+  np.testing.assert_allclose(one, [row], rtol=1e-6)
+  # A 0-d input is one class: nothing to compare it with.
+  for t in (jnp.array(0), jnp.array([0])):
+    got = jaxloss.multi_margin_loss(jnp.float32(0.5), t)
+    assert got.shape == t.shape and np.all(got == 0)
+  assert jaxloss.multilabel_margin_loss(jnp.float32(0.5), jnp.array(0)) == 0
+  assert jaxloss.multilabel_margin_loss(jnp.float32(0.5), jnp.array(-1)) == 0
+  assert jaxloss.multilabel_margin_loss(f32([0.5]), jnp.array(0)) == 0
+  assert np.isnan(jaxloss.multilabel_margin_loss(jnp.float32(0.5),
+                                                 jnp.array(3)))
+  # Batch axes of the targets broadcast; a lone target row is every row's.
+  xs = f32(X)
+  np.testing.assert_allclose(
+      jaxloss.multilabel_margin_loss(xs, jnp.asarray(MULTILABEL[0])),
+      jaxloss.multilabel_margin_loss(
+          xs, jnp.broadcast_to(MULTILABEL[0], (N, C))), rtol=1e-6)
+  np.testing.assert_allclose(
+      jaxloss.multi_margin_loss(xs, jnp.array(2)),
+      jaxloss.multi_margin_loss(xs, jnp.full(N, 2)), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# The shape contract: [N] against [N, 1] and spread classes are errors that
+# name the function, both arguments and both shapes.
+
+
+def _contract_message(name, arg, arg_shape, first, first_shape):
+  return (rf"{name}: {arg} shape {re.escape(str(arg_shape))} does not "
+          rf"broadcast to .*{first} shape {re.escape(str(first_shape))}")
+
+
+ELEMENTWISE = ["hinge_loss", "perceptron_loss", "soft_margin_loss",
+               "squared_hinge", "categorical_hinge",
+               "multilabel_soft_margin_loss", "binary_focal_cross_entropy",
+               "categorical_focal_cross_entropy", "poly_loss_cross_entropy",
+               "safe_softmax_cross_entropy", "ranking_softmax_loss"]
+FIRST = {"hinge_loss": ("predictor_outputs", "targets"),
+         "perceptron_loss": ("predictor_outputs", "targets"),
+         "poly_loss_cross_entropy": ("logits", "labels"),
+         "safe_softmax_cross_entropy": ("logits", "labels"),
+         "ranking_softmax_loss": ("logits", "labels")}
+
+
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_no_silent_broadcast_of_targets(name):
+  fn = getattr(jaxloss, name)
+  first, second = FIRST.get(name, ("predictions", "targets"))
+  cases = [((N, C), (N, 1))]          # a target spread over the classes
+  if name in ("hinge_loss", "perceptron_loss", "soft_margin_loss"):
+    cases += [((N,), (N, 1)), ((N, 1), (N,))]
+  else:
+    cases += [((N, C), (N, C, 1))]
+  for x_shape, t_shape in cases:
+    if name in ("hinge_loss", "perceptron_loss", "soft_margin_loss") and (
+        t_shape == (N, 1) and x_shape == (N, C)):
+      # Elementwise losses: a per-row target broadcasts, as torch's.
+      assert fn(jnp.ones(x_shape), jnp.ones(t_shape)).shape == x_shape
+      continue
+    with pytest.raises(ValueError, match=_contract_message(
+        name, second, t_shape, first, x_shape)):
+      fn(jnp.full(x_shape, 0.5), jnp.full(t_shape, 0.5))
+
+
+@pytest.mark.parametrize("name,first", [
+    ("multiclass_hinge_loss", "scores"),
+    ("multiclass_perceptron_loss", "scores"),
+    ("multi_margin_loss", "predictions"),
+    ("categorical_generalized_cross_entropy", "probs")])
+def test_no_silent_broadcast_of_integer_labels(name, first):
+  fn = getattr(jaxloss, name)
+  second = "targets" if name == "multi_margin_loss" else "labels"
+  for shape in ((N, 1), (N + 1,), (2, N)):
+    with pytest.raises(ValueError, match=(
+        rf"{name}: {second} shape {re.escape(str(shape))} does not broadcast "
+        rf"to the batch shape \({N},\) of {first} shape \({N}, {C}\)")):
+      fn(jnp.full((N, C), 0.2), jnp.zeros(shape, jnp.int32))
+
+
+def test_weights_and_masks_never_enlarge():
+  x, t = jnp.ones((N, C)), jnp.ones((N, C))
+  cases = [
+      (lambda: jaxloss.hinge_loss(x, t, weight=jnp.ones((N, C, 1))),
+       "hinge_loss", "weight", (N, C, 1), "predictor_outputs"),
+      (lambda: jaxloss.perceptron_loss(x, t, where=jnp.ones((2, N, C), bool)),
+       "perceptron_loss", "where", (2, N, C), "predictor_outputs"),
+      (lambda: jaxloss.multilabel_soft_margin_loss(
+          x, t, weight=jnp.ones((N, 1, C))),
+       "multilabel_soft_margin_loss", "weight", (N, 1, C), "predictions"),
+      (lambda: jaxloss.binary_focal_cross_entropy(
+          x / 2, t, apply_class_balancing=True, alpha=np.ones((C, 1)) / 2),
+       "binary_focal_cross_entropy", "alpha", (C, 1), "predictions"),
+      (lambda: jaxloss.smooth_labels(t, jnp.ones((N, 2)) / 2),
+       "smooth_labels", "alpha", (N, 2), "labels"),
+      (lambda: jaxloss.ranking_softmax_loss(x, t, weights=jnp.ones((N, C, 1))),
+       "ranking_softmax_loss", "weights", (N, C, 1), "logits"),
+  ]
+  for call, name, arg, shape, first in cases:
+    with pytest.raises(ValueError, match=_contract_message(
+        name, arg, shape, first, (N, C))):
+      call()
+
+
+MODULE_LOSSES = [name for name in catalogue.SPECS if getattr(
+    jaxloss.get(name), "__module__", "") == "jaxloss._classification"]
+
+
+@pytest.mark.parametrize("name", MODULE_LOSSES)
+def test_empty_batch(name):
+  args = catalogue.inputs(name, 0)
+  loss = catalogue.loss(name)
+
+  def summed(x, reduction):
+    return jnp.sum(loss(x, *args[1:], reduction=reduction))
+  none, mean, total, grad = jax.jit(lambda x: (
+      loss(x, *args[1:], reduction="none"), summed(x, "mean"),
+      summed(x, "sum"),
+      jax.grad(summed)(x, "mean")))(args[0])
+  assert none.shape[0] == 0 and grad.shape == args[0].shape
+  assert mean == 0 and total == 0
+
+
+# ----------------------------------------------------------------------------
+# Every autodiff mode, against float64 finite differences.
+
+
+@pytest.mark.parametrize("name", ["categorical_focal_cross_entropy",
+                                  "categorical_generalized_cross_entropy",
+                                  "multi_margin_loss"])
+def test_autodiff_modes_against_finite_differences(name):
+  kwargs = {"categorical_focal_cross_entropy": {"gamma": 0.5},
+            "multi_margin_loss": {"p": 2}}.get(name, {})
+  with jax.enable_x64(True):
+    x, *rest = catalogue.inputs(name, 2, seed=3, dtype=jnp.float64)
+    loss = catalogue.loss(name)
+    v = jnp.asarray(rng.normal(size=x.shape))
+
+    def total(x):
+      return jnp.sum(loss(x, *rest, **kwargs))
+
+    @jax.jit
+    def modes(x):
+      jv = jax.jvp(total, (x,), (v,))[1]
+      lin = jax.linearize(total, x)[1](v)
+      hv = jnp.tensordot(jax.hessian(total)(x), v, axes=v.ndim)
+      ggv = jax.grad(lambda x: jnp.vdot(jax.grad(total)(x), v))(x)
+      return jv, lin, jax.jacfwd(total)(x), hv, ggv
+
+    @jax.jit
+    def differences(x, eps=1e-6):
+      grad = jax.grad(total)
+      return ((total(x + eps * v) - total(x - eps * v)) / (2 * eps),
+              (grad(x + eps * v) - grad(x - eps * v)) / (2 * eps), grad(x))
+
+    jv, lin, fwd, hv, ggv = modes(x)
+    numeric_jv, numeric_hv, grad = differences(x)
+    np.testing.assert_allclose(jv, numeric_jv, rtol=1e-7)
+    np.testing.assert_allclose(lin, jv, rtol=1e-12)
+    np.testing.assert_allclose(fwd, grad, rtol=1e-12)
+    np.testing.assert_allclose(hv, numeric_hv, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(ggv, hv, rtol=1e-12)
+
+
+def test_tuple_class_axes_flatten_in_the_order_given():
+  # axis=(2, 1): the flat class index runs fastest along axis 1, as optax's
+  # flattening of the axes in the order given.
+  cube = f32(rng.normal(size=(N, 2, 3)))
+  flat = cube.transpose(0, 2, 1).reshape(N, 6)
+  labels = jnp.array([0, 5, 2, 4])
+  probs = jax.nn.softmax(flat)
+  for name, x, flat_x in [("multiclass_hinge_loss", cube, flat),
+                          ("categorical_generalized_cross_entropy",
+                           probs.reshape(N, 3, 2).transpose(0, 2, 1), probs)]:
+    fn = getattr(jaxloss, name)
+    np.testing.assert_allclose(fn(x, labels, axis=(2, 1)),
+                               fn(flat_x, labels), rtol=1e-6)

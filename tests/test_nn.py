@@ -302,3 +302,86 @@ def test_kl_div_loss_shape_contract():
       r"kl_div: targets shape \(5, 4\) does not broadcast to "
       r"log_predictions shape \(1, 4\)")):
     loss(log_p[:1], jnp.broadcast_to(target, X.shape))
+
+
+# -- torch's layouts for the margin and binary classes ---------------------------
+
+
+def test_margin_and_binary_classes_take_torch_layouts():
+  # From torch's OpInfo samples: 0-d inputs, a (C,) input with a (1,)
+  # target; "none" has the target's shape, as torch's.
+  x = jnp.array([0.1, 0.5, 0.3])
+  multi = nn.MultiMarginLoss(reduction="none")
+  np.testing.assert_allclose(multi(x, jnp.array([1])), [(0.6 + 0.8) / 3],
+                             rtol=1e-6)
+  assert multi(x, jnp.array(1)).shape == ()
+  assert multi(x[None], jnp.array(1)).shape == ()
+  for target in (jnp.array(0), jnp.array([0])):
+    out = multi(jnp.float32(0.5), target)
+    assert out.shape == target.shape and np.all(out == 0)
+  assert nn.MultiMarginLoss()(jnp.float32(0.5), jnp.array(0)) == 0
+  for target in (jnp.array(0), jnp.array([0]), jnp.array(-1)):
+    assert nn.MultiLabelMarginLoss()(jnp.float32(0.5), target) == 0
+  assert nn.MultiLabelMarginLoss()(jnp.array([0.5]), jnp.array(0)) == 0
+  np.testing.assert_allclose(nn.BCELoss()(jnp.float32(0.25), jnp.float32(1)),
+                             np.log(4), rtol=1e-6)
+  np.testing.assert_allclose(
+      nn.BCEWithLogitsLoss()(jnp.float32(0.0), jnp.float32(1)), np.log(2),
+      rtol=1e-6)
+  # Weights broadcast to the input, as torch's.
+  p = jax.nn.sigmoid(X)
+  np.testing.assert_allclose(
+      nn.BCELoss(weight=W)(p, p), nn.BCELoss(
+          weight=jnp.broadcast_to(W, X.shape))(p, p), rtol=1e-6)
+
+
+@pytest.mark.parametrize("loss,args,error,match", [
+    (nn.BCELoss(), (jnp.full((3, 4), 0.5), jnp.ones(4)), ValueError,
+     r"BCELoss: target shape \(4,\) does not match input shape \(3, 4\)"),
+    (nn.BCEWithLogitsLoss(), (jnp.ones((3, 4)), jnp.ones((3, 1))), ValueError,
+     r"BCEWithLogitsLoss: target shape \(3, 1\) does not match input shape "
+     r"\(3, 4\)"),
+    (nn.BCEWithLogitsLoss(pos_weight=jnp.ones(5)),
+     (jnp.ones((3, 4)), jnp.ones((3, 4))), ValueError,
+     r"pos_weight shape \(5,\) does not broadcast to logits shape \(3, 4\)"),
+    (nn.BCELoss(weight=jnp.ones((2, 3, 4))),
+     (jnp.full((3, 4), 0.5), jnp.ones((3, 4))), ValueError,
+     r"weight shape \(2, 3, 4\) does not broadcast to probs shape \(3, 4\)"),
+    (nn.MultiMarginLoss(), (jnp.ones((3, 4)), jnp.zeros((3, 1), int)),
+     ValueError, r"MultiMarginLoss: target shape \(3, 1\) does not match "
+     r"input shape \(3, 4\): torch wants a target of shape \(3,\)"),
+    (nn.MultiMarginLoss(), (jnp.ones((3, 4)), jnp.zeros(1, int)), ValueError,
+     r"MultiMarginLoss: target shape \(1,\) does not match input shape "
+     r"\(3, 4\)"),
+    (nn.MultiMarginLoss(), (jnp.ones((2, 3, 4)), jnp.zeros((2, 3), int)),
+     ValueError, r"MultiMarginLoss: input must be a non-empty vector or a "
+     r"matrix \(N, C\) with C > 0, as in torch, got shape \(2, 3, 4\)"),
+    (nn.MultiMarginLoss(), (jnp.ones((5, 0)), jnp.zeros(5, int)), ValueError,
+     r"got shape \(5, 0\)"),
+    (nn.MultiLabelMarginLoss(), (jnp.ones((1, 4)), jnp.zeros(4, int)),
+     ValueError, r"MultiLabelMarginLoss: target shape \(4,\) does not match "
+     r"input shape \(1, 4\)"),
+    (nn.MultiLabelMarginLoss(), (jnp.ones(3), jnp.zeros(1, int)),
+     ValueError, r"MultiLabelMarginLoss: target shape \(1,\) does not match "
+     r"input shape \(3,\)"),
+    (nn.MultiLabelSoftMarginLoss(), (jnp.ones((3, 4)), jnp.ones((3, 1))),
+     ValueError, r"multilabel_soft_margin_loss: targets shape \(3, 1\) does "
+     r"not broadcast to predictions shape \(3, 4\): the class axis 1"),
+    (nn.SoftMarginLoss(), (jnp.ones((3, 1)), jnp.ones(3)), ValueError,
+     r"soft_margin_loss: targets shape \(3,\) does not broadcast to "
+     r"predictions shape \(3, 1\)"),
+])
+def test_margin_and_binary_classes_reject_what_torch_rejects(loss, args,
+                                                              error, match):
+  with pytest.raises(error, match=match):
+    loss(*args)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"p": 3}, "MultiMarginLoss: p must be 1 or 2, got 3"),
+    ({"weight": jnp.ones((2, 3))}, r"MultiMarginLoss: weight must be None or "
+     r"a 1-D array \(one per class\), got shape \(2, 3\)"),
+])
+def test_multi_margin_loss_options_checked_when_built(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    nn.MultiMarginLoss(**kwargs)

@@ -46,6 +46,8 @@ SPECS = {
     "categorical_focal_cross_entropy": (
         [("real", (B, C)), ("onehot", (B, C))], {"from_logits": True},
         "nonneg shift"),
+    "categorical_generalized_cross_entropy": (
+        [("simplex", (B, C)), ("int", (B,))], {}, "nonneg"),
     "categorical_hinge": ([("real", (B, C)), ("onehot", (B, C))], {},
                           "nonneg shift"),
     "circle_loss": ([("scores", (B, 2)), ("scores", (B, 3))], {}, "nonneg"),
@@ -147,6 +149,7 @@ LEFT_OUT = {"ctc_loss_with_forward_probs", "binary_dice_loss",
 # in the mean.
 MASKS = {
     "binary_cross_entropy": "full", "convex_kl_divergence": "full",
+    "categorical_generalized_cross_entropy": "rows",
     "cosine_distance": "entries", "cosine_similarity": "entries",
     "generalized_kl_divergence": "full", "hinge_loss": "full",
     "kl_divergence": "full", "kl_divergence_with_log_targets": "full",

@@ -1,5 +1,7 @@
 """sparsemax, the sparsemax losses and make_fenchel_young_loss."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -228,9 +230,16 @@ def test_multiclass_sparsemax_loss_errors():
   with pytest.raises(TypeError, match="multiclass_sparsemax_loss: labels "
                      "must have an integer dtype"):
     jaxloss.multiclass_sparsemax_loss(jnp.ones((2, 3)), jnp.ones(2))
-  with pytest.raises(ValueError, match=r"multiclass_sparsemax_loss: labels "
-                     r"shape \(3,\) does not match the batch shape \(2,\)"):
-    jaxloss.multiclass_sparsemax_loss(jnp.ones((2, 3)), jnp.zeros(3, int))
+  for shape in ((3,), (2, 1)):
+    with pytest.raises(ValueError, match=(
+        rf"multiclass_sparsemax_loss: labels shape {re.escape(str(shape))} "
+        r"does not broadcast to the batch shape \(2,\) of scores shape "
+        r"\(2, 3\)")):
+      jaxloss.multiclass_sparsemax_loss(jnp.ones((2, 3)), jnp.zeros(shape, int))
+  # Batch axes broadcast: one label for every row.
+  np.testing.assert_allclose(
+      jaxloss.multiclass_sparsemax_loss(jnp.asarray(X), jnp.array(1)),
+      jaxloss.multiclass_sparsemax_loss(jnp.asarray(X), jnp.ones(4, int)))
   with pytest.raises(TypeError, match="multiclass_sparsemax_loss: scores "
                      "must have a floating dtype"):
     jaxloss.multiclass_sparsemax_loss(jnp.ones((2, 3), int), jnp.zeros(2, int))
@@ -291,9 +300,18 @@ def test_sparsemax_loss_options_dtypes_errors():
                        jnp.array([1e4, 1e4, -1e4, -1e4]),
                        jnp.array([1, 0, 1, 0]))
   np.testing.assert_array_equal(g, [0, 1, -1, 0])
-  with pytest.raises(ValueError, match=r"sparsemax_loss: labels shape \(3,\) "
-                     r"does not match logits shape \(2,\)"):
-    jaxloss.sparsemax_loss(jnp.ones(2), jnp.ones(3))
+  for x_shape, y_shape in (((2,), (3,)), ((3,), (3, 1)), ((3, 1), (3,))):
+    with pytest.raises(ValueError, match=(
+        rf"sparsemax_loss: labels shape {re.escape(str(y_shape))} does not "
+        rf"broadcast to logits shape {re.escape(str(x_shape))}")):
+      jaxloss.sparsemax_loss(jnp.ones(x_shape), jnp.ones(y_shape))
+  with pytest.raises(ValueError, match=(
+      r"sparsemax_loss: weight shape \(5, 1\) does not broadcast to logits "
+      r"shape \(5,\)")):
+    jaxloss.sparsemax_loss(jnp.ones(5), jnp.ones(5), weight=jnp.ones((5, 1)))
+  np.testing.assert_allclose(jaxloss.sparsemax_loss(x, y[0]),
+                             jaxloss.sparsemax_loss(x, jnp.broadcast_to(
+                                 y[0], x.shape)))
   with pytest.raises(TypeError, match="sparsemax_loss: logits must have a "
                      "floating dtype"):
     jaxloss.sparsemax_loss(jnp.ones(2, int), jnp.ones(2))
@@ -361,3 +379,55 @@ def test_fenchel_young_errors():
   with pytest.raises(ValueError, match=r"fenchel_young_loss: targets shape "
                      r"\(4,\) does not broadcast to scores shape \(3,\)"):
     loss(jnp.ones(3), jnp.ones(4))
+
+
+# ----------------------------------------------------------------------------
+# Empty batches and every autodiff mode.
+
+
+@pytest.mark.parametrize("fn,labels", [
+    (jaxloss.multiclass_sparsemax_loss, jnp.zeros(0, jnp.int32)),
+    (jaxloss.sparsemax_loss, jnp.zeros((0, 5)))])
+def test_empty_batch(fn, labels):
+  def summed(x, reduction):
+    return jnp.sum(fn(x, labels, reduction=reduction))
+  x = jnp.zeros((0, 5))
+  none, mean, total, grad = jax.jit(lambda x: (
+      fn(x, labels), summed(x, "mean"), summed(x, "sum"),
+      jax.grad(summed)(x, "mean")))(x)
+  assert none.shape == labels.shape[:1] + none.shape[1:] and none.size == 0
+  assert mean == 0 and total == 0 and grad.shape == (0, 5)
+
+
+@pytest.mark.parametrize("fn,labels", [
+    (jaxloss.multiclass_sparsemax_loss, LABELS[:2]),
+    (jaxloss.sparsemax_loss, (X[:2] > 0).astype(np.float64))])
+def test_autodiff_modes_against_finite_differences(fn, labels):
+  with jax.enable_x64(True):
+    x, y = jnp.asarray(X[:2]), jnp.asarray(labels)
+    v = jnp.asarray(rng.normal(size=x.shape))
+
+    def total(x):
+      return fn(x, y, reduction="sum")
+
+    @jax.jit
+    def modes(x):
+      jv = jax.jvp(total, (x,), (v,))[1]
+      lin = jax.linearize(total, x)[1](v)
+      hv = jnp.tensordot(jax.hessian(total)(x), v, axes=2)
+      ggv = jax.grad(lambda x: jnp.vdot(jax.grad(total)(x), v))(x)
+      return jv, lin, jax.jacfwd(total)(x), hv, ggv
+
+    @jax.jit
+    def differences(x, eps=1e-6):
+      grad = jax.grad(total)
+      return ((total(x + eps * v) - total(x - eps * v)) / (2 * eps),
+              (grad(x + eps * v) - grad(x - eps * v)) / (2 * eps), grad(x))
+
+    jv, lin, fwd, hv, ggv = modes(x)
+    numeric_jv, numeric_hv, grad = differences(x)
+    np.testing.assert_allclose(jv, numeric_jv, rtol=1e-7)
+    np.testing.assert_allclose(lin, jv, rtol=1e-12)
+    np.testing.assert_allclose(fwd, grad, rtol=1e-12)
+    np.testing.assert_allclose(hv, numeric_hv, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(ggv, hv, rtol=1e-12)

@@ -1,5 +1,6 @@
 """Torch parity cases for the margin losses of torch.nn.functional."""
 
+import jax.numpy as jnp
 import numpy as np
 
 import jaxloss
@@ -87,3 +88,54 @@ CASES.append(Case(
         x, y, reduction="none"),
     lambda x, y: jaxloss.multilabel_soft_margin_loss(x, y),
     {"x": scores[2], "y": soft[2]}, grad=("x",)))
+
+# torch's OpInfo layouts: a 0-d input (one class), a (C,) input with a (1,)
+# target (a batch of one), targets broadcast over the batch.
+CASES.append(Case(
+    "multi_margin-0d",
+    lambda torch, x, t: torch.nn.functional.multi_margin_loss(
+        x, t, reduction="none"),
+    lambda x, t: jaxloss.multi_margin_loss(x, t),
+    {"x": np.array(0.7), "t": np.array(0)}, grad=("x",)))
+
+CASES.append(Case(
+    "multi_margin-vector-batch-of-one",
+    lambda torch, x, t, w: torch.nn.functional.multi_margin_loss(
+        x, t, p=2, margin=0.5, weight=w, reduction="none"),
+    lambda x, t, w: jaxloss.multi_margin_loss(x, t, p=2, margin=0.5,
+                                              weight=w),
+    {"x": scores[1], "t": targets[1:2], "w": class_weight}, grad=("x",)))
+
+CASES.append(Case(
+    "multi_margin-negative-margin",
+    lambda torch, x, t: torch.nn.functional.multi_margin_loss(
+        x, t, margin=-0.4, reduction="none"),
+    lambda x, t: jaxloss.multi_margin_loss(x, t, margin=-0.4),
+    {"x": scores, "t": targets}, grad=("x",)))
+
+CASES.append(Case(
+    "multilabel_margin-0d",
+    lambda torch, x, t: torch.nn.functional.multilabel_margin_loss(
+        x, t, reduction="none"),
+    lambda x, t: jaxloss.multilabel_margin_loss(x, t),
+    {"x": np.array(0.7), "t": np.array(0)}, grad=("x",)))
+
+CASES.append(Case(
+    "soft_margin-broadcast-targets",
+    lambda torch, x, y, y1: torch.cat([
+        torch.nn.functional.soft_margin_loss(x, y, reduction="none")[0],
+        torch.nn.functional.soft_margin_loss(x, y1, reduction="none")[1],
+        torch.nn.functional.soft_margin_loss(x[0, 0], y1[0, 0],
+                                             reduction="none")[None]]),
+    lambda x, y, y1: jnp.concatenate([
+        jaxloss.soft_margin_loss(x, y)[0], jaxloss.soft_margin_loss(x, y1)[1],
+        jaxloss.soft_margin_loss(x[0, 0], y1[0, 0])[None]]),
+    {"x": scores * 3, "y": signs[0], "y1": signs[:, :1]}, grad=("x",)))
+
+CASES.append(Case(
+    "multilabel_soft_margin-broadcast-targets",
+    lambda torch, x, y, w: torch.nn.functional.multilabel_soft_margin_loss(
+        x, y, weight=w, reduction="none"),
+    lambda x, y, w: jaxloss.multilabel_soft_margin_loss(x, y, weight=w),
+    {"x": scores * 3, "y": soft[0], "w": class_weight[:1]},
+    grad=("x", "y")))

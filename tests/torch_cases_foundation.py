@@ -59,6 +59,36 @@ for red, w, pw in itertools.product(REDUCTIONS, (False, True), (False, True)):
           reduction=red),
       {"x": logits, "y": soft, **kw}, grad=("x", "y")))
 
+# torch's OpInfo layouts: 0-d inputs; weights and pos_weight broadcasting
+# to the input (torch wants the target's shape equal to the input's).
+CASES.append(Case(
+    "bce-0d",
+    lambda torch, p, y: torch.nn.functional.binary_cross_entropy(
+        p, y, reduction="none"),
+    lambda p, y: jaxloss.binary_cross_entropy(p, y),
+    {"p": np.array(0.3), "y": np.array(1.0)}, grad=("p",)))
+CASES.append(Case(
+    "bce-broadcast-weight",
+    lambda torch, p, y, w: torch.nn.functional.binary_cross_entropy(
+        p, y, weight=w, reduction="none"),
+    lambda p, y, w: jaxloss.binary_cross_entropy(p, y, weight=w),
+    {"p": probs, "y": soft, "w": elem_weight[:, :1]}, grad=("p",)))
+CASES.append(Case(
+    "bce_logits-0d",
+    lambda torch, x, y: torch.nn.functional.binary_cross_entropy_with_logits(
+        x, y, reduction="none"),
+    lambda x, y: jaxloss.sigmoid_binary_cross_entropy(x, y),
+    {"x": np.array(-1.5), "y": np.array(0.25)}, grad=("x", "y")))
+CASES.append(Case(
+    "bce_logits-broadcast-weights",
+    lambda torch, x, y, w, pw:
+    torch.nn.functional.binary_cross_entropy_with_logits(
+        x, y, weight=w, pos_weight=pw, reduction="none"),
+    lambda x, y, w, pw: jaxloss.sigmoid_binary_cross_entropy(
+        x, y, weight=w, pos_weight=pw),
+    {"x": logits, "y": soft, "w": elem_weight[0], "pw": pos_weight[None, :1]},
+    grad=("x", "y")))
+
 for red, w, ignore, ls in itertools.product(
     REDUCTIONS, (False, True), (False, True), (0.0, 0.2)):
   kw = {"weight": class_weight} if w else {}

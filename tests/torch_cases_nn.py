@@ -196,6 +196,34 @@ add("", "MultiMarginLoss",
     [V("x", "t"), V("x", "t", p=2, margin=0.4, weight=W), V("x0", "t0")],
     grad=("x", "x0"))
 
+# torch's OpInfo layouts: 0-d inputs, a (C,) input with a (1,) target, a
+# (1, C) input with a () target, targets and weights broadcasting.
+add("layouts", "MultiMarginLoss",
+    {"s": np.array(0.7), "st": np.array(0), "v": logits[1],
+     "vt": labels[1:2], "m": logits[2:3], "mt": labels[2], "w": class_weight},
+    [V("s", "st"), V("s", "vt"), V("v", "vt", p=2, margin=0.3, weight=W),
+     V("v", "mt"), V("m", "mt")], grad=("s", "v", "m"))
+add("layouts", "MultiLabelMarginLoss",
+    {"s": np.array(0.7), "st": np.array(0), "st1": np.array([-1])},
+    [V("s", "st"), V("s", "st1")], grad=("s",))
+add("layouts", "BCELoss",
+    {"p": np.array(0.3), "y": np.array(1.0), "pm": probs, "ym": binary,
+     "w": class_weight},
+    [V("p", "y"), V("pm", "ym", weight=W)], grad=("p", "pm"))
+add("layouts", "BCEWithLogitsLoss",
+    {"x": np.array(-1.5), "y": np.array(0.25), "xm": logits, "ym": probs,
+     "w": np.linspace(0.5, 2.0, N)[:, None], "pw": np.array([1.7])},
+    [V("x", "y"), V("xm", "ym", weight=W, pos_weight=Input("pw"))],
+    grad=("x", "xm"))
+add("layouts", "SoftMarginLoss",
+    {"x": x, "t": signs_nd[0], "t1": signs_nd[:, :1], "x0": np.array(0.4),
+     "t0": np.array(-1.0)},
+    [V("x", "t"), V("x", "t1"), V("x0", "t0")], grad=("x", "x0"))
+add("layouts", "MultiLabelSoftMarginLoss",
+    {"x": logits, "t": (logits[0] > 0).astype(np.float64),
+     "w": class_weight[:1]},
+    [V("x", "t"), V("x", "t", weight=W)], grad=("x",))
+
 # -- Embeddings -----------------------------------------------------------------
 
 anchor = rng.normal(0, 1, (N, D))
