@@ -544,7 +544,7 @@ def test_errors():
        lambda: jaxloss.multiclass_hinge_loss(x2, y2,
                                              where=jnp.ones((2, 3), bool))),
       (ValueError, r"poly_loss_cross_entropy: epsilon shape \(3,\) does not "
-       r"broadcast to the batch shape of logits shape \(2,\)",
+       r"broadcast to the batch shape of logits \(2,\)",
        lambda: jaxloss.poly_loss_cross_entropy(x2, x2, epsilon=jnp.ones(3))),
       (ValueError, "safe_softmax_cross_entropy: label_smoothing must be in",
        lambda: jaxloss.safe_softmax_cross_entropy(x2, x2,
