@@ -36,9 +36,16 @@ def _floats(fn, named, check_nan=True):
 
 
 def _per_row(fn, name, x, ref_name, ref):
-  """``x``, one value per vector (last axis) of ``ref``, on its batch shape."""
+  """``x``, one value per vector (last axis) of ``ref``, on its batch shape.
+
+  The batch axes may broadcast, never enlarge; the message gives both the
+  batch shape and the whole shape of ``ref``.
+  """
   owner = f"{ref_name}'" if ref_name.endswith("s") else f"{ref_name}'s"
-  return _checks.conform(fn, name, x, f"{owner} batch", ref.shape[:-1])
+  try:
+    return _checks.conform(fn, name, x, f"{owner} batch", ref.shape[:-1])
+  except ValueError as e:
+    raise ValueError(f"{e}; {ref_name} has shape {ref.shape}") from None
 
 
 def _hyper(x, dtype):
@@ -84,9 +91,13 @@ def _safe_pow(x, p):
 
   At ``x = 0`` the derivative in ``x`` (infinite for ``p < 1``) and in ``p``
   (``x ** p log x``) are both read at ``x = 1`` and discarded: 0, not NaN.
+  Written as ``exp(p log x)``: XLA's ``pow`` with a traced exponent is an
+  order of magnitude slower on CPUs, and its gradient is a second ``pow``
+  where this one reuses the ``exp`` and the ``log``.
   """
   positive = x > 0
-  return jnp.where(positive, jnp.where(positive, x, 1)**p, 0)
+  return jnp.where(positive, jnp.exp(p * jnp.log(jnp.where(positive, x, 1))),
+                   0)
 
 
 # The norm degree: a p-norm for every p > 0, and the maximum at p = inf.

@@ -537,6 +537,8 @@ def test_second_arguments_broadcast_to_the_first_but_never_enlarge_it():
         rf"broadcast to {re.escape(ref)} shape "
         rf"{re.escape(str(ref_value.shape))}")):
       call(bad)
+  with pytest.raises(ValueError, match=r"; input1 has shape \(3, 4\)"):
+    jaxloss.cosine_embedding_loss(m, m, col)
   # What may broadcast does, with the numbers of the explicit broadcast.
   a, b, c = (jnp.asarray(x, jnp.float32) for x in (A, B, C))
   np.testing.assert_allclose(

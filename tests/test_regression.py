@@ -433,9 +433,9 @@ def check_autodiff_modes(f, x, seed=7, exact=()):
   for name in jvp:
     for other in first:
       np.testing.assert_allclose(other[name], jvp[name], rtol=1e-10,
-                                 err_msg=name)
+                                 atol=1e-12, err_msg=name)
     np.testing.assert_allclose(grad_grad[name], hessian[name], rtol=1e-10,
-                               err_msg=name)
+                               atol=1e-12, err_msg=name)
     if name in exact:
       continue
     np.testing.assert_allclose(jvp[name], (at[4][name] - at[3][name]) / (2 * k),
