@@ -10,6 +10,7 @@ import functools
 import inspect
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -63,7 +64,7 @@ def check_options(name, **options):
   traced option is checked by the function, under ``checked``.
   """
   for option, (value, spec) in options.items():
-    if value is not None and _jit._concrete(value):  # noqa: SLF001
+    if not isinstance(value, jax.Array):
       _jit._hyper_value(name, option, spec, value)  # noqa: SLF001
 
 

@@ -640,6 +640,9 @@ def test_nn_classes_check_their_options_when_built():
        r"GaussianNLLLoss: eps must be in \[0, inf\), got nan")]:
     with pytest.raises(ValueError, match=message):
       make()
+  with pytest.raises(TypeError, match=r"HuberLoss: delta must be a number or "
+                     r"an array, got complex"):   # torch's module error input
+    jaxloss.nn.HuberLoss(delta=1 + 0j)
   assert jaxloss.nn.SmoothL1Loss(beta=0.0).beta == 0.0
 
 
