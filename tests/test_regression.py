@@ -356,9 +356,23 @@ def test_hyperparameter_traced_equals_concrete_and_has_the_right_gradient(
   with pytest.raises(ValueError, match=(
       rf"{name}: {keyword} must be in {interval}, got {bad}")):
     f(*args, **options, **{keyword: bad})
-  with pytest.raises(jaxloss.CheckError, match=(
-      rf"{name}: {keyword} must be in {interval}; got {bad:g}")):
-    jaxloss.checked(f)(*args, **options, **{keyword: jnp.float32(bad)})
+
+
+def test_traced_hyperparameters_out_of_range_fail_under_checked():
+  # One checked program for every case, a lax.switch over them.
+  branches = [functools.partial(
+      lambda bad, f, args, options, keyword: jnp.sum(
+          f(*args, **options, **{keyword: bad})).astype(jnp.float32),
+      f=getattr(jaxloss, name), options=options, keyword=keyword,
+      args=tuple(jnp.asarray(a, jnp.float32 if a.dtype.kind == "f" else None)
+                 for a in map(np.asarray, args)))
+              for name, keyword, args, options, _, _, _ in HYPERS]
+  program = jaxloss.checked(jax.jit(
+      lambda i, bad: jax.lax.switch(i, branches, bad)))
+  for i, (name, keyword, _, _, _, bad, interval) in enumerate(HYPERS):
+    with pytest.raises(jaxloss.CheckError, match=(
+        rf"{name}: {keyword} must be in {interval}; got {bad:g}")):
+      program(i, jnp.float32(bad))
 
 
 def test_smooth_l1_beta_zero_is_l1_traced_or_concrete():
