@@ -14,6 +14,7 @@ from jaxloss import _jit
 from jaxloss import _reduction
 from jaxloss._regression import abs_zero_slope
 from jaxloss._regression import concrete_number
+from jaxloss._regression import hyperparameter
 from jaxloss._regression import not_nan
 from jaxloss._regression import prechecked
 
@@ -46,11 +47,6 @@ def _per_row(fn, name, x, ref_name, ref):
     return _checks.conform(fn, name, x, f"{owner} batch", ref.shape[:-1])
   except ValueError as e:
     raise ValueError(f"{e}; {ref_name} has shape {ref.shape}") from None
-
-
-def _hyper(x, dtype):
-  """A hyperparameter in the loss dtype; a concrete zero stays ``0.0``."""
-  return x if _jit.is_zero(x) else jnp.asarray(x).astype(dtype)
 
 
 def _axes(fn, axis, ndim, arg):
@@ -150,7 +146,7 @@ def _cosine(fn, predictions, targets, epsilon, axis, where):
     # reach the gradient of the entries kept.
     predictions = jnp.where(where, predictions, 0)
     targets = jnp.where(where, targets, 0)
-  epsilon = _hyper(epsilon, predictions.dtype)
+  epsilon = hyperparameter(epsilon, predictions.dtype)
   a = _unit(predictions, axes, where, epsilon)
   b = _unit(targets, axes, where, epsilon)
   return jnp.sum(a * b, axis=axes, where=where)
@@ -287,10 +283,10 @@ def pairwise_distance(x1, x2, *, p=2.0, eps=1e-6, keepdim=False):
   x1, x2 = _floats(fn, [("x1", x1), ("x2", x2)])
   v = x1 - x2
   if not _jit.is_zero(eps):
-    v = v + _hyper(eps, v.dtype)
+    v = v + hyperparameter(eps, v.dtype)
   if v.ndim == 0:
-    return _pnorm(v[None], _hyper(p, v.dtype), 0)
-  return _pnorm(v, _hyper(p, v.dtype), -1, keepdim)
+    return _pnorm(v[None], hyperparameter(p, v.dtype), 0)
+  return _pnorm(v, hyperparameter(p, v.dtype), -1, keepdim)
 
 
 # ---------------------------------------------------------------------------
@@ -387,12 +383,12 @@ def triplet_margin_loss(anchors, positives, negatives, axis=-1, norm_degree=2,
   _checks.at_least_rank(fn, "anchors", anchors, 1)
   (ax,) = _axes(fn, axis, anchors.ndim, "anchors")
   dtype = anchors.dtype
-  norm_degree = _hyper(norm_degree, dtype)
-  margin = _hyper(margin, dtype)
+  norm_degree = hyperparameter(norm_degree, dtype)
+  margin = hyperparameter(margin, dtype)
   if distance == "torch" and not _jit.is_zero(margin):
     _checks.values(fn, "margin", margin > 0, "must be positive with "
                    "distance='torch'", margin)
-  eps = None if _jit.is_zero(eps) else _hyper(eps, dtype)
+  eps = None if _jit.is_zero(eps) else hyperparameter(eps, dtype)
 
   def dist(u, v):
     if distance == "torch":
@@ -474,7 +470,7 @@ def triplet_margin_with_distance_loss(anchor, positive, negative, *,
   d_neg = _checks.conform(fn, "d(anchor, negative)", d_neg,
                           "d(anchor, positive)", d_pos.shape)
   dtype = _reduction.stat_dtype(jnp.result_type(d_pos, d_neg))
-  loss = jnp.maximum(_hyper(margin, dtype) + d_pos.astype(dtype)
+  loss = jnp.maximum(hyperparameter(margin, dtype) + d_pos.astype(dtype)
                      - d_neg.astype(dtype), 0)
   return _reduction.reduce(fn, loss, reduction)
 
@@ -518,7 +514,7 @@ def margin_ranking_loss(input1, input2, target, *, margin=0.0,
   target = _checks.conform(fn, "target", target, "input1", input1.shape)
   target = target.astype(input1.dtype)
   loss = jnp.maximum(-target * (input1 - input2)
-                     + _hyper(margin, input1.dtype), 0)
+                     + hyperparameter(margin, input1.dtype), 0)
   return _reduction.reduce(fn, loss, reduction)
 
 
@@ -564,7 +560,7 @@ def hinge_embedding_loss(predictions, targets, *, margin=1.0,
   targets = _checks.conform(fn, "targets", targets, "predictions",
                             predictions.shape)
   x = predictions.astype(_reduction.stat_dtype(predictions.dtype))
-  margin = _hyper(margin, x.dtype)
+  margin = hyperparameter(margin, x.dtype)
   loss = (jnp.where(targets != 1, jnp.maximum(margin - x, 0), 0)
           + jnp.where(targets != -1, x, 0))
   return _reduction.reduce(fn, loss, reduction)
@@ -623,9 +619,9 @@ def cosine_embedding_loss(input1, input2, target, *, margin=0.0,
   norm1 = jnp.sqrt(jnp.sum(input1 * input1, axis=-1) + _TORCH_COSINE_EPS)
   norm2 = jnp.sqrt(jnp.sum(input2 * input2, axis=-1) + _TORCH_COSINE_EPS)
   cos = dot / (norm1 * norm2)
+  margin = hyperparameter(margin, cos.dtype)
   loss = (jnp.where(target == 1, 1 - cos, 0)
-          + jnp.where(target == -1,
-                      jnp.maximum(cos - _hyper(margin, cos.dtype), 0), 0))
+          + jnp.where(target == -1, jnp.maximum(cos - margin, 0), 0))
   return _reduction.reduce(fn, loss, reduction)
 
 
@@ -700,7 +696,7 @@ def ntxent(embeddings, labels, temperature=0.07):
   eps = jnp.finfo(x.dtype).eps
   unit = _unit(x, (1,), None, eps)
   # Every row meets every other: the columns' side is the whole batch.
-  sims = (unit @ _whole(unit).T) / _hyper(temperature, x.dtype)
+  sims = (unit @ _whole(unit).T) / hyperparameter(temperature, x.dtype)
   same = labels[:, None] == _whole(labels)[None, :]
   positive = same & ~jnp.eye(len(labels), dtype=bool)
   negative = ~same
@@ -789,8 +785,8 @@ def circle_loss(positive_scores, negative_scores, *, margin=0.4, gamma=80.0,
                  "the last axis)")
   dtype = _reduction.stat_dtype(jnp.result_type(s_p, s_n))
   s_p, s_n = s_p.astype(dtype), s_n.astype(dtype)
-  margin = _hyper(margin, dtype)
-  gamma = _hyper(gamma, dtype)
+  margin = hyperparameter(margin, dtype)
+  gamma = hyperparameter(gamma, dtype)
 
   def lse(logits, where, name, arg, scores):
     if where is not None:

@@ -160,7 +160,7 @@ def _huber(abs_errors, delta):
   return 0.5 * quadratic**2 + delta * (abs_errors - quadratic)
 
 
-def _hyper(x, dtype):
+def hyperparameter(x, dtype):
   """A hyperparameter in the loss dtype; a concrete zero stays ``0.0``."""
   return x if _jit.is_zero(x) else jnp.asarray(x).astype(dtype)
 
@@ -271,7 +271,7 @@ def huber_loss(predictions, targets=None, *, delta=1.0, reduction="none"):
   fn = "huber_loss"
   predictions, targets = pair(fn, predictions, targets)
   errors = _errors(predictions, targets)
-  delta = _checks.conform(fn, "delta", _hyper(delta, errors.dtype),
+  delta = _checks.conform(fn, "delta", hyperparameter(delta, errors.dtype),
                           "predictions", errors.shape)
   return _reduction.reduce(fn, _huber(abs_zero_slope(errors), delta),
                            reduction)
@@ -469,7 +469,7 @@ def smooth_l1_loss(predictions, targets, *, beta=1.0, reduction="none"):
   abs_errors = abs_zero_slope(predictions - targets)
   if _jit.is_zero(beta):
     return _reduction.reduce(fn, abs_errors, reduction)
-  beta = _hyper(beta, abs_errors.dtype)
+  beta = hyperparameter(beta, abs_errors.dtype)
   linear = abs_errors > beta
   # The quadratic branch divides by beta only where it is taken: it is only
   # taken at |e| <= beta, and beta = 0 (traced) leaves it |e| = 0, where the
@@ -540,7 +540,7 @@ def poisson_nll_loss(predictions, targets, *, log_input=True, full=False,
     loss = jnp.exp(predictions) - targets * log_rate
   else:
     rates = (predictions if _jit.is_zero(eps)
-             else predictions + _hyper(eps, predictions.dtype))
+             else predictions + hyperparameter(eps, predictions.dtype))
     loss = predictions - _xlogy(targets, rates)
   if full:
     big = targets > 1
@@ -645,7 +645,7 @@ def gaussian_nll_loss(predictions, targets, var, *, full=False, eps=1e-6,
   else:
     # torch clamps a clone under no_grad: the value is max(var, eps), the
     # gradient passes straight through to var; eps gets the clamp's own.
-    eps = _hyper(eps, var.dtype)
+    eps = hyperparameter(eps, var.dtype)
     clamped = jnp.where(var < eps, eps + (var - lax.stop_gradient(var)), var)
   loss = 0.5 * (jnp.log(clamped) + (predictions - targets)**2 / clamped)
   if full:
@@ -697,7 +697,7 @@ def mean_absolute_percentage_error(predictions, targets, *,
   fn = "mean_absolute_percentage_error"
   predictions, targets = pair(fn, predictions, targets)
   loss = 100 * abs_zero_slope(predictions - targets) / jnp.maximum(
-      jnp.abs(targets), _hyper(epsilon, predictions.dtype))
+      jnp.abs(targets), hyperparameter(epsilon, predictions.dtype))
   return _reduction.reduce(fn, loss, reduction)
 
 
@@ -739,7 +739,7 @@ def mean_squared_logarithmic_error(predictions, targets, *,
   """
   fn = "mean_squared_logarithmic_error"
   predictions, targets = pair(fn, predictions, targets)
-  epsilon = _hyper(epsilon, predictions.dtype)
+  epsilon = hyperparameter(epsilon, predictions.dtype)
   loss = (jnp.log1p(jnp.maximum(predictions, epsilon))
           - jnp.log1p(jnp.maximum(targets, epsilon)))**2
   return _reduction.reduce(fn, loss, reduction)
@@ -784,6 +784,6 @@ def poisson(predictions, targets, *, epsilon=_KERAS_EPSILON,
   non_negative(fn, "predictions", predictions)
   non_negative(fn, "targets", targets)
   rates = (predictions if _jit.is_zero(epsilon)
-           else predictions + _hyper(epsilon, predictions.dtype))
+           else predictions + hyperparameter(epsilon, predictions.dtype))
   loss = predictions - _xlogy(targets, rates)
   return _reduction.reduce(fn, loss, reduction)
