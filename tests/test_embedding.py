@@ -712,7 +712,7 @@ def test_norm_degree_traced_up_to_inf_with_finite_gradients():
 
 def test_empty_batch_gives_zero_with_zero_gradient():
   inputs = {name: (tuple(jnp.zeros((0, *np.shape(x)[1:])) for x in floats),
-                   tuple(jnp.zeros((0,), np.asarray(c).dtype)
+                   tuple(jnp.zeros((0,), jnp.asarray(c).dtype)
                          for c in consts))
             for name, (_, _, floats, consts) in CASES.items()}
 
