@@ -2,6 +2,7 @@
 embedding and contrastive (NT-Xent, circle)."""
 
 from collections.abc import Sequence
+import math
 
 import jax
 import jax.numpy as jnp
@@ -12,24 +13,44 @@ from jaxloss import _checks
 from jaxloss import _jit
 from jaxloss import _reduction
 from jaxloss._regression import abs_zero_slope
-from jaxloss._regression import broadcast_together
+from jaxloss._regression import concrete_number
+from jaxloss._regression import hyperparameter
 from jaxloss._regression import not_nan
+from jaxloss._regression import prechecked
 
 
 def _floats(fn, named, check_nan=True):
-  """Checks floating inputs and broadcasts them together in the loss dtype."""
+  """Checked floating inputs in the loss dtype, shaped as the first one.
+
+  The first input's shape is the element shape: the others may broadcast to
+  it, never enlarge it (the shape contract).
+  """
   arrays = [_checks.floating(fn, name, x) for name, x in named]
   if check_nan:
     for (name, _), x in zip(named, arrays):
       not_nan(fn, name, x)
   dtype = _reduction.stat_dtype(jnp.result_type(*arrays))
-  arrays = broadcast_together(
-      fn, [(name, x) for (name, _), x in zip(named, arrays)])
-  return [x.astype(dtype) for x in arrays]
+  (first, ref), *rest = zip((name for name, _ in named), arrays)
+  out = [ref] + [_checks.conform(fn, name, x, first, ref.shape)
+                 for name, x in rest]
+  return [x.astype(dtype) for x in out]
+
+
+def _per_row(fn, name, x, ref_name, ref):
+  """``x``, one value per vector (last axis) of ``ref``, on its batch shape.
+
+  The batch axes may broadcast, never enlarge; the message gives both the
+  batch shape and the whole shape of ``ref``.
+  """
+  owner = f"{ref_name}'" if ref_name.endswith("s") else f"{ref_name}'s"
+  try:
+    return _checks.conform(fn, name, x, f"{owner} batch", ref.shape[:-1])
+  except ValueError as e:
+    raise ValueError(f"{e}; {ref_name} has shape {ref.shape}") from None
 
 
 def _axes(fn, axis, ndim, arg):
-  """Canonical axes from None, an int or a tuple of ints."""
+  """Canonical axes from None, an int or a tuple of ints, in the order given."""
   if axis is None:
     return tuple(range(ndim))
   if isinstance(axis, (int, np.integer)) and not isinstance(axis, bool):
@@ -61,34 +82,41 @@ def _safe_rsqrt(x):
   return jnp.where(positive, lax.rsqrt(jnp.where(positive, x, 1)), 0)
 
 
-def _safe_root(s, p):
-  """``s ** (1/p)`` for ``s > 0``, else 0, with zero gradient there."""
-  positive = s > 0
-  safe = jnp.where(positive, s, 1)
-  root = jnp.sqrt(safe) if p == 2 else safe**(1 / p)
-  return jnp.where(positive, root, 0)
+def _safe_pow(x, p):
+  """``x ** p`` for ``x > 0``, else 0, with zero gradients there.
+
+  At ``x = 0`` the derivative in ``x`` (infinite for ``p < 1``) and in ``p``
+  (``x ** p log x``) are both read at ``x = 1`` and discarded: 0, not NaN.
+  Written as ``exp(p log x)``: XLA's ``pow`` with a traced exponent is an
+  order of magnitude slower on CPUs, and its gradient is a second ``pow``
+  where this one reuses the ``exp`` and the ``log``.
+  """
+  positive = x > 0
+  return jnp.where(positive, jnp.exp(p * jnp.log(jnp.where(positive, x, 1))),
+                   0)
 
 
-def _abs_pow(v, p):
-  """``|v| ** p`` with a zero (not NaN) gradient at 0 for every ``p > 0``."""
-  if p == 2:
-    return v * v
-  if p == 1:
-    return abs_zero_slope(v)
-  a = jnp.abs(v)
-  nonzero = a > 0
-  return jnp.where(nonzero, jnp.where(nonzero, a, 1)**p, 0)
+# The norm degree: a p-norm for every p > 0, and the maximum at p = inf.
+_NORM_DEGREE = _jit.Hyper(0.0, math.inf, low_open=True)
 
 
-def _pnorm(v, p, axis, keepdims=False):
-  """The p-norm along ``axis``; its gradient at the zero vector is 0."""
-  if p == float("inf"):
-    return jnp.max(abs_zero_slope(v), axis=axis, keepdims=keepdims)
-  return _safe_root(jnp.sum(_abs_pow(v, p), axis=axis, keepdims=keepdims), p)
+def _pnorm(v, p, axis, keepdims=False, inner_eps=None):
+  """The ``p``-norm along ``axis``, ``(sum |v|^p + inner_eps)^(1/p)``.
 
-
-def _norm_degree(fn, name, p):
-  return _checks.in_range(fn, name, p, 0, float("inf"), low_open=True)
+  ``p`` is traced: ``p = inf`` takes the maximum (plus ``inner_eps``), and
+  the power sum is then read at ``p = 1`` and discarded, so that neither
+  the value nor a gradient sees ``|v| ** inf``. The gradient at the zero
+  vector is 0, as torch's; the gradient in ``p`` is finite everywhere.
+  """
+  a = abs_zero_slope(v)
+  infinite = p == math.inf
+  q = jnp.where(infinite, 1, p)
+  total = jnp.sum(_safe_pow(a, q), axis=axis, keepdims=keepdims)
+  top = jnp.max(a, axis=axis, keepdims=keepdims, initial=0)
+  if inner_eps is not None:
+    total = total + inner_eps
+    top = top + inner_eps
+  return jnp.where(infinite, top, _safe_pow(total, 1 / q))
 
 
 # ---------------------------------------------------------------------------
@@ -97,7 +125,9 @@ def _norm_degree(fn, name, p):
 
 def _unit(x, axis, where, epsilon):
   norm2 = jnp.sum(x * x, axis=axis, where=where, keepdims=True)
-  return x * _safe_rsqrt(jnp.maximum(norm2, epsilon))
+  if not _jit.is_zero(epsilon):
+    norm2 = jnp.maximum(norm2, epsilon)
+  return x * _safe_rsqrt(norm2)
 
 
 def _cosine(fn, predictions, targets, epsilon, axis, where):
@@ -107,8 +137,8 @@ def _cosine(fn, predictions, targets, epsilon, axis, where):
   axes = _axes(fn, axis, predictions.ndim, "predictions")
   if where is not None:
     where = _checks.boolean(fn, "where", where)
-    where = _checks.broadcastable(fn, "where", where, predictions.shape,
-                                  "predictions")
+    where = _checks.conform(fn, "where", where, "predictions",
+                            predictions.shape)
   not_nan(fn, "predictions", predictions, where)
   not_nan(fn, "targets", targets, where)
   if where is not None:
@@ -116,13 +146,13 @@ def _cosine(fn, predictions, targets, epsilon, axis, where):
     # reach the gradient of the entries kept.
     predictions = jnp.where(where, predictions, 0)
     targets = jnp.where(where, targets, 0)
-  epsilon = jnp.asarray(epsilon, predictions.dtype)
+  epsilon = hyperparameter(epsilon, predictions.dtype)
   a = _unit(predictions, axes, where, epsilon)
   b = _unit(targets, axes, where, epsilon)
   return jnp.sum(a * b, axis=axes, where=where)
 
 
-@_jit.jit("axis", "reduction")
+@_jit.jit("axis", "reduction", epsilon=_jit.NON_NEGATIVE)
 def cosine_similarity(predictions, targets, *, epsilon=0.0, axis=-1,
                       where=None, reduction="none"):
   r"""Cosine of the angle between vectors: their inner product over norms.
@@ -137,11 +167,14 @@ def cosine_similarity(predictions, targets, *, epsilon=0.0, axis=-1,
 
   Args:
     predictions: floating [..., dim] vectors.
-    targets: floating vectors broadcastable with ``predictions``.
-    epsilon: floor of the squared norms.
+    targets: floating vectors that broadcast to the shape of
+      ``predictions`` without enlarging it.
+    epsilon: floor :math:`\varepsilon \ge 0` of the squared norms, traced
+      or concrete (a concrete 0 adds no clamp).
     axis: axis or tuple of axes holding the vectors; None for all.
-    where: optional boolean mask broadcastable to ``predictions``: only
-      these elements enter the sums (optax's ``where``).
+    where: optional boolean mask that broadcasts to the shape of
+      ``predictions``: only these elements enter the sums (optax's
+      ``where``).
     reduction: ``"none"``, ``"mean"`` or ``"sum"`` over the remaining axes.
 
   Returns:
@@ -165,7 +198,7 @@ def cosine_similarity(predictions, targets, *, epsilon=0.0, axis=-1,
       fn, _cosine(fn, predictions, targets, epsilon, axis, where), reduction)
 
 
-@_jit.jit("axis", "reduction")
+@_jit.jit("axis", "reduction", epsilon=_jit.NON_NEGATIVE)
 def cosine_distance(predictions, targets, *, epsilon=0.0, axis=-1,
                     where=None, reduction="none"):
   r"""One minus the cosine similarity.
@@ -179,10 +212,13 @@ def cosine_distance(predictions, targets, *, epsilon=0.0, axis=-1,
 
   Args:
     predictions: floating [..., dim] vectors.
-    targets: floating vectors broadcastable with ``predictions``.
-    epsilon: floor of the squared norms.
+    targets: floating vectors that broadcast to the shape of
+      ``predictions`` without enlarging it.
+    epsilon: floor :math:`\varepsilon \ge 0` of the squared norms, traced
+      or concrete.
     axis: axis or tuple of axes holding the vectors; None for all.
-    where: optional boolean mask broadcastable to ``predictions``.
+    where: optional boolean mask that broadcasts to the shape of
+      ``predictions``.
     reduction: ``"none"``, ``"mean"`` or ``"sum"`` over the remaining axes.
 
   Returns:
@@ -205,7 +241,7 @@ def cosine_distance(predictions, targets, *, epsilon=0.0, axis=-1,
       reduction)
 
 
-@_jit.jit("p", "keepdim")
+@_jit.jit("keepdim", p=_NORM_DEGREE, eps=_jit.REAL)
 def pairwise_distance(x1, x2, *, p=2.0, eps=1e-6, keepdim=False):
   r"""The p-norm distance between vectors along the last axis, as torch's.
 
@@ -214,19 +250,23 @@ def pairwise_distance(x1, x2, *, p=2.0, eps=1e-6, keepdim=False):
 
   The gradient at zero distance is 0 (a plain ``jnp.linalg.norm`` gives NaN
   there), as torch's. This is the default ``distance_function`` of
-  :func:`triplet_margin_with_distance_loss`.
+  :func:`triplet_margin_with_distance_loss`. A 0-d input is one vector of
+  one element, as in torch.
 
   Args:
     x1: floating [..., dim] vectors.
-    x2: floating vectors broadcastable with ``x1``.
-    p: Python number :math:`p > 0`, or ``float("inf")`` (static under
-      ``jax.jit``).
+    x2: floating vectors that broadcast to the shape of ``x1`` without
+      enlarging it.
+    p: the norm degree :math:`p > 0`, or ``inf`` (the largest difference):
+      traced or concrete, with a finite gradient with respect to it. torch
+      also takes :math:`p \le 0`, which is no norm; here a concrete one
+      raises ``ValueError``.
     eps: :math:`\varepsilon`, added to every difference (torch's
-      convention).
+      convention), traced or concrete.
     keepdim: keep the vector axis, with size 1.
 
   Returns:
-    float32 distances (float64 for float64 input), the broadcast shape
+    float32 distances (float64 for float64 input), the shape of ``x1``
     without (or, with ``keepdim``, with size 1 on) the last axis.
 
   Example:
@@ -240,10 +280,13 @@ def pairwise_distance(x1, x2, *, p=2.0, eps=1e-6, keepdim=False):
     ``torch.nn.functional.pairwise_distance`` / ``torch.nn.PairwiseDistance``.
   """
   fn = "pairwise_distance"
-  _norm_degree(fn, "p", p)
   x1, x2 = _floats(fn, [("x1", x1), ("x2", x2)])
-  _checks.at_least_rank(fn, "x1", x1, 1)
-  return _pnorm(x1 - x2 + eps, p, -1, keepdim)
+  v = x1 - x2
+  if not _jit.is_zero(eps):
+    v = v + hyperparameter(eps, v.dtype)
+  if v.ndim == 0:
+    return _pnorm(v[None], hyperparameter(p, v.dtype), 0)
+  return _pnorm(v, hyperparameter(p, v.dtype), -1, keepdim)
 
 
 # ---------------------------------------------------------------------------
@@ -252,16 +295,19 @@ def pairwise_distance(x1, x2, *, p=2.0, eps=1e-6, keepdim=False):
 _DISTANCES = ("optax", "torch")
 
 
-def _triplet_distance(distance, v, norm_degree, eps, axis):
-  if distance == "torch":
-    return _pnorm(v + eps, norm_degree, axis)
-  if norm_degree == float("inf"):
-    return jnp.max(abs_zero_slope(v), axis=axis) + eps
-  return _safe_root(jnp.sum(_abs_pow(v, norm_degree), axis=axis) + eps,
-                    norm_degree)
+def _torch_margin(anchors, positives, negatives, axis=-1, norm_degree=2,
+                  margin=1.0, eps=1e-6, *, distance="optax", **_):
+  """torch's rule, where the margin is known on the host: positive."""
+  del anchors, positives, negatives, axis, norm_degree, eps
+  value = concrete_number(margin)
+  if distance == "torch" and value is not None and not value > 0:
+    _checks.fail("triplet_margin_loss", "margin must be in (0, inf) with "
+                 f"distance='torch', as torch requires, got {margin!r}")
 
 
-@_jit.jit("axis", "norm_degree", "swap", "distance", "reduction")
+@prechecked(_torch_margin)
+@_jit.jit("axis", "swap", "distance", "reduction", norm_degree=_NORM_DEGREE,
+          margin=_jit.REAL, eps=_jit.REAL)
 def triplet_margin_loss(anchors, positives, negatives, axis=-1, norm_degree=2,
                         margin=1.0, eps=1e-6, *, swap=False,
                         distance="optax", reduction="none"):
@@ -277,29 +323,37 @@ def triplet_margin_loss(anchors, positives, negatives, axis=-1, norm_degree=2,
   :math:`d(u, v) = \|u - v + \varepsilon\|_q` instead, so that
   ``torch.nn.TripletMarginLoss(margin, p, eps, swap)`` is
   ``triplet_margin_loss(a, p, n, norm_degree=p, margin=margin, eps=eps,
-  swap=swap, distance="torch", reduction="mean")``.
+  swap=swap, distance="torch", reduction="mean")``; with it, as in torch,
+  the margin must be positive.
 
   ``optax.losses.triplet_margin_loss`` raises the differences themselves to
   the power :math:`q`, without the absolute value: any odd ``norm_degree``
   gives a wrong distance (NaN for ``norm_degree=3`` when the sum is
-  negative). Here it is the :math:`q`-norm for every :math:`q > 0`;
-  gradients are finite at zero distance, including with ``eps=0``.
+  negative). Here it is the :math:`q`-norm for every :math:`q > 0`, and the
+  largest difference at :math:`q = \infty`; gradients are finite at zero
+  distance, including with ``eps=0``, and with respect to :math:`q`.
 
   Args:
-    anchors: floating [..., dim] anchor embeddings.
-    positives: embeddings broadcastable with ``anchors``.
-    negatives: embeddings broadcastable with ``anchors``.
+    anchors: floating [..., dim] anchor embeddings; a 0-d anchor is one
+      vector of one element, as in torch.
+    positives: embeddings that broadcast to the shape of ``anchors`` without
+      enlarging it.
+    negatives: embeddings that broadcast to the shape of ``anchors`` without
+      enlarging it.
     axis: the vector axis.
-    norm_degree: :math:`q`, a Python number > 0 or ``float("inf")``.
-    margin: :math:`m`.
-    eps: :math:`\varepsilon`, placed as ``distance`` says.
+    norm_degree: :math:`q > 0`, or ``inf``; traced or concrete.
+    margin: :math:`m`, traced or concrete; positive with
+      ``distance="torch"`` (a concrete :math:`m \le 0` raises
+      ``ValueError``, a traced one fails under :func:`jaxloss.checked`).
+    eps: :math:`\varepsilon`, placed as ``distance`` says; traced or
+      concrete.
     swap: use the distance swap.
     distance: ``"optax"`` (default) or ``"torch"``, where ``eps`` goes.
     reduction: ``"none"``, ``"mean"`` or ``"sum"``.
 
   Returns:
-    float32 loss (float64 for float64 input): the broadcast shape without
-    ``axis`` for ``"none"``, else a scalar.
+    float32 loss (float64 for float64 input): the shape of ``anchors``
+    without ``axis`` for ``"none"``, else a scalar.
 
   Example:
     >>> import jaxloss
@@ -316,7 +370,6 @@ def triplet_margin_loss(anchors, positives, negatives, axis=-1, norm_degree=2,
     ``optax.losses.triplet_margin_loss``; ``torch.nn.TripletMarginLoss``.
   """
   fn = "triplet_margin_loss"
-  _norm_degree(fn, "norm_degree", norm_degree)
   if distance not in _DISTANCES:
     _checks.fail(fn, f"distance must be 'optax' or 'torch', got {distance!r}")
   if not isinstance(swap, bool):
@@ -324,23 +377,33 @@ def triplet_margin_loss(anchors, positives, negatives, axis=-1, norm_degree=2,
   anchors, positives, negatives = _floats(
       fn, [("anchors", anchors), ("positives", positives),
            ("negatives", negatives)])
+  if anchors.ndim == 0 and axis in (-1, 0):
+    anchors, positives, negatives = (x[None] for x in
+                                     (anchors, positives, negatives))
   _checks.at_least_rank(fn, "anchors", anchors, 1)
   (ax,) = _axes(fn, axis, anchors.ndim, "anchors")
   dtype = anchors.dtype
-  eps = jnp.asarray(eps, dtype)
+  norm_degree = hyperparameter(norm_degree, dtype)
+  margin = hyperparameter(margin, dtype)
+  if distance == "torch" and not _jit.is_zero(margin):
+    _checks.values(fn, "margin", margin > 0, "must be positive with "
+                   "distance='torch'", margin)
+  eps = None if _jit.is_zero(eps) else hyperparameter(eps, dtype)
 
   def dist(u, v):
-    return _triplet_distance(distance, u - v, norm_degree, eps, ax)
+    if distance == "torch":
+      return _pnorm(u - v if eps is None else u - v + eps, norm_degree, ax)
+    return _pnorm(u - v, norm_degree, ax, inner_eps=eps)
 
   d_pos = dist(anchors, positives)
   d_neg = dist(anchors, negatives)
   if swap:
     d_neg = jnp.minimum(d_neg, dist(positives, negatives))
-  loss = jnp.maximum(d_pos - d_neg + jnp.asarray(margin, dtype), 0)
+  loss = jnp.maximum(d_pos - d_neg + margin, 0)
   return _reduction.reduce(fn, loss, reduction)
 
 
-@_jit.jit("distance_function", "margin", "swap", "reduction")
+@_jit.jit("distance_function", "swap", "reduction", margin=_jit.POSITIVE)
 def triplet_margin_with_distance_loss(anchor, positive, negative, *,
                                       distance_function=None, margin=1.0,
                                       swap=False, reduction="none"):
@@ -355,12 +418,14 @@ def triplet_margin_with_distance_loss(anchor, positive, negative, *,
 
   Args:
     anchor: floating [..., dim] embeddings.
-    positive: embeddings broadcastable with ``anchor``.
-    negative: embeddings broadcastable with ``anchor``.
+    positive: embeddings that broadcast to the shape of ``anchor`` without
+      enlarging it.
+    negative: embeddings that broadcast to the shape of ``anchor`` without
+      enlarging it.
     distance_function: a hashable callable ``(x1, x2) -> distances`` of JAX
       arrays (static under ``jax.jit``: pass the same function object, not a
       fresh lambda, to avoid recompiling), returning the batch shape.
-    margin: Python number :math:`m > 0`, as torch requires.
+    margin: :math:`m > 0`, as torch requires; traced or concrete.
     swap: use the distance swap.
     reduction: ``"none"``, ``"mean"`` or ``"sum"``.
 
@@ -385,35 +450,32 @@ def triplet_margin_with_distance_loss(anchor, positive, negative, *,
     ``torch.nn.functional.triplet_margin_with_distance_loss``.
   """
   fn = "triplet_margin_with_distance_loss"
-  _checks.in_range(fn, "margin", margin, 0, float("inf"), low_open=True)
   if not isinstance(swap, bool):
     _checks.fail(fn, f"swap must be a bool, got {swap!r}", TypeError)
   if distance_function is not None and not callable(distance_function):
     _checks.fail(fn, "distance_function must be callable or None, got "
                  f"{distance_function!r}", TypeError)
-  anchor, positive, negative = (
-      _checks.floating(fn, name, x) for name, x in
-      (("anchor", anchor), ("positive", positive), ("negative", negative)))
-  for name, x in (("anchor", anchor), ("positive", positive),
-                  ("negative", negative)):
+  named = (("anchor", anchor), ("positive", positive), ("negative", negative))
+  anchor, positive, negative = (_checks.floating(fn, n, x) for n, x in named)
+  for (name, _), x in zip(named, (anchor, positive, negative)):
     not_nan(fn, name, x)
-  if not anchor.ndim == positive.ndim == negative.ndim:
-    _checks.fail(fn, "anchor, positive and negative must have the same "
-                 f"number of dimensions, got shapes {anchor.shape}, "
-                 f"{positive.shape} and {negative.shape}")
+  # The distance function sees its inputs in their own dtype.
+  positive = _checks.conform(fn, "positive", positive, "anchor", anchor.shape)
+  negative = _checks.conform(fn, "negative", negative, "anchor", anchor.shape)
   dist = pairwise_distance if distance_function is None else distance_function
   d_pos = jnp.asarray(dist(anchor, positive))
   d_neg = jnp.asarray(dist(anchor, negative))
   if swap:
     d_neg = jnp.minimum(d_neg, jnp.asarray(dist(positive, negative)))
-  d_pos, d_neg = broadcast_together(fn, [("d(anchor, positive)", d_pos),
-                                         ("d(anchor, negative)", d_neg)])
+  d_neg = _checks.conform(fn, "d(anchor, negative)", d_neg,
+                          "d(anchor, positive)", d_pos.shape)
   dtype = _reduction.stat_dtype(jnp.result_type(d_pos, d_neg))
-  loss = jnp.maximum(margin + d_pos.astype(dtype) - d_neg.astype(dtype), 0)
+  loss = jnp.maximum(hyperparameter(margin, dtype) + d_pos.astype(dtype)
+                     - d_neg.astype(dtype), 0)
   return _reduction.reduce(fn, loss, reduction)
 
 
-@_jit.jit("reduction")
+@_jit.jit("reduction", margin=_jit.REAL)
 def margin_ranking_loss(input1, input2, target, *, margin=0.0,
                         reduction="none"):
   r"""Margin ranking loss: ``input1`` above ``input2`` where the target is 1.
@@ -423,13 +485,15 @@ def margin_ranking_loss(input1, input2, target, *, margin=0.0,
 
   Args:
     input1: floating scores.
-    input2: floating scores broadcastable with ``input1``.
-    target: :math:`y \in \{1, -1\}` (numeric), broadcastable with them.
-    margin: :math:`m`.
+    input2: floating scores that broadcast to the shape of ``input1``
+      without enlarging it.
+    target: :math:`y \in \{1, -1\}` (numeric), broadcasting to the shape
+      of ``input1`` likewise.
+    margin: :math:`m`, traced or concrete.
     reduction: ``"none"``, ``"mean"`` or ``"sum"``.
 
   Returns:
-    float32 loss (float64 for float64 input): the broadcast shape for
+    float32 loss (float64 for float64 input): the shape of ``input1`` for
     ``"none"``, else a scalar.
 
   Example:
@@ -447,14 +511,14 @@ def margin_ranking_loss(input1, input2, target, *, margin=0.0,
   target = _checks.numeric(fn, "target", target)
   _signs(fn, "target", target)
   input1, input2 = _floats(fn, [("input1", input1), ("input2", input2)])
-  input1, input2, target = broadcast_together(
-      fn, [("input1", input1), ("input2", input2), ("target", target)])
+  target = _checks.conform(fn, "target", target, "input1", input1.shape)
   target = target.astype(input1.dtype)
-  loss = jnp.maximum(-target * (input1 - input2) + margin, 0)
+  loss = jnp.maximum(-target * (input1 - input2)
+                     + hyperparameter(margin, input1.dtype), 0)
   return _reduction.reduce(fn, loss, reduction)
 
 
-@_jit.jit("reduction")
+@_jit.jit("reduction", margin=_jit.REAL)
 def hinge_embedding_loss(predictions, targets, *, margin=1.0,
                          reduction="none"):
   r"""Hinge embedding loss: small for similar pairs, above a margin for others.
@@ -469,13 +533,14 @@ def hinge_embedding_loss(predictions, targets, *, margin=1.0,
 
   Args:
     predictions: floating inputs (typically distances).
-    targets: :math:`y \in \{1, -1\}` (numeric), broadcastable with them.
-    margin: :math:`m`.
+    targets: :math:`y \in \{1, -1\}` (numeric), broadcasting to the shape
+      of ``predictions`` without enlarging it.
+    margin: :math:`m`, traced or concrete.
     reduction: ``"none"``, ``"mean"`` or ``"sum"``.
 
   Returns:
-    float32 loss (float64 for float64 input): the broadcast shape for
-    ``"none"``, else a scalar.
+    float32 loss (float64 for float64 input): the shape of ``predictions``
+    for ``"none"``, else a scalar.
 
   Example:
     >>> import jaxloss
@@ -492,9 +557,10 @@ def hinge_embedding_loss(predictions, targets, *, margin=1.0,
   targets = _checks.numeric(fn, "targets", targets)
   not_nan(fn, "predictions", predictions)
   _signs(fn, "targets", targets)
-  x, targets = broadcast_together(
-      fn, [("predictions", predictions), ("targets", targets)])
-  x = x.astype(_reduction.stat_dtype(x.dtype))
+  targets = _checks.conform(fn, "targets", targets, "predictions",
+                            predictions.shape)
+  x = predictions.astype(_reduction.stat_dtype(predictions.dtype))
+  margin = hyperparameter(margin, x.dtype)
   loss = (jnp.where(targets != 1, jnp.maximum(margin - x, 0), 0)
           + jnp.where(targets != -1, x, 0))
   return _reduction.reduce(fn, loss, reduction)
@@ -503,7 +569,7 @@ def hinge_embedding_loss(predictions, targets, *, margin=1.0,
 _TORCH_COSINE_EPS = 1e-12
 
 
-@_jit.jit("reduction")
+@_jit.jit("reduction", margin=_jit.REAL)
 def cosine_embedding_loss(input1, input2, target, *, margin=0.0,
                           reduction="none"):
   r"""Cosine embedding loss: align pairs with target 1, separate those with -1.
@@ -520,10 +586,11 @@ def cosine_embedding_loss(input1, input2, target, *, margin=0.0,
 
   Args:
     input1: floating [..., dim] vectors (torch: [N, D] or [D]).
-    input2: floating vectors broadcastable with ``input1``.
-    target: :math:`y` (numeric) with the batch shape, ``input1``'s shape
-      without its last axis.
-    margin: :math:`m`, usually in [-1, 1].
+    input2: floating vectors that broadcast to the shape of ``input1``
+      without enlarging it.
+    target: :math:`y` (numeric) that broadcasts to ``input1``'s batch shape,
+      its shape without the last axis.
+    margin: :math:`m`, usually in [-1, 1]; traced or concrete.
     reduction: ``"none"``, ``"mean"`` or ``"sum"``.
 
   Returns:
@@ -547,12 +614,12 @@ def cosine_embedding_loss(input1, input2, target, *, margin=0.0,
   _checks.at_least_rank(fn, "input1", input1, 1)
   target = _checks.numeric(fn, "target", target)
   _signs(fn, "target", target)
-  target = _checks.broadcastable(fn, "target", target, input1.shape[:-1],
-                                 "the batch shape of input1")
+  target = _per_row(fn, "target", target, "input1", input1)
   dot = jnp.sum(input1 * input2, axis=-1)
   norm1 = jnp.sqrt(jnp.sum(input1 * input1, axis=-1) + _TORCH_COSINE_EPS)
   norm2 = jnp.sqrt(jnp.sum(input2 * input2, axis=-1) + _TORCH_COSINE_EPS)
   cos = dot / (norm1 * norm2)
+  margin = hyperparameter(margin, cos.dtype)
   loss = (jnp.where(target == 1, 1 - cos, 0)
           + jnp.where(target == -1, jnp.maximum(cos - margin, 0), 0))
   return _reduction.reduce(fn, loss, reduction)
@@ -578,7 +645,7 @@ def _whole(x):
       sharding.mesh, jax.sharding.PartitionSpec()))
 
 
-@_jit.jit()
+@_jit.jit(temperature=_jit.POSITIVE)
 def ntxent(embeddings, labels, temperature=0.07):
   r"""Normalized temperature-scaled cross entropy (NT-Xent, SimCLR).
 
@@ -597,7 +664,9 @@ def ntxent(embeddings, labels, temperature=0.07):
   Args:
     embeddings: floating [batch, dim] embeddings.
     labels: [batch] group labels (numeric); equal labels are positive pairs.
-    temperature: :math:`\tau > 0`, a number or a (learnable) scalar array.
+      A single label, shape (1,), broadcasts to the batch.
+    temperature: :math:`\tau > 0`, traced or concrete: a number or a
+      (learnable) scalar array.
 
   Returns:
     float32 scalar (float64 for float64 input): the mean over positive
@@ -620,15 +689,14 @@ def ntxent(embeddings, labels, temperature=0.07):
     _checks.fail(fn, f"embeddings must have shape [batch, dim], got shape "
                  f"{embeddings.shape}")
   labels = _checks.numeric(fn, "labels", labels)
-  _checks.shape_is(fn, "labels", labels, embeddings.shape[:1],
-                   "one per embedding")
+  labels = _per_row(fn, "labels", labels, "embeddings", embeddings)
   not_nan(fn, "embeddings", embeddings)
   not_nan(fn, "labels", labels)
   x = embeddings.astype(_reduction.stat_dtype(embeddings.dtype))
   eps = jnp.finfo(x.dtype).eps
   unit = _unit(x, (1,), None, eps)
   # Every row meets every other: the columns' side is the whole batch.
-  sims = (unit @ _whole(unit).T) / jnp.asarray(temperature, x.dtype)
+  sims = (unit @ _whole(unit).T) / hyperparameter(temperature, x.dtype)
   same = labels[:, None] == _whole(labels)[None, :]
   positive = same & ~jnp.eye(len(labels), dtype=bool)
   negative = ~same
@@ -646,7 +714,7 @@ def ntxent(embeddings, labels, temperature=0.07):
   return _reduction.reduce(fn, pair_loss, "mean", keep=positive)
 
 
-@_jit.jit("reduction")
+@_jit.jit("reduction", margin=_jit.REAL, gamma=_jit.NON_NEGATIVE)
 def circle_loss(positive_scores, negative_scores, *, margin=0.4, gamma=80.0,
                 positive_where=None, negative_where=None, reduction="none"):
   r"""Circle loss on similarity scores: self-paced pair weighting.
@@ -660,8 +728,9 @@ def circle_loss(positive_scores, negative_scores, *, margin=0.4, gamma=80.0,
       + \mathrm{logsumexp}_i\, {-\gamma}\, \alpha_p^i (s_p^i - 1 + m)\Big)
 
   with weights :math:`\alpha_p = [1 + m - s_p]_+` and
-  :math:`\alpha_n = [s_n + m]_+` held constant in the gradient (as the
-  paper's official code; Keras differentiates through them). That is
+  :math:`\alpha_n = [s_n + m]_+` held constant in the gradient with respect
+  to the scores (as the paper's official code; Keras differentiates through
+  them), not in the gradient with respect to :math:`m`. That is
   :math:`\log[1 + \sum_j e^{\gamma \alpha_n^j (s_n^j - \Delta_n)}
   \sum_i e^{-\gamma \alpha_p^i (s_p^i - \Delta_p)}]` with
   :math:`\Delta_p = 1 - m`, :math:`\Delta_n = m`, computed without overflow
@@ -677,13 +746,13 @@ def circle_loss(positive_scores, negative_scores, *, margin=0.4, gamma=80.0,
     positive_scores: floating [..., P] similarities to positives.
     negative_scores: floating [..., N] similarities to negatives; the batch
       shapes ``[...]`` must match.
-    margin: relaxation :math:`m` (Keras's default 0.4; the paper uses
-      0.25 for face recognition).
-    gamma: scale :math:`\gamma` (Keras's default 80; the paper uses 256 for
-      faces).
-    positive_where: optional boolean mask broadcastable to
+    margin: relaxation :math:`m`, traced or concrete (Keras's default 0.4;
+      the paper uses 0.25 for face recognition).
+    gamma: scale :math:`\gamma \ge 0`, traced or concrete (Keras's default
+      80; the paper uses 256 for faces).
+    positive_where: optional boolean mask that broadcasts to the shape of
       ``positive_scores``: which positives count.
-    negative_where: optional boolean mask broadcastable to
+    negative_where: optional boolean mask that broadcasts to the shape of
       ``negative_scores``.
     reduction: ``"none"``, ``"mean"`` (over anchors with at least one
       positive and one negative) or ``"sum"``.
@@ -716,13 +785,13 @@ def circle_loss(positive_scores, negative_scores, *, margin=0.4, gamma=80.0,
                  "the last axis)")
   dtype = _reduction.stat_dtype(jnp.result_type(s_p, s_n))
   s_p, s_n = s_p.astype(dtype), s_n.astype(dtype)
-  margin = jnp.asarray(margin, dtype)
-  gamma = jnp.asarray(gamma, dtype)
+  margin = hyperparameter(margin, dtype)
+  gamma = hyperparameter(gamma, dtype)
 
   def lse(logits, where, name, arg, scores):
     if where is not None:
       where = _checks.boolean(fn, name, where)
-      where = _checks.broadcastable(fn, name, where, logits.shape, arg)
+      where = _checks.conform(fn, name, where, arg, logits.shape)
     not_nan(fn, arg, scores, where)
     if where is None:
       return jax.nn.logsumexp(logits, axis=-1), None
@@ -731,8 +800,8 @@ def circle_loss(positive_scores, negative_scores, *, margin=0.4, gamma=80.0,
     safe_where = where | ~any_kept[..., None]
     return jax.nn.logsumexp(logits, axis=-1, where=safe_where), any_kept
 
-  alpha_p = lax.stop_gradient(jnp.maximum(1 + margin - s_p, 0))
-  alpha_n = lax.stop_gradient(jnp.maximum(s_n + margin, 0))
+  alpha_p = jnp.maximum(1 + margin - lax.stop_gradient(s_p), 0)
+  alpha_n = jnp.maximum(lax.stop_gradient(s_n) + margin, 0)
   lse_p, keep_p = lse(-gamma * alpha_p * (s_p - (1 - margin)),
                       positive_where, "positive_where", "positive_scores",
                       s_p)

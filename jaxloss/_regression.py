@@ -1,7 +1,16 @@
-"""Regression losses: optax's, torch.nn.functional's and Keras's."""
+"""Regression losses: optax's, torch.nn.functional's and Keras's.
 
+The shape contract: a loss's element shape is the shape of ``predictions``.
+``targets``, ``weight`` and array hyperparameters may broadcast to it (NumPy's
+rules, aligned from the right) but never enlarge it, so [N] against [N, 1]
+is an error in both directions (``_checks.conform``).
+"""
+
+import functools
+import inspect
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -11,19 +20,57 @@ from jaxloss import _jit
 from jaxloss import _reduction
 
 
-def broadcast_together(fn, named):
-  """Broadcasts ``[(name, array), ...]`` to their common shape, explicitly."""
-  try:
-    shape = np.broadcast_shapes(*(x.shape for _, x in named))
-  except ValueError:
-    shapes = ", ".join(f"{name} {x.shape}" for name, x in named)
-    _checks.fail(fn, f"shapes do not broadcast together: {shapes}")
-  return [jnp.broadcast_to(x, shape) for _, x in named]
+def prechecked(check):
+  """A public function that runs ``check(**arguments)`` before its jitted body.
+
+  For the rules a hyperparameter's interval cannot say, on values only the
+  caller's Python knows: a negative entry of a variance given as a list, a
+  margin that must be positive with one distance but not another. The
+  wrapped function keeps the jitted one's signature, docstring and
+  ``static_argnames``, ``hyperparameters`` and ``compiled``.
+  """
+  def wrap(jitted):
+    signature = inspect.signature(jitted)
+
+    @functools.wraps(jitted)
+    def public(*args, **kwargs):
+      try:
+        bound = signature.bind(*args, **kwargs)
+      except TypeError:
+        return jitted(*args, **kwargs)   # jitted's own message
+      bound.apply_defaults()
+      check(**bound.arguments)
+      return jitted(*args, **kwargs)
+
+    return public
+  return wrap
+
+
+def concrete_number(value):
+  """``value`` as a float when it is a Python or NumPy scalar, else None."""
+  if isinstance(value, (bool, np.bool_)):
+    return None
+  if isinstance(value, (int, float, np.number)) or (
+      isinstance(value, np.ndarray) and value.ndim == 0):
+    return float(value)
+  return None
+
+
+def check_options(name, **options):
+  """A class's concrete numeric options, each ``(value, spec)``, checked.
+
+  ``jaxloss.nn`` classes check them when they are built, with the class's
+  name in the message (torch checks some there, others when called); a
+  traced option is checked by the function, under ``checked``.
+  """
+  for option, (value, spec) in options.items():
+    if not isinstance(value, jax.Array):
+      _jit._hyper_value(name, option, spec, value)  # noqa: SLF001
 
 
 def not_nan(fn, name, x, keep=None):
   """Under ``checked``: no NaN in ``x`` (where ``keep``, if given)."""
-  if jnp.issubdtype(x.dtype, jnp.floating):
+  if jnp.issubdtype(x.dtype, jnp.inexact):
     ok = ~jnp.isnan(x)
     _checks.values(fn, name, ok if keep is None else ok | ~keep,
                    "must not be NaN", x)
@@ -34,20 +81,40 @@ def non_negative(fn, name, x):
   _checks.values(fn, name, x >= 0, "must be non-negative", x)
 
 
-def pair(fn, predictions, targets):
+def _complex_or_floating(fn, name, x):
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.inexact):
+    _checks.fail(fn, f"{name} must have a floating or complex dtype, got "
+                 f"{x.dtype}", TypeError)
+  return x
+
+
+def _numeric_or_complex(fn, name, x):
+  x = jnp.asarray(x)
+  if not (jnp.issubdtype(x.dtype, jnp.number) or x.dtype == jnp.bool_):
+    _checks.fail(fn, f"{name} must be numeric, got {x.dtype}", TypeError)
+  return x
+
+
+def pair(fn, predictions, targets, *, complex_ok=False):
   """Checked ``predictions`` and ``targets`` (or None) in the loss dtype.
 
-  The two broadcast together; half precision is computed in float32.
+  ``targets`` broadcasts to the shape of ``predictions``, never enlarging
+  it; half precision is computed in float32.
   """
-  predictions = _checks.floating(fn, "predictions", predictions)
+  if complex_ok:
+    predictions = _complex_or_floating(fn, "predictions", predictions)
+  else:
+    predictions = _checks.floating(fn, "predictions", predictions)
   not_nan(fn, "predictions", predictions)
   if targets is None:
     return predictions.astype(_reduction.stat_dtype(predictions.dtype)), None
-  targets = _checks.numeric(fn, "targets", targets)
+  targets = (_numeric_or_complex if complex_ok else _checks.numeric)(
+      fn, "targets", targets)
   not_nan(fn, "targets", targets)
   dtype = _reduction.stat_dtype(jnp.result_type(predictions, targets))
-  predictions, targets = broadcast_together(
-      fn, [("predictions", predictions), ("targets", targets)])
+  targets = _checks.conform(fn, "targets", targets, "predictions",
+                            predictions.shape)
   return predictions.astype(dtype), targets.astype(dtype)
 
 
@@ -60,7 +127,7 @@ def _weighted(fn, loss, weight, reduction):
   if weight is None:
     return _reduction.reduce(fn, loss, reduction)
   weight = _checks.numeric(fn, "weight", weight)
-  weight = _checks.broadcastable(fn, "weight", weight, loss.shape, "the loss")
+  weight = _checks.conform(fn, "weight", weight, "predictions", loss.shape)
   weight = weight.astype(loss.dtype)
   return _reduction.reduce(fn, loss * weight, reduction, denominator=weight)
 
@@ -68,6 +135,12 @@ def _weighted(fn, loss, weight, reduction):
 def abs_zero_slope(x):
   """``|x|`` with slope 0 at 0, as torch (``jnp.abs`` has slope 1 there)."""
   return jnp.sign(x) * x
+
+
+def _modulus(z):
+  """``|z|`` of complex ``z``, with gradient 0 (not NaN) at 0, as torch."""
+  nonzero = z != 0
+  return jnp.where(nonzero, jnp.abs(jnp.where(nonzero, z, 1)), 0)
 
 
 def _xlogy(y, x):
@@ -87,6 +160,11 @@ def _huber(abs_errors, delta):
   return 0.5 * quadratic**2 + delta * (abs_errors - quadratic)
 
 
+def hyperparameter(x, dtype):
+  """A hyperparameter in the loss dtype; a concrete zero stays ``0.0``."""
+  return x if _jit.is_zero(x) else jnp.asarray(x).astype(dtype)
+
+
 # ---------------------------------------------------------------------------
 # optax.losses names.
 
@@ -100,13 +178,13 @@ def squared_error(predictions, targets=None, *, reduction="none"):
 
   Args:
     predictions: floating array of any shape.
-    targets: numeric array broadcastable with ``predictions``; None reads as
-      zeros.
+    targets: numeric array that broadcasts to the shape of ``predictions``
+      without enlarging it; None reads as zeros.
     reduction: ``"none"``, ``"mean"`` (the mean squared error) or ``"sum"``.
 
   Returns:
-    float32 loss (float64 for float64 input): the broadcast shape for
-    ``"none"``, else a scalar.
+    float32 loss (float64 for float64 input): the shape of ``predictions``
+    for ``"none"``, else a scalar.
 
   Example:
     >>> import jaxloss
@@ -115,8 +193,9 @@ def squared_error(predictions, targets=None, *, reduction="none"):
     [0.25 4.  ]
 
   References:
-    ``optax.losses.squared_error``, which requires equal shapes (here they
-    broadcast) and keeps half precision (here float32 comes out).
+    ``optax.losses.squared_error``, which requires equal shapes (here
+    ``targets`` may broadcast to the shape of ``predictions``) and keeps half
+    precision (here float32 comes out).
   """
   fn = "squared_error"
   predictions, targets = pair(fn, predictions, targets)
@@ -132,13 +211,13 @@ def l2_loss(predictions, targets=None, *, reduction="none"):
 
   Args:
     predictions: floating array of any shape.
-    targets: numeric array broadcastable with ``predictions``; None reads as
-      zeros.
+    targets: numeric array that broadcasts to the shape of ``predictions``
+      without enlarging it; None reads as zeros.
     reduction: ``"none"``, ``"mean"`` or ``"sum"``.
 
   Returns:
-    float32 loss (float64 for float64 input): the broadcast shape for
-    ``"none"``, else a scalar.
+    float32 loss (float64 for float64 input): the shape of ``predictions``
+    for ``"none"``, else a scalar.
 
   Example:
     >>> import jaxloss
@@ -154,7 +233,8 @@ def l2_loss(predictions, targets=None, *, reduction="none"):
                            reduction)
 
 
-@_jit.jit("reduction")
+@_jit.jit("reduction", delta=_jit.Hyper(0.0, low_open=True, high_open=True,
+                                      array=True))
 def huber_loss(predictions, targets=None, *, delta=1.0, reduction="none"):
   r"""Huber loss: quadratic within ``delta`` of the target, linear beyond.
 
@@ -168,14 +248,16 @@ def huber_loss(predictions, targets=None, *, delta=1.0, reduction="none"):
 
   Args:
     predictions: floating array of any shape.
-    targets: numeric array broadcastable with ``predictions``; None reads as
-      zeros.
-    delta: :math:`\delta > 0`, a number or array broadcastable to the loss.
+    targets: numeric array that broadcasts to the shape of ``predictions``
+      without enlarging it; None reads as zeros.
+    delta: :math:`\delta > 0`, traced or concrete: a number, or an array
+      that broadcasts to the shape of ``predictions``. A concrete
+      :math:`\delta \le 0` raises ``ValueError``, as torch does.
     reduction: ``"none"``, ``"mean"`` or ``"sum"``.
 
   Returns:
-    float32 loss (float64 for float64 input): the broadcast shape for
-    ``"none"``, else a scalar.
+    float32 loss (float64 for float64 input): the shape of ``predictions``
+    for ``"none"``, else a scalar.
 
   Example:
     >>> import jaxloss
@@ -189,9 +271,8 @@ def huber_loss(predictions, targets=None, *, delta=1.0, reduction="none"):
   fn = "huber_loss"
   predictions, targets = pair(fn, predictions, targets)
   errors = _errors(predictions, targets)
-  delta = jnp.asarray(delta, errors.dtype)
-  _checks.values(fn, "delta", delta > 0, "must be positive", delta)
-  delta = _checks.broadcastable(fn, "delta", delta, errors.shape, "the loss")
+  delta = _checks.conform(fn, "delta", hyperparameter(delta, errors.dtype),
+                          "predictions", errors.shape)
   return _reduction.reduce(fn, _huber(abs_zero_slope(errors), delta),
                            reduction)
 
@@ -217,13 +298,13 @@ def log_cosh(predictions, targets=None, *, reduction="none"):
 
   Args:
     predictions: floating array of any shape.
-    targets: numeric array broadcastable with ``predictions``; None reads as
-      zeros.
+    targets: numeric array that broadcasts to the shape of ``predictions``
+      without enlarging it; None reads as zeros.
     reduction: ``"none"``, ``"mean"`` or ``"sum"``.
 
   Returns:
-    float32 loss (float64 for float64 input): the broadcast shape for
-    ``"none"``, else a scalar.
+    float32 loss (float64 for float64 input): the shape of ``predictions``
+    for ``"none"``, else a scalar.
 
   Example:
     >>> import jaxloss
@@ -265,16 +346,23 @@ def l1_loss(predictions, targets, *, weight=None, reduction="none"):
   as ``torch.nn.functional.l1_loss(..., weight=w)`` does in torch 2.13; a zero
   weight sum gives 0 (torch: NaN). The gradient at a zero error is 0.
 
+  Complex ``predictions`` (and ``targets``) are accepted, as torch's
+  ``L1Loss`` does: the loss is the modulus :math:`|\hat y - y|`, real. Its
+  gradient follows JAX's convention for a real function of a complex
+  variable, :math:`\partial_x \ell - i\, \partial_y \ell`, the complex
+  conjugate of the ``.grad`` torch reports.
+
   Args:
-    predictions: floating array of any shape.
-    targets: numeric array broadcastable with ``predictions``.
-    weight: optional per-element weights broadcastable to the loss shape
-      (torch requires the exact shape of ``predictions``).
+    predictions: floating or complex array of any shape.
+    targets: numeric or complex array that broadcasts to the shape of
+      ``predictions`` without enlarging it.
+    weight: optional real per-element weights that broadcast to the shape of
+      ``predictions`` (torch requires that exact shape).
     reduction: ``"none"``, ``"mean"`` or ``"sum"``.
 
   Returns:
-    float32 loss (float64 for float64 input): the broadcast shape for
-    ``"none"``, else a scalar.
+    float32 loss (float64 for float64 or complex128 input): the shape of
+    ``predictions`` for ``"none"``, else a scalar.
 
   Example:
     >>> import jaxloss
@@ -289,9 +377,11 @@ def l1_loss(predictions, targets, *, weight=None, reduction="none"):
     ``torch.nn.L1Loss`` / ``torch.nn.functional.l1_loss``.
   """
   fn = "l1_loss"
-  predictions, targets = pair(fn, predictions, targets)
-  return _weighted(fn, abs_zero_slope(predictions - targets), weight,
-                   reduction)
+  predictions, targets = pair(fn, predictions, targets, complex_ok=True)
+  errors = predictions - targets
+  loss = (_modulus(errors) if jnp.issubdtype(errors.dtype, jnp.complexfloating)
+          else abs_zero_slope(errors))
+  return _weighted(fn, loss, weight, reduction)
 
 
 @_jit.jit("reduction")
@@ -309,14 +399,15 @@ def mse_loss(predictions, targets, *, weight=None, reduction="none"):
 
   Args:
     predictions: floating array of any shape.
-    targets: numeric array broadcastable with ``predictions``.
-    weight: optional per-element weights broadcastable to the loss shape
-      (torch requires the exact shape of ``predictions``).
+    targets: numeric array that broadcasts to the shape of ``predictions``
+      without enlarging it.
+    weight: optional per-element weights that broadcast to the shape of
+      ``predictions`` (torch requires that exact shape).
     reduction: ``"none"``, ``"mean"`` or ``"sum"``.
 
   Returns:
-    float32 loss (float64 for float64 input): the broadcast shape for
-    ``"none"``, else a scalar.
+    float32 loss (float64 for float64 input): the shape of ``predictions``
+    for ``"none"``, else a scalar.
 
   Example:
     >>> import jaxloss
@@ -336,7 +427,7 @@ def mse_loss(predictions, targets, *, weight=None, reduction="none"):
   return _weighted(fn, (predictions - targets)**2, weight, reduction)
 
 
-@_jit.jit("beta", "reduction")
+@_jit.jit("reduction", beta=_jit.NON_NEGATIVE)
 def smooth_l1_loss(predictions, targets, *, beta=1.0, reduction="none"):
   r"""Smooth L1 loss: quadratic within ``beta`` of the target, L1 beyond.
 
@@ -347,17 +438,22 @@ def smooth_l1_loss(predictions, targets, *, beta=1.0, reduction="none"):
       |e| - \tfrac12 \beta & |e| \ge \beta \end{cases}
 
   which is :func:`huber_loss` with :math:`\delta = \beta`, divided by
-  :math:`\beta`; ``beta=0`` is the L1 loss.
+  :math:`\beta`; ``beta=0`` is the L1 loss (a concrete 0 computes only
+  that), also when a traced ``beta`` is 0. The gradient with respect to
+  ``beta`` is :math:`-\tfrac12` on the linear part, and
+  :math:`-e^2 / (2\beta^2)` on the quadratic one.
 
   Args:
     predictions: floating array of any shape.
-    targets: numeric array broadcastable with ``predictions``.
-    beta: Python number :math:`\beta \ge 0` (static under ``jax.jit``).
+    targets: numeric array that broadcasts to the shape of ``predictions``
+      without enlarging it.
+    beta: :math:`\beta \ge 0`, traced or concrete (a concrete negative
+      value raises ``ValueError``, as torch does).
     reduction: ``"none"``, ``"mean"`` or ``"sum"``.
 
   Returns:
-    float32 loss (float64 for float64 input): the broadcast shape for
-    ``"none"``, else a scalar.
+    float32 loss (float64 for float64 input): the shape of ``predictions``
+    for ``"none"``, else a scalar.
 
   Example:
     >>> import jaxloss
@@ -369,17 +465,25 @@ def smooth_l1_loss(predictions, targets, *, beta=1.0, reduction="none"):
     Girshick, `Fast R-CNN <https://arxiv.org/abs/1504.08083>`_, 2015.
   """
   fn = "smooth_l1_loss"
-  _checks.in_range(fn, "beta", beta, 0, float("inf"), high_open=True)
   predictions, targets = pair(fn, predictions, targets)
   abs_errors = abs_zero_slope(predictions - targets)
-  loss = abs_errors if beta == 0 else _huber(abs_errors, beta) / beta
+  if _jit.is_zero(beta):
+    return _reduction.reduce(fn, abs_errors, reduction)
+  beta = hyperparameter(beta, abs_errors.dtype)
+  linear = abs_errors > beta
+  # The quadratic branch divides by beta only where it is taken: it is only
+  # taken at |e| <= beta, and beta = 0 (traced) leaves it |e| = 0, where the
+  # division by 1 gives 0 and no gradient into beta.
+  safe_beta = jnp.where(linear | (beta == 0), 1, beta)
+  loss = jnp.where(linear, abs_errors - 0.5 * beta,
+                   0.5 * abs_errors**2 / safe_beta)
   return _reduction.reduce(fn, loss, reduction)
 
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
-@_jit.jit("log_input", "full", "reduction")
+@_jit.jit("log_input", "full", "reduction", eps=_jit.NON_NEGATIVE)
 def poisson_nll_loss(predictions, targets, *, log_input=True, full=False,
                      eps=1e-8, reduction="none"):
   r"""Poisson negative log-likelihood, as torch's ``PoissonNLLLoss``.
@@ -396,21 +500,24 @@ def poisson_nll_loss(predictions, targets, *, log_input=True, full=False,
   :math:`y \log y - y + \tfrac12 \log(2\pi y)`, only where :math:`y > 1`
   (torch's convention: 0 for counts 0 and 1, whose :math:`\log y!` is
   exactly 0). A zero count contributes :math:`0 \cdot \log(\cdot) = 0`,
-  also at log-rate ``-inf`` (torch: NaN), with a zero gradient in the rate, even at :math:`\lambda + \varepsilon
-  = 0` (torch: NaN), and a finite gradient in the count with ``full=True``
-  (torch: NaN).
+  also at log-rate ``-inf`` (torch: NaN), with a zero gradient in the rate,
+  even at :math:`\lambda + \varepsilon = 0` (torch: NaN), and a finite
+  gradient in the count with ``full=True`` (torch: NaN).
 
   Args:
     predictions: floating array: log-rates if ``log_input``, else rates.
-    targets: counts (numeric), broadcastable with ``predictions``.
+    targets: counts (numeric) that broadcast to the shape of
+      ``predictions`` without enlarging it.
     log_input: whether ``predictions`` are log-rates.
     full: add the Stirling term.
-    eps: added to rates inside the log when ``log_input=False``.
+    eps: :math:`\varepsilon \ge 0`, traced or concrete, added to rates
+      inside the log when ``log_input=False`` (torch also takes a negative
+      ``eps``, and returns NaN for small rates; here a concrete one raises).
     reduction: ``"none"``, ``"mean"`` or ``"sum"``.
 
   Returns:
-    float32 loss (float64 for float64 input): the broadcast shape for
-    ``"none"``, else a scalar.
+    float32 loss (float64 for float64 input): the shape of ``predictions``
+    for ``"none"``, else a scalar.
 
   Example:
     >>> import jaxloss
@@ -432,7 +539,9 @@ def poisson_nll_loss(predictions, targets, *, log_input=True, full=False,
                          predictions)
     loss = jnp.exp(predictions) - targets * log_rate
   else:
-    loss = predictions - _xlogy(targets, predictions + eps)
+    rates = (predictions if _jit.is_zero(eps)
+             else predictions + hyperparameter(eps, predictions.dtype))
+    loss = predictions - _xlogy(targets, rates)
   if full:
     big = targets > 1
     y = jnp.where(big, targets, 2)
@@ -442,7 +551,12 @@ def poisson_nll_loss(predictions, targets, *, log_input=True, full=False,
 
 
 def _gaussian_var(fn, var, shape):
-  """Broadcasts ``var`` to ``shape`` by torch's ``GaussianNLLLoss`` rules."""
+  """Broadcasts ``var`` to ``shape`` by torch's ``GaussianNLLLoss`` rules.
+
+  None of them enlarges ``shape``. A scalar is accepted at every rank
+  (torch: a Python number at every rank, a 0-d tensor only against 1-D
+  input).
+  """
   if var.ndim == 0 or var.shape == shape:
     return jnp.broadcast_to(var, shape)
   if var.shape == shape[:-1]:
@@ -456,30 +570,18 @@ def _gaussian_var(fn, var, shape):
                "size 1 (torch's rules)")
 
 
-@_jit.jit("full", "reduction")
-def _gaussian_nll_loss(predictions, targets, var, full, eps, reduction):
-  fn = "gaussian_nll_loss"
-  predictions = _checks.floating(fn, "predictions", predictions)
-  var = _checks.numeric(fn, "var", var)
-  non_negative(fn, "var", var)
-  shape = predictions.shape
-  predictions, targets = pair(fn, predictions, targets)
-  var = _gaussian_var(fn, var, shape)
-  var, predictions, targets = broadcast_together(
-      fn, [("var", var), ("predictions", predictions), ("targets", targets)])
-  var = var.astype(predictions.dtype)
-  # torch clamps a clone under no_grad: the value is max(var, eps), the
-  # gradient passes straight through to var.
-  clamped = (lax.stop_gradient(jnp.maximum(var, eps))
-             + (var - lax.stop_gradient(var)))
-  loss = 0.5 * (jnp.log(clamped) + (predictions - targets)**2 / clamped)
-  if full:
-    loss = loss + _HALF_LOG_2PI
-  # torch raises on a negative variance; under jit the flag is a NaN.
-  loss = jnp.where(var < 0, jnp.nan, loss)
-  return _reduction.reduce(fn, loss, reduction)
+def _no_negative_var(predictions, targets, var, **_):
+  """torch raises on a negative variance: here where it is known on the host."""
+  del predictions, targets
+  concrete = (int, float, list, tuple, np.ndarray, np.number)
+  if (isinstance(var, concrete) and not isinstance(var, bool)
+      and np.any(np.asarray(var) < 0)):
+    _checks.fail("gaussian_nll_loss", "var must be non-negative, got a "
+                 "negative entry")
 
 
+@prechecked(_no_negative_var)
+@_jit.jit("full", "reduction", eps=_jit.NON_NEGATIVE)
 def gaussian_nll_loss(predictions, targets, var, *, full=False, eps=1e-6,
                       reduction="none"):
   r"""Gaussian negative log-likelihood with a predicted variance.
@@ -491,9 +593,11 @@ def gaussian_nll_loss(predictions, targets, var, *, full=False, eps=1e-6,
 
   As torch's ``GaussianNLLLoss``: the clamp at :math:`\varepsilon` changes
   the value only, the gradient with respect to ``var`` passes straight
-  through it; ``var`` may have the shape of ``predictions``, that shape
-  without its last dimension (one variance per row), or that shape with
-  exactly one dimension of size 1; a scalar ``var`` is used everywhere.
+  through it (the gradient with respect to :math:`\varepsilon` is that of
+  the clamped value: nonzero where :math:`\sigma^2 < \varepsilon`);
+  ``var`` may have the shape of ``predictions``, that shape without its last
+  dimension (one variance per row), or that shape with exactly one dimension
+  of size 1; a scalar ``var`` is used everywhere.
 
   A negative variance raises ``ValueError`` when ``var`` is a Python number,
   list or NumPy array, as torch does; for JAX arrays (whose values are not
@@ -502,15 +606,17 @@ def gaussian_nll_loss(predictions, targets, var, *, full=False, eps=1e-6,
 
   Args:
     predictions: floating array, the predicted means.
-    targets: numeric array broadcastable with ``predictions``.
+    targets: numeric array that broadcasts to the shape of ``predictions``
+      without enlarging it.
     var: predicted variances :math:`\sigma^2 \ge 0` (see the shapes above).
     full: add the constant :math:`\tfrac12 \log 2\pi`.
-    eps: variance clamp :math:`\varepsilon`.
+    eps: variance clamp :math:`\varepsilon \ge 0`, traced or concrete
+      (torch also takes a negative one, which clamps nothing, like 0).
     reduction: ``"none"``, ``"mean"`` or ``"sum"``.
 
   Returns:
-    float32 loss (float64 for float64 input): the broadcast shape for
-    ``"none"``, else a scalar.
+    float32 loss (float64 for float64 input): the shape of ``predictions``
+    for ``"none"``, else a scalar.
 
   Example:
     >>> import jaxloss
@@ -528,14 +634,25 @@ def gaussian_nll_loss(predictions, targets, var, *, full=False, eps=1e-6,
     1994.
   """
   fn = "gaussian_nll_loss"
-  concrete = (int, float, list, tuple, np.ndarray, np.number)
-  if (isinstance(var, concrete) and not isinstance(var, bool)
-      and np.any(np.asarray(var) < 0)):
-    _checks.fail(fn, "var must be non-negative, got a negative entry")
-  _checks.reduction(fn, reduction)
   if not isinstance(full, bool):
     _checks.fail(fn, f"full must be a bool, got {full!r}", TypeError)
-  return _gaussian_nll_loss(predictions, targets, var, full, eps, reduction)
+  predictions, targets = pair(fn, predictions, targets)
+  var = _checks.numeric(fn, "var", var)
+  non_negative(fn, "var", var)
+  var = _gaussian_var(fn, var, predictions.shape).astype(predictions.dtype)
+  if _jit.is_zero(eps):
+    clamped = var
+  else:
+    # torch clamps a clone under no_grad: the value is max(var, eps), the
+    # gradient passes straight through to var; eps gets the clamp's own.
+    eps = hyperparameter(eps, var.dtype)
+    clamped = jnp.where(var < eps, eps + (var - lax.stop_gradient(var)), var)
+  loss = 0.5 * (jnp.log(clamped) + (predictions - targets)**2 / clamped)
+  if full:
+    loss = loss + _HALF_LOG_2PI
+  # torch raises on a negative variance; under jit the flag is a NaN.
+  loss = jnp.where(var < 0, jnp.nan, loss)
+  return _reduction.reduce(fn, loss, reduction)
 
 
 # ---------------------------------------------------------------------------
@@ -544,7 +661,7 @@ def gaussian_nll_loss(predictions, targets, var, *, full=False, eps=1e-6,
 _KERAS_EPSILON = 1e-7
 
 
-@_jit.jit("reduction")
+@_jit.jit("reduction", epsilon=_jit.POSITIVE)
 def mean_absolute_percentage_error(predictions, targets, *,
                                    epsilon=_KERAS_EPSILON, reduction="none"):
   r"""Absolute error as a percentage of the target, as Keras's MAPE.
@@ -558,13 +675,15 @@ def mean_absolute_percentage_error(predictions, targets, *,
 
   Args:
     predictions: floating array of any shape.
-    targets: numeric array broadcastable with ``predictions``.
-    epsilon: floor of :math:`|y|`, Keras's ``backend.epsilon()`` by default.
+    targets: numeric array that broadcasts to the shape of ``predictions``
+      without enlarging it.
+    epsilon: floor :math:`\varepsilon > 0` of :math:`|y|`, traced or
+      concrete; Keras's ``backend.epsilon()`` by default.
     reduction: ``"none"``, ``"mean"`` or ``"sum"``.
 
   Returns:
-    float32 loss (float64 for float64 input): the broadcast shape for
-    ``"none"``, else a scalar.
+    float32 loss (float64 for float64 input): the shape of ``predictions``
+    for ``"none"``, else a scalar.
 
   Example:
     >>> import jaxloss
@@ -578,11 +697,11 @@ def mean_absolute_percentage_error(predictions, targets, *,
   fn = "mean_absolute_percentage_error"
   predictions, targets = pair(fn, predictions, targets)
   loss = 100 * abs_zero_slope(predictions - targets) / jnp.maximum(
-      jnp.abs(targets), epsilon)
+      jnp.abs(targets), hyperparameter(epsilon, predictions.dtype))
   return _reduction.reduce(fn, loss, reduction)
 
 
-@_jit.jit("reduction")
+@_jit.jit("reduction", epsilon=_jit.NON_NEGATIVE)
 def mean_squared_logarithmic_error(predictions, targets, *,
                                    epsilon=_KERAS_EPSILON, reduction="none"):
   r"""Squared error between :math:`\log(1 + \cdot)` of prediction and target.
@@ -599,13 +718,15 @@ def mean_squared_logarithmic_error(predictions, targets, *,
 
   Args:
     predictions: floating array of any shape.
-    targets: numeric array broadcastable with ``predictions``.
-    epsilon: floor of both arguments, Keras's ``backend.epsilon()``.
+    targets: numeric array that broadcasts to the shape of ``predictions``
+      without enlarging it.
+    epsilon: floor :math:`\varepsilon \ge 0` of both arguments, traced or
+      concrete; Keras's ``backend.epsilon()`` by default.
     reduction: ``"none"``, ``"mean"`` or ``"sum"``.
 
   Returns:
-    float32 loss (float64 for float64 input): the broadcast shape for
-    ``"none"``, else a scalar.
+    float32 loss (float64 for float64 input): the shape of ``predictions``
+    for ``"none"``, else a scalar.
 
   Example:
     >>> import jaxloss
@@ -618,12 +739,13 @@ def mean_squared_logarithmic_error(predictions, targets, *,
   """
   fn = "mean_squared_logarithmic_error"
   predictions, targets = pair(fn, predictions, targets)
+  epsilon = hyperparameter(epsilon, predictions.dtype)
   loss = (jnp.log1p(jnp.maximum(predictions, epsilon))
           - jnp.log1p(jnp.maximum(targets, epsilon)))**2
   return _reduction.reduce(fn, loss, reduction)
 
 
-@_jit.jit("reduction")
+@_jit.jit("reduction", epsilon=_jit.NON_NEGATIVE)
 def poisson(predictions, targets, *, epsilon=_KERAS_EPSILON,
             reduction="none"):
   r"""Poisson loss on predicted rates, as Keras's ``poisson``.
@@ -639,13 +761,15 @@ def poisson(predictions, targets, *, epsilon=_KERAS_EPSILON,
 
   Args:
     predictions: floating array of rates.
-    targets: counts (numeric), broadcastable with ``predictions``.
-    epsilon: added inside the log, Keras's ``backend.epsilon()``.
+    targets: counts (numeric) that broadcast to the shape of
+      ``predictions`` without enlarging it.
+    epsilon: :math:`\varepsilon \ge 0` added inside the log, traced or
+      concrete; Keras's ``backend.epsilon()`` by default.
     reduction: ``"none"``, ``"mean"`` or ``"sum"``.
 
   Returns:
-    float32 loss (float64 for float64 input): the broadcast shape for
-    ``"none"``, else a scalar.
+    float32 loss (float64 for float64 input): the shape of ``predictions``
+    for ``"none"``, else a scalar.
 
   Example:
     >>> import jaxloss
@@ -659,5 +783,7 @@ def poisson(predictions, targets, *, epsilon=_KERAS_EPSILON,
   predictions, targets = pair(fn, predictions, targets)
   non_negative(fn, "predictions", predictions)
   non_negative(fn, "targets", targets)
-  loss = predictions - _xlogy(targets, predictions + epsilon)
+  rates = (predictions if _jit.is_zero(epsilon)
+           else predictions + hyperparameter(epsilon, predictions.dtype))
+  loss = predictions - _xlogy(targets, rates)
   return _reduction.reduce(fn, loss, reduction)

@@ -163,8 +163,11 @@ class L1Loss(_Loss):
     reduction: ``"none"``, ``"mean"`` (default) or ``"sum"``.
 
   Call:
-    ``loss(input, target)`` on arrays of the same shape; returns a scalar,
-    or ``input``'s shape for ``"none"``. See :func:`jaxloss.l1_loss`.
+    ``loss(input, target)``: ``target`` of ``input``'s shape, or one that
+    broadcasts to it without enlarging it (torch warns and broadcasts; here
+    a larger ``target`` is an error). Complex input gives the real
+    :math:`|x - y|`, as torch. Returns a scalar, or ``input``'s shape for
+    ``"none"``. See :func:`jaxloss.l1_loss`.
 
   Example:
     >>> import jaxloss
@@ -190,8 +193,10 @@ class MSELoss(_Loss):
     reduction: ``"none"``, ``"mean"`` (default) or ``"sum"``.
 
   Call:
-    ``loss(input, target)`` on arrays of the same shape; returns a scalar,
-    or ``input``'s shape for ``"none"``. See :func:`jaxloss.mse_loss`.
+    ``loss(input, target)``: ``target`` of ``input``'s shape, or one that
+    broadcasts to it without enlarging it (torch warns and broadcasts; here
+    a larger ``target`` is an error). Returns a scalar, or ``input``'s shape
+    for ``"none"``. See :func:`jaxloss.mse_loss`.
 
   Example:
     >>> import jaxloss
@@ -326,13 +331,13 @@ class PoissonNLLLoss(_Loss):
   Args:
     log_input: whether ``input`` is the log of the rate.
     full: add the Stirling term.
-    eps: :math:`\varepsilon`, keeps the log finite when ``log_input`` is
-      False.
+    eps: :math:`\varepsilon \ge 0`, keeps the log finite when
+      ``log_input`` is False.
     reduction: ``"none"``, ``"mean"`` (default) or ``"sum"``.
 
   Call:
-    ``loss(input, target)`` on arrays of the same shape. See
-    :func:`jaxloss.poisson_nll_loss`.
+    ``loss(input, target)``, ``target`` broadcasting to ``input``'s shape
+    without enlarging it. See :func:`jaxloss.poisson_nll_loss`.
 
   Example:
     >>> import jaxloss
@@ -348,6 +353,12 @@ class PoissonNLLLoss(_Loss):
   _: dataclasses.KW_ONLY
   eps: float = 1e-8
   reduction: str = "mean"
+
+  def __post_init__(self):
+    super().__post_init__()
+    _regression.check_options(
+        type(self).__name__,
+        eps=(self.eps, _regression.poisson_nll_loss.hyperparameters["eps"]))
 
   def __call__(self, input, target):  # noqa: A002
     return _regression.poisson_nll_loss(
@@ -368,11 +379,12 @@ class GaussianNLLLoss(_Loss):
 
   Args:
     full: add the constant :math:`\frac12 \log 2\pi`.
-    eps: :math:`\varepsilon`, the variance clamp.
+    eps: :math:`\varepsilon \ge 0`, the variance clamp.
     reduction: ``"none"``, ``"mean"`` (default) or ``"sum"``.
 
   Call:
-    ``loss(input, target, var)``: ``var`` of ``input``'s shape, or with one
+    ``loss(input, target, var)``: ``target`` broadcasting to ``input``'s
+    shape without enlarging it; ``var`` of ``input``'s shape, or with one
     dimension of size 1, or one dimension fewer, or a scalar, as torch
     broadcasts it. See :func:`jaxloss.gaussian_nll_loss`.
 
@@ -390,6 +402,12 @@ class GaussianNLLLoss(_Loss):
   full: bool = False
   eps: float = 1e-6
   reduction: str = "mean"
+
+  def __post_init__(self):
+    super().__post_init__()
+    _regression.check_options(
+        type(self).__name__,
+        eps=(self.eps, _regression.gaussian_nll_loss.hyperparameters["eps"]))
 
   def __call__(self, input, target, var):  # noqa: A002
     return _regression.gaussian_nll_loss(
@@ -529,7 +547,9 @@ class MarginRankingLoss(_Loss):
 
   Call:
     ``loss(input1, input2, target)`` with ``target`` in {1, -1}: 1 when
-    ``input1`` should rank higher. See :func:`jaxloss.margin_ranking_loss`.
+    ``input1`` should rank higher; ``input2`` and ``target`` broadcast to
+    ``input1``'s shape without enlarging it. See
+    :func:`jaxloss.margin_ranking_loss`.
 
   Example:
     >>> import jaxloss
@@ -545,10 +565,17 @@ class MarginRankingLoss(_Loss):
   _: dataclasses.KW_ONLY
   reduction: str = "mean"
 
+  def __post_init__(self):
+    super().__post_init__()
+    _regression.check_options(
+        type(self).__name__,
+        margin=(self.margin,
+                _embedding.margin_ranking_loss.hyperparameters["margin"]))
+
   def __call__(self, input1, input2, target):
     return _embedding.margin_ranking_loss(input1, input2, target,
-                                       margin=self.margin,
-                                       reduction=self.reduction)
+                                          margin=self.margin,
+                                          reduction=self.reduction)
 
 
 @_loss_class()
@@ -564,7 +591,8 @@ class HingeEmbeddingLoss(_Loss):
     reduction: ``"none"``, ``"mean"`` (default) or ``"sum"``.
 
   Call:
-    ``loss(input, target)`` with ``target`` in {1, -1}, same shape. See
+    ``loss(input, target)`` with ``target`` in {1, -1}, of ``input``'s
+    shape or broadcasting to it without enlarging it. See
     :func:`jaxloss.hinge_embedding_loss`.
 
   Example:
@@ -580,9 +608,16 @@ class HingeEmbeddingLoss(_Loss):
   _: dataclasses.KW_ONLY
   reduction: str = "mean"
 
+  def __post_init__(self):
+    super().__post_init__()
+    _regression.check_options(
+        type(self).__name__,
+        margin=(self.margin,
+                _embedding.hinge_embedding_loss.hyperparameters["margin"]))
+
   def __call__(self, input, target):  # noqa: A002
     return _embedding.hinge_embedding_loss(input, target, margin=self.margin,
-                                        reduction=self.reduction)
+                                           reduction=self.reduction)
 
 
 @_loss_class()
@@ -638,11 +673,13 @@ class HuberLoss(_Loss):
 
   Args:
     reduction: ``"none"``, ``"mean"`` (default) or ``"sum"``.
-    delta: :math:`\delta > 0`.
+    delta: :math:`\delta > 0` (checked when the class is built; torch
+      checks it when called).
 
   Call:
-    ``loss(input, target)`` on arrays of the same shape. See
-    :func:`jaxloss.huber_loss`.
+    ``loss(input, target)``: ``target`` of ``input``'s shape, or one that
+    broadcasts to it without enlarging it (torch warns and broadcasts; here
+    a larger ``target`` is an error). See :func:`jaxloss.huber_loss`.
 
   Example:
     >>> import jaxloss
@@ -656,9 +693,15 @@ class HuberLoss(_Loss):
   reduction: str = "mean"
   delta: float = 1.0
 
+  def __post_init__(self):
+    super().__post_init__()
+    _regression.check_options(
+        type(self).__name__,
+        delta=(self.delta, _regression.huber_loss.hyperparameters["delta"]))
+
   def __call__(self, input, target):  # noqa: A002
     return _regression.huber_loss(input, target, delta=self.delta,
-                              reduction=self.reduction)
+                                  reduction=self.reduction)
 
 
 @_loss_class()
@@ -673,11 +716,13 @@ class SmoothL1Loss(_Loss):
 
   Args:
     reduction: ``"none"``, ``"mean"`` (default) or ``"sum"``.
-    beta: :math:`\beta \ge 0`.
+    beta: :math:`\beta \ge 0` (checked when the class is built; torch
+      checks it when called).
 
   Call:
-    ``loss(input, target)`` on arrays of the same shape. See
-    :func:`jaxloss.smooth_l1_loss`.
+    ``loss(input, target)``: ``target`` of ``input``'s shape, or one that
+    broadcasts to it without enlarging it (torch warns and broadcasts; here
+    a larger ``target`` is an error). See :func:`jaxloss.smooth_l1_loss`.
 
   Example:
     >>> import jaxloss
@@ -692,9 +737,15 @@ class SmoothL1Loss(_Loss):
   reduction: str = "mean"
   beta: float = 1.0
 
+  def __post_init__(self):
+    super().__post_init__()
+    _regression.check_options(
+        type(self).__name__,
+        beta=(self.beta, _regression.smooth_l1_loss.hyperparameters["beta"]))
+
   def __call__(self, input, target):  # noqa: A002
     return _regression.smooth_l1_loss(input, target, beta=self.beta,
-                                  reduction=self.reduction)
+                                      reduction=self.reduction)
 
 
 @_loss_class()
@@ -781,9 +832,9 @@ class CosineEmbeddingLoss(_Loss):
     reduction: ``"none"``, ``"mean"`` (default) or ``"sum"``.
 
   Call:
-    ``loss(input1, input2, target)``: ``input1``, ``input2`` (N, D) or (D,),
-    ``target`` (N,) or () in {1, -1}. See
-    :func:`jaxloss.cosine_embedding_loss`.
+    ``loss(input1, input2, target)``: ``input1`` (N, D) or (D,), ``input2``
+    broadcasting to its shape without enlarging it, ``target`` (N,), (1,)
+    or () in {1, -1}. See :func:`jaxloss.cosine_embedding_loss`.
 
   Example:
     >>> import jaxloss
@@ -799,10 +850,17 @@ class CosineEmbeddingLoss(_Loss):
   _: dataclasses.KW_ONLY
   reduction: str = "mean"
 
+  def __post_init__(self):
+    super().__post_init__()
+    _regression.check_options(
+        type(self).__name__,
+        margin=(self.margin,
+                _embedding.cosine_embedding_loss.hyperparameters["margin"]))
+
   def __call__(self, input1, input2, target):
     return _embedding.cosine_embedding_loss(input1, input2, target,
-                                         margin=self.margin,
-                                         reduction=self.reduction)
+                                            margin=self.margin,
+                                            reduction=self.reduction)
 
 
 @_loss_class("weight")
@@ -862,6 +920,11 @@ class MultiMarginLoss(_Loss):
     return loss.reshape(target.shape) if self.reduction == "none" else loss
 
 
+# torch's rule for both triplet classes: the margin is positive.
+_TORCH_TRIPLET_MARGIN = (
+    _embedding.triplet_margin_with_distance_loss.hyperparameters["margin"])
+
+
 @_loss_class()
 class TripletMarginLoss(_Loss):
   r"""Triplet margin loss with p-norm distances, torch's
@@ -874,14 +937,18 @@ class TripletMarginLoss(_Loss):
   With ``swap``, :math:`d(a, n)` becomes :math:`\min(d(a, n), d(p, n))`.
 
   Args:
-    margin: the margin.
-    p: the norm degree.
+    margin: the margin, positive (checked when the class is built, as
+      torch does).
+    p: the norm degree, positive or ``inf`` (torch also takes
+      :math:`p \le 0`, which is no norm).
     eps: :math:`\varepsilon`, added to the difference as torch does.
     swap: use the distance swap of Balntas et al.
     reduction: ``"none"``, ``"mean"`` (default) or ``"sum"``.
 
   Call:
-    ``loss(anchor, positive, negative)`` on (N, D) or (D,) embeddings. See
+    ``loss(anchor, positive, negative)`` on (N, D), (D,) or 0-d embeddings;
+    ``positive`` and ``negative`` broadcast to ``anchor``'s shape without
+    enlarging it (torch also broadcasts a (1, D) anchor). See
     :func:`jaxloss.triplet_margin_loss`.
 
   Example:
@@ -903,6 +970,14 @@ class TripletMarginLoss(_Loss):
   _: dataclasses.KW_ONLY
   reduction: str = "mean"
 
+  def __post_init__(self):
+    super().__post_init__()
+    _regression.check_options(
+        type(self).__name__, margin=(self.margin, _TORCH_TRIPLET_MARGIN),
+        p=(self.p, _embedding.triplet_margin_loss.hyperparameters[
+            "norm_degree"]),
+        eps=(self.eps, _embedding.triplet_margin_loss.hyperparameters["eps"]))
+
   def __call__(self, anchor, positive, negative):
     return _embedding.triplet_margin_loss(
         anchor, positive, negative, norm_degree=self.p, margin=self.margin,
@@ -923,12 +998,14 @@ class TripletMarginWithDistanceLoss(_Loss):
       distance per row; None for the Euclidean distance (torch's
       ``pairwise_distance``). It is part of the hashed, static configuration:
       pass the same function object to reuse compilations.
-    margin: the margin.
+    margin: the margin, positive (checked when the class is built, as
+      torch does).
     swap: use :math:`\min(d(a, n), d(p, n))` for the negative distance.
     reduction: ``"none"``, ``"mean"`` (default) or ``"sum"``.
 
   Call:
-    ``loss(anchor, positive, negative)``. See
+    ``loss(anchor, positive, negative)``, ``positive`` and ``negative``
+    broadcasting to ``anchor``'s shape without enlarging it. See
     :func:`jaxloss.triplet_margin_with_distance_loss`.
 
   Example:
@@ -948,6 +1025,11 @@ class TripletMarginWithDistanceLoss(_Loss):
   margin: float = 1.0
   swap: bool = False
   reduction: str = "mean"
+
+  def __post_init__(self):
+    super().__post_init__()
+    _regression.check_options(type(self).__name__,
+                              margin=(self.margin, _TORCH_TRIPLET_MARGIN))
 
   def __call__(self, anchor, positive, negative):
     return _embedding.triplet_margin_with_distance_loss(

@@ -211,8 +211,10 @@ VALUE_CHECKS = [
     (jaxloss.log_cosh, ([1.0, 2.0, _NAN],), {},
      r"log_cosh: predictions must not be NaN; first offending element "
      r"predictions\[2\] = nan"),
-    (jaxloss.huber_loss, ([0.0, 1.0], [0.0, 0.0]), {"delta": -1.0},
-     r"huber_loss: delta must be positive; got -1"),
+    # Traced hyperparameters: checked here (concrete ones at trace time).
+    (jaxloss.huber_loss, ([0.0, 1.0], [0.0, 0.0]),
+     {"delta": jnp.float32(-1.0)},
+     r"huber_loss: delta must be in \(0, inf\); got -1"),
     (jaxloss.poisson_nll_loss, ([0.0, 1.0], [1.0, -2.0]), {},
      r"poisson_nll_loss: targets must be non-negative; first offending "
      r"element targets\[1\] = -2"),
@@ -261,6 +263,10 @@ VALUE_CHECKS = [
                                                  [[1.0, 0.0]]), {},
      r"triplet_margin_with_distance_loss: anchor must not be NaN; first "
      r"offending element anchor\[0, 0\] = nan"),
+    (jaxloss.triplet_margin_loss, ([[0.0, 1.0]], [[0.0, 1.0]], [[1.0, 0.0]]),
+     {"margin": jnp.float32(-0.5), "distance": "torch"},
+     r"triplet_margin_loss: margin must be positive with distance='torch'; "
+     r"got -0.5"),
     (jaxloss.circle_loss, ([[0.5, 0.9]], [[0.1, _NAN]]), {},
      r"circle_loss: negative_scores must not be NaN; first offending "
      r"element negative_scores\[0, 1\] = nan"),

@@ -1,7 +1,9 @@
 """Similarities, distances, triplet/ranking/embedding and contrastive losses
 against float64 NumPy references, optax, and the edges."""
 
+import functools
 import inspect
+import re
 
 import jax
 import jax.numpy as jnp
@@ -11,10 +13,10 @@ import pytest
 from scipy.special import logsumexp as np_logsumexp
 
 import jaxloss
-from helpers import check_grads_directional, jit_fast
+from helpers import jit_fast
+from test_regression import check_autodiff_modes
 
 _jit = jit_fast
-_check_grads = check_grads_directional
 
 rng = np.random.default_rng(1)
 N, D = 5, 4
@@ -89,7 +91,8 @@ def _with_reduction(fn):
   """For functions without ``reduction``: the same sum and mean by hand."""
   def call(*args, reduction="none"):
     out = fn(*args)
-    return {"none": out, "sum": jnp.sum(out), "mean": jnp.mean(out)}[reduction]
+    mean = jnp.sum(out) / max(out.size, 1)
+    return {"none": out, "sum": jnp.sum(out), "mean": mean}[reduction]
   return call
 
 
@@ -141,11 +144,6 @@ CASES = {
         lambda sp, sn: ref_circle(sp, sn, 0.25, 4.0), (SP, SN), ()),
 }
 NAMES = sorted(CASES)
-# Finite differences for the losses whose gradients the torch golden cases
-# do not cover. The circle loss holds its pair weights constant in the
-# gradient: it is checked against its own analytic gradient below.
-GRAD_NAMES = ["cosine_distance", "cosine_similarity", "ntxent",
-              "triplet_margin_loss"]
 
 
 def _inputs(dtype, names=NAMES):
@@ -202,12 +200,16 @@ def test_jit_matches_eager_and_vmap_matches_batched():
                                atol=1e-6, err_msg=name)
 
 
-def test_gradients_match_finite_differences():
+def test_every_autodiff_mode_matches_finite_differences():
+  # The circle loss holds its pair weights constant in the gradient: its
+  # modes agree with each other, not with differences of its value (it is
+  # checked against its own analytic gradient below).
   with jax.enable_x64(True):
-    inputs = _inputs(jnp.float64, GRAD_NAMES)
-    floats = {n: f for n, (f, _) in inputs.items()}
-    consts = {n: c for n, (_, c) in inputs.items()}
-    _check_grads(lambda f: _weighted_total(f, consts), floats)
+    inputs = _inputs(jnp.float64)
+    check_autodiff_modes(
+        lambda f: {n: CASES[n][0](*f[n], *inputs[n][1], reduction="sum")
+                   for n in f},
+        {n: f for n, (f, _) in inputs.items()}, exact=("circle_loss",))
 
 
 def test_circle_loss_gradient_holds_pair_weights_constant():
@@ -493,6 +495,246 @@ def test_torch_conventions_for_targets():
 
 
 # ---------------------------------------------------------------------------
+# The shape contract: the first argument's shape is the element shape.
+
+
+def test_second_arguments_broadcast_to_the_first_but_never_enlarge_it():
+  v3, col, m = jnp.zeros(3) + 1, jnp.zeros((3, 1)) + 1, jnp.ones((3, 4))
+  cases = [
+      ("cosine_similarity", "targets", "predictions", m, m[:, :, None],
+       lambda a: jaxloss.cosine_similarity(m, a)),
+      ("cosine_distance", "where", "predictions", m, m[None] > 0,
+       lambda a: jaxloss.cosine_distance(m, m, where=a)),
+      ("pairwise_distance", "x2", "x1", m[0], m,
+       lambda a: jaxloss.pairwise_distance(m[0], a)),
+      ("triplet_margin_loss", "positives", "anchors", m[:1], m,
+       lambda a: jaxloss.triplet_margin_loss(m[:1], a, m[:1])),
+      ("triplet_margin_loss", "negatives", "anchors", m, m[:, None],
+       lambda a: jaxloss.triplet_margin_loss(m, m, a, distance="torch")),
+      ("triplet_margin_with_distance_loss", "negative", "anchor", m,
+       m[:, None], lambda a: jaxloss.triplet_margin_with_distance_loss(
+           m, m, a)),
+      ("margin_ranking_loss", "input2", "input1", v3, col,
+       lambda a: jaxloss.margin_ranking_loss(v3, a, v3)),
+      ("margin_ranking_loss", "target", "input1", v3, col,
+       lambda a: jaxloss.margin_ranking_loss(v3, v3, a)),
+      ("hinge_embedding_loss", "targets", "predictions", v3, col,
+       lambda a: jaxloss.hinge_embedding_loss(v3, a)),
+      ("hinge_embedding_loss", "targets", "predictions", col, v3,
+       lambda a: jaxloss.hinge_embedding_loss(col, a)),
+      ("cosine_embedding_loss", "input2", "input1", m, m[None],
+       lambda a: jaxloss.cosine_embedding_loss(m, a, v3)),
+      ("cosine_embedding_loss", "target", "input1's batch", m[:, 0], col,
+       lambda a: jaxloss.cosine_embedding_loss(m, m, a)),
+      ("ntxent", "labels", "embeddings' batch", m[:, 0], col,
+       lambda a: jaxloss.ntxent(m, a)),
+      ("circle_loss", "positive_where", "positive_scores", m,
+       m[:, :, None] > 0,
+       lambda a: jaxloss.circle_loss(m, m, positive_where=a)),
+  ]
+  for name, arg, ref, ref_value, bad, call in cases:
+    with pytest.raises(ValueError, match=(
+        rf"{name}: {arg} shape {re.escape(str(bad.shape))} does not "
+        rf"broadcast to {re.escape(ref)} shape "
+        rf"{re.escape(str(ref_value.shape))}")):
+      call(bad)
+  with pytest.raises(ValueError, match=r"; input1 has shape \(3, 4\)"):
+    jaxloss.cosine_embedding_loss(m, m, col)
+  # What may broadcast does, with the numbers of the explicit broadcast.
+  a, b, c = (jnp.asarray(x, jnp.float32) for x in (A, B, C))
+  np.testing.assert_allclose(
+      jaxloss.triplet_margin_loss(a, b[0], c[:1], distance="torch"),
+      jaxloss.triplet_margin_loss(a, jnp.broadcast_to(b[0], a.shape),
+                                  jnp.broadcast_to(c[:1], a.shape),
+                                  distance="torch"), rtol=1e-6)
+  np.testing.assert_allclose(
+      jaxloss.cosine_embedding_loss(a, b[:1], jnp.array([-1.0])),
+      jaxloss.cosine_embedding_loss(a, jnp.broadcast_to(b[:1], a.shape),
+                                    -jnp.ones(N)), rtol=1e-6)
+
+
+def test_zero_dimensional_and_unbatched_inputs_as_torch():
+  x, y, z = jnp.array(1.0), jnp.array(2.0), jnp.array(0.0)
+  # torch reads a 0-d input as one vector of one element.
+  np.testing.assert_allclose(jaxloss.pairwise_distance(x, y + 1.0), 2.0,
+                             rtol=1e-5)
+  assert jaxloss.pairwise_distance(x, y, keepdim=True).shape == ()
+  got = jaxloss.triplet_margin_loss(x, y, z, distance="torch")
+  assert got.shape == ()
+  np.testing.assert_allclose(got, 1.0 - 1e-6 - 1e-6 * 0, atol=1e-6)
+  np.testing.assert_allclose(jaxloss.nn.TripletMarginLoss()(x, y, z), got)
+  np.testing.assert_allclose(
+      jaxloss.margin_ranking_loss(x, y, jnp.array(1.0), margin=0.5), 1.5)
+  np.testing.assert_allclose(
+      jaxloss.hinge_embedding_loss(x, jnp.array(-1.0), margin=1.5), 0.5)
+
+
+# ---------------------------------------------------------------------------
+# Hyperparameters: traced or concrete, under jit, vmap and grad.
+
+INF = float("inf")
+REAL = r"\(-inf, inf\)"
+# (loss, keyword, positional inputs, other keywords, two valid nonzero
+#  values, an invalid one, the interval the message names).
+HYPERS = [
+    ("cosine_similarity", "epsilon", (A, B), {}, (2.0, 6.0), -1.0,
+     r"\[0, inf\)"),
+    ("cosine_distance", "epsilon", (A, B), {}, (2.0, 6.0), -1.0,
+     r"\[0, inf\)"),
+    ("pairwise_distance", "p", (A, B), {}, (1.5, 3.0), 0.0, r"\(0, inf\]"),
+    ("pairwise_distance", "eps", (A, B), {}, (0.1, 0.3), INF, REAL),
+    ("triplet_margin_loss", "norm_degree", (A, B, C), {}, (1.5, 3.0), -1.0,
+     r"\(0, inf\]"),
+    ("triplet_margin_loss", "margin", (A, B, C), {}, (0.5, 2.0), INF, REAL),
+    ("triplet_margin_loss", "eps", (A, B, C), {"distance": "torch"},
+     (1e-3, 0.1), INF, REAL),
+    ("triplet_margin_with_distance_loss", "margin", (A, B, C), {},
+     (0.5, 2.0), 0.0, r"\(0, inf\)"),
+    ("margin_ranking_loss", "margin", (S1, S2, SIGN), {}, (0.3, -0.5), INF,
+     REAL),
+    ("hinge_embedding_loss", "margin", (DIST, SIGN), {}, (1.5, 0.5), INF,
+     REAL),
+    ("cosine_embedding_loss", "margin", (A, B, SIGN), {}, (-0.9, 0.3), INF,
+     REAL),
+    ("ntxent", "temperature", (EMB, LABELS), {}, (0.5, 0.1), 0.0,
+     r"\(0, inf\)"),
+    ("circle_loss", "margin", (SP, SN), {}, (0.25, 0.4), INF, REAL),
+    ("circle_loss", "gamma", (SP, SN), {}, (4.0, 16.0), -1.0,
+     r"\[0, inf\)"),
+]
+
+
+@pytest.mark.parametrize("name,keyword,args,options,values,bad,interval",
+                         HYPERS, ids=[f"{h[0]}-{h[1]}" for h in HYPERS])
+def test_hyperparameter_traced_equals_concrete_and_has_the_right_gradient(
+    name, keyword, args, options, values, bad, interval):
+  f = getattr(jaxloss, name)
+  with jax.enable_x64(True):
+    args = tuple(jnp.asarray(a) for a in args)
+
+    def total(h):
+      return jnp.sum(f(*args, **options, **{keyword: h}))
+
+    run = jit_fast(lambda h, hs: (total(h), jax.vmap(total)(hs),
+                                  jax.grad(total)(h)))
+    h1, h2 = values
+    value, mapped, grad = run(jnp.float64(h1), jnp.array(values))
+    concrete = [total(h1)]
+    compiles = f.compiled._cache_size()
+    concrete.append(total(h2))
+    assert f.compiled._cache_size() == compiles, "a new value recompiled"
+    np.testing.assert_allclose(value, concrete[0], rtol=1e-12)
+    np.testing.assert_allclose(mapped, concrete, rtol=1e-12)
+    step = 1e-6
+    numeric = (run(h1 + step, jnp.array(values))[0]
+               - run(h1 - step, jnp.array(values))[0]) / (2 * step)
+    assert grad != 0
+    np.testing.assert_allclose(grad, numeric, rtol=1e-6)
+  args = tuple(jnp.asarray(a, jnp.float32 if a.dtype.kind == "f" else None)
+               for a in args)
+  with pytest.raises(ValueError, match=(
+      rf"{name}: {keyword} must be in {interval}, got {bad}")):
+    f(*args, **options, **{keyword: bad})
+
+
+def test_traced_hyperparameters_out_of_range_fail_under_checked():
+  # One checked program for every case, a lax.switch over them.
+  branches = [functools.partial(
+      lambda bad, f, args, options, keyword: jnp.sum(
+          f(*args, **options, **{keyword: bad})).astype(jnp.float32),
+      f=getattr(jaxloss, name), options=options, keyword=keyword,
+      args=tuple(jnp.asarray(a, jnp.float32 if a.dtype.kind == "f" else None)
+                 for a in map(np.asarray, args)))
+              for name, keyword, args, options, _, _, _ in HYPERS]
+  program = jaxloss.checked(jax.jit(
+      lambda i, bad: jax.lax.switch(i, branches, bad)))
+  for i, (name, keyword, _, _, _, bad, interval) in enumerate(HYPERS):
+    with pytest.raises(jaxloss.CheckError, match=(
+        rf"{name}: {keyword} must be in {interval}; got {bad:g}")):
+      program(i, jnp.float32(bad))
+
+
+def test_torch_distance_triplet_margin_is_positive_as_torch():
+  a, b, c = (jnp.asarray(x, jnp.float32) for x in (A, B, C))
+  for margin in (0.0, -1.0, np.float32(-0.5)):
+    with pytest.raises(ValueError, match=(
+        r"triplet_margin_loss: margin must be in \(0, inf\) with "
+        r"distance='torch'")):
+      jaxloss.triplet_margin_loss(a, b, c, margin=margin, distance="torch")
+  with pytest.raises(jaxloss.CheckError, match=(
+      r"triplet_margin_loss: margin must be positive with distance='torch'; "
+      r"got -1")):
+    jaxloss.checked(jaxloss.triplet_margin_loss)(
+        a, b, c, margin=jnp.float32(-1.0), distance="torch")
+  # optax's distance takes any margin, as optax does.
+  np.testing.assert_allclose(
+      jaxloss.triplet_margin_loss(a, b, c, margin=-1.0),
+      optax.losses.triplet_margin_loss(a, b, c, margin=-1.0), rtol=1e-5,
+      atol=1e-6)
+  for cls in (jaxloss.nn.TripletMarginLoss,
+              jaxloss.nn.TripletMarginWithDistanceLoss):
+    for margin in (0.0, -1.0):
+      with pytest.raises(ValueError, match=(
+          rf"{cls.__name__}: margin must be in \(0, inf\), got {margin}")):
+        cls(margin=margin)
+  with pytest.raises(ValueError, match=(
+      r"TripletMarginLoss: p must be in \(0, inf\], got 0")):
+    jaxloss.nn.TripletMarginLoss(p=0)
+  for cls in (jaxloss.nn.MarginRankingLoss, jaxloss.nn.HingeEmbeddingLoss,
+              jaxloss.nn.CosineEmbeddingLoss):
+    with pytest.raises(ValueError, match=(
+        rf"{cls.__name__}: margin must be in {REAL}, got nan")):
+      cls(margin=float("nan"))
+
+
+def test_norm_degree_traced_up_to_inf_with_finite_gradients():
+  a, b = jnp.asarray(A, jnp.float32), jnp.asarray(B, jnp.float32)
+  b = b.at[0].set(a[0])                   # a zero distance
+  degrees = jnp.array([0.5, 1.0, 2.0, 3.0, jnp.inf])
+  got = jax.vmap(lambda p: jaxloss.pairwise_distance(a, b, p=p, eps=0.0))(
+      degrees)
+  diff = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+  for p, row in zip([0.5, 1.0, 2.0, 3.0], got):
+    np.testing.assert_allclose(row, np.sum(diff**p, -1)**(1 / p), rtol=1e-5)
+  np.testing.assert_allclose(got[-1], diff.max(-1), rtol=1e-6)
+  grads = jax.vmap(jax.grad(lambda p: jaxloss.triplet_margin_loss(
+      a, b, jnp.zeros_like(a), norm_degree=p, eps=0.0).sum()))(degrees)
+  assert np.all(np.isfinite(grads)) and grads[-1] == 0
+  for d in ("optax", "torch"):
+    g = jax.grad(lambda x, d=d: jaxloss.triplet_margin_loss(
+        x, b, b, norm_degree=jnp.inf, eps=0.0, distance=d).sum())(a)
+    assert np.all(np.isfinite(g))
+
+
+# ---------------------------------------------------------------------------
+# Empty batches.
+
+
+def test_empty_batch_gives_zero_with_zero_gradient():
+  inputs = {name: (tuple(jnp.zeros((0, *np.shape(x)[1:])) for x in floats),
+                   tuple(jnp.zeros((0,), jnp.asarray(c).dtype)
+                         for c in consts))
+            for name, (_, _, floats, consts) in CASES.items()}
+
+  @_jit
+  def run(inputs):
+    out = _run(inputs)
+    grads = jax.grad(lambda f: sum(
+        CASES[n][0](*f[n], *inputs[n][1], reduction="mean") for n in f))(
+            {n: f for n, (f, _) in inputs.items()})
+    return out, grads
+
+  out, grads = run(inputs)
+  for name in CASES:
+    none, total, mean = out[name]
+    assert total == 0 and mean == 0 and not np.isnan(mean), name
+    if name != "ntxent":
+      assert none.shape == (0,), name
+    for g, x in zip(grads[name], inputs[name][0]):
+      assert g.shape == x.shape, name
+
+
+# ---------------------------------------------------------------------------
 # Errors.
 
 
@@ -501,9 +743,9 @@ def test_errors_name_the_function_and_argument():
   with pytest.raises(TypeError, match="cosine_similarity: predictions must "
                      "have a floating dtype, got int32"):
     jaxloss.cosine_similarity(jnp.zeros((2, 3), jnp.int32), x)
-  with pytest.raises(ValueError, match=r"cosine_distance: shapes do not "
-                     r"broadcast together: predictions \(2, 3\), targets "
-                     r"\(2, 4\)"):
+  with pytest.raises(ValueError, match=r"cosine_distance: targets shape "
+                     r"\(2, 4\) does not broadcast to predictions shape "
+                     r"\(2, 3\)"):
     jaxloss.cosine_distance(x, jnp.zeros((2, 4)))
   with pytest.raises(ValueError, match="cosine_similarity: axis 2 is out of "
                      "bounds for predictions of rank 2"):
@@ -521,25 +763,24 @@ def test_errors_name_the_function_and_argument():
                      r"must be in \(0, inf\], got -1"):
     jaxloss.triplet_margin_loss(x, x, x, norm_degree=-1)
   with pytest.raises(ValueError, match=r"triplet_margin_with_distance_loss: "
-                     r"margin must be in \(0, inf\], got 0.0"):
+                     r"margin must be in \(0, inf\), got 0.0"):
     jaxloss.triplet_margin_with_distance_loss(x, x, x, margin=0.0)
-  with pytest.raises(ValueError, match="triplet_margin_with_distance_loss: "
-                     "anchor, positive and negative must have the same "
-                     "number of dimensions"):
-    jaxloss.triplet_margin_with_distance_loss(x, x, x[0])
+  with pytest.raises(ValueError, match=r"triplet_margin_loss: margin must be "
+                     r"in \(0, inf\) with distance='torch', as torch "
+                     r"requires, got 0"):
+    jaxloss.triplet_margin_loss(x, x, x, margin=0, distance="torch")
   with pytest.raises(TypeError, match="triplet_margin_with_distance_loss: "
                      "distance_function must be callable"):
     jaxloss.triplet_margin_with_distance_loss(x, x, x, distance_function=3)
-  with pytest.raises(ValueError, match=r"margin_ranking_loss: shapes do not "
-                     r"broadcast together: input1 \(2, 3\), input2 \(2, 3\), "
-                     r"target \(2,\)"):
+  with pytest.raises(ValueError, match=r"margin_ranking_loss: target shape "
+                     r"\(2,\) does not broadcast to input1 shape \(2, 3\)"):
     jaxloss.margin_ranking_loss(x, x, jnp.ones(2))
   with pytest.raises(ValueError, match=r"cosine_embedding_loss: target shape "
-                     r"\(3,\) does not broadcast to the batch shape of input1 "
-                     r"shape \(2,\)"):
+                     r"\(3,\) does not broadcast to input1's batch shape "
+                     r"\(2,\)"):
     jaxloss.cosine_embedding_loss(x, x, jnp.ones(3))
-  with pytest.raises(ValueError, match=r"ntxent: labels must have shape "
-                     r"\(2,\) \(one per embedding\), got \(3,\)"):
+  with pytest.raises(ValueError, match=r"ntxent: labels shape \(3,\) does "
+                     r"not broadcast to embeddings' batch shape \(2,\)"):
     jaxloss.ntxent(x, jnp.zeros(3, jnp.int32))
   with pytest.raises(ValueError, match=r"ntxent: embeddings must have shape "
                      r"\[batch, dim\]"):

@@ -115,3 +115,60 @@ for red, swap, cosine, margin in [("none", False, False, 1.0),
           distance_function=jaxloss.cosine_distance if cosine else None,
           margin=margin, swap=swap, reduction=red),
       {"a": a, "p": p, "n": n}, grad=("a", "p", "n")))
+
+# Shapes and options torch accepts that jaxloss rejected before: 0-d inputs
+# (one vector of one element), unbatched vectors, p = inf and p < 1 traced.
+s0 = rng.normal(0, 1, (3,))
+for norm_p, keepdim in [(2.0, False), (float("inf"), True), (0.5, False)]:
+  CASES.append(Case(
+      f"pairwise_distance-0d-p{norm_p}-keepdim{int(keepdim)}",
+      lambda torch, x1, x2, norm_p=norm_p, keepdim=keepdim:
+      torch.nn.functional.pairwise_distance(x1, x2, p=norm_p,
+                                            keepdim=keepdim),
+      lambda x1, x2, norm_p=norm_p, keepdim=keepdim:
+      jaxloss.pairwise_distance(x1, x2, p=norm_p, keepdim=keepdim),
+      {"x1": np.array(s0[0]), "x2": np.array(s0[1])}, grad=("x1", "x2")))
+for norm_p in (float("inf"), 0.5):
+  CASES.append(Case(
+      f"pairwise_distance-unbatched-p{norm_p}",
+      lambda torch, x1, x2, norm_p=norm_p:
+      torch.nn.functional.pairwise_distance(x1, x2, p=norm_p),
+      lambda x1, x2, norm_p=norm_p: jaxloss.pairwise_distance(
+          x1, x2, p=norm_p),
+      {"x1": a_unbatched, "x2": p_unbatched}, grad=("x1", "x2")))
+
+CASES.append(Case(
+    "triplet-0d",
+    lambda torch, a, p, n: torch.nn.functional.triplet_margin_loss(
+        a, p, n, margin=0.5),
+    lambda a, p, n: jaxloss.triplet_margin_loss(
+        a, p, n, margin=0.5, distance="torch", reduction="mean"),
+    {"a": np.array(s0[0]), "p": np.array(s0[1]), "n": np.array(s0[2])},
+    grad=("a", "p", "n")))
+CASES.append(Case(
+    "triplet-pinf-swap",
+    lambda torch, a, p, n: torch.nn.TripletMarginLoss(
+        p=float("inf"), swap=True, reduction="none")(a, p, n),
+    lambda a, p, n: jaxloss.triplet_margin_loss(
+        a, p, n, norm_degree=float("inf"), swap=True, distance="torch"),
+    {"a": a, "p": p_zero, "n": n}, grad=("a", "p", "n")))
+
+CASES.append(Case(
+    "margin_ranking-0d",
+    lambda torch, x1, x2, y: torch.nn.functional.margin_ranking_loss(
+        x1, x2, y, margin=0.2, reduction="none"),
+    lambda x1, x2, y: jaxloss.margin_ranking_loss(x1, x2, y, margin=0.2),
+    {"x1": np.array(s0[0]), "x2": np.array(s0[1]), "y": np.array(-1.0)},
+    grad=("x1", "x2")))
+CASES.append(Case(
+    "hinge_embedding-target_row",
+    lambda torch, x, y: torch.nn.functional.hinge_embedding_loss(
+        x, y, margin=1.2, reduction="none"),
+    lambda x, y: jaxloss.hinge_embedding_loss(x, y, margin=1.2),
+    {"x": np.abs(a), "y": rng.choice([-1.0, 1.0], (D,))}, grad=("x",)))
+CASES.append(Case(
+    "cosine_embedding-input2_row-target1",
+    lambda torch, x1, x2, y: torch.nn.functional.cosine_embedding_loss(
+        x1, x2, y, margin=-0.3, reduction="none"),
+    lambda x1, x2, y: jaxloss.cosine_embedding_loss(x1, x2, y, margin=-0.3),
+    {"x1": a, "x2": n[:1], "y": np.array([-1.0])}, grad=("x1", "x2")))

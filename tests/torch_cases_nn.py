@@ -107,6 +107,28 @@ add("broadcasting", "GaussianNLLLoss",
      V("x0", "y0", "v0")],
     grad=("x", "y", "y1", "v", "v1", "vrow", "x0", "y0", "v0"))
 
+# Complex input (torch's L1Loss takes it), by its real and imaginary parts.
+# A generator of its own leaves the other cases' inputs as they were.
+rng_complex = np.random.default_rng(13)
+xi = rng_complex.normal(0, 1.5, (N, D))
+yi = rng_complex.normal(0, 1.5, (N, D))
+
+
+def _complex_l1(lib, complex_, cat):
+  def run(xr, xi, yr, yi):
+    x, y = complex_(xr, xi), complex_(yr, yi)
+    return cat([lib.L1Loss(reduction=red)(x, y).reshape(-1)
+                for red in REDUCTIONS])
+  return run
+
+
+CASES.append(Case(
+    "L1Loss-complex",
+    lambda torch, **t: _complex_l1(torch.nn, torch.complex, torch.cat)(**t),
+    jax.jit(_complex_l1(jaxloss.nn, lambda r, i: r + 1j * i,
+                        jnp.concatenate)),
+    {"xr": x, "xi": xi, "yr": y, "yi": yi}, grad=("xr", "xi", "yr", "yi")))
+
 # -- Classification -------------------------------------------------------------
 
 # The functions have their own torch parity cases (foundation): here each
@@ -235,6 +257,11 @@ add("", "TripletMarginLoss", triplet,
     [V("a", "p", "n"), V("a", "p", "n", p=1.0, swap=True, margin=0.3),
      V("a", "p", "n", p=3.0, eps=0.1), V("a0", "p0", "n0")],
     grad=("a", "p", "n", "a0", "p0", "n0"))
+
+add("0d", "TripletMarginLoss",
+    {"a": anchor[0, 0], "p": positive[0, 0], "n": negative[0, 0]},
+    [V("a", "p", "n"), V("a", "p", "n", p=float("inf"), margin=0.4)],
+    grad=("a", "p", "n"))
 
 
 def _linf(u, v):

@@ -114,3 +114,61 @@ for red, eps in [("none", 1e-6), ("none", 0.5), ("mean", 1e-6)]:
       lambda x, y, v, red=red, eps=eps: jaxloss.gaussian_nll_loss(
           x, y, v, eps=eps, reduction=red),
       {"x": x_4d, "y": y_4d, "v": var_4d}, grad=("x", "y", "v")))
+
+# Complex L1 (torch's L1Loss takes it): the modulus of the error, real, with
+# gradients in the real and imaginary parts, free of either library's
+# convention for complex gradients. One error is zero.
+xi = rng.normal(0, 2, (N, D))
+yi = rng.normal(0, 2, (N, D))
+yi[0, 0] = xi[0, 0]
+for red in REDUCTIONS:
+  CASES.append(Case(
+      f"l1_complex-{red}",
+      lambda torch, xr, xi, yr, yi, red=red: torch.nn.functional.l1_loss(
+          torch.complex(xr, xi), torch.complex(yr, yi), reduction=red),
+      lambda xr, xi, yr, yi, red=red: jaxloss.l1_loss(
+          xr + 1j * xi, yr + 1j * yi, reduction=red),
+      {"xr": x, "xi": xi, "yr": y, "yi": yi}, grad=("xr", "xi", "yr", "yi")))
+CASES.append(Case(
+    "l1_complex_real_target",
+    lambda torch, xr, xi, yr: torch.nn.functional.l1_loss(
+        torch.complex(xr, xi), yr, reduction="none"),
+    lambda xr, xi, yr: jaxloss.l1_loss(xr + 1j * xi, yr),
+    {"xr": x, "xi": xi, "yr": y}, grad=("xr", "xi", "yr")))
+
+# 0-d inputs and targets that broadcast to the input's shape, from torch's
+# OpInfo samples.
+x0, y0 = rng.normal(0, 2, (2,))
+ELEMENTWISE_0D = {
+    "l1": (lambda torch: torch.nn.functional.l1_loss, jaxloss.l1_loss),
+    "mse": (lambda torch: torch.nn.functional.mse_loss, jaxloss.mse_loss),
+    "smooth_l1": (lambda torch: torch.nn.functional.smooth_l1_loss,
+                  jaxloss.smooth_l1_loss),
+    "huber": (lambda torch: torch.nn.functional.huber_loss,
+              jaxloss.huber_loss),
+}
+for name, (torch_f, jax_f) in ELEMENTWISE_0D.items():
+  CASES.append(Case(
+      f"{name}-0d",
+      lambda torch, x, y, torch_f=torch_f: torch_f(torch)(
+          x, y, reduction="sum"),
+      lambda x, y, jax_f=jax_f: jax_f(x, y, reduction="sum"),
+      {"x": np.array(x0), "y": np.array(y0)}, grad=("x", "y")))
+
+x5 = rng.normal(0, 2, (5,))
+x55 = rng.normal(0, 2, (5, 5))
+GAUSSIAN_OPINFO = {
+    "target1-var0d": (x5, rng.normal(0, 2, (1,)), np.array(0.7)),
+    "target0d-var1": (x5, np.array(0.3), np.array([1.3])),
+    "square-target_row-var_row": (x55, rng.normal(0, 2, (5,)),
+                                  rng.uniform(0.2, 2.0, (5,))),
+    "square-target_col-var_col": (x55, rng.normal(0, 2, (5, 1)),
+                                  rng.uniform(0.2, 2.0, (5, 1))),
+}
+for name, (gx, gy, gv) in GAUSSIAN_OPINFO.items():
+  CASES.append(Case(
+      f"gaussian_nll_opinfo-{name}",
+      lambda torch, x, y, v: torch.nn.functional.gaussian_nll_loss(
+          x, y, v, reduction="none"),
+      lambda x, y, v: jaxloss.gaussian_nll_loss(x, y, v),
+      {"x": gx, "y": gy, "v": gv}, grad=("x", "y", "v")))
