@@ -12,6 +12,8 @@ from jax import lax
 from jaxloss import _checks
 from jaxloss import _jit
 from jaxloss import _reduction
+from jaxloss._regression import _complex_or_floating
+from jaxloss._regression import _modulus
 from jaxloss._regression import abs_zero_slope
 from jaxloss._regression import concrete_number
 from jaxloss._regression import hyperparameter
@@ -19,13 +21,15 @@ from jaxloss._regression import not_nan
 from jaxloss._regression import prechecked
 
 
-def _floats(fn, named, check_nan=True):
+def _floats(fn, named, check_nan=True, complex_ok=False):
   """Checked floating inputs in the loss dtype, shaped as the first one.
 
   The first input's shape is the element shape: the others may broadcast to
-  it, never enlarge it (the shape contract).
+  it, never enlarge it (the shape contract). ``complex_ok`` admits complex
+  vectors too (torch's distances take them).
   """
-  arrays = [_checks.floating(fn, name, x) for name, x in named]
+  check = _complex_or_floating if complex_ok else _checks.floating
+  arrays = [check(fn, name, x) for name, x in named]
   if check_nan:
     for (name, _), x in zip(named, arrays):
       not_nan(fn, name, x)
@@ -108,7 +112,8 @@ def _pnorm(v, p, axis, keepdims=False, inner_eps=None):
   the value nor a gradient sees ``|v| ** inf``. The gradient at the zero
   vector is 0, as torch's; the gradient in ``p`` is finite everywhere.
   """
-  a = abs_zero_slope(v)
+  a = (_modulus(v) if jnp.issubdtype(v.dtype, jnp.complexfloating)
+       else abs_zero_slope(v))
   infinite = p == math.inf
   q = jnp.where(infinite, 1, p)
   total = jnp.sum(_safe_pow(a, q), axis=axis, keepdims=keepdims)
@@ -254,7 +259,8 @@ def pairwise_distance(x1, x2, *, p=2.0, eps=1e-6, keepdim=False):
   one element, as in torch.
 
   Args:
-    x1: floating [..., dim] vectors.
+    x1: floating or complex [..., dim] vectors (complex: the modulus of
+      each difference, as torch).
     x2: floating vectors that broadcast to the shape of ``x1`` without
       enlarging it.
     p: the norm degree :math:`p > 0`, or ``inf`` (the largest difference):
@@ -280,13 +286,19 @@ def pairwise_distance(x1, x2, *, p=2.0, eps=1e-6, keepdim=False):
     ``torch.nn.functional.pairwise_distance`` / ``torch.nn.PairwiseDistance``.
   """
   fn = "pairwise_distance"
-  x1, x2 = _floats(fn, [("x1", x1), ("x2", x2)])
+  x1, x2 = _floats(fn, [("x1", x1), ("x2", x2)], complex_ok=True)
   v = x1 - x2
+  real = _real_dtype(v.dtype)
   if not _jit.is_zero(eps):
-    v = v + hyperparameter(eps, v.dtype)
+    v = v + hyperparameter(eps, real)
   if v.ndim == 0:
-    return _pnorm(v[None], hyperparameter(p, v.dtype), 0)
-  return _pnorm(v, hyperparameter(p, v.dtype), -1, keepdim)
+    return _pnorm(v[None], hyperparameter(p, real), 0)
+  return _pnorm(v, hyperparameter(p, real), -1, keepdim)
+
+
+def _real_dtype(dtype):
+  """The real dtype of ``dtype``'s values (float32 for complex64)."""
+  return jnp.finfo(dtype).dtype
 
 
 # ---------------------------------------------------------------------------
@@ -334,8 +346,9 @@ def triplet_margin_loss(anchors, positives, negatives, axis=-1, norm_degree=2,
   distance, including with ``eps=0``, and with respect to :math:`q`.
 
   Args:
-    anchors: floating [..., dim] anchor embeddings; a 0-d anchor is one
-      vector of one element, as in torch.
+    anchors: floating (or complex: the modulus of each difference, as
+      torch) [..., dim] anchor embeddings; a 0-d anchor is one vector of one
+      element, as in torch.
     positives: embeddings that broadcast to the shape of ``anchors`` without
       enlarging it.
     negatives: embeddings that broadcast to the shape of ``anchors`` without
@@ -376,13 +389,13 @@ def triplet_margin_loss(anchors, positives, negatives, axis=-1, norm_degree=2,
     _checks.fail(fn, f"swap must be a bool, got {swap!r}", TypeError)
   anchors, positives, negatives = _floats(
       fn, [("anchors", anchors), ("positives", positives),
-           ("negatives", negatives)])
+           ("negatives", negatives)], complex_ok=True)
   if anchors.ndim == 0 and axis in (-1, 0):
     anchors, positives, negatives = (x[None] for x in
                                      (anchors, positives, negatives))
   _checks.at_least_rank(fn, "anchors", anchors, 1)
   (ax,) = _axes(fn, axis, anchors.ndim, "anchors")
-  dtype = anchors.dtype
+  dtype = _real_dtype(anchors.dtype)
   norm_degree = hyperparameter(norm_degree, dtype)
   margin = hyperparameter(margin, dtype)
   if distance == "torch" and not _jit.is_zero(margin):
@@ -417,7 +430,7 @@ def triplet_margin_with_distance_loss(anchor, positive, negative, *,
   (Euclidean, ``eps=1e-6``), as torch.
 
   Args:
-    anchor: floating [..., dim] embeddings.
+    anchor: floating or complex [..., dim] embeddings.
     positive: embeddings that broadcast to the shape of ``anchor`` without
       enlarging it.
     negative: embeddings that broadcast to the shape of ``anchor`` without
@@ -456,7 +469,8 @@ def triplet_margin_with_distance_loss(anchor, positive, negative, *,
     _checks.fail(fn, "distance_function must be callable or None, got "
                  f"{distance_function!r}", TypeError)
   named = (("anchor", anchor), ("positive", positive), ("negative", negative))
-  anchor, positive, negative = (_checks.floating(fn, n, x) for n, x in named)
+  anchor, positive, negative = (_complex_or_floating(fn, n, x)
+                                for n, x in named)
   for (name, _), x in zip(named, (anchor, positive, negative)):
     not_nan(fn, name, x)
   # The distance function sees its inputs in their own dtype.

@@ -408,8 +408,9 @@ def _label_chain(x, y, keep, weight):
   log_sum = jnp.log(jnp.sum(jnp.exp(-below), axis=-1))
   c = _coefficients(y, None, weight, dtype)
   # c (log_sum + below), with 0 rather than 0 * inf where c is 0 on a -inf
-  # logit: the cap on `below` is finite there, +inf where c > 0.
-  cap = big * (1 + jnp.sign(c))
+  # logit: the cap on `below` is finite there, +inf wherever c is not 0
+  # (labels need not be non-negative: torch takes any real targets).
+  cap = big * (1 + jnp.abs(jnp.sign(c)))
   cross = jnp.sum(c * (log_sum[:, None] + jnp.minimum(below, cap)), axis=-1)
   # A row whose logits are all -inf costs inf, unless it has no mass.
   cross = jnp.where(m == -jnp.inf, jnp.inf, cross)
