@@ -69,18 +69,19 @@ def test_a_target_never_enlarges_the_predictions(name):
     # A new axis of length 1 (inside, for the Dice channel rule).
     return a[:, None] if name in CHANNEL_RULE else a[..., None]
 
-  for i, relation in _targets(name):
+  for i, _ in _targets(name):
     bad = list(args)
     bad[i] = enlarged(args[i])
     _raises_naming(name, params[i], [bad[i].shape],
                    lambda bad=bad: _call(name, bad))
-    if relation == "element":
-      bad = list(args)
-      bad[0] = enlarged(args[0])
-      # (The channel rule gives the target its channel axis first.)
-      shapes = [] if name in CHANNEL_RULE else [args[i].shape]
-      _raises_naming(name, params[i], shapes,
-                     lambda bad=bad: _call(name, bad))
+  if any(relation == "element" for _, relation in _targets(name)):
+    # Predictions with an axis more than their targets: the first target
+    # that does not fit is named, beside the predictions' shape. (The Dice
+    # channel rule gives the target its channel axis first.)
+    bad = list(args)
+    bad[0] = enlarged(args[0])
+    shapes = [] if name in CHANNEL_RULE else [bad[0].shape]
+    _raises_naming(name, params[0], shapes, lambda: _call(name, bad))
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if _targets(n)])

@@ -92,7 +92,9 @@ def _values(name, h):
 
 
 def _step(v):
-  return 1e-5 * abs(v) if v else 1e-6
+  """A central-difference step for a hyperparameter at ``v`` (nonzero): not
+  so small that rounding dominates, never reaching zero."""
+  return min(max(1e-4 * abs(v), 1e-8), 0.1 * abs(v))
 
 
 def _close(got, want, rtol, atol, what):
