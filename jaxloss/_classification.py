@@ -67,24 +67,6 @@ def _flag(fn, name, value):
   return bool(value)
 
 
-def row_labels(fn, name, labels, x_name, x_shape, batch_shape):
-  """Integer class labels broadcast to the batch shape, never enlarging it.
-
-  The batch shape is ``x_shape`` without its class axes; the message names
-  both arguments, both shapes and the batch shape.
-  """
-  labels = _checks.integer(fn, name, labels)
-  have, batch_shape = tuple(labels.shape), tuple(batch_shape)
-  fits = len(have) <= len(batch_shape) and all(
-      h in (1, b) for h, b in zip(have[::-1], batch_shape[::-1]))
-  if not fits:
-    _checks.fail(fn, f"{name} shape {have} does not broadcast to the batch "
-                 f"shape {batch_shape} of {x_name} shape {tuple(x_shape)} "
-                 f"({x_name} without its class axis; {name} may broadcast to "
-                 "it, never enlarge it)")
-  return jnp.broadcast_to(labels, batch_shape)
-
-
 def _signs(fn, x, t, where):
   """Value checks of the {-1, 1} margin losses, active under ``checked``."""
   _binary._value_check(fn, "predictor_outputs", ~jnp.isnan(x),
@@ -216,7 +198,7 @@ def _multiclass_rows(fn, scores, labels, axis, where):
   _rows.class_values(fn, [("scores", x, ~jnp.isnan(x),
                                  "must not be NaN")],
                            row_keep, None, scores.shape, axis)
-  labels = row_labels(fn, "labels", labels, "scores", scores.shape,
+  labels = _rows.row_labels(fn, "labels", labels, "scores", scores.shape,
                       batch_shape)
   x, label_x, _, keep, valid = integer_rows(
       fn, x, labels, batch_shape, ignore_index=None, row_keep=row_keep,
@@ -648,7 +630,7 @@ def multi_margin_loss(predictions, targets, *, p=1, margin=1.0, weight=None,
   if x.ndim == 1 and targets.shape == (1,):
     x = x[None]
   num_classes = x.shape[-1]
-  targets = row_labels(fn, "targets", targets, "predictions", x.shape,
+  targets = _rows.row_labels(fn, "targets", targets, "predictions", x.shape,
                        x.shape[:-1])
   if weight is not None:
     weight = _checks.numeric(fn, "weight", weight)
@@ -1291,7 +1273,7 @@ def categorical_generalized_cross_entropy(probs, labels, *, q=0.5, axis=-1,
   _rows.class_values(fn, [("probs", x, (x >= 0) & (x <= 1),
                            "must be in [0, 1]")],
                      row_keep, None, probs.shape, axis)
-  labels = row_labels(fn, "labels", labels, "probs", probs.shape,
+  labels = _rows.row_labels(fn, "labels", labels, "probs", probs.shape,
                       batch_shape)
   weight = _rows.class_weight(fn, weight, x.shape[-1], x.dtype)
   _, label_p, label_w, keep, valid = integer_rows(

@@ -12,13 +12,11 @@ from jax import lax
 from jaxloss import _checks
 from jaxloss import _jit
 from jaxloss import _reduction
+from jaxloss import _rows
 from jaxloss._regression import _complex_or_floating
 from jaxloss._regression import _modulus
 from jaxloss._regression import abs_zero_slope
-from jaxloss._regression import concrete_number
-from jaxloss._regression import hyperparameter
 from jaxloss._regression import not_nan
-from jaxloss._regression import prechecked
 
 
 def _floats(fn, named, check_nan=True, complex_ok=False):
@@ -38,19 +36,6 @@ def _floats(fn, named, check_nan=True, complex_ok=False):
   out = [ref] + [_checks.conform(fn, name, x, first, ref.shape)
                  for name, x in rest]
   return [x.astype(dtype) for x in out]
-
-
-def _per_row(fn, name, x, ref_name, ref):
-  """``x``, one value per vector (last axis) of ``ref``, on its batch shape.
-
-  The batch axes may broadcast, never enlarge; the message gives both the
-  batch shape and the whole shape of ``ref``.
-  """
-  owner = f"{ref_name}'" if ref_name.endswith("s") else f"{ref_name}'s"
-  try:
-    return _checks.conform(fn, name, x, f"{owner} batch", ref.shape[:-1])
-  except ValueError as e:
-    raise ValueError(f"{e}; {ref_name} has shape {ref.shape}") from None
 
 
 def _axes(fn, axis, ndim, arg):
@@ -151,7 +136,7 @@ def _cosine(fn, predictions, targets, epsilon, axis, where):
     # reach the gradient of the entries kept.
     predictions = jnp.where(where, predictions, 0)
     targets = jnp.where(where, targets, 0)
-  epsilon = hyperparameter(epsilon, predictions.dtype)
+  epsilon = _jit.cast(epsilon, predictions.dtype)
   a = _unit(predictions, axes, where, epsilon)
   b = _unit(targets, axes, where, epsilon)
   return jnp.sum(a * b, axis=axes, where=where)
@@ -290,10 +275,10 @@ def pairwise_distance(x1, x2, *, p=2.0, eps=1e-6, keepdim=False):
   v = x1 - x2
   real = _real_dtype(v.dtype)
   if not _jit.is_zero(eps):
-    v = v + hyperparameter(eps, real)
+    v = v + _jit.cast(eps, real)
   if v.ndim == 0:
-    return _pnorm(v[None], hyperparameter(p, real), 0)
-  return _pnorm(v, hyperparameter(p, real), -1, keepdim)
+    return _pnorm(v[None], _jit.cast(p, real), 0)
+  return _pnorm(v, _jit.cast(p, real), -1, keepdim)
 
 
 def _real_dtype(dtype):
@@ -311,13 +296,13 @@ def _torch_margin(anchors, positives, negatives, axis=-1, norm_degree=2,
                   margin=1.0, eps=1e-6, *, distance="optax", **_):
   """torch's rule, where the margin is known on the host: positive."""
   del anchors, positives, negatives, axis, norm_degree, eps
-  value = concrete_number(margin)
+  value = _jit.concrete(margin)
   if distance == "torch" and value is not None and not value > 0:
     _checks.fail("triplet_margin_loss", "margin must be in (0, inf) with "
                  f"distance='torch', as torch requires, got {margin!r}")
 
 
-@prechecked(_torch_margin)
+@_jit.precheck(_torch_margin)
 @_jit.jit("axis", "swap", "distance", "reduction", norm_degree=_NORM_DEGREE,
           margin=_jit.REAL, eps=_jit.REAL)
 def triplet_margin_loss(anchors, positives, negatives, axis=-1, norm_degree=2,
@@ -396,12 +381,12 @@ def triplet_margin_loss(anchors, positives, negatives, axis=-1, norm_degree=2,
   _checks.at_least_rank(fn, "anchors", anchors, 1)
   (ax,) = _axes(fn, axis, anchors.ndim, "anchors")
   dtype = _real_dtype(anchors.dtype)
-  norm_degree = hyperparameter(norm_degree, dtype)
-  margin = hyperparameter(margin, dtype)
+  norm_degree = _jit.cast(norm_degree, dtype)
+  margin = _jit.cast(margin, dtype)
   if distance == "torch" and not _jit.is_zero(margin):
     _checks.values(fn, "margin", margin > 0, "must be positive with "
                    "distance='torch'", margin)
-  eps = None if _jit.is_zero(eps) else hyperparameter(eps, dtype)
+  eps = None if _jit.is_zero(eps) else _jit.cast(eps, dtype)
 
   def dist(u, v):
     if distance == "torch":
@@ -484,7 +469,7 @@ def triplet_margin_with_distance_loss(anchor, positive, negative, *,
   d_neg = _checks.conform(fn, "d(anchor, negative)", d_neg,
                           "d(anchor, positive)", d_pos.shape)
   dtype = _reduction.stat_dtype(jnp.result_type(d_pos, d_neg))
-  loss = jnp.maximum(hyperparameter(margin, dtype) + d_pos.astype(dtype)
+  loss = jnp.maximum(_jit.cast(margin, dtype) + d_pos.astype(dtype)
                      - d_neg.astype(dtype), 0)
   return _reduction.reduce(fn, loss, reduction)
 
@@ -528,7 +513,7 @@ def margin_ranking_loss(input1, input2, target, *, margin=0.0,
   target = _checks.conform(fn, "target", target, "input1", input1.shape)
   target = target.astype(input1.dtype)
   loss = jnp.maximum(-target * (input1 - input2)
-                     + hyperparameter(margin, input1.dtype), 0)
+                     + _jit.cast(margin, input1.dtype), 0)
   return _reduction.reduce(fn, loss, reduction)
 
 
@@ -574,7 +559,7 @@ def hinge_embedding_loss(predictions, targets, *, margin=1.0,
   targets = _checks.conform(fn, "targets", targets, "predictions",
                             predictions.shape)
   x = predictions.astype(_reduction.stat_dtype(predictions.dtype))
-  margin = hyperparameter(margin, x.dtype)
+  margin = _jit.cast(margin, x.dtype)
   loss = (jnp.where(targets != 1, jnp.maximum(margin - x, 0), 0)
           + jnp.where(targets != -1, x, 0))
   return _reduction.reduce(fn, loss, reduction)
@@ -628,12 +613,13 @@ def cosine_embedding_loss(input1, input2, target, *, margin=0.0,
   _checks.at_least_rank(fn, "input1", input1, 1)
   target = _checks.numeric(fn, "target", target)
   _signs(fn, "target", target)
-  target = _per_row(fn, "target", target, "input1", input1)
+  target = _rows.row_labels(fn, "target", target, "input1", input1.shape,
+                           input1.shape[:-1])
   dot = jnp.sum(input1 * input2, axis=-1)
   norm1 = jnp.sqrt(jnp.sum(input1 * input1, axis=-1) + _TORCH_COSINE_EPS)
   norm2 = jnp.sqrt(jnp.sum(input2 * input2, axis=-1) + _TORCH_COSINE_EPS)
   cos = dot / (norm1 * norm2)
-  margin = hyperparameter(margin, cos.dtype)
+  margin = _jit.cast(margin, cos.dtype)
   loss = (jnp.where(target == 1, 1 - cos, 0)
           + jnp.where(target == -1, jnp.maximum(cos - margin, 0), 0))
   return _reduction.reduce(fn, loss, reduction)
@@ -703,14 +689,15 @@ def ntxent(embeddings, labels, temperature=0.07):
     _checks.fail(fn, f"embeddings must have shape [batch, dim], got shape "
                  f"{embeddings.shape}")
   labels = _checks.numeric(fn, "labels", labels)
-  labels = _per_row(fn, "labels", labels, "embeddings", embeddings)
+  labels = _rows.row_labels(fn, "labels", labels, "embeddings",
+                           embeddings.shape, embeddings.shape[:-1])
   not_nan(fn, "embeddings", embeddings)
   not_nan(fn, "labels", labels)
   x = embeddings.astype(_reduction.stat_dtype(embeddings.dtype))
   eps = jnp.finfo(x.dtype).eps
   unit = _unit(x, (1,), None, eps)
   # Every row meets every other: the columns' side is the whole batch.
-  sims = (unit @ _whole(unit).T) / hyperparameter(temperature, x.dtype)
+  sims = (unit @ _whole(unit).T) / _jit.cast(temperature, x.dtype)
   same = labels[:, None] == _whole(labels)[None, :]
   positive = same & ~jnp.eye(len(labels), dtype=bool)
   negative = ~same
@@ -799,8 +786,8 @@ def circle_loss(positive_scores, negative_scores, *, margin=0.4, gamma=80.0,
                  "the last axis)")
   dtype = _reduction.stat_dtype(jnp.result_type(s_p, s_n))
   s_p, s_n = s_p.astype(dtype), s_n.astype(dtype)
-  margin = hyperparameter(margin, dtype)
-  gamma = hyperparameter(gamma, dtype)
+  margin = _jit.cast(margin, dtype)
+  gamma = _jit.cast(gamma, dtype)
 
   def lse(logits, where, name, arg, scores):
     if where is not None:

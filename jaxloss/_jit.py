@@ -160,6 +160,57 @@ def is_zero(value):
           and value == 0)
 
 
+def cast(value, dtype):
+  """A hyperparameter in the loss's dtype; an exact concrete zero stays the
+  Python ``0.0`` (:func:`is_zero` still tells)."""
+  return value if is_zero(value) else jnp.asarray(value).astype(dtype)
+
+
+def concrete(value):
+  """``value`` as a float when the host knows it (a Python or NumPy
+  scalar), else None: for the rules an interval cannot state."""
+  if isinstance(value, (bool, np.bool_)):
+    return None
+  if isinstance(value, (int, float, np.number)) or (
+      isinstance(value, np.ndarray) and value.ndim == 0):
+    return float(value)
+  return None
+
+
+def check_options(name, **options):
+  """An object's numeric options, each ``(value, spec)``, checked as a
+  function's concrete hyperparameters are (``jaxloss.nn`` classes check
+  theirs when built); a traced one is left to the function it reaches."""
+  for option, (value, spec) in options.items():
+    if not isinstance(value, jax.Array):
+      _hyper_value(name, option, spec, value)
+
+
+def precheck(check):
+  """A public function that runs ``check(**arguments)`` (defaults filled
+  in) before its jitted body: for the rules a hyperparameter's interval
+  cannot state, on what only the caller's Python knows (a margin positive
+  with one distance but not another, probabilities given as a concrete
+  array). The result keeps the jitted function's signature, docstring,
+  ``static_argnames``, ``hyperparameters`` and ``compiled``.
+  """
+  def wrap(jitted):
+    signature = inspect.signature(jitted)
+
+    @functools.wraps(jitted)
+    def public(*args, **kwargs):
+      try:
+        bound = signature.bind(*args, **kwargs)
+      except TypeError:
+        return jitted(*args, **kwargs)   # which says what is wrong
+      bound.apply_defaults()
+      check(**bound.arguments)
+      return jitted(*args, **kwargs)
+
+    return public
+  return wrap
+
+
 def check_traced(fn, name, spec, value):
   """Under :func:`jaxloss.checked`: a traced hyperparameter in its interval.
 

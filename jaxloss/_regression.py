@@ -6,8 +6,6 @@ rules, aligned from the right) but never enlarge it, so [N] against [N, 1]
 is an error in both directions (``_checks.conform``).
 """
 
-import functools
-import inspect
 import math
 
 import jax
@@ -18,54 +16,6 @@ from jax import lax
 from jaxloss import _checks
 from jaxloss import _jit
 from jaxloss import _reduction
-
-
-def prechecked(check):
-  """A public function that runs ``check(**arguments)`` before its jitted body.
-
-  For the rules a hyperparameter's interval cannot say, on values only the
-  caller's Python knows: a negative entry of a variance given as a list, a
-  margin that must be positive with one distance but not another. The
-  wrapped function keeps the jitted one's signature, docstring and
-  ``static_argnames``, ``hyperparameters`` and ``compiled``.
-  """
-  def wrap(jitted):
-    signature = inspect.signature(jitted)
-
-    @functools.wraps(jitted)
-    def public(*args, **kwargs):
-      try:
-        bound = signature.bind(*args, **kwargs)
-      except TypeError:
-        return jitted(*args, **kwargs)   # jitted's own message
-      bound.apply_defaults()
-      check(**bound.arguments)
-      return jitted(*args, **kwargs)
-
-    return public
-  return wrap
-
-
-def concrete_number(value):
-  """``value`` as a float when it is a Python or NumPy scalar, else None."""
-  if isinstance(value, (bool, np.bool_)):
-    return None
-  if isinstance(value, (int, float, np.number)) or (
-      isinstance(value, np.ndarray) and value.ndim == 0):
-    return float(value)
-  return None
-
-
-def check_options(name, **options):
-  """A class's concrete numeric options, each ``(value, spec)``, checked.
-
-  ``jaxloss.nn`` classes check them when they are built, with the class's
-  name in the message (torch checks some there, others when called); a
-  traced option is checked by the function, under ``checked``.
-  """
-  for option, (value, spec) in options.items():
-    if not isinstance(value, jax.Array):
-      _jit._hyper_value(name, option, spec, value)  # noqa: SLF001
 
 
 def not_nan(fn, name, x, keep=None):
@@ -158,11 +108,6 @@ def _huber(abs_errors, delta):
   # |e| - min(|e|, delta), not max(|e| - delta, 0): one gradient path, so the
   # kink at |e| = delta is not counted twice.
   return 0.5 * quadratic**2 + delta * (abs_errors - quadratic)
-
-
-def hyperparameter(x, dtype):
-  """A hyperparameter in the loss dtype; a concrete zero stays ``0.0``."""
-  return x if _jit.is_zero(x) else jnp.asarray(x).astype(dtype)
 
 
 # ---------------------------------------------------------------------------
@@ -271,7 +216,7 @@ def huber_loss(predictions, targets=None, *, delta=1.0, reduction="none"):
   fn = "huber_loss"
   predictions, targets = pair(fn, predictions, targets)
   errors = _errors(predictions, targets)
-  delta = _checks.conform(fn, "delta", hyperparameter(delta, errors.dtype),
+  delta = _checks.conform(fn, "delta", _jit.cast(delta, errors.dtype),
                           "predictions", errors.shape)
   return _reduction.reduce(fn, _huber(abs_zero_slope(errors), delta),
                            reduction)
@@ -469,7 +414,7 @@ def smooth_l1_loss(predictions, targets, *, beta=1.0, reduction="none"):
   abs_errors = abs_zero_slope(predictions - targets)
   if _jit.is_zero(beta):
     return _reduction.reduce(fn, abs_errors, reduction)
-  beta = hyperparameter(beta, abs_errors.dtype)
+  beta = _jit.cast(beta, abs_errors.dtype)
   linear = abs_errors > beta
   # The quadratic branch divides by beta only where it is taken: it is only
   # taken at |e| <= beta, and beta = 0 (traced) leaves it |e| = 0, where the
@@ -540,7 +485,7 @@ def poisson_nll_loss(predictions, targets, *, log_input=True, full=False,
     loss = jnp.exp(predictions) - targets * log_rate
   else:
     rates = (predictions if _jit.is_zero(eps)
-             else predictions + hyperparameter(eps, predictions.dtype))
+             else predictions + _jit.cast(eps, predictions.dtype))
     loss = predictions - _xlogy(targets, rates)
   if full:
     big = targets > 1
@@ -580,7 +525,7 @@ def _no_negative_var(predictions, targets, var, **_):
                  "negative entry")
 
 
-@prechecked(_no_negative_var)
+@_jit.precheck(_no_negative_var)
 @_jit.jit("full", "reduction", eps=_jit.NON_NEGATIVE)
 def gaussian_nll_loss(predictions, targets, var, *, full=False, eps=1e-6,
                       reduction="none"):
@@ -645,7 +590,7 @@ def gaussian_nll_loss(predictions, targets, var, *, full=False, eps=1e-6,
   else:
     # torch clamps a clone under no_grad: the value is max(var, eps), the
     # gradient passes straight through to var; eps gets the clamp's own.
-    eps = hyperparameter(eps, var.dtype)
+    eps = _jit.cast(eps, var.dtype)
     clamped = jnp.where(var < eps, eps + (var - lax.stop_gradient(var)), var)
   loss = 0.5 * (jnp.log(clamped) + (predictions - targets)**2 / clamped)
   if full:
@@ -697,7 +642,7 @@ def mean_absolute_percentage_error(predictions, targets, *,
   fn = "mean_absolute_percentage_error"
   predictions, targets = pair(fn, predictions, targets)
   loss = 100 * abs_zero_slope(predictions - targets) / jnp.maximum(
-      jnp.abs(targets), hyperparameter(epsilon, predictions.dtype))
+      jnp.abs(targets), _jit.cast(epsilon, predictions.dtype))
   return _reduction.reduce(fn, loss, reduction)
 
 
@@ -739,7 +684,7 @@ def mean_squared_logarithmic_error(predictions, targets, *,
   """
   fn = "mean_squared_logarithmic_error"
   predictions, targets = pair(fn, predictions, targets)
-  epsilon = hyperparameter(epsilon, predictions.dtype)
+  epsilon = _jit.cast(epsilon, predictions.dtype)
   loss = (jnp.log1p(jnp.maximum(predictions, epsilon))
           - jnp.log1p(jnp.maximum(targets, epsilon)))**2
   return _reduction.reduce(fn, loss, reduction)
@@ -784,6 +729,6 @@ def poisson(predictions, targets, *, epsilon=_KERAS_EPSILON,
   non_negative(fn, "predictions", predictions)
   non_negative(fn, "targets", targets)
   rates = (predictions if _jit.is_zero(epsilon)
-           else predictions + hyperparameter(epsilon, predictions.dtype))
+           else predictions + _jit.cast(epsilon, predictions.dtype))
   loss = predictions - _xlogy(targets, rates)
   return _reduction.reduce(fn, loss, reduction)

@@ -64,8 +64,22 @@ def both(a, b):
   return a if b is None else a & b
 
 
+def row_labels(fn, name, labels, x_name, x_shape, batch_shape):
+  """One label per row of ``x_name``: ``labels`` broadcast to the batch
+  shape (``x_shape`` less its class axes), never enlarging it.
+
+  The message names both arguments, the batch shape and ``x_name``'s whole
+  shape.
+  """
+  try:
+    return _checks.conform(fn, name, labels, f"the batch shape of {x_name}",
+                           batch_shape)
+  except ValueError as e:
+    raise ValueError(f"{e}; {x_name} has shape {tuple(x_shape)}") from None
+
+
 def integer_rows(fn, x, labels, batch_shape, *, ignore_index, row_keep,
-                 weight, labels_name="labels", x_name="logits"):
+                 weight, x_shape=None, labels_name="labels", x_name="logits"):
   """What integer-label losses share: the label logit, weight and masks.
 
   Args:
@@ -75,6 +89,8 @@ def integer_rows(fn, x, labels, batch_shape, *, ignore_index, row_keep,
     ignore_index: label value whose rows are dropped, or None.
     row_keep: boolean [...] of rows to keep, or None.
     weight: [C] class weights in ``x``'s dtype, or None.
+    x_shape: the scores' shape as the caller has it (for messages; by
+      default the batch shape and the classes).
     labels_name, x_name: the caller's names for ``labels`` and the scores,
       used in messages.
 
@@ -85,8 +101,9 @@ def integer_rows(fn, x, labels, batch_shape, *, ignore_index, row_keep,
     kept) and the rows whose label lies in [0, C).
   """
   labels = _checks.integer(fn, labels_name, labels)
-  labels = _checks.conform(fn, labels_name, labels,
-                           f"the batch shape of {x_name}", batch_shape)
+  if x_shape is None:
+    x_shape = tuple(batch_shape) + x.shape[-1:]
+  labels = row_labels(fn, labels_name, labels, x_name, x_shape, batch_shape)
   num_classes = x.shape[-1]
   keep = row_keep
   if ignore_index is not None:

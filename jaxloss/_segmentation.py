@@ -1,8 +1,5 @@
 """Overlap losses for segmentation: Dice, generalized Dice, Tversky."""
 
-import functools
-import inspect
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,45 +42,31 @@ def _sums_to_one(fn, predictions):
                    "the classes)", sums)
 
 
-def _eager_sums_to_one(jitted):
-  """optax's check of ``apply_softmax=False`` probabilities, on concrete input.
+def _probabilities_sum_to_one(fn):
+  """optax's check of ``apply_softmax=False`` probabilities, on concrete
+  input, for :func:`jaxloss._jit.precheck`.
 
   optax raises ``ValueError`` when probabilities over C > 1 classes do not
   sum to 1; it can only do so on concrete arrays. So does this, before
   tracing: traced predictions are checked under :func:`jaxloss.checked`
   instead. A single channel holds sigmoid probabilities and is not checked.
   """
-  signature = inspect.signature(jitted)
-  fn = jitted.__name__
-
-  @functools.wraps(jitted)
-  def public(*args, **kwargs):
-    try:
-      arguments = signature.bind(*args, **kwargs).arguments
-    except TypeError:
-      return jitted(*args, **kwargs)     # which says what is wrong
-    predictions = arguments.get("predictions")
+  def check(predictions=None, targets=None, apply_softmax=True, **_):
     # A traced switch is left to the jitted function's own message.
-    if (arguments.get("apply_softmax", True) is False
-        and not isinstance(predictions, jax.core.Tracer)):
-      p = np.asarray(predictions)
-      single = (p.ndim == np.ndim(arguments.get("targets")) - 1
-                or p.ndim == 0 or p.shape[-1] == 1)
-      if p.dtype.kind == "f" and p.size and not single:
-        sums = p.astype(np.float64).sum(-1)
-        if not np.all(np.abs(sums - 1) <= _sum_tolerance(p.dtype,
-                                                          p.shape[-1])):
-          _checks.fail(fn, "predictions must be probabilities that sum to 1 "
-                       "over the class axis with apply_softmax=False, got "
-                       f"sums in [{np.min(sums):.6g}, {np.max(sums):.6g}]")
-    return jitted(*args, **kwargs)
-  return public
-
-
-def _hyper(value, dtype):
-  """A hyperparameter in the statistics' dtype (Python numbers stay weak)."""
-  return value if isinstance(value, (int, float)) else jnp.asarray(
-      value).astype(dtype)
+    if apply_softmax is not False or isinstance(predictions,
+                                                jax.core.Tracer):
+      return
+    p = np.asarray(predictions)
+    single = (p.ndim == np.ndim(targets) - 1 or p.ndim == 0
+              or p.shape[-1] == 1)
+    if p.dtype.kind == "f" and p.size and not single:
+      sums = p.astype(np.float64).sum(-1)
+      if not np.all(np.abs(sums - 1)
+                    <= _sum_tolerance(p.dtype, p.shape[-1])):
+        _checks.fail(fn, "predictions must be probabilities that sum to 1 "
+                     "over the class axis with apply_softmax=False, got sums "
+                     f"in [{np.min(sums):.6g}, {np.max(sums):.6g}]")
+  return check
 
 
 def _tversky_loss(probs, targets, alpha, beta, smooth, axes):
@@ -156,8 +139,8 @@ def _dice(fn, predictions, targets, *, class_weights=None, smooth,
   if apply_softmax:
     probs = (jax.nn.sigmoid(probs) if probs.shape[-1] == 1
              else jax.nn.softmax(probs, axis=-1))
-  loss = _tversky_loss(probs, targets, _hyper(alpha, dtype),
-                       _hyper(beta, dtype), _hyper(smooth, dtype), axes)
+  loss = _tversky_loss(probs, targets, _jit.cast(alpha, dtype),
+                       _jit.cast(beta, dtype), _jit.cast(smooth, dtype), axes)
   if class_weights is not None:
     class_weights = _checks.numeric(fn, "class_weights", class_weights)
     class_weights = _checks.conform(
@@ -169,7 +152,7 @@ def _dice(fn, predictions, targets, *, class_weights=None, smooth,
   return _class_reduce(fn, loss, reduction)
 
 
-@_eager_sums_to_one
+@_jit.precheck(_probabilities_sum_to_one("dice_loss"))
 @_jit.jit("apply_softmax", "reduction", "ignore_background", "axis",
           smooth=_jit.NON_NEGATIVE, alpha=_jit.NON_NEGATIVE,
           beta=_jit.NON_NEGATIVE)
@@ -286,7 +269,8 @@ def binary_dice_loss(predictions, targets, *, smooth=1.0, apply_sigmoid=True):
 _FREQUENCY_EPSILON = 1e-7
 
 
-@_eager_sums_to_one
+@_jit.precheck(
+    _probabilities_sum_to_one("multiclass_generalized_dice_loss"))
 @_jit.jit("apply_softmax", "ignore_background", smooth=_jit.NON_NEGATIVE)
 def multiclass_generalized_dice_loss(predictions, targets, *, smooth=1.0,
                                      apply_softmax=True,
@@ -411,6 +395,6 @@ def tversky_loss(predictions, targets, *, alpha=0.5, beta=0.5, smooth=0.0,
   axes = _axes(fn, axis, predictions.ndim, "predictions")
   dtype = _reduction.stat_dtype(jnp.result_type(predictions, targets))
   loss = _tversky_loss(predictions.astype(dtype), targets.astype(dtype),
-                       _hyper(alpha, dtype), _hyper(beta, dtype),
-                       _hyper(smooth, dtype), axes)
+                       _jit.cast(alpha, dtype), _jit.cast(beta, dtype),
+                       _jit.cast(smooth, dtype), axes)
   return _reduction.reduce(fn, loss, reduction)

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 
 from jaxloss import _binary
 from jaxloss import _checks
-from jaxloss import _classification
 from jaxloss import _jit
 from jaxloss import _reduction
+from jaxloss import _rows
 from jaxloss._rows import classes_last
 from jaxloss._rows import finish_rows
 from jaxloss._rows import integer_rows
@@ -173,7 +173,7 @@ def multiclass_sparsemax_loss(scores, labels, *, axis=-1, where=None,
                                      "scores")
   if class_keep is not None:
     x = jnp.where(class_keep, x, -jnp.inf)
-  labels = _classification.row_labels(fn, "labels", labels, "scores", shape,
+  labels = _rows.row_labels(fn, "labels", labels, "scores", shape,
                                       batch_shape)
   x, label_x, _, keep, valid = integer_rows(
       fn, x, labels, batch_shape, ignore_index=None, row_keep=row_keep,

@@ -33,6 +33,7 @@ from jaxloss import _classification
 from jaxloss import _ctc
 from jaxloss import _divergence
 from jaxloss import _embedding
+from jaxloss import _jit
 from jaxloss import _multiclass
 from jaxloss import _reduction
 from jaxloss import _regression
@@ -356,7 +357,7 @@ class PoissonNLLLoss(_Loss):
 
   def __post_init__(self):
     super().__post_init__()
-    _regression.check_options(
+    _jit.check_options(
         type(self).__name__,
         eps=(self.eps, _regression.poisson_nll_loss.hyperparameters["eps"]))
 
@@ -405,7 +406,7 @@ class GaussianNLLLoss(_Loss):
 
   def __post_init__(self):
     super().__post_init__()
-    _regression.check_options(
+    _jit.check_options(
         type(self).__name__,
         eps=(self.eps, _regression.gaussian_nll_loss.hyperparameters["eps"]))
 
@@ -567,7 +568,7 @@ class MarginRankingLoss(_Loss):
 
   def __post_init__(self):
     super().__post_init__()
-    _regression.check_options(
+    _jit.check_options(
         type(self).__name__,
         margin=(self.margin,
                 _embedding.margin_ranking_loss.hyperparameters["margin"]))
@@ -610,7 +611,7 @@ class HingeEmbeddingLoss(_Loss):
 
   def __post_init__(self):
     super().__post_init__()
-    _regression.check_options(
+    _jit.check_options(
         type(self).__name__,
         margin=(self.margin,
                 _embedding.hinge_embedding_loss.hyperparameters["margin"]))
@@ -695,7 +696,7 @@ class HuberLoss(_Loss):
 
   def __post_init__(self):
     super().__post_init__()
-    _regression.check_options(
+    _jit.check_options(
         type(self).__name__,
         delta=(self.delta, _regression.huber_loss.hyperparameters["delta"]))
 
@@ -739,7 +740,7 @@ class SmoothL1Loss(_Loss):
 
   def __post_init__(self):
     super().__post_init__()
-    _regression.check_options(
+    _jit.check_options(
         type(self).__name__,
         beta=(self.beta, _regression.smooth_l1_loss.hyperparameters["beta"]))
 
@@ -852,7 +853,7 @@ class CosineEmbeddingLoss(_Loss):
 
   def __post_init__(self):
     super().__post_init__()
-    _regression.check_options(
+    _jit.check_options(
         type(self).__name__,
         margin=(self.margin,
                 _embedding.cosine_embedding_loss.hyperparameters["margin"]))
@@ -972,7 +973,7 @@ class TripletMarginLoss(_Loss):
 
   def __post_init__(self):
     super().__post_init__()
-    _regression.check_options(
+    _jit.check_options(
         type(self).__name__, margin=(self.margin, _TORCH_TRIPLET_MARGIN),
         p=(self.p, _embedding.triplet_margin_loss.hyperparameters[
             "norm_degree"]),
@@ -1028,7 +1029,7 @@ class TripletMarginWithDistanceLoss(_Loss):
 
   def __post_init__(self):
     super().__post_init__()
-    _regression.check_options(type(self).__name__,
+    _jit.check_options(type(self).__name__,
                               margin=(self.margin, _TORCH_TRIPLET_MARGIN))
 
   def __call__(self, anchor, positive, negative):

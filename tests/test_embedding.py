@@ -524,18 +524,20 @@ def test_second_arguments_broadcast_to_the_first_but_never_enlarge_it():
        lambda a: jaxloss.hinge_embedding_loss(col, a)),
       ("cosine_embedding_loss", "input2", "input1", m, m[None],
        lambda a: jaxloss.cosine_embedding_loss(m, a, v3)),
-      ("cosine_embedding_loss", "target", "input1's batch", m[:, 0], col,
+      ("cosine_embedding_loss", "target", "the batch shape of input1", m[:, 0],
+       col,
        lambda a: jaxloss.cosine_embedding_loss(m, m, a)),
-      ("ntxent", "labels", "embeddings' batch", m[:, 0], col,
+      ("ntxent", "labels", "the batch shape of embeddings", m[:, 0], col,
        lambda a: jaxloss.ntxent(m, a)),
       ("circle_loss", "positive_where", "positive_scores", m,
        m[:, :, None] > 0,
        lambda a: jaxloss.circle_loss(m, m, positive_where=a)),
   ]
   for name, arg, ref, ref_value, bad, call in cases:
+    target = ref if "shape" in ref else f"{ref} shape"
     with pytest.raises(ValueError, match=(
         rf"{name}: {arg} shape {re.escape(str(bad.shape))} does not "
-        rf"broadcast to {re.escape(ref)} shape "
+        rf"broadcast to {re.escape(target)} "
         rf"{re.escape(str(ref_value.shape))}")):
       call(bad)
   with pytest.raises(ValueError, match=r"; input1 has shape \(3, 4\)"):
@@ -776,11 +778,11 @@ def test_errors_name_the_function_and_argument():
                      r"\(2,\) does not broadcast to input1 shape \(2, 3\)"):
     jaxloss.margin_ranking_loss(x, x, jnp.ones(2))
   with pytest.raises(ValueError, match=r"cosine_embedding_loss: target shape "
-                     r"\(3,\) does not broadcast to input1's batch shape "
+                     r"\(3,\) does not broadcast to the batch shape of input1 "
                      r"\(2,\)"):
     jaxloss.cosine_embedding_loss(x, x, jnp.ones(3))
   with pytest.raises(ValueError, match=r"ntxent: labels shape \(3,\) does "
-                     r"not broadcast to embeddings' batch shape \(2,\)"):
+                     r"not broadcast to the batch shape of embeddings \(2,\)"):
     jaxloss.ntxent(x, jnp.zeros(3, jnp.int32))
   with pytest.raises(ValueError, match=r"ntxent: embeddings must have shape "
                      r"\[batch, dim\]"):
