@@ -4,15 +4,19 @@
   python benchmarks/report.py --device nvidia-h200
 
 Reads ``benchmarks/results/<name>-<device>.json`` as written by
-``cross_entropy.py`` (both label kinds), ``linear_cross_entropy.py`` and
-``sharded.py``; prints Markdown.
+``cross_entropy.py`` (both label kinds), ``linear_cross_entropy.py``,
+``sharded.py`` and ``suite.py`` (``suite-<device>.json`` for the default
+shapes, ``suite_<shapes>-<device>.json`` for the others); prints Markdown.
 """
 
 import argparse
 import json
 import pathlib
+import statistics
 
 RESULTS = pathlib.Path(__file__).parent / "results"
+# suite.py's sets of shapes, in the order printed.
+SUITE_SHAPES = ("default", "wide", "narrow")
 
 CE_ROWS = {
     "jaxloss auto": "jaxloss (`implementation=\"auto\"`)",
@@ -136,6 +140,156 @@ def sharded(device):
   print()
 
 
+SUITE_BASELINES = {
+    "optax": "Shared with optax (ratios: jaxloss / optax)",
+    "plain": "torch's, Keras's and jaxloss's own, against the plain jnp "
+             "formula (ratios: jaxloss / plain)",
+}
+# A relative difference above this from the baseline (or torch) is listed:
+# the two may not compute the same thing.
+SUITE_DIFFERS = 1e-3
+
+
+def _suite_row(r):
+  """A suite row in the current keys (files before compile times: optax)."""
+  if "baseline" in r:
+    return r
+  return {**r, "baseline": "optax", "baseline_ms": r.get("optax_ms"),
+          "vs_baseline": r.get("vs_optax"),
+          "baseline_temp_bytes": r.get("optax_temp_bytes")}
+
+
+def _bytes(n):
+  for unit in ("B", "KiB", "MiB"):
+    if n < 1024:
+      return f"{n:.0f} {unit}" if unit == "B" or n >= 100 else (
+          f"{n:.3g} {unit}")
+    n /= 1024
+  return f"{n:.3g} GiB"
+
+
+def _over(rows, key, limit):
+  return [r for r in rows if r.get(key) is not None and r[key] > limit]
+
+
+def _named(rows, key):
+  return ", ".join(f"{r['loss']} {r['mode']} {r[key]:.2f}" for r in rows)
+
+
+def _count(rows, key, what):
+  """'a of n over 1.0x, b over 1.1x (those over 1.1x)'."""
+  rows = [r for r in rows if r.get(key) is not None]
+  over_11 = _over(rows, key, 1.1)
+  return (f"{what}: {len(_over(rows, key, 1.0))} of {len(rows)} over 1.0x, "
+          f"{len(over_11)} over 1.1x"
+          + (f" ({_named(over_11, key)})" if over_11 else ""))
+
+
+def suite_summary(rows):
+  """Lines: rows over 1.0x and 1.1x, compile, temporaries, torch, diffs."""
+  rows = [_suite_row(r) for r in rows]
+  lines = []
+  for baseline in SUITE_BASELINES:
+    mine = [r for r in rows if r["baseline"] == baseline]
+    if not mine:
+      continue
+    lines.append(_count(mine, "vs_baseline", f"time vs {baseline}"))
+    if any(r.get("vs_baseline_compile") for r in mine):
+      lines.append(_count(mine, "vs_baseline_compile",
+                          f"compile time vs {baseline}"))
+    excess = [(r, r["jaxloss_temp_bytes"] - (r["baseline_temp_bytes"] or 0))
+              for r in mine if r.get("jaxloss_temp_bytes") is not None]
+    excess = [(r, n) for r, n in excess if n > 0]
+    lines.append(
+        f"temporaries above {baseline}'s: {len(excess)} of {len(mine)}"
+        + (" (" + ", ".join(f"{r['loss']} {r['mode']} +{_bytes(n)}"
+                            for r, n in excess) + ")" if excess else ""))
+  with_torch = [r for r in rows if r.get("vs_torch") is not None]
+  if with_torch:
+    wins = {}
+    for r in _over(with_torch, "vs_torch", 1.0):
+      wins.setdefault(r["loss"], []).append(f"{r['mode']} {r['vs_torch']:.2f}")
+    lines.append(f"torch faster (vs torch over 1.0x) in {len(wins)} of "
+                 f"{len({r['loss'] for r in with_torch})} losses"
+                 + (": " + "; ".join(f"{n} ({', '.join(w)})"
+                                     for n, w in wins.items()) if wins else ""))
+  differs = [f"{r['loss']} {r['mode']} {r['max_rel_diff']:.2g} "
+             f"(vs {r['baseline']})"
+             for r in _over(rows, "max_rel_diff", SUITE_DIFFERS)]
+  differs += [f"{r['loss']} {r['mode']} {r['torch_rel_diff']:.2g} (vs torch)"
+              for r in _over(rows, "torch_rel_diff", SUITE_DIFFERS)]
+  if differs:
+    lines.append(f"relative differences over {SUITE_DIFFERS:g}: "
+                 + ", ".join(differs))
+  return lines
+
+
+def compile_spread(rows):
+  """How far repeated cold compilations of one function lie apart."""
+  spreads = []
+  for r in rows:
+    for impl in ("jaxloss", "baseline"):
+      runs = r.get(f"{impl}_compile_runs_ms") or []
+      if len(runs) > 1:
+        spreads.append((max(runs) - min(runs)) / statistics.median(runs))
+  if not spreads:
+    return "one measurement each"
+  spreads.sort()
+  return (f"(max - min) / median over the repeats of one function: median "
+          f"{statistics.median(spreads):.0%}, 90th percentile "
+          f"{spreads[int(0.9 * (len(spreads) - 1))]:.0%}, "
+          f"of {len(spreads)} functions")
+
+
+def suite(device, shapes="default"):
+  stem = "suite" if shapes == "default" else f"suite_{shapes}"
+  data, path = load(stem, device)
+  if data is None:
+    return
+  rows = [_suite_row(r) for r in data["results"]]
+  by_key = {(r["loss"], r["mode"]): r for r in rows}
+  torch_cols = any(r.get("vs_torch") is not None for r in rows)
+  print(f"`{data['command'].strip()}` on {data['device']} "
+        f"({data['elements']} {data['dtype']} elements, "
+        f"{data.get('shapes', 'default')} shapes; times and compile times "
+        f"are jaxloss's over the other's, medians of interleaved rounds; "
+        f"compile is tracing, lowering and XLA's compilation from cold "
+        f"caches; temporaries are jaxloss's / the other's; "
+        f"`{path.relative_to(RESULTS.parent.parent)}`):\n")
+  for baseline, title in SUITE_BASELINES.items():
+    names = sorted({r["loss"] for r in rows if r["baseline"] == baseline})
+    if not names:
+      continue
+    print(f"{title}:\n")
+    header = ["loss", "value", "value and gradient", "compile, value",
+              "compile, value and gradient", "temporaries, value",
+              "temporaries, value and gradient"]
+    if torch_cols:
+      header += ["vs torch, value", "vs torch, value and gradient"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join(" --- " for _ in header) + "|")
+    for name in names:
+      v, g = by_key.get((name, "value"), {}), by_key.get((name, "grad"), {})
+      cells = [f"`{name}`"]
+      for key in ("vs_baseline", "vs_baseline_compile", "temporaries") + (
+          ("vs_torch",) if torch_cols else ()):
+        for r in (v, g):
+          x = r.get(key)
+          cells.append(x if isinstance(x, str) else
+                       "" if key == "vs_torch" and x is None else fmt(x))
+      print("| " + " | ".join(cells) + " |")
+    print()
+  for line in suite_summary(rows):
+    print(f"- {line}")
+  not_timed = data.get("not_timed") or {}
+  if not_timed:
+    print("- not timed: " + "; ".join(f"{n} ({why})"
+                                     for n, why in sorted(not_timed.items())))
+  if data.get("seconds"):
+    print(f"- the run took {data['seconds'] / 60:.1f} min")
+  print()
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--device", action="append",
@@ -145,13 +299,17 @@ def main():
   devices = args.device or sorted({
       p.stem.split("-", 1)[1] for p in RESULTS.glob("*.json")
       if p.stem.startswith(("cross_entropy-", "probability_cross_entropy-",
-                            "linear_cross_entropy-", "sharded-"))})
+                            "linear_cross_entropy-", "sharded-", "suite-",
+                            "suite_"))
+      and not p.stem.startswith("suite_smoke")})
   for device in devices:
     print(f"### {device}\n")
     cross_entropy(device)
     cross_entropy(device, "probability_cross_entropy")
     linear(device)
     sharded(device)
+    for shapes in SUITE_SHAPES:
+      suite(device, shapes)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,93 @@
+"""benchmarks/suite.py and its report at tiny sizes: every loss accounted for.
+
+Times are never asserted; these check that the suite runs, that every loss
+is either timed or listed with the reason it is not, and that the plain jnp
+formulas compute what jaxloss computes.
+"""
+
+import contextlib
+import io
+import json
+import pathlib
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import jaxloss
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import common  # noqa: E402
+import report  # noqa: E402
+import suite  # noqa: E402
+
+
+def test_every_loss_is_timed_or_listed():
+  todo, skipped = suite.plan()
+  timed = dict(todo)
+  assert set(jaxloss.names()) <= set(timed) | set(skipped)
+  assert not set(timed) & set(skipped)
+  for name, baseline in timed.items():
+    assert baseline == ("optax" if hasattr(suite.optax.losses, name)
+                        else "plain"), name
+
+
+def test_a_new_loss_without_a_builder_is_listed(monkeypatch):
+  names = jaxloss.names()
+  monkeypatch.setattr(suite.jaxloss, "names",
+                      lambda: (*names, "brand_new_loss"))
+  todo, skipped = suite.plan()
+  assert "brand_new_loss" not in dict(todo)
+  assert skipped["brand_new_loss"] == "no builder in benchmarks/suite.py"
+
+
+@pytest.mark.parametrize("shapes", [
+    "default", *(pytest.param(s, marks=pytest.mark.slow)
+                 for s in sorted(suite.SHAPES) if s != "default")])
+def test_plain_formulas_compute_what_jaxloss_computes(shapes):
+  pairs = {}
+  for i, name in enumerate(sorted(suite.PLAIN)):
+    builder, _ = suite.BUILDERS[name]
+    args, kw = builder(2048, suite.SHAPES[shapes], np.float32,
+                       jax.random.key(i))
+    assert not kw, name
+    pairs[name] = args
+
+  @jax.jit
+  def both(pairs):
+    return {name: (getattr(jaxloss, name)(*args), suite.PLAIN[name](*args))
+            for name, args in pairs.items()}
+  for name, (ours, plain) in both(pairs).items():
+    np.testing.assert_allclose(ours, plain, rtol=2e-5, atol=2e-5,
+                               err_msg=name)
+
+
+def test_suite_writes_what_report_prints(tmp_path, monkeypatch):
+  monkeypatch.setattr(common, "RESULTS", tmp_path)
+  monkeypatch.setattr(report, "RESULTS", tmp_path)
+  monkeypatch.setattr(sys, "argv", [
+      "suite.py", "--elements", "4096", "--rounds", "1", "--seconds", "0",
+      "--compile-repeats", "2", "--shapes", "wide",
+      "--only", "l2_loss,mse_loss"])
+  with contextlib.redirect_stdout(io.StringIO()):
+    suite.main()
+  path, = tmp_path.glob("suite_wide-*.json")
+  data = json.loads(path.read_text())
+  rows = {(r["loss"], r["mode"]): r for r in data["results"]}
+  assert set(rows) == {(n, m) for n in ("l2_loss", "mse_loss")
+                       for m in ("value", "grad")}
+  for (name, _), r in rows.items():
+    assert r["baseline"] == ("optax" if name == "l2_loss" else "plain")
+    assert len(r["jaxloss_compile_runs_ms"]) == 2
+    assert r["jaxloss_compile_ms"] > 0 and r["baseline_compile_ms"] > 0
+    assert r["max_rel_diff"] < 1e-5
+  device = path.stem.split("-", 1)[1]
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    report.suite(device, "wide")
+  text = out.getvalue()
+  assert "| `l2_loss` |" in text and "| `mse_loss` |" in text
+  assert "vs optax: " in text and "vs plain: " in text
