@@ -437,8 +437,9 @@ def _in_dtypes(grads, h, kernel, bias):
                for g, x in zip(grads, (h, kernel, bias)))
 
 
-def _whole(fn):
-  """``fn``, differentiated as usual, but one unit under partial evaluation.
+def _whole(fn, derivative=None):
+  """``fn`` as one unit under partial evaluation, its JVP that of
+  ``derivative`` (by default ``fn`` itself).
 
   Inside a JVP rule under reverse mode, JAX partially evaluates even the
   work on known values, and its scan rule then hoists the work of an inner
@@ -447,7 +448,13 @@ def _whole(fn):
   A custom JVP on known inputs is evaluated as it is.
   """
   whole = jax.custom_jvp(fn)
-  whole.defjvp(lambda primals, tangents: jax.jvp(fn, primals, tangents))
+
+  def jvp(primals, tangents):
+    if derivative is None:
+      return jax.jvp(fn, primals, tangents)
+    return fn(*primals), jax.jvp(derivative, primals, tangents)[1]
+
+  whole.defjvp(jvp)
   return whole
 
 
@@ -616,7 +623,7 @@ def _scalar(cfg, single):
     return total_of(hp, lse, stats.label, stats.weighted, rows, support,
                     scale)
 
-  def passes(want, h, kernel, bias, rows, weight, support, scale, hp):
+  def passes(cfg, want, h, kernel, bias, rows, weight, support, scale, hp):
     if single:
       return _single_pass(cfg, hp, h, kernel, bias, rows, weight, support,
                           scale, want)
@@ -632,7 +639,16 @@ def _scalar(cfg, single):
     h, kernel, bias, rows, weight, support, scale, hp = primals
     dh, dkernel, dbias, _, _, _, _, dhp = _tangents(tangents)
     want = _wanted(cfg, dh, dkernel, dbias, dhp.softcap)
-    stats, grads, dcap = _whole(functools.partial(passes, want))(*primals)
+    # Their own derivatives (second order) read float32: the same numbers
+    # up to the half-precision rounding, whose derivative is 1 either way,
+    # and no half-precision matmul of tangents (XLA:CPU leaves one of the
+    # Hessian's bf16 x bf16 -> f32 dots to a runtime that lacks the type).
+    derivative = None
+    if jnp.finfo(cfg.compute).bits < jnp.finfo(cfg.stat).bits:
+      derivative = functools.partial(passes, cfg._replace(compute=cfg.stat),
+                                     want)
+    stats, grads, dcap = _whole(functools.partial(passes, cfg, want),
+                                derivative)(*primals)
     # Smoothing and the z-loss enter through the statistics alone.
     moving = {k: v for k, v in dhp._asdict().items()
               if v is not None and k != "softcap"}
@@ -693,6 +709,17 @@ def _balanced(total, size):
   return math.ceil(total / chunks)
 
 
+def _computation_dtype(fn, dtype):
+  try:
+    given = jnp.dtype(dtype)
+  except TypeError:
+    given = None
+  if given is None or not jnp.issubdtype(given, jnp.floating):
+    _checks.fail(fn, "dtype must be a floating dtype or None, got "
+                 f"{getattr(given, 'name', dtype)!r}", TypeError)
+  return given
+
+
 def _check_chunk_size(fn, chunk_size):
   def positive(c):
     return (isinstance(c, int) and not isinstance(c, bool) and c > 0)
@@ -706,13 +733,13 @@ def _check_chunk_size(fn, chunk_size):
                  f"{chunk_size!r}", TypeError)
 
 
-@_jit.jit("axis_name", "ignore_index", "reduction", "chunk_size",
+@_jit.jit("axis_name", "ignore_index", "reduction", "chunk_size", "dtype",
           label_smoothing=_jit.UNIT, z_loss=_jit.NON_NEGATIVE,
           logit_softcap=_jit.POSITIVE._replace(optional=True))
 def linear_softmax_cross_entropy(
     hidden, kernel, labels, *, bias=None, axis_name=None, ignore_index=None,
     weight=None, label_smoothing=0.0, z_loss=0.0, logit_softcap=None,
-    where=None, reduction="none", chunk_size=None):
+    where=None, reduction="none", chunk_size=None, dtype=None):
   r"""Softmax cross entropy of a linear layer's logits, never materialized.
 
   The value and gradients of
@@ -787,12 +814,19 @@ def linear_softmax_cross_entropy(
     chunk_size: optional tokens per chunk (an int, each chunk then spanning
       the whole vocabulary) or a pair ``(tokens, classes)``; by default
       chosen from the shapes so that a chunk's logits take about 32 MiB.
+    dtype: optional dtype of the matmuls (the computation dtype, as in
+      ``flax.linen.Dense``): ``hidden`` and ``kernel`` are read in it, the
+      logits rounded to it, while the parameters keep their own dtype. With
+      a float32 ``kernel`` and ``dtype=jnp.bfloat16``, the matmuls run in
+      bfloat16 and the kernel's gradient is the float32 sum of their
+      products, never rounded to bfloat16. The bias is added and the
+      statistics are kept in float32. By default, the inputs' common dtype.
 
   Returns:
     float32 loss (float64 for float64 input): the batch shape for
     ``"none"``, else a scalar. Gradients come back in the dtypes of
     ``hidden``, ``kernel`` and ``bias``; the matmuls read the inputs' dtype
-    and accumulate in float32. Derivatives of every order and mode, with
+    (or ``dtype``) and accumulate in float32. Derivatives of every order and mode, with
     respect to ``hidden``, ``kernel``, ``bias`` and the three
     hyperparameters (not ``weight``, a constant).
 
@@ -821,6 +855,8 @@ def linear_softmax_cross_entropy(
   _checks.optional_int(fn, "ignore_index", ignore_index)
   _checks.reduction(fn, reduction)
   _check_chunk_size(fn, chunk_size)
+  if dtype is not None:
+    dtype = _computation_dtype(fn, dtype)
 
   hidden = _checks.floating(fn, "hidden", hidden)
   kernel = _checks.floating(fn, "kernel", kernel)
@@ -839,12 +875,15 @@ def linear_softmax_cross_entropy(
       "the local shard: one per class of the kernel's shard")
   batch_shape = hidden.shape[:-1]
   n_tokens = math.prod(batch_shape)
-  dtype = jnp.result_type(hidden, kernel)
+  compute = jnp.result_type(hidden, kernel) if dtype is None else dtype
+  stat = compute
   if bias is not None:
     bias = _checks.floating(fn, "bias", bias)
     _checks.shape_is(fn, "bias", bias, (width,), per_class)
-    dtype = jnp.result_type(dtype, bias)
-  stat = _reduction.stat_dtype(dtype)
+    if dtype is None:
+      stat = jnp.result_type(stat, bias)
+  # Float32 statistics (float64 for a float64 computation or input).
+  stat = _reduction.stat_dtype(stat)
 
   labels = _checks.integer(fn, "labels", labels)
   if labels.shape != batch_shape:
@@ -883,7 +922,6 @@ def linear_softmax_cross_entropy(
     safe, in_shard = _parallel.local_labels(labels, valid, keep, index, width)
     label_weight = _parallel.label_weight(weight, safe, in_shard, axis_name)
 
-  compute = jnp.result_type(hidden, kernel)
   h = hidden.reshape(n_tokens, dim)
   # Vocabulary-parallel, the per-row log-sum-exp must be global before any
   # gradient is formed: the two-pass path (statistics, then gradients).

@@ -435,6 +435,10 @@ def _call(**kw):
     (dict(axis_name="model"), ValueError,
      "axis_name 'model' is not bound: call inside jax.shard_map over that "
      "mesh axis"),
+    (dict(dtype=jnp.int32), TypeError,
+     "dtype must be a floating dtype or None, got 'int32'"),
+    (dict(dtype="float33"), TypeError,
+     "dtype must be a floating dtype or None, got 'float33'"),
 ])
 def test_errors(kw, error, match):
   with pytest.raises(error, match="linear_softmax_cross_entropy: " + match):
@@ -738,3 +742,138 @@ def test_vocabulary_parallel_forward_mode():
 
     got, want = jax.jit(lambda: (modes(fused), modes(unfused)))()
     assert_close(got, want, rtol=1e-9, atol=1e-11)
+
+
+# dtype=: float32 parameters, bfloat16 matmuls.
+
+def rounded_matmul(h, k, dtype):
+  """``h @ k`` read in ``dtype`` and rounded to it, in float64, with the
+  rounding's derivative taken as 1 (the reference of the gradients)."""
+  h, k = (a.astype(dtype).astype(jnp.float64) for a in (h, k))
+  x = h @ k
+  return x + jax.lax.stop_gradient(x.astype(dtype).astype(jnp.float64) - x)
+
+
+def mixed_losses(reduction, chunk_size, hidden_dtype=jnp.float32, **kw):
+  """``(fused, float64 reference, plain JAX)`` of ``(hidden, kernel,
+  bias)``: the sum of the losses, float32 kernel and bias, bfloat16 matmuls."""
+  kw = dict(ignore_index=-100, where=jnp.asarray(WHERE),
+            reduction=reduction, **kw)
+  c = kw.pop("logit_softcap", None)
+
+  def cap(x):
+    return x if c is None else c * jnp.tanh(x / c)
+
+  def fused(h, k, b):
+    return jnp.sum(LCE(h.astype(hidden_dtype), k, LABELS, bias=b,
+                       logit_softcap=c, chunk_size=chunk_size,
+                       dtype=jnp.bfloat16, **kw))
+
+  def reference(h, k, b):
+    x = rounded_matmul(h.astype(hidden_dtype), k, jnp.bfloat16) + b[None]
+    return jnp.sum(CE(cap(x), LABELS, implementation="reference", **kw))
+
+  def plain(h, k, b):
+    x = h.astype(hidden_dtype).astype(jnp.bfloat16) @ k.astype(jnp.bfloat16)
+    return jnp.sum(CE(cap(x.astype(jnp.float32) + b[None]), LABELS, **kw))
+
+  return fused, reference, plain
+
+
+MIXED = [("mean", 4), ("sum", (4, 5)), ("none", (4, 5)), ("mean", None)]
+
+
+@pytest.mark.parametrize("reduction,chunk_size", MIXED, ids=str)
+def test_computation_dtype_matches_float64_reference(reduction, chunk_size):
+  fused, reference, plain = mixed_losses(reduction, chunk_size,
+                                         label_smoothing=0.1, z_loss=1e-3)
+  args = tuple(jnp.asarray(a, jnp.float32) for a in (HIDDEN, KERNEL, BIAS))
+  got, base = jax.jit(lambda *a: tuple(
+      jax.value_and_grad(f, (0, 1, 2))(*a) for f in (fused, plain)))(*args)
+  with jax.enable_x64(True):
+    want = jax.value_and_grad(reference, (0, 1, 2))(
+        *(a.astype(jnp.float64) for a in args))
+  loss, grads = got
+  assert loss.dtype == jnp.float32
+  assert [g.dtype for g in grads] == [jnp.float32] * 3
+  np.testing.assert_allclose(loss, want[0], rtol=1e-5)
+  for g, w in zip(grads, want[1]):
+    # The logits' gradient is rounded to bfloat16 for the matmuls.
+    np.testing.assert_allclose(g, w, atol=4e-3 * np.max(np.abs(w)))
+  # The float32 kernel gradient is the float32 sum of bfloat16 products,
+  # not rounded to bfloat16 as plain JAX's is, and nearer the reference.
+  dk, plain_dk = grads[1], base[1][1]
+
+  def bf16(a):
+    return a.astype(jnp.bfloat16).astype(jnp.float32)
+
+  assert np.all(bf16(plain_dk) == plain_dk)
+  assert np.mean(bf16(dk) != dk) > 0.5
+  want_dk = np.asarray(want[1][1])
+  assert (np.linalg.norm(np.asarray(dk) - want_dk)
+          < np.linalg.norm(np.asarray(plain_dk) - want_dk))
+
+
+def test_computation_dtype_with_bfloat16_hidden():
+  fused, reference, _ = mixed_losses("mean", 4, hidden_dtype=jnp.bfloat16)
+  h = jnp.asarray(HIDDEN, jnp.bfloat16)
+  k, b = (jnp.asarray(a, jnp.float32) for a in (KERNEL, BIAS))
+  loss, grads = jax.value_and_grad(fused, (0, 1, 2))(h, k, b)
+  assert [g.dtype for g in grads] == [jnp.bfloat16, jnp.float32, jnp.float32]
+  with jax.enable_x64(True):
+    want = jax.value_and_grad(reference, (0, 1, 2))(
+        h.astype(jnp.float64), k.astype(jnp.float64), b.astype(jnp.float64))
+  np.testing.assert_allclose(loss, want[0], rtol=1e-5)
+  for g, w in zip(grads, want[1]):
+    np.testing.assert_allclose(np.asarray(g, np.float32), w,
+                               atol=1e-2 * np.max(np.abs(w)))
+
+
+@pytest.mark.parametrize("reduction,chunk_size", MIXED[:3], ids=str)
+def test_computation_dtype_every_autodiff_mode(reduction, chunk_size):
+  """Every mode in float32 with bfloat16 matmuls, against the float64
+  reference of the same rounding (to bfloat16 accuracy)."""
+  fused, reference, _ = mixed_losses(reduction, chunk_size,
+                                     logit_softcap=3.0)
+  args = tuple(jnp.asarray(a, jnp.float32) for a in (HIDDEN, KERNEL, BIAS))
+  tangents, direction = random_like(args, 8), random_like(args, 9)
+  f32 = lambda t: tuple(a.astype(jnp.float32) for a in t)  # noqa: E731
+  got = jax.jit(lambda *a: autodiff_modes(fused, a, f32(tangents),
+                                          f32(direction)))(*args)
+  with jax.enable_x64(True):
+    f64 = lambda t: tuple(a.astype(jnp.float64) for a in t)  # noqa: E731
+    want = autodiff_modes(reference, f64(args), f64(tangents),
+                          f64(direction))
+  for mode in want:
+    for g, w in zip(jax.tree.leaves(got[mode]), jax.tree.leaves(want[mode]),
+                    strict=True):
+      assert g.shape == w.shape and g.dtype == jnp.float32, mode
+      np.testing.assert_allclose(g, w, atol=1e-2 * np.max(np.abs(w)),
+                                 err_msg=mode)
+
+
+@pytest.mark.parametrize("reduction,chunk_size", [
+    ("mean", 64), ("mean", (128, 512)), ("none", (128, 512))], ids=str)
+def test_computation_dtype_temporaries(reduction, chunk_size):
+  """Beyond the float32 gradients, the bfloat16 copies of the operands and
+  the chunks' logits: small next to the [N, V] logits plain JAX holds."""
+  n, d, v = 512, 64, 4096
+  h = jax.ShapeDtypeStruct((n, d), jnp.float32)
+  k = jax.ShapeDtypeStruct((d, v), jnp.float32)
+  y = jax.ShapeDtypeStruct((n,), jnp.int32)
+
+  def temporaries(f):
+    step = jax.jit(jax.value_and_grad(lambda h, k, y: jnp.sum(f(h, k, y)),
+                                      (0, 1))).lower(h, k, y).compile()
+    return step.memory_analysis().temp_size_in_bytes
+
+  fused = temporaries(lambda h, k, y: LCE(
+      h, k, y, reduction=reduction, chunk_size=chunk_size,
+      dtype=jnp.bfloat16))
+  plain = temporaries(lambda h, k, y: CE(
+      (h.astype(jnp.bfloat16) @ k.astype(jnp.bfloat16)).astype(jnp.float32),
+      y, reduction=reduction))
+  # A one-pass chunk holds a float32 [D, V] kernel gradient (1 MiB here).
+  gradients = 4 * (n * d + (d * v if isinstance(chunk_size, int) else 0))
+  assert fused - gradients < n * v * 4 / 4, fused
+  assert plain > n * v * 4, plain
