@@ -829,7 +829,8 @@ def test_computation_dtype_with_bfloat16_hidden():
                                atol=1e-2 * np.max(np.abs(w)))
 
 
-@pytest.mark.parametrize("reduction,chunk_size", MIXED[:3], ids=str)
+@pytest.mark.parametrize("reduction,chunk_size", [MIXED[0], MIXED[2]],
+                         ids=str)
 def test_computation_dtype_every_autodiff_mode(reduction, chunk_size):
   """Every mode in float32 with bfloat16 matmuls, against the float64
   reference of the same rounding (to bfloat16 accuracy)."""
