@@ -411,7 +411,7 @@ def _call(**kw):
     (dict(bias=np.ones(V, np.int32)), TypeError,
      "bias must have a floating dtype"),
     (dict(labels=LABELS[:5]), ValueError,
-     r"labels shape \(5,\) does not match the batch shape \(12,\) of hidden"),
+     r"labels shape \(5,\) does not broadcast to hidden.s batch shape \(12,\)"),
     (dict(labels=LABELS.astype(np.float32)), TypeError,
      "labels must have an integer dtype"),
     (dict(weight=np.ones(V - 1)), ValueError,
