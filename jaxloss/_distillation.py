@@ -1,0 +1,368 @@
+"""Distillation of a linear layer's softmax into another's, never holding
+either's logits."""
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxloss import _checks
+from jaxloss import _jit
+from jaxloss import _linear
+from jaxloss import _reduction
+
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+OPEN_UNIT = _jit.Hyper(0.0, 1.0, low_open=True, high_open=True)
+# A chunk holds both sides' logits and, for the JSD, about six more arrays
+# of their size (log-probabilities, probabilities, the mixture): the default
+# chunk is this many times smaller than the cross entropy's.
+_CHUNK_ARRAYS = 8
+
+
+class _Chunk(NamedTuple):
+  """One block of tokens by classes: where it is and both sides' logits."""
+  start: int | jax.Array   # first token
+  n: int                   # tokens
+  col: int | jax.Array     # first class
+  v: int                   # classes
+  student: tuple           # (hidden, kernel) of the block, compute dtype
+  teacher: tuple
+  keep: jax.Array          # [n] kept tokens
+  s: jax.Array             # [n, v] student logits over the temperature
+  t: jax.Array             # [n, v] teacher logits over the temperature
+
+
+def _relative(p, log_p, log_r):
+  r""":math:`p (\log p - \log r)`, 0 wherever :math:`p = 0` whatever
+  :math:`\log r` is (``-inf`` included), with no NaN in its derivatives."""
+  on = p > 0
+  gap = jnp.where(on, log_p, 0) - jnp.where(on, log_r, 0)
+  return jnp.where(on, p * gap, 0)
+
+
+def _log_mixture(log_p, log_q, p, q, beta):
+  r""":math:`\log(\beta p + (1 - \beta) q)`, finite wherever either is
+  positive.
+
+  ``jnp.logaddexp`` differentiates a ``-inf`` argument as if it were 0;
+  here a side with no mass has derivative 0.
+  """
+  either = (p > 0) | (q > 0)
+  a = jnp.where(p > 0, jnp.log(beta) + jnp.where(p > 0, log_p, 0), -jnp.inf)
+  b = jnp.where(q > 0, jnp.log1p(-beta) + jnp.where(q > 0, log_q, 0),
+                -jnp.inf)
+  a, b = jnp.where(either, a, 0), jnp.where(either, b, 0)
+  hi, lo = jnp.maximum(a, b), jnp.minimum(a, b)
+  return hi + jnp.log1p(jnp.exp(lo - hi))
+
+
+def _terms(divergence, s, t, lse_s, lse_t, beta):
+  """Per-class terms of each token's divergence, [n, v]; they sum to it."""
+  log_q = s - lse_s[:, None]
+  log_p = t - lse_t[:, None]
+  p, q = jnp.exp(log_p), jnp.exp(log_q)
+  if divergence == "forward_kl":
+    return _relative(p, log_p, log_q)
+  if divergence == "reverse_kl":
+    return _relative(q, log_q, log_p)
+  log_m = _log_mixture(log_p, log_q, p, q, beta)
+  return (beta * _relative(p, log_p, log_m)
+          + (1 - beta) * _relative(q, log_q, log_m))
+
+
+def _sweep(cfg, student, teacher, keep, part, remat, refs):
+  """Per-token sums of ``part(chunk)`` over every class, [N].
+
+  Classes outermost, as ``_linear``'s gradient pass: transposed (reverse
+  mode), each kernel chunk's gradient is summed over the tokens and
+  written once. With ``remat`` every chunk is a ``jax.checkpoint``, so
+  reverse mode computes its logits again instead of keeping them.
+  """
+  (h_s, w_s, b_s), (h_t, w_t, b_t) = student, teacher
+  n_tokens, num_classes = h_s.shape[0], w_s.shape[1]
+  take = _linear._take  # noqa: SLF001
+
+  def class_chunk(col, v, out):
+    ws_c = take(w_s, col, v, 1).astype(cfg.compute)
+    wt_c = take(w_t, col, v, 1).astype(cfg.compute)
+    bs_c, bt_c = take(b_s, col, v), take(b_t, col, v)
+
+    def token_chunk(start, n, out):
+      hs_c = take(h_s, start, n).astype(cfg.compute)
+      ht_c = take(h_t, start, n).astype(cfg.compute)
+      keep_c = take(keep, start, n)
+      chunk = _Chunk(start, n, col, v, (hs_c, ws_c), (ht_c, wt_c), keep_c,
+                     _linear._logits(cfg, hs_c, ws_c, bs_c, keep_c),  # noqa: SLF001
+                     _linear._logits(cfg, ht_c, wt_c, bt_c, keep_c))  # noqa: SLF001
+      return _linear._put(out, take(out, start, n) + part(chunk), start)  # noqa: SLF001
+
+    return _linear._chunked(n_tokens, cfg.tokens, token_chunk, out,  # noqa: SLF001
+                            remat=remat)
+
+  out = _linear._varying(jnp.zeros((n_tokens,), cfg.stat), *refs)  # noqa: SLF001
+  return _linear._chunked(num_classes, cfg.classes, class_chunk, out,  # noqa: SLF001
+                          remat=remat)
+
+
+def _jvp_of(f, primals, tangents):
+  """``jax.jvp(f, primals, tangents)[1]`` where a tangent may be None (0)."""
+  moving = [i for i, t in enumerate(tangents) if t is not None]
+
+  def g(*args):
+    full = list(primals)
+    for i, a in zip(moving, args):
+      full[i] = a
+    return f(*full)
+
+  return jax.jvp(g, tuple(primals[i] for i in moving),
+                 tuple(tangents[i] for i in moving))[1]
+
+
+def _divergence_fn(cfg, divergence):
+  """Each token's divergence from both sides' log-sum-exps, its tangent
+  made by chunks (the logits computed again), linear in the inputs'."""
+
+  def sums(s, t, lse_s, lse_t, beta):
+    return jnp.sum(_terms(divergence, s, t, lse_s, lse_t, beta), axis=1)
+
+  def at(x, chunk):
+    return _linear._take(x, chunk.start, chunk.n)  # noqa: SLF001
+
+  @jax.custom_jvp
+  def per_token(student, teacher, keep, lse_s, lse_t, beta):
+    return _sweep(cfg, student, teacher, keep,
+                  lambda c: sums(c.s, c.t, at(lse_s, c), at(lse_t, c), beta),
+                  False,
+                  (*student[:2], *teacher[:2]))
+
+  def jvp(primals, tangents):
+    student, teacher, keep, lse_s, lse_t, beta = primals
+    d_student, d_teacher, _, d_lse_s, d_lse_t, d_beta = (
+        _linear._tangents(tangents))  # noqa: SLF001
+    out = per_token(*primals)
+    sides = (_stat_tangents(cfg, d_student), _stat_tangents(cfg, d_teacher))
+    moving = [x for side in sides for x in side] + [d_lse_s, d_lse_t, d_beta]
+    if all(x is None for x in moving):
+      return out, jnp.zeros_like(out)
+
+    def logits_tangent(chunk, side, params, tangents):
+      if all(x is None for x in tangents):
+        return None
+      dh, dw, db = tangents
+      take = _linear._take  # noqa: SLF001
+      dw_c = take(dw, chunk.col, chunk.v, 1)
+      return _linear._logits_tangent(  # noqa: SLF001
+          cfg, None, side, side, params[0], params[1],
+          (take(dh, chunk.start, chunk.n), dw_c,
+           take(db, chunk.col, chunk.v), None), chunk.keep)
+
+    def part(chunk):
+      ds = logits_tangent(chunk, chunk.s, chunk.student, sides[0])
+      dt = logits_tangent(chunk, chunk.t, chunk.teacher, sides[1])
+      primal = (chunk.s, chunk.t, at(lse_s, chunk), at(lse_t, chunk), beta)
+      tangent = (ds, dt, at(d_lse_s, chunk), at(d_lse_t, chunk), d_beta)
+      return _jvp_of(sums, primal, tangent)
+
+    refs = (*student[:2], *teacher[:2], *moving)
+    return out, _sweep(cfg, student, teacher, keep, part, True, refs)
+
+  per_token.defjvp(jvp, symbolic_zeros=True)
+  return per_token
+
+
+def _stat_tangents(cfg, tangents):
+  """A side's ``(dh, dw, db)`` read in the statistics' dtype (None for 0)."""
+  return tuple(None if x is None else x.astype(cfg.stat) for x in tangents)
+
+
+def _scaled(x, temperature):
+  """``x / T``: a ``-inf`` (an impossible class's bias) stays ``-inf`` with
+  derivative 0 in ``T``; the result keeps ``x``'s dtype."""
+  if x is None or (isinstance(temperature, float) and temperature == 1.0):
+    return x
+  impossible = x == -jnp.inf
+  scaled = jnp.where(impossible, 0, x) / temperature
+  return jnp.where(impossible, -jnp.inf, scaled).astype(x.dtype)
+
+
+def _kernel(fn, name, kernel, hidden_name, hidden, classes=None):
+  kernel = _checks.floating(fn, name, kernel)
+  dim = hidden.shape[-1]
+  want = f"({dim}, {'V' if classes is None else classes})"
+  if (kernel.ndim != 2 or kernel.shape[0] != dim
+      or (classes is not None and kernel.shape[1] != classes)):
+    what = ("features by classes" if classes is None else
+            "features by the student's classes")
+    _checks.fail(fn, f"{name} must have shape {want} ({hidden_name} "
+                 f"{what}; {hidden_name} has shape {hidden.shape}), got "
+                 f"shape {kernel.shape}")
+  return kernel
+
+
+@_jit.jit("divergence", "reduction", "chunk_size",
+          beta=OPEN_UNIT, temperature=_jit.POSITIVE)
+def linear_distillation_loss(
+    student_hidden, student_kernel, teacher_hidden, teacher_kernel, *,
+    divergence="forward_kl", beta=0.5, temperature=1.0, student_bias=None,
+    teacher_bias=None, where=None, reduction="mean", chunk_size=None):
+  r"""Divergence of a student's softmax from a teacher's, logits never held.
+
+  With :math:`P = \mathrm{softmax}((h_t W_t + b_t) / T)` the teacher's
+  distribution and :math:`Q = \mathrm{softmax}((h_s W_s + b_s) / T)` the
+  student's, each token's loss is
+
+  .. math::
+    \mathrm{KL}(P \,\|\, Q) = \sum_j P_j (\log P_j - \log Q_j)
+    \quad \text{(``"forward_kl"``)}, \qquad
+    \mathrm{KL}(Q \,\|\, P) \quad \text{(``"reverse_kl"``)},
+
+  .. math::
+    \mathrm{JSD}_\beta = \beta\, \mathrm{KL}(P \,\|\, M)
+    + (1 - \beta)\, \mathrm{KL}(Q \,\|\, M), \qquad
+    M = \beta P + (1 - \beta) Q \quad \text{(``"jsd"``)},
+
+  Liger-Kernel's convention for ``LigerFusedLinearJSD`` (its ``jsd_beta``
+  weighs the teacher, :math:`P`); :math:`\beta = 1/2` is the symmetric
+  Jensen-Shannon divergence. There is no :math:`T^2` factor. The teacher is
+  a constant: no gradient reaches ``teacher_hidden``, ``teacher_kernel``
+  or ``teacher_bias`` (``stop_gradient``), while ``temperature`` is
+  differentiated through both sides.
+
+  Neither [N, V] logits array is made: a first pass computes each token's
+  log-sum-exp of both sides by chunks of tokens and classes, a second the
+  divergence from them, each chunk's logits computed again. Every autodiff
+  mode applies (``jax.grad``, ``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``,
+  ...): custom JVPs whose tangents are made by the same chunks under
+  ``jax.checkpoint``, linear in the inputs' tangents, which JAX transposes
+  for reverse mode, so that its residuals are the inputs and per-token
+  statistics, :math:`O(N + V D)`. A class whose teacher probability is 0
+  adds 0 to the forward KL (and one of the student to the reverse KL),
+  ``-inf`` biases included; ``-inf`` on both sides marks an impossible
+  class. The temperature divides the hidden states and the biases before
+  the matmuls (the same logits up to rounding).
+
+  Args:
+    student_hidden: floating [..., D] hidden states; the leading axes are
+      the batch.
+    student_kernel: floating [D, V] weights, a JAX dense kernel.
+    teacher_hidden: floating [..., D'] hidden states of the teacher, with
+      the batch shape of ``student_hidden`` (or broadcastable to it without
+      enlarging it); D' may differ from D.
+    teacher_kernel: floating [D', V] weights (the same V).
+    divergence: ``"forward_kl"``, ``"reverse_kl"`` or ``"jsd"``.
+    beta: :math:`\beta` in (0, 1), the teacher's weight in ``"jsd"``
+      (unused by the KL divergences).
+    temperature: :math:`T > 0`, dividing both sides' logits.
+    student_bias, teacher_bias: optional floating [V] biases.
+    where: optional boolean token mask, broadcastable to the batch shape
+      without enlarging it; dropped tokens cost 0 with zero gradients.
+    reduction: ``"mean"`` (over the kept tokens; 0 over none), ``"sum"``
+      or ``"none"``.
+    chunk_size: optional tokens per chunk (an int) or a pair
+      ``(tokens, classes)``; by default chosen as for
+      :func:`linear_softmax_cross_entropy`.
+
+  Returns:
+    float32 loss (float64 for float64 input): the batch shape for
+    ``"none"``, else a scalar. Statistics are float32 for half-precision
+    inputs, whose matmuls read their own dtype; gradients come back in the
+    inputs' dtypes.
+
+  Example:
+    >>> import jaxloss
+    >>> h = jnp.array([[1.0, -0.5], [0.2, 0.7]])
+    >>> w = jnp.array([[0.5, -1.0, 0.3], [1.5, 0.2, -0.4]])
+    >>> h_t = jnp.array([[0.8, 0.1, 1.0], [-0.3, 0.4, 0.2]])
+    >>> w_t = jnp.array([[1.0, 0.0, -1.0], [0.5, 0.5, 0.5], [0.0, 2.0, 0.0]])
+    >>> print(jaxloss.linear_distillation_loss(h, w, h_t, w_t,
+    ...                                        reduction="none"))
+    [1.1566 0.4013]
+    >>> print(jaxloss.linear_distillation_loss(h, w, h_t, w_t,
+    ...                                        divergence="jsd"))
+    0.1837
+
+  References:
+    Hinton, Vinyals and Dean, `Distilling the Knowledge in a Neural Network
+    <https://arxiv.org/abs/1503.02531>`_, 2015. Agarwal et al.,
+    `On-Policy Distillation of Language Models: Learning from Self-Generated
+    Mistakes <https://arxiv.org/abs/2306.13649>`_, 2024 (GKD, the
+    generalized JSD). Liger Kernel's ``LigerFusedLinearJSD``, which holds
+    ``torch.nn.Linear``'s [V, D] weights: the kernels here are their
+    transposes.
+  """
+  fn = "linear_distillation_loss"
+  if not isinstance(divergence, str) or divergence not in DIVERGENCES:
+    _checks.fail(fn, "divergence must be one of "
+                 f"{', '.join(map(repr, DIVERGENCES))}, got {divergence!r}")
+  _checks.reduction(fn, reduction)
+  _linear._check_chunk_size(fn, chunk_size)  # noqa: SLF001
+
+  h_s = _checks.floating(fn, "student_hidden", student_hidden)
+  h_t = _checks.floating(fn, "teacher_hidden", teacher_hidden)
+  _checks.at_least_rank(fn, "student_hidden", h_s, 1)
+  _checks.at_least_rank(fn, "teacher_hidden", h_t, 1)
+  w_s = _kernel(fn, "student_kernel", student_kernel, "student_hidden", h_s)
+  width = w_s.shape[1]
+  if width == 0:
+    _checks.fail(fn, "student_kernel must have at least one class, got "
+                 f"shape {w_s.shape}")
+  w_t = _kernel(fn, "teacher_kernel", teacher_kernel, "teacher_hidden", h_t,
+                width)
+  batch_shape = h_s.shape[:-1]
+  h_t = _checks.conform(fn, "teacher_hidden", h_t,
+                        "the student's batch shape by the teacher's features",
+                        batch_shape + h_t.shape[-1:])
+  biases = []
+  for name, b in (("student_bias", student_bias),
+                  ("teacher_bias", teacher_bias)):
+    if b is not None:
+      b = _checks.floating(fn, name, b)
+      _checks.shape_is(fn, name, b, (width,), "one per class")
+    biases.append(b)
+  b_s, b_t = biases
+  keep = None
+  if where is not None:
+    where = _checks.boolean(fn, "where", where)
+    keep = _checks.conform(fn, "where", where, "the batch shape of "
+                           "student_hidden", batch_shape)
+
+  compute = jnp.result_type(h_s, w_s, h_t, w_t)
+  stat = _reduction.stat_dtype(jnp.result_type(
+      compute, *(b for b in biases if b is not None)))
+  n_tokens = math.prod(batch_shape)
+  for name, h in (("student_hidden", h_s), ("teacher_hidden", h_t)):
+    finite = jnp.isfinite(h)
+    if keep is not None:
+      finite = finite | jnp.broadcast_to(~keep[..., None], h.shape)
+    if h.size:
+      _checks.values(fn, name, finite, "must be finite (no NaN or inf) in "
+                     "kept rows", h)
+
+  tokens, classes, _ = _linear._chunk_sizes(  # noqa: SLF001
+      chunk_size, n_tokens, width, compute, False, arrays=_CHUNK_ARRAYS)
+  cfg = _linear._Config(tokens, classes, False, False, False, stat, compute,  # noqa: SLF001
+                        True)
+  flat_keep = (jnp.ones(n_tokens, bool) if keep is None
+               else keep.reshape(-1))
+
+  def rows(h):
+    # Dropped rows read 0: whatever they hold, every gradient stays finite.
+    h = h.reshape(n_tokens, h.shape[-1])
+    return h if keep is None else jnp.where(flat_keep[:, None], h, 0)
+
+  stop = lax.stop_gradient
+  student = (_scaled(rows(h_s), temperature), w_s,
+             _scaled(b_s, temperature))
+  teacher = (_scaled(rows(stop(h_t)), temperature), stop(w_t),
+             _scaled(None if b_t is None else stop(b_t), temperature))
+  labels = _linear._Rows(jnp.zeros(n_tokens, jnp.int32), flat_keep, None)  # noqa: SLF001
+  statistics = _linear._statistics_fn(cfg)  # noqa: SLF001
+  lse_s = statistics(*student, labels, None, None)[0]
+  lse_t = statistics(*teacher, labels, None, None)[0]
+  beta = jnp.asarray(beta, stat) if divergence == "jsd" else None
+  loss = _divergence_fn(cfg, divergence)(student, teacher, flat_keep, lse_s,
+                                         lse_t, beta)
+  loss = _reduction.mask(loss.reshape(batch_shape), keep)
+  return _reduction.reduce(fn, loss, reduction, keep=keep)
