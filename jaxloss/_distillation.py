@@ -19,6 +19,7 @@ OPEN_UNIT = _jit.Hyper(0.0, 1.0, low_open=True, high_open=True)
 # of their size (log-probabilities, probabilities, the mixture): the default
 # chunk is this many times smaller than the cross entropy's.
 _CHUNK_ARRAYS = 8
+_NO_HYPERS = _linear._Hypers(None, None, None)  # noqa: SLF001
 
 
 class _Chunk(NamedTuple):
@@ -72,8 +73,9 @@ def _terms(divergence, s, t, lse_s, lse_t, beta):
           + (1 - beta) * _relative(q, log_q, log_m))
 
 
-def _sweep(cfg, student, teacher, keep, part, remat, refs):
-  """Per-token sums of ``part(chunk)`` over every class, [N].
+def _sweep(cfg, student, teacher, keep, part, init, remat):
+  """``init`` plus the sums of ``part(chunk)`` (a tuple of [n] arrays per
+  token) over every class: a tuple of [N] arrays.
 
   Classes outermost, as ``_linear``'s gradient pass: transposed (reverse
   mode), each kernel chunk's gradient is summed over the tokens and
@@ -82,7 +84,7 @@ def _sweep(cfg, student, teacher, keep, part, remat, refs):
   """
   (h_s, w_s, b_s), (h_t, w_t, b_t) = student, teacher
   n_tokens, num_classes = h_s.shape[0], w_s.shape[1]
-  take = _linear._take  # noqa: SLF001
+  take, put = _linear._take, _linear._put  # noqa: SLF001
 
   def class_chunk(col, v, out):
     ws_c = take(w_s, col, v, 1).astype(cfg.compute)
@@ -96,33 +98,34 @@ def _sweep(cfg, student, teacher, keep, part, remat, refs):
       chunk = _Chunk(start, n, col, v, (hs_c, ws_c), (ht_c, wt_c), keep_c,
                      _linear._logits(cfg, hs_c, ws_c, bs_c, keep_c),  # noqa: SLF001
                      _linear._logits(cfg, ht_c, wt_c, bt_c, keep_c))  # noqa: SLF001
-      return _linear._put(out, take(out, start, n) + part(chunk), start)  # noqa: SLF001
+      return tuple(put(o, take(o, start, n) + p, start)
+                   for o, p in zip(out, part(chunk), strict=True))
 
     return _linear._chunked(n_tokens, cfg.tokens, token_chunk, out,  # noqa: SLF001
                             remat=remat)
 
-  out = _linear._varying(jnp.zeros((n_tokens,), cfg.stat), *refs)  # noqa: SLF001
-  return _linear._chunked(num_classes, cfg.classes, class_chunk, out,  # noqa: SLF001
+  return _linear._chunked(num_classes, cfg.classes, class_chunk, init,  # noqa: SLF001
                           remat=remat)
 
 
-def _jvp_of(f, primals, tangents):
-  """``jax.jvp(f, primals, tangents)[1]`` where a tangent may be None (0)."""
-  moving = [i for i, t in enumerate(tangents) if t is not None]
-
-  def g(*args):
-    full = list(primals)
-    for i, a in zip(moving, args):
-      full[i] = a
-    return f(*full)
-
-  return jax.jvp(g, tuple(primals[i] for i in moving),
-                 tuple(tangents[i] for i in moving))[1]
-
-
 def _divergence_fn(cfg, divergence):
-  """Each token's divergence from both sides' log-sum-exps, its tangent
-  made by chunks (the logits computed again), linear in the inputs'."""
+  r"""Each token's divergence, its tangent linear in the inputs'.
+
+  Both sides' log-sum-exps first (a pass of statistics), then one pass over
+  the chunks. The tangent of a token's loss :math:`L = \sum_j g_j(s_j, t_j,
+  \ell_s, \ell_t)` is
+
+  .. math::
+    \sum_j (\partial_s g_j\, ds_j + \partial_t g_j\, dt_j)
+    + G_s\, d\ell_s + G_t\, d\ell_t, \qquad
+    G_s = \sum_j \partial_{\ell_s} g_j, \quad
+    d\ell_s = \sum_j Q_j\, ds_j,
+
+  every sum made in the same pass as the loss. The loss and the ``G`` are
+  known in reverse mode (computed forward); the rest is linear, and its
+  transpose computes each chunk's logits again: one pass of four matmuls
+  for the gradients, as for the unfused loss, plus the two of statistics.
+  """
 
   def sums(s, t, lse_s, lse_t, beta):
     return jnp.sum(_terms(divergence, s, t, lse_s, lse_t, beta), axis=1)
@@ -130,43 +133,83 @@ def _divergence_fn(cfg, divergence):
   def at(x, chunk):
     return _linear._take(x, chunk.start, chunk.n)  # noqa: SLF001
 
+  def lse(side, rows):
+    h, w, b = side
+    return _linear._statistics(cfg, _NO_HYPERS, h, w, b, rows, None)[0]  # noqa: SLF001
+
+  # Opaque to partial evaluation (see _linear._whole): no chunk of the
+  # statistics' loops is hoisted out of them, stacked.
+  both_lse = _linear._whole(lambda student, teacher, rows: (  # noqa: SLF001
+      lse(student, rows), lse(teacher, rows)))
+
+  def zeros(count, student, teacher, *refs):
+    # Typed as varying over what the inputs vary over (inside shard_map);
+    # the loss and the G from the primals alone, so they stay known.
+    zero = jnp.zeros((student[0].shape[0],), cfg.stat)
+    return _linear._varying((zero,) * count, *student[:2], *teacher[:2],  # noqa: SLF001
+                            *refs)
+
   @jax.custom_jvp
-  def per_token(student, teacher, keep, lse_s, lse_t, beta):
-    return _sweep(cfg, student, teacher, keep,
-                  lambda c: sums(c.s, c.t, at(lse_s, c), at(lse_t, c), beta),
-                  False,
-                  (*student[:2], *teacher[:2]))
+  def per_token(student, teacher, rows, beta):
+    lse_s, lse_t = both_lse(student, teacher, rows)
+    return _sweep(cfg, student, teacher, rows.keep, lambda c: (
+        sums(c.s, c.t, at(lse_s, c), at(lse_t, c), beta),),
+                  zeros(1, student, teacher), False)[0]
 
   def jvp(primals, tangents):
-    student, teacher, keep, lse_s, lse_t, beta = primals
-    d_student, d_teacher, _, d_lse_s, d_lse_t, d_beta = (
-        _linear._tangents(tangents))  # noqa: SLF001
-    out = per_token(*primals)
+    student, teacher, rows, beta = primals
+    d_student, d_teacher, _, d_beta = _linear._tangents(tangents)  # noqa: SLF001
     sides = (_stat_tangents(cfg, d_student), _stat_tangents(cfg, d_teacher))
-    moving = [x for side in sides for x in side] + [d_lse_s, d_lse_t, d_beta]
-    if all(x is None for x in moving):
+    moving = [x for side in sides for x in side if x is not None]
+    if d_beta is not None:
+      moving.append(d_beta)
+    if not moving:
+      out = per_token(*primals)
       return out, jnp.zeros_like(out)
+    lse_s, lse_t = both_lse(student, teacher, rows)
+    on = [any(x is not None for x in side) for side in sides]
 
     def logits_tangent(chunk, side, params, tangents):
-      if all(x is None for x in tangents):
-        return None
       dh, dw, db = tangents
       take = _linear._take  # noqa: SLF001
-      dw_c = take(dw, chunk.col, chunk.v, 1)
       return _linear._logits_tangent(  # noqa: SLF001
           cfg, None, side, side, params[0], params[1],
-          (take(dh, chunk.start, chunk.n), dw_c,
+          (take(dh, chunk.start, chunk.n), take(dw, chunk.col, chunk.v, 1),
            take(db, chunk.col, chunk.v), None), chunk.keep)
 
     def part(chunk):
-      ds = logits_tangent(chunk, chunk.s, chunk.student, sides[0])
-      dt = logits_tangent(chunk, chunk.t, chunk.teacher, sides[1])
-      primal = (chunk.s, chunk.t, at(lse_s, chunk), at(lse_t, chunk), beta)
-      tangent = (ds, dt, at(d_lse_s, chunk), at(d_lse_t, chunk), d_beta)
-      return _jvp_of(sums, primal, tangent)
+      ls, lt = at(lse_s, chunk), at(lse_t, chunk)
+      # Each class's term reads its own logits only (and the row's lse):
+      # one pullback gives every partial derivative of the chunk.
+      value, pullback = jax.vjp(lambda s, t: sums(s, t, ls, lt, beta),
+                                chunk.s, chunk.t)
+      partials = pullback(jnp.ones_like(value))
+      tangent = jnp.zeros_like(value)
+      if d_beta is not None:
+        tangent = jax.jvp(lambda b: sums(chunk.s, chunk.t, ls, lt, b),
+                          (beta,), (d_beta,))[1]
+      out = (value, tangent)
+      for x, l, g, side, params in ((chunk.s, ls, partials[0], sides[0],
+                                     chunk.student),
+                                    (chunk.t, lt, partials[1], sides[1],
+                                     chunk.teacher)):
+        if any(d is not None for d in side):
+          dx = logits_tangent(chunk, x, params, side)
+          # g depends on the lse as on -x: its derivative there is -sum g.
+          out = (out[0], out[1] + jnp.sum(g * dx, axis=1), *out[2:],
+                 -jnp.sum(g, axis=1),
+                 jnp.sum(jnp.exp(x - l[:, None]) * dx, axis=1))
+      return out
 
-    refs = (*student[:2], *teacher[:2], *moving)
-    return out, _sweep(cfg, student, teacher, keep, part, True, refs)
+    known = zeros(1 + sum(on), student, teacher)
+    linear = zeros(1 + sum(on), student, teacher, *moving)
+    init = (known[0], linear[0]) + tuple(
+        x for pair in zip(known[1:], linear[1:]) for x in pair)
+    out, tangent, *by_lse = _sweep(cfg, student, teacher, rows.keep, part,
+                                   init, True)
+    for g, d in zip(by_lse[::2], by_lse[1::2]):
+      tangent = tangent + g * d
+    return out, tangent
 
   per_token.defjvp(jvp, symbolic_zeros=True)
   return per_token
@@ -357,12 +400,8 @@ def linear_distillation_loss(
              _scaled(b_s, temperature))
   teacher = (_scaled(rows(stop(h_t)), temperature), stop(w_t),
              _scaled(None if b_t is None else stop(b_t), temperature))
-  labels = _linear._Rows(jnp.zeros(n_tokens, jnp.int32), flat_keep, None)  # noqa: SLF001
-  statistics = _linear._statistics_fn(cfg)  # noqa: SLF001
-  lse_s = statistics(*student, labels, None, None)[0]
-  lse_t = statistics(*teacher, labels, None, None)[0]
+  rows = _linear._Rows(jnp.zeros(n_tokens, jnp.int32), flat_keep, None)  # noqa: SLF001
   beta = jnp.asarray(beta, stat) if divergence == "jsd" else None
-  loss = _divergence_fn(cfg, divergence)(student, teacher, flat_keep, lse_s,
-                                         lse_t, beta)
+  loss = _divergence_fn(cfg, divergence)(student, teacher, rows, beta)
   loss = _reduction.mask(loss.reshape(batch_shape), keep)
   return _reduction.reduce(fn, loss, reduction, keep=keep)
