@@ -19,7 +19,7 @@ OPEN_UNIT = _jit.Hyper(0.0, 1.0, low_open=True, high_open=True)
 # of their size (log-probabilities, probabilities, the mixture): the default
 # chunk is this many times smaller than the cross entropy's.
 _CHUNK_ARRAYS = 8
-_NO_HYPERS = _linear._Hypers(None, None, None)  # noqa: SLF001
+_NO_HYPERS = _linear._Hypers(None, None, None)
 
 
 class _Chunk(NamedTuple):
@@ -84,7 +84,7 @@ def _sweep(cfg, student, teacher, keep, part, init, remat):
   """
   (h_s, w_s, b_s), (h_t, w_t, b_t) = student, teacher
   n_tokens, num_classes = h_s.shape[0], w_s.shape[1]
-  take, put = _linear._take, _linear._put  # noqa: SLF001
+  take, put = _linear._take, _linear._put
 
   def class_chunk(col, v, out):
     ws_c = take(w_s, col, v, 1).astype(cfg.compute)
@@ -96,15 +96,15 @@ def _sweep(cfg, student, teacher, keep, part, init, remat):
       ht_c = take(h_t, start, n).astype(cfg.compute)
       keep_c = take(keep, start, n)
       chunk = _Chunk(start, n, col, v, (hs_c, ws_c), (ht_c, wt_c), keep_c,
-                     _linear._logits(cfg, hs_c, ws_c, bs_c, keep_c),  # noqa: SLF001
-                     _linear._logits(cfg, ht_c, wt_c, bt_c, keep_c))  # noqa: SLF001
+                     _linear._logits(cfg, hs_c, ws_c, bs_c, keep_c),
+                     _linear._logits(cfg, ht_c, wt_c, bt_c, keep_c))
       return tuple(put(o, take(o, start, n) + p, start)
                    for o, p in zip(out, part(chunk), strict=True))
 
-    return _linear._chunked(n_tokens, cfg.tokens, token_chunk, out,  # noqa: SLF001
+    return _linear._chunked(n_tokens, cfg.tokens, token_chunk, out,
                             remat=remat)
 
-  return _linear._chunked(num_classes, cfg.classes, class_chunk, init,  # noqa: SLF001
+  return _linear._chunked(num_classes, cfg.classes, class_chunk, init,
                           remat=remat)
 
 
@@ -123,30 +123,32 @@ def _divergence_fn(cfg, divergence):
 
   every sum made in the same pass as the loss. The loss and the ``G`` are
   known in reverse mode (computed forward); the rest is linear, and its
-  transpose computes each chunk's logits again: one pass of four matmuls
-  for the gradients, as for the unfused loss, plus the two of statistics.
+  transpose computes each chunk's logits again. Reverse mode thus takes the
+  statistics and the loss (two matmuls each: student and teacher), then
+  one pass of four for the gradients (both sides' logits, then the
+  student's two gradient matmuls).
   """
 
   def sums(s, t, lse_s, lse_t, beta):
     return jnp.sum(_terms(divergence, s, t, lse_s, lse_t, beta), axis=1)
 
   def at(x, chunk):
-    return _linear._take(x, chunk.start, chunk.n)  # noqa: SLF001
+    return _linear._take(x, chunk.start, chunk.n)
 
   def lse(side, rows):
     h, w, b = side
-    return _linear._statistics(cfg, _NO_HYPERS, h, w, b, rows, None)[0]  # noqa: SLF001
+    return _linear._statistics(cfg, _NO_HYPERS, h, w, b, rows, None)[0]
 
   # Opaque to partial evaluation (see _linear._whole): no chunk of the
   # statistics' loops is hoisted out of them, stacked.
-  both_lse = _linear._whole(lambda student, teacher, rows: (  # noqa: SLF001
+  both_lse = _linear._whole(lambda student, teacher, rows: (
       lse(student, rows), lse(teacher, rows)))
 
   def zeros(count, student, teacher, *refs):
     # Typed as varying over what the inputs vary over (inside shard_map);
     # the loss and the G from the primals alone, so they stay known.
     zero = jnp.zeros((student[0].shape[0],), cfg.stat)
-    return _linear._varying((zero,) * count, *student[:2], *teacher[:2],  # noqa: SLF001
+    return _linear._varying((zero,) * count, *student[:2], *teacher[:2],
                             *refs)
 
   @jax.custom_jvp
@@ -158,7 +160,7 @@ def _divergence_fn(cfg, divergence):
 
   def jvp(primals, tangents):
     student, teacher, rows, beta = primals
-    d_student, d_teacher, _, d_beta = _linear._tangents(tangents)  # noqa: SLF001
+    d_student, d_teacher, _, d_beta = _linear._tangents(tangents)
     sides = (_stat_tangents(cfg, d_student), _stat_tangents(cfg, d_teacher))
     moving = [x for side in sides for x in side if x is not None]
     if d_beta is not None:
@@ -171,8 +173,8 @@ def _divergence_fn(cfg, divergence):
 
     def logits_tangent(chunk, side, params, tangents):
       dh, dw, db = tangents
-      take = _linear._take  # noqa: SLF001
-      return _linear._logits_tangent(  # noqa: SLF001
+      take = _linear._take
+      return _linear._logits_tangent(
           cfg, None, side, side, params[0], params[1],
           (take(dh, chunk.start, chunk.n), take(dw, chunk.col, chunk.v, 1),
            take(db, chunk.col, chunk.v), None), chunk.keep)
@@ -189,16 +191,15 @@ def _divergence_fn(cfg, divergence):
         tangent = jax.jvp(lambda b: sums(chunk.s, chunk.t, ls, lt, b),
                           (beta,), (d_beta,))[1]
       out = (value, tangent)
-      for x, l, g, side, params in ((chunk.s, ls, partials[0], sides[0],
-                                     chunk.student),
-                                    (chunk.t, lt, partials[1], sides[1],
-                                     chunk.teacher)):
+      for x, lse_x, g, side, params in (
+          (chunk.s, ls, partials[0], sides[0], chunk.student),
+          (chunk.t, lt, partials[1], sides[1], chunk.teacher)):
         if any(d is not None for d in side):
           dx = logits_tangent(chunk, x, params, side)
           # g depends on the lse as on -x: its derivative there is -sum g.
           out = (out[0], out[1] + jnp.sum(g * dx, axis=1), *out[2:],
                  -jnp.sum(g, axis=1),
-                 jnp.sum(jnp.exp(x - l[:, None]) * dx, axis=1))
+                 jnp.sum(jnp.exp(x - lse_x[:, None]) * dx, axis=1))
       return out
 
     known = zeros(1 + sum(on), student, teacher)
@@ -254,35 +255,36 @@ def linear_distillation_loss(
 
   With :math:`P = \mathrm{softmax}((h_t W_t + b_t) / T)` the teacher's
   distribution and :math:`Q = \mathrm{softmax}((h_s W_s + b_s) / T)` the
-  student's, each token's loss is
+  student's, each token's loss is, for ``"forward_kl"``, ``"reverse_kl"``
+  and ``"jsd"`` in turn,
 
   .. math::
-    \mathrm{KL}(P \,\|\, Q) = \sum_j P_j (\log P_j - \log Q_j)
-    \quad \text{(``"forward_kl"``)}, \qquad
-    \mathrm{KL}(Q \,\|\, P) \quad \text{(``"reverse_kl"``)},
+    \mathrm{KL}(P \,\|\, Q) = \sum_j P_j (\log P_j - \log Q_j), \qquad
+    \mathrm{KL}(Q \,\|\, P), \qquad
+    \beta\, \mathrm{KL}(P \,\|\, M) + (1 - \beta)\, \mathrm{KL}(Q \,\|\, M)
+    \ \text{ with } M = \beta P + (1 - \beta) Q,
 
-  .. math::
-    \mathrm{JSD}_\beta = \beta\, \mathrm{KL}(P \,\|\, M)
-    + (1 - \beta)\, \mathrm{KL}(Q \,\|\, M), \qquad
-    M = \beta P + (1 - \beta) Q \quad \text{(``"jsd"``)},
-
-  Liger-Kernel's convention for ``LigerFusedLinearJSD`` (its ``jsd_beta``
-  weighs the teacher, :math:`P`); :math:`\beta = 1/2` is the symmetric
-  Jensen-Shannon divergence. There is no :math:`T^2` factor. The teacher is
-  a constant: no gradient reaches ``teacher_hidden``, ``teacher_kernel``
-  or ``teacher_bias`` (``stop_gradient``), while ``temperature`` is
-  differentiated through both sides.
+  the last the generalized Jensen-Shannon divergence of GKD, with
+  Liger-Kernel's convention for ``LigerFusedLinearJSD``: its ``jsd_beta``
+  weighs the teacher, :math:`P` (:math:`\beta = 1/2` is the symmetric
+  Jensen-Shannon divergence; Liger's limits :math:`\beta = 0` and 1, the
+  two KL divergences, are the other two choices here). There is no
+  :math:`T^2` factor. The teacher is a constant: no gradient reaches
+  ``teacher_hidden``, ``teacher_kernel`` or ``teacher_bias``
+  (``stop_gradient``), while ``temperature`` is differentiated through
+  both sides.
 
   Neither [N, V] logits array is made: a first pass computes each token's
   log-sum-exp of both sides by chunks of tokens and classes, a second the
   divergence from them, each chunk's logits computed again. Every autodiff
   mode applies (``jax.grad``, ``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``,
-  ...): custom JVPs whose tangents are made by the same chunks under
-  ``jax.checkpoint``, linear in the inputs' tangents, which JAX transposes
-  for reverse mode, so that its residuals are the inputs and per-token
-  statistics, :math:`O(N + V D)`. A class whose teacher probability is 0
-  adds 0 to the forward KL (and one of the student to the reverse KL),
-  ``-inf`` biases included; ``-inf`` on both sides marks an impossible
+  ...): a custom JVP whose tangent is made in the second pass, linear in
+  the inputs' tangents, each chunk under ``jax.checkpoint``; JAX transposes
+  it for reverse mode, whose residuals are then the inputs and per-token
+  statistics, :math:`O(N D + V D)`, and which computes each chunk's logits
+  once more for the gradients. A class whose teacher probability is 0 adds
+  0 to the forward KL (one whose student probability is 0, to the reverse
+  KL), ``-inf`` biases included; ``-inf`` on both sides marks an impossible
   class. The temperature divides the hidden states and the biases before
   the matmuls (the same logits up to rounding).
 
@@ -340,7 +342,7 @@ def linear_distillation_loss(
     _checks.fail(fn, "divergence must be one of "
                  f"{', '.join(map(repr, DIVERGENCES))}, got {divergence!r}")
   _checks.reduction(fn, reduction)
-  _linear._check_chunk_size(fn, chunk_size)  # noqa: SLF001
+  _linear._check_chunk_size(fn, chunk_size)
 
   h_s = _checks.floating(fn, "student_hidden", student_hidden)
   h_t = _checks.floating(fn, "teacher_hidden", teacher_hidden)
@@ -383,9 +385,9 @@ def linear_distillation_loss(
       _checks.values(fn, name, finite, "must be finite (no NaN or inf) in "
                      "kept rows", h)
 
-  tokens, classes, _ = _linear._chunk_sizes(  # noqa: SLF001
+  tokens, classes, _ = _linear._chunk_sizes(
       chunk_size, n_tokens, width, compute, False, arrays=_CHUNK_ARRAYS)
-  cfg = _linear._Config(tokens, classes, False, False, False, stat, compute,  # noqa: SLF001
+  cfg = _linear._Config(tokens, classes, False, False, False, stat, compute,
                         True)
   flat_keep = (jnp.ones(n_tokens, bool) if keep is None
                else keep.reshape(-1))
@@ -400,7 +402,7 @@ def linear_distillation_loss(
              _scaled(b_s, temperature))
   teacher = (_scaled(rows(stop(h_t)), temperature), stop(w_t),
              _scaled(None if b_t is None else stop(b_t), temperature))
-  rows = _linear._Rows(jnp.zeros(n_tokens, jnp.int32), flat_keep, None)  # noqa: SLF001
+  rows = _linear._Rows(jnp.zeros(n_tokens, jnp.int32), flat_keep, None)
   beta = jnp.asarray(beta, stat) if divergence == "jsd" else None
   loss = _divergence_fn(cfg, divergence)(student, teacher, rows, beta)
   loss = _reduction.mask(loss.reshape(batch_shape), keep)
