@@ -245,12 +245,13 @@ def _kernel(fn, name, kernel, hidden_name, hidden, classes=None):
   return kernel
 
 
-@_jit.jit("divergence", "reduction", "chunk_size",
+@_jit.jit("divergence", "reduction", "chunk_size", "dtype",
           beta=OPEN_UNIT, temperature=_jit.POSITIVE)
 def linear_distillation_loss(
     student_hidden, student_kernel, teacher_hidden, teacher_kernel, *,
     divergence="forward_kl", beta=0.5, temperature=1.0, student_bias=None,
-    teacher_bias=None, where=None, reduction="mean", chunk_size=None):
+    teacher_bias=None, where=None, reduction="mean", chunk_size=None,
+    dtype=None):
   r"""Divergence of a student's softmax from a teacher's, logits never held.
 
   With :math:`P = \mathrm{softmax}((h_t W_t + b_t) / T)` the teacher's
@@ -308,6 +309,12 @@ def linear_distillation_loss(
     chunk_size: optional tokens per chunk (an int) or a pair
       ``(tokens, classes)``; by default chosen as for
       :func:`linear_softmax_cross_entropy`.
+    dtype: optional dtype of the matmuls, as in
+      :func:`linear_softmax_cross_entropy`: both sides' hidden states and
+      kernels are read in it and the logits rounded to it, while the
+      parameters keep their own dtype (a float32 ``student_kernel`` gets
+      the float32 sum of the products as its gradient). By default, the
+      inputs' common dtype.
 
   Returns:
     float32 loss (float64 for float64 input): the batch shape for
@@ -343,6 +350,8 @@ def linear_distillation_loss(
                  f"{', '.join(map(repr, DIVERGENCES))}, got {divergence!r}")
   _checks.reduction(fn, reduction)
   _linear._check_chunk_size(fn, chunk_size)
+  if dtype is not None:
+    dtype = _linear._computation_dtype(fn, dtype)
 
   h_s = _checks.floating(fn, "student_hidden", student_hidden)
   h_t = _checks.floating(fn, "teacher_hidden", teacher_hidden)
@@ -373,9 +382,9 @@ def linear_distillation_loss(
     keep = _checks.conform(fn, "where", where, "the batch shape of "
                            "student_hidden", batch_shape)
 
-  compute = jnp.result_type(h_s, w_s, h_t, w_t)
-  stat = _reduction.stat_dtype(jnp.result_type(
-      compute, *(b for b in biases if b is not None)))
+  compute = jnp.result_type(h_s, w_s, h_t, w_t) if dtype is None else dtype
+  stat = _reduction.stat_dtype(compute if dtype is not None else (
+      jnp.result_type(compute, *(b for b in biases if b is not None))))
   n_tokens = math.prod(batch_shape)
   for name, h in (("student_hidden", h_s), ("teacher_hidden", h_t)):
     finite = jnp.isfinite(h)

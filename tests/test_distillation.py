@@ -196,6 +196,16 @@ def test_half_precision_float32_statistics():
   for g, w in zip(grads, want[1]):
     np.testing.assert_allclose(np.asarray(g, np.float32), w, rtol=5e-2,
                                atol=2e-2)
+  # Mixed precision: float32 parameters, bfloat16 matmuls (dtype=), the
+  # same logits as bfloat16 inputs and float32 gradients.
+  mixed, mixed_grads = jax.value_and_grad(
+      lambda *a: LOSS(*a, dtype=jnp.bfloat16), (0, 1))(
+          *(jnp.asarray(a, jnp.float32) for a in args))
+  assert mixed.dtype == jnp.float32
+  assert all(g.dtype == jnp.float32 for g in mixed_grads)
+  np.testing.assert_allclose(mixed, value, rtol=1e-6)
+  for g, w in zip(mixed_grads, want[1]):
+    np.testing.assert_allclose(g, w, rtol=5e-2, atol=2e-2)
 
 
 def test_a_mean_over_nothing_is_zero():
@@ -244,3 +254,6 @@ def test_errors_name_the_argument_and_what_was_given():
   with pytest.raises(TypeError, match="linear_distillation_loss: "
                      "teacher_hidden must have a floating dtype"):
     LOSS(h, w, jnp.ones((3, 4), jnp.int32), w_t)
+  with pytest.raises(TypeError, match="linear_distillation_loss: dtype "
+                     "must be a floating dtype or None, got 'int32'"):
+    LOSS(h, w, h_t, w_t, dtype=jnp.int32)
