@@ -65,6 +65,7 @@ def test_plain_formulas_compute_what_jaxloss_computes(shapes):
                                err_msg=name)
 
 
+@pytest.mark.slow
 def test_suite_writes_what_report_prints(tmp_path, monkeypatch):
   monkeypatch.setattr(common, "RESULTS", tmp_path)
   monkeypatch.setattr(report, "RESULTS", tmp_path)

@@ -200,6 +200,7 @@ def test_jit_matches_eager_and_vmap_matches_batched():
                                atol=1e-6, err_msg=name)
 
 
+@pytest.mark.slow
 def test_every_autodiff_mode_matches_finite_differences():
   # The circle loss holds its pair weights constant in the gradient: its
   # modes agree with each other, not with differences of its value (it is

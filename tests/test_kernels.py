@@ -313,6 +313,7 @@ def test_checkpoint_and_jit_compose():
   assert_close(jax.jit(jax.value_and_grad(jax.checkpoint(f)))(x), want)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("implementation", ["xla", "pallas"])
 def test_every_autodiff_mode_matches_the_reference(implementation):
   # The statistics' tangent rule serves every mode: forward (jvp, jacfwd,

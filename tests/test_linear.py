@@ -504,6 +504,7 @@ def random_like(args, seed):
   return tuple(jnp.asarray(r.normal(size=np.shape(a))) for a in args)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", PATHS)
 def test_every_autodiff_mode_matches_unfused(path):
   with jax.enable_x64(True):
@@ -546,6 +547,7 @@ def test_autodiff_modes_with_impossible_classes(path):
     assert_close(got, want, rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["one_pass", "two_passes", "per_token"])
 def test_derivatives_numerically(path):
   """Hidden, kernel, bias and every hyperparameter, to second order, in
@@ -830,6 +832,7 @@ def test_computation_dtype_with_bfloat16_hidden():
                                atol=1e-2 * np.max(np.abs(w)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reduction,chunk_size", [MIXED[0], MIXED[2]],
                          ids=str)
 def test_computation_dtype_every_autodiff_mode(reduction, chunk_size):

@@ -248,6 +248,7 @@ def test_ctc_blank_must_be_a_class_index():
       nn.CTCLoss()(LOG_PROBS, TARGETS, INPUT_LENGTHS, TARGET_LENGTHS))
 
 
+@pytest.mark.slow
 def test_ctc_accepts_what_torch_accepts():
   loss = nn.CTCLoss(reduction="none")
   want = loss(LOG_PROBS, TARGETS, INPUT_LENGTHS, TARGET_LENGTHS)

@@ -185,6 +185,7 @@ def _evaluated(op):
   return results
 
 
+@pytest.mark.slow
 @_records(_computes)
 def test_value(record):
   """torch accepts the sample: the same value and gradients."""

@@ -224,6 +224,7 @@ def test_class_axis_vmap_and_checkpoint():
   np.testing.assert_allclose(saved, want, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_every_autodiff_mode_matches_the_reference():
   # One tangent rule for every mode; labels and weights differentiated too.
   x = jnp.asarray(INF_X[:3, :9], jnp.float32)

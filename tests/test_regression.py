@@ -460,6 +460,7 @@ def check_autodiff_modes(f, x, seed=7, exact=()):
         rtol=1e-4, atol=1e-6, err_msg=name)
 
 
+@pytest.mark.slow
 def test_every_autodiff_mode_matches_finite_differences():
   with jax.enable_x64(True):
     check_autodiff_modes(

@@ -235,6 +235,7 @@ def _continuous(name):
                if kind in CONTINUOUS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_every_autodiff_mode_against_finite_differences(name):
   # jvp, linearize, grad (jacrev), jacfwd, Hessian-vector products from
