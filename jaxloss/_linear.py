@@ -938,7 +938,8 @@ def linear_softmax_cross_entropy(
   Args:
     hidden: floating [..., D] hidden states; the leading axes are the batch.
     kernel: floating [D, V] weights, laid out as a JAX dense kernel.
-    labels: integer labels with the batch shape of ``hidden``.
+    labels: integer labels with the batch shape of ``hidden`` (without its
+      feature axis), or broadcastable to it without enlarging it.
     bias: optional floating [V] bias.
     axis_name: optional mesh axis name (or tuple of names) over which the
       classes are split, for a call inside ``jax.shard_map``
@@ -1060,10 +1061,9 @@ def linear_softmax_cross_entropy(
                        "need an integer dtype") from None
   else:
     labels = _checks.integer(fn, "labels", labels)
-    if labels.shape != batch_shape:
-      _checks.fail(fn, f"labels shape {labels.shape} does not match the "
-                   f"batch shape {batch_shape} of hidden (hidden shape "
-                   "without the feature axis)")
+    # The batch shape, which the labels may broadcast to, never enlarge.
+    labels = _checks.conform(fn, "labels", labels,
+                             "hidden's batch shape", batch_shape)
   if weight is not None:
     weight = _checks.numeric(fn, "weight", weight)
     _checks.shape_is(fn, "weight", weight, (width,), per_class)

@@ -411,7 +411,7 @@ def _call(**kw):
     (dict(bias=np.ones(V, np.int32)), TypeError,
      "bias must have a floating dtype"),
     (dict(labels=LABELS[:5]), ValueError,
-     r"labels shape \(5,\) does not match the batch shape \(12,\) of hidden"),
+     r"labels shape \(5,\) does not broadcast to hidden.s batch shape \(12,\)"),
     (dict(labels=LABELS.astype(np.float32)), ValueError,
      r"labels shape \(12,\) does not broadcast to the logits \(hidden @ "
      r"kernel\) shape \(12, 15\): the class axis 1 must have length 15.*; "
@@ -784,7 +784,7 @@ def materialized_probabilities(hidden, kernel, labels, bias=None,
   if not _is_zero(z_loss):
     c = labels.astype(stat)
     if kw.get("weight") is not None:
-      c = c * kw["weight"]
+      c = c * kw["weight"][None]
     c = jnp.where(x > -jnp.inf, c, jax.lax.stop_gradient(c))
     lse = jax.nn.logsumexp(x, axis=-1)
     z = z_loss * jnp.sum(c, axis=-1) * lse**2
