@@ -900,7 +900,9 @@ def linear_softmax_cross_entropy(
   r"""Softmax cross entropy of a linear layer's logits, never materialized.
 
   The value and gradients of
-  :func:`softmax_cross_entropy_with_integer_labels` applied to
+  :func:`softmax_cross_entropy_with_integer_labels` (integer labels) or
+  :func:`softmax_cross_entropy` (floating [..., V] probability labels)
+  applied to
 
   .. math::
     x = h W + b, \qquad x \leftarrow c \tanh(x / c)
@@ -935,11 +937,26 @@ def linear_softmax_cross_entropy(
   :func:`checked`, an out-of-range label, or a NaN or infinite hidden state
   in a kept row, raises instead.
 
+  Probability labels :math:`y` are read chunk by chunk beside the logits
+  (no [N, V] temporary for the gradients of ``hidden``, ``kernel`` and
+  ``bias``), with :func:`softmax_cross_entropy`'s meaning: the loss
+  :math:`(1 - \varepsilon)(m\,\mathrm{lse} - \sum_j w_j y_j x_j)` plus the
+  smoothing term, :math:`m = \sum_j w_j y_j`, rows that need not sum to 1,
+  ``"mean"`` over the kept rows whatever the weights, and the z-loss
+  :math:`\zeta\, m\, \mathrm{lse}^2` (for a one-hot row, the class id's).
+  The gradient by a label is :math:`w_j ((1 - \varepsilon)(\mathrm{lse} -
+  x_j) + \zeta\, \mathrm{lse}^2)`, zero labels included, and 0 on a ``-inf``
+  logit the label gives no mass (whose row costs ``inf`` if it does).
+  ``ignore_index`` applies to class ids only.
+
   Args:
     hidden: floating [..., D] hidden states; the leading axes are the batch.
     kernel: floating [D, V] weights, laid out as a JAX dense kernel.
     labels: integer labels with the batch shape of ``hidden`` (without its
-      feature axis), or broadcastable to it without enlarging it.
+      feature axis), or broadcastable to it without enlarging it; or
+      floating probabilities [..., V] of the logits' shape, broadcastable
+      along the batch (with ``axis_name``, this device's [..., V/k] shard of
+      the classes, as ``kernel``'s).
     bias: optional floating [V] bias.
     axis_name: optional mesh axis name (or tuple of names) over which the
       classes are split, for a call inside ``jax.shard_map``
@@ -984,9 +1001,10 @@ def linear_softmax_cross_entropy(
     float32 loss (float64 for float64 input): the batch shape for
     ``"none"``, else a scalar. Gradients come back in the dtypes of
     ``hidden``, ``kernel`` and ``bias``; the matmuls read the inputs' dtype
-    (or ``dtype``) and accumulate in float32. Derivatives of every order and mode, with
-    respect to ``hidden``, ``kernel``, ``bias`` and the three
-    hyperparameters (not ``weight``, a constant).
+    (or ``dtype``) and accumulate in float32. Derivatives of
+    every order and mode, with respect to ``hidden``, ``kernel``, ``bias``,
+    probability labels and the three hyperparameters (not ``weight``, a
+    constant).
 
   Example:
     >>> import jaxloss
@@ -998,6 +1016,11 @@ def linear_softmax_cross_entropy(
     >>> print(jaxloss.linear_softmax_cross_entropy(
     ...     hidden, kernel, labels, reduction="mean"))
     1.1727
+    >>> probabilities = jnp.array([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5],
+    ...                            [0.0, 1.0, 0.0]])
+    >>> print(jaxloss.linear_softmax_cross_entropy(hidden, kernel,
+    ...                                            probabilities))
+    [1.2654 1.7297 0.4429]
 
   References:
     Wijmans et al., `Cut Your Losses in Large-Vocabulary Language Models
