@@ -13,6 +13,9 @@ Differences from torch:
   here, so a positional call that would bind differently fails loudly.
 * A ``"mean"`` over nothing (every target ignored) is 0 with zero gradient,
   where torch returns NaN.
+* :class:`LinearCrossEntropyLoss` holds no ``Linear`` layer (torch's class
+  owns one): it is called as ``torch.nn.functional.linear_cross_entropy``,
+  ``loss(input, linear_weight, target, linear_bias)``.
 * Instances are frozen dataclasses: immutable, hashable (array options are
   hashed by value) and pytrees whose leaves are the array options (``weight``,
   ``pos_weight``), everything else static. They can be passed through
