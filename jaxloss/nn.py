@@ -354,7 +354,8 @@ class LinearCrossEntropyLoss(_Loss):
       _checks.optional_int("LinearCrossEntropyLoss", "ignore_index",
                            self.ignore_index)
 
-  def __call__(self, input, linear_weight, target, linear_bias=None):  # noqa: A002
+  def __call__(self, input, linear_weight, target,  # noqa: A002
+               linear_bias=None):
     fn = "LinearCrossEntropyLoss"
     x = _checks.floating(fn, "input", input)
     w = _checks.floating(fn, "linear_weight", linear_weight)

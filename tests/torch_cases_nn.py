@@ -321,7 +321,7 @@ add("torch-layouts", "CTCLoss",
      V("lp", "t", "il2", "tl2", zero_infinity=True),
      V("lp0", "t0", "il0", "tl0")], grad=("lp", "lp0"))
 
-# -- Linear cross entropy ---------------------------------------------------------
+# -- Linear cross entropy -----------------------------------------------------
 
 # torch.nn.LinearCrossEntropyLoss owns its Linear layer; jaxloss.nn's takes
 # the projection in the call, as torch.nn.functional.linear_cross_entropy:
