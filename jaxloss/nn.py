@@ -401,7 +401,8 @@ class LinearCrossEntropyLoss(_Loss):
       return _linear.linear_softmax_cross_entropy(
           x, w.T, target, bias=bias, reduction=self.reduction, **kw)
     # One (C, in_features) projection per position: the loss at each is a
-    # linear cross entropy of its own, mapped over the positions.
+    # linear cross entropy of its own, one position after the other (a
+    # vmap would hold every position's chunk of logits at once).
     n, count = batch[0], int(np.prod(positions))
     kernels = jnp.moveaxis(w.reshape(num_classes, count, dim), 1, 0)
     kernels = jnp.swapaxes(kernels, 1, 2)
@@ -416,7 +417,7 @@ class LinearCrossEntropyLoss(_Loss):
       return _linear.linear_softmax_cross_entropy(
           x, kernel, labels, bias=bias, reduction=reduction, **kw)
 
-    loss = jax.vmap(one)(kernels, biases, labels)
+    loss = jax.lax.map(lambda a: one(*a), (kernels, biases, labels))
     if self.reduction == "none":
       return loss.T.reshape(n, *positions)
     loss = jnp.sum(loss)
