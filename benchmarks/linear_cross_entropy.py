@@ -41,9 +41,18 @@ they are made, before the loss runs).
   python benchmarks/linear_cross_entropy.py                 # CPU, float32
   python benchmarks/linear_cross_entropy.py --device gpu    # H200 problem
   python benchmarks/linear_cross_entropy.py --sizes 256 64 1000 --no-write
+  python benchmarks/linear_cross_entropy.py --distillation   # distillation
+
+With ``--distillation``, the problem is ``linear_distillation_loss``
+(forward KL and JSD; the teacher twice as wide as the student) against the
+plain computation from both materialized logits arrays: the value, and the
+value and gradients with respect to the student's hidden states and kernel,
+each timed and its temporaries read as above
+(``results/linear_distillation-<device>.json``).
 """
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -270,6 +279,95 @@ def peak_bytes():
   return stats.get("peak_bytes_in_use")
 
 
+# Distillation: the student's and the teacher's output layers (the teacher
+# twice as wide), the forward KL and the JSD, fused against the two
+# materialized [N, V] logits arrays.
+DISTILLATION_DIVERGENCES = ("forward_kl", "jsd")
+
+
+def plain_distillation(divergence, student_hidden, student_kernel,
+                       teacher_hidden, teacher_kernel, beta=0.5):
+  """The obvious JAX: both logits arrays, then the divergence per token."""
+  log_q = jax.nn.log_softmax(
+      (student_hidden @ student_kernel).astype(jnp.float32))
+  log_p = jax.nn.log_softmax(lax.stop_gradient(
+      teacher_hidden @ teacher_kernel).astype(jnp.float32))
+  p, q = jnp.exp(log_p), jnp.exp(log_q)
+  if divergence == "forward_kl":
+    return jnp.mean(jnp.sum(p * (log_p - log_q), -1))
+  log_m = jnp.log(beta * p + (1 - beta) * q)
+  return jnp.mean(jnp.sum(beta * p * (log_p - log_m)
+                          + (1 - beta) * q * (log_q - log_m), -1))
+
+
+def distillation(args):
+  """Times and temporaries of the distillation problem: value, and value
+  and gradients with respect to the student's hidden states and kernel."""
+  dtype = jnp.dtype(args.dtype)
+  hidden, kernel, _ = inputs(args.tokens, args.dim, args.classes, dtype)
+  teacher = inputs(args.tokens, 2 * args.dim, args.classes, dtype, seed=1)
+  arrays = (hidden, kernel, teacher[0], teacher[1])
+  print(f"device: {common.device_name()}; distillation, tokens "
+        f"{args.tokens}, dim {args.dim} (teacher {2 * args.dim}), classes "
+        f"{args.classes}, {args.dtype}", flush=True)
+  steps = {}
+  for divergence in DISTILLATION_DIVERGENCES:
+    fused = functools.partial(jaxloss.linear_distillation_loss,
+                              divergence=divergence)
+    plain = functools.partial(plain_distillation, divergence)
+    for name, f in ((f"plain {divergence}", plain),
+                    (f"fused {divergence}", fused)):
+      steps[(name, "value")] = jax.jit(f)
+      steps[(name, "grad")] = jax.jit(jax.value_and_grad(f, argnums=(0, 1)))
+  rows, times = {}, {}
+  for key, f in steps.items():
+    compiled = f.lower(*arrays).compile()
+    analysis = compiled.memory_analysis()
+    rows[key] = {"name": key[0], "mode": key[1], "temp_bytes": (
+        None if analysis is None else int(analysis.temp_size_in_bytes))}
+    out = jax.block_until_ready(f(*arrays))
+    plain_out = rows.get((key[0].replace("fused", "plain"), key[1]), {}).get(
+        "out")
+    if plain_out is not None:
+      rows[key]["max_error"] = max(
+          float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(
+              jnp.float32))) / jnp.maximum(jnp.max(jnp.abs(b.astype(
+                  jnp.float32))), jnp.finfo(jnp.float32).tiny))
+          for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(plain_out)))
+    rows[key]["out"] = out
+    times[key] = []
+  for r in range(args.rounds):
+    for key, f in steps.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(f(*arrays))
+      times[key].append(1e3 * (time.perf_counter() - t0))
+    print(f"  round {r + 1}/{args.rounds} done", flush=True)
+  for key, row in rows.items():
+    del row["out"]
+    row["ms"] = statistics.median(times[key])
+    plain_key = (key[0].replace("fused", "plain"), key[1])
+    row["vs_plain"] = statistics.median(
+        a / b for a, b in zip(times[key], times[plain_key]))
+    plain_temp = rows[plain_key]["temp_bytes"]
+    if plain_temp and row["temp_bytes"] is not None:
+      row["temp_vs_plain"] = row["temp_bytes"] / plain_temp
+    row["temporaries"] = common.fmt_bytes(row["temp_bytes"])
+  table = list(rows.values())
+  print(common.table(table, ["name", "mode", "ms", "vs_plain", "temporaries",
+                             "temp_vs_plain", "max_error"]))
+  if not args.no_write:
+    path = common.write_json("linear_distillation", {
+        "problem": {"tokens": args.tokens, "dim": args.dim,
+                    "teacher_dim": 2 * args.dim, "classes": args.classes,
+                    "dtype": args.dtype, "reduction": "mean",
+                    "grads": ["student_hidden", "student_kernel"]},
+        "rounds": args.rounds,
+        "command": "python benchmarks/linear_cross_entropy.py " + " ".join(
+            sys.argv[1:]),
+        "results": table})
+    print(f"wrote {path}")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--device", choices=tuple(PROBLEMS), default="cpu",
@@ -283,6 +381,8 @@ def main():
   parser.add_argument("--skip", default="", help="comma-separated names")
   parser.add_argument("--no-write", action="store_true")
   parser.add_argument("--peak-of", help=argparse.SUPPRESS)
+  parser.add_argument("--distillation", action="store_true",
+                      help="time linear_distillation_loss instead")
   args = parser.parse_args()
   problem = PROBLEMS[args.device]
   args.tokens, args.dim, args.classes = args.sizes or (
@@ -293,6 +393,9 @@ def main():
     args.variants = problem["variants"]
   variants = [v for v in args.variants.split(",") if v]
   skip = set(filter(None, args.skip.split(",")))
+  if args.distillation:
+    distillation(args)
+    return
 
   hidden, kernel, labels = inputs(args.tokens, args.dim, args.classes,
                                   jnp.dtype(args.dtype))

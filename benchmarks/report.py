@@ -4,7 +4,8 @@
   python benchmarks/report.py --device nvidia-h200
 
 Reads ``benchmarks/results/<name>-<device>.json`` as written by
-``cross_entropy.py`` (both label kinds), ``linear_cross_entropy.py``,
+``cross_entropy.py`` (both label kinds), ``linear_cross_entropy.py`` (and
+its ``--distillation`` problem),
 ``sharded.py`` and ``suite.py`` (``suite-<device>.json`` for the default
 shapes, ``suite_<shapes>-<device>.json`` for the others); prints Markdown.
 """
@@ -54,6 +55,13 @@ LINEAR_VS = {"plain_mixed": "vs_plain_mixed", "fused_mixed": "vs_plain_mixed",
              "three_matmuls_bf16": "vs_plain_mixed",
              "plain_probs": "vs_plain_probs", "optax_probs": "vs_plain_probs",
              "fused_probs": "vs_plain_probs"}
+
+DISTILLATION_ROWS = {
+    "plain forward_kl": "plain: both logits, then the forward KL",
+    "fused forward_kl": "`linear_distillation_loss`",
+    "plain jsd": "plain: both logits, then the JSD",
+    "fused jsd": "`linear_distillation_loss(..., divergence=\"jsd\")`",
+}
 
 
 def load(name, device):
@@ -136,6 +144,29 @@ def linear(device):
     print(f"| {label} | {fmt(r['ms'])} | {fmt(vs)} | "
           f"{fmt(r.get('vs_three_matmuls'))} | "
           f"{r.get('temporaries') or 'n/a'} | {r.get('peak') or 'n/a'} |")
+  print()
+
+
+def distillation(device):
+  data, path = load("linear_distillation", device)
+  if data is None:
+    return
+  p = data["problem"]
+  rows = {(r["name"], r["mode"]): r for r in data["results"]}
+  print(f"`{data['command'].strip()}` on {data.get('device')} "
+        f"({p['dtype']}, N={p['tokens']}, D={p['dim']} (teacher "
+        f"{p['teacher_dim']}), V={p['classes']}; "
+        f"`{path.relative_to(RESULTS.parent.parent)}`):\n")
+  print("| implementation | value (ms) | vs plain | value and gradient (ms) "
+        "| vs plain | temporaries |")
+  print("| --- | --- | --- | --- | --- | --- |")
+  for key, label in DISTILLATION_ROWS.items():
+    value, grad = rows.get((key, "value")), rows.get((key, "grad"))
+    if value is None or grad is None:
+      continue
+    print(f"| {label} | {fmt(value['ms'])} | {fmt(value.get('vs_plain'))} | "
+          f"{fmt(grad['ms'])} | {fmt(grad.get('vs_plain'))} | "
+          f"{grad.get('temporaries') or 'n/a'} |")
   print()
 
 
@@ -315,7 +346,8 @@ def main():
   devices = args.device or sorted({
       p.stem.split("-", 1)[1] for p in RESULTS.glob("*.json")
       if p.stem.startswith(("cross_entropy-", "probability_cross_entropy-",
-                            "linear_cross_entropy-", "sharded-", "suite-",
+                            "linear_cross_entropy-", "linear_distillation-",
+                            "sharded-", "suite-",
                             "suite_"))
       and not p.stem.startswith("suite_smoke")})
   for device in devices:
@@ -323,6 +355,7 @@ def main():
     cross_entropy(device)
     cross_entropy(device, "probability_cross_entropy")
     linear(device)
+    distillation(device)
     sharded(device)
     for shapes in SUITE_SHAPES:
       suite(device, shapes)

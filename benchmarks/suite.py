@@ -340,6 +340,17 @@ def linear(elements, s, dtype, key):
           jax.random.randint(k3, (n,), 0, c)), {}
 
 
+def distillation(elements, s, dtype, key):
+  """A student's hidden [N, D] and kernel [D, C], N * C = elements, and a
+  teacher's twice as wide."""
+  k1, k2, k3, k4 = jax.random.split(key, 4)
+  n, c = _classes(elements, s)
+  d = s.hidden
+  return (_normal(k1, (n, d), dtype), _normal(k2, (d, c), dtype, d ** -0.5),
+          _normal(k3, (n, 2 * d), dtype),
+          _normal(k4, (2 * d, c), dtype, (2 * d) ** -0.5)), {}
+
+
 # name -> (builder, memory-bound)
 BUILDERS = {
     # Shared with optax.
@@ -402,6 +413,7 @@ BUILDERS = {
     "circle_loss": (similarities, True),
     # jaxloss's own.
     "linear_softmax_cross_entropy": (linear, False),
+    "linear_distillation_loss": (distillation, False),
 }
 
 
@@ -555,6 +567,14 @@ def _linear_softmax_cross_entropy(hidden, kernel, labels):
   return jax.nn.logsumexp(logits, -1) - _take(logits, labels)
 
 
+def _linear_distillation_loss(hidden, kernel, teacher_hidden,
+                              teacher_kernel):
+  log_q = jax.nn.log_softmax(hidden @ kernel)
+  log_p = jax.nn.log_softmax(jax.lax.stop_gradient(
+      teacher_hidden @ teacher_kernel))
+  return jnp.mean(jnp.sum(jnp.exp(log_p) * (log_p - log_q), -1))
+
+
 # The losses optax lacks: name -> the obvious jnp formula, jaxloss's defaults.
 PLAIN = {
     "mse_loss": _mse_loss,
@@ -583,6 +603,7 @@ PLAIN = {
     "tversky_loss": _tversky_loss,
     "circle_loss": _circle_loss,
     "linear_softmax_cross_entropy": _linear_softmax_cross_entropy,
+    "linear_distillation_loss": _linear_distillation_loss,
 }
 
 

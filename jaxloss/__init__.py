@@ -79,6 +79,9 @@ from jaxloss._segmentation import tversky_loss as tversky_loss
 # Fused linear + cross entropy.
 from jaxloss._linear import linear_softmax_cross_entropy as linear_softmax_cross_entropy
 
+# Fused linear distillation.
+from jaxloss._distillation import linear_distillation_loss as linear_distillation_loss
+
 __version__ = "0.1.0"
 
 __all__ = tuple(sorted(

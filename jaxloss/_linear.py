@@ -827,10 +827,12 @@ def _scalar(cfg, single):
 
 
 def _chunk_sizes(chunk_size, n_tokens, num_classes, dtype, scalar,
-                 platform=None):
+                 platform=None, arrays=1):
   """``(tokens, classes)`` per chunk, and whether one pass does it all.
 
   ``dtype`` is the logits' (the inputs' dtype, before the float32 statistics).
+  ``arrays`` divides the budget: a loss that holds that many times as many
+  chunk-sized arrays at once as the cross entropy.
   """
   if chunk_size is not None:
     if isinstance(chunk_size, int):
@@ -842,7 +844,7 @@ def _chunk_sizes(chunk_size, n_tokens, num_classes, dtype, scalar,
     return tokens, classes, scalar and classes == num_classes
   platform = platform or jax.default_backend()
   budget = _CHUNK_BYTES if platform == "cpu" else _CHUNK_BYTES_ACCELERATOR
-  elements = budget // jnp.dtype(dtype).itemsize
+  elements = budget // arrays // jnp.dtype(dtype).itemsize
   min_tokens = _MIN_SINGLE_PASS_TOKENS.get(
       platform, _MIN_SINGLE_PASS_TOKENS_ACCELERATOR)
   whole_rows = elements // num_classes

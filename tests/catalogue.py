@@ -50,6 +50,9 @@ SPECS = {
         [("logprob", ("B", C)), ("logprob", ("B", C))], {}),
     "l1_loss": ([("real", ("B", C)), ("real", ("B", C))], {}),
     "l2_loss": ([("real", ("B", C)), ("real", ("B", C))], {}),
+    "linear_distillation_loss": (
+        [("real", ("B", D)), ("unit", (D, C)), ("constant", ("B", D)),
+         ("constant_unit", (D, C))], {}),
     "linear_softmax_cross_entropy": (
         [("real", ("B", D)), ("unit", (D, C)), ("int", ("B",))], {}),
     "log_cosh": ([("real", ("B", C)), ("real", ("B", C))], {}),
@@ -104,9 +107,11 @@ SPECS = {
 
 def draw(kind, shape, rng, scale=1.0):
   """One argument of a kind, as a NumPy array."""
-  if kind == "real":
+  # "constant" and "constant_unit" are drawn as "real" and "unit": inputs
+  # the loss holds constant (a distillation's teacher), never differentiated.
+  if kind in ("real", "constant"):
     return rng.normal(size=shape) * scale
-  if kind == "unit":
+  if kind in ("unit", "constant_unit"):
     return rng.normal(size=shape)
   if kind == "away_from_zero":
     return rng.choice([-1, 1], size=shape) * rng.uniform(0.5, 2, shape)

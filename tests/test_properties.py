@@ -77,6 +77,10 @@ SPECS = {
     "l1_loss": ([("real", (B, C)), ("real", (B, C))], {}, "nonneg"),
     "l2_loss": ([("real", (B, C)), ("real", (B, C))], {},
                 "nonneg quadratic"),
+    "linear_distillation_loss": (
+        [("real", (B, D)), ("unit", (D, C), NOT_BATCHED),
+         ("constant", (B, D)), ("constant_unit", (D, C), NOT_BATCHED)], {},
+        "nonneg"),
     "linear_softmax_cross_entropy": (
         [("real", (B, D)), ("unit", (D, C), NOT_BATCHED), ("int", (B,))], {},
         "nonneg"),
@@ -153,6 +157,7 @@ MASKS = {
     "cosine_distance": "entries", "cosine_similarity": "entries",
     "generalized_kl_divergence": "full", "hinge_loss": "full",
     "kl_divergence": "full", "kl_divergence_with_log_targets": "full",
+    "linear_distillation_loss": "rows",
     "linear_softmax_cross_entropy": "rows",
     "multiclass_hinge_loss": "rows", "multiclass_perceptron_loss": "rows",
     "multiclass_sparsemax_loss": "rows", "nll_loss": "rows",

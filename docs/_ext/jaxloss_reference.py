@@ -37,6 +37,10 @@ FAMILIES = {
     "_linear": ("linear", "Fused linear + cross entropy",
                 "A language model's output layer and its loss, without the "
                 "logits."),
+    "_distillation": ("distillation", "Fused linear distillation",
+                      "A student's output layer against a teacher's, by "
+                      "forward or reverse KL or the generalized JSD, "
+                      "without the logits."),
     "_divergence": ("divergence", "KL divergences",
                     "optax's and torch's Kullback-Leibler divergences."),
     "_regression": ("regression", "Regression",
