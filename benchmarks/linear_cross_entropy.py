@@ -18,6 +18,12 @@ One step of a language model's loss: the mean cross entropy of
   kernel), ``fused_mixed`` (``dtype=jnp.bfloat16``) and
   ``three_matmuls_bf16``, the three matmuls in bfloat16 (the same as
   ``three_matmuls`` for a bfloat16 problem, then left out);
+- probability targets (a teacher's distribution, [N, V] in the problem's
+  dtype), the gradients still to hidden and kernel: ``plain_probs``, the
+  matmul then ``softmax_cross_entropy``, ``optax_probs``, the matmul then
+  ``optax.losses.softmax_cross_entropy`` (when optax is installed), and
+  ``fused_probs``, ``linear_softmax_cross_entropy`` on the probabilities;
+  their errors and ratios (``vs_plain_probs``) are against ``plain_probs``;
 - torch, Liger-Kernel and Cut Cross-Entropy when they are installed (the last
   two on CUDA only).
 
@@ -75,6 +81,9 @@ PROBLEMS = {
 CHECKPOINT_CHUNK = 1024
 # Steps that read the kernel in float32 (the parameters of mixed precision).
 MIXED = ("plain_mixed", "fused_mixed")
+# Steps on probability targets, and the one they are compared with.
+PROBABILITY = ("plain_probs", "optax_probs", "fused_probs")
+PROBABILITY_BASELINE = "plain_probs"
 
 
 def inputs(tokens, dim, classes, dtype, seed=0):
@@ -86,6 +95,39 @@ def inputs(tokens, dim, classes, dtype, seed=0):
       dim**-0.5, dtype)
   labels = jax.random.randint(k3, (tokens,), 0, classes)
   return hidden, kernel, labels
+
+
+def probability_labels(tokens, classes, dtype, seed=3):
+  """A teacher's softmax over the classes: [tokens, classes] in ``dtype``."""
+  logits = jax.random.normal(jax.random.key(seed), (tokens, classes), dtype)
+  return jax.nn.softmax(logits * jnp.asarray(2, dtype), axis=-1)
+
+
+def probability_steps():
+  """name -> value-and-grad function of (hidden, kernel, probabilities),
+  the gradients to hidden and kernel."""
+  grad = lambda f: jax.value_and_grad(f, argnums=(0, 1))  # noqa: E731
+
+  def plain_probs(hidden, kernel, probs):
+    return jaxloss.softmax_cross_entropy(hidden @ kernel, probs,
+                                         reduction="mean")
+
+  def fused_probs(hidden, kernel, probs):
+    return jaxloss.linear_softmax_cross_entropy(hidden, kernel, probs,
+                                                reduction="mean")
+
+  steps = {"plain_probs": plain_probs}
+  try:
+    import optax  # noqa: PLC0415
+
+    def optax_probs(hidden, kernel, probs):
+      return jnp.mean(optax.losses.softmax_cross_entropy(hidden @ kernel,
+                                                         probs))
+    steps["optax_probs"] = optax_probs
+  except ImportError:
+    pass
+  steps["fused_probs"] = fused_probs
+  return {name: jax.jit(grad(f)) for name, f in steps.items()}
 
 
 def parse_chunk(text):
@@ -358,11 +400,19 @@ def main():
   hidden, kernel, labels = inputs(args.tokens, args.dim, args.classes,
                                   jnp.dtype(args.dtype))
   steps = jax_steps(variants)
+  steps.update(probability_steps())
   # Made only where a mixed-precision step runs: it counts in the peak.
   kernel32 = (kernel.astype(jnp.float32) if args.peak_of in (None, *MIXED)
               else None)
+  # Likewise the probabilities (an input of N x V).
+  probs = (probability_labels(args.tokens, args.classes,
+                              jnp.dtype(args.dtype))
+           if args.peak_of in (None, *PROBABILITY)
+           and not set(PROBABILITY) <= skip else None)
 
   def arguments(name):
+    if name in PROBABILITY:
+      return hidden, kernel, probs
     return hidden, kernel32 if name in MIXED else kernel, labels
 
   if args.peak_of:
@@ -385,6 +435,7 @@ def main():
            for name, f in steps.items()}
   rows = {name: {"name": name} for name in calls}
   reference = None
+  references = {}   # of the problems besides the first: probabilities
   failed = {}
   for name, f in list(steps.items()):
     t0 = time.perf_counter()
@@ -401,11 +452,17 @@ def main():
     out = jax.block_until_ready(calls[name]())   # warm-up
     if reference is None:
       reference = out
-    rows[name]["max_error"] = max_errors(out, reference)
+    against = next(iter(steps))
+    if name in PROBABILITY:
+      against = references.setdefault("probabilities", (name, out))[0]
+      rows[name]["max_error"] = max_errors(out,
+                                           references["probabilities"][1])
+    else:
+      rows[name]["max_error"] = max_errors(out, reference)
     del out
     print(f"  compiled {name} in {time.perf_counter() - t0:.1f} s; "
           f"temporaries {common.fmt_bytes(rows[name]['temp_bytes'])}; "
-          f"max error vs {next(iter(steps))} {rows[name]['max_error']}",
+          f"max error vs {against} {rows[name]['max_error']}",
           flush=True)
 
   if "three_matmuls" not in skip:
@@ -469,6 +526,14 @@ def main():
         "temp_bytes") is not None:
       rows[name]["temp_vs_plain"] = (rows[name]["temp_bytes"]
                                      / rows["plain"]["temp_bytes"])
+    base = PROBABILITY_BASELINE
+    if name in PROBABILITY and base in times:
+      rows[name]["vs_plain_probs"] = statistics.median(
+          a / b for a, b in zip(times[name], times[base]))
+      if rows[base].get("temp_bytes") and rows[name].get(
+          "temp_bytes") is not None:
+        rows[name]["temp_vs_plain_probs"] = (rows[name]["temp_bytes"]
+                                             / rows[base]["temp_bytes"])
 
   if peak_bytes() is not None:
     for name in steps:
@@ -487,13 +552,16 @@ def main():
                  if r.get("peak_bytes") is not None else None)
   print(common.table(table, ["name", "ms", "vs_plain", "vs_three_matmuls",
                              "vs_plain_mixed", "vs_three_matmuls_bf16",
-                             "temporaries", "temp_vs_plain", "peak",
+                             "vs_plain_probs", "temporaries", "temp_vs_plain",
+                             "temp_vs_plain_probs", "peak",
                              "error (loss, dh, dk)"]))
   if not args.no_write:
     path = common.write_json("linear_cross_entropy", {
         "problem": {"tokens": args.tokens, "dim": args.dim,
                     "classes": args.classes, "dtype": args.dtype,
-                    "reduction": "mean", "grads": ["hidden", "kernel"]},
+                    "reduction": "mean", "grads": ["hidden", "kernel"],
+                    "probability_labels": [n for n in PROBABILITY
+                                           if n in rows]},
         "default_chunks": {"tokens": plan[0], "classes": plan[1],
                            "one_pass": plan[2]},
         "rounds": args.rounds, "failed": failed,

@@ -41,6 +41,7 @@ class _Config(NamedTuple):
   stat: jnp.dtype    # float32, or float64 for float64 input
   compute: jnp.dtype  # dtype the matmuls read
   full_support: bool  # no -inf logit is possible: every class in the support
+  probabilities: bool = False  # [N, V] probability labels, not class ids
 
 
 class _Hypers(NamedTuple):
@@ -184,33 +185,74 @@ def _is_label(x, labels, start):
   return cols == labels[:, None]
 
 
+def _block(labels, start, n, col, v):
+  """The labels of tokens ``[start, start + n)``: class ids as they are,
+  probabilities restricted to classes ``[col, col + v)``, sliced at once
+  (never a token chunk's whole [n, V] row first)."""
+  if labels is None or labels.ndim == 1:
+    return _take(labels, start, n)
+  if (isinstance(start, int) and isinstance(col, int) and start == 0
+      and col == 0 and labels.shape == (n, v)):
+    return labels
+  return lax.dynamic_slice(labels, (start, col), (n, v))
+
+
+def _mass(cfg, y, keep, weight):
+  """``c_j = w_j y_j`` of a chunk of probability labels, 0 in dropped rows
+  (whatever they hold), in the statistics' dtype."""
+  c = y.astype(cfg.stat)
+  if weight is not None:
+    c = c * weight[None]
+  return jnp.where(keep[:, None], c, 0)
+
+
+def _live(c, x):
+  """Classes whose label has a derivative: all but a ``-inf`` logit with
+  no label mass (an impossible class, which costs 0 whatever its label)."""
+  return (c != 0) | (x > -jnp.inf)
+
+
 class _Stats(NamedTuple):
   """Running per-token statistics over the classes seen so far."""
   max: jax.Array         # running max of the logits
   sum_exp: jax.Array     # sum of exp(x - max)
-  label: jax.Array       # logit of the label
+  label: jax.Array       # logit of the label; probabilities: sum_j c_j x_j
   weighted: jax.Array    # sum of w_j x_j over the support (smoothing only)
+  mass: jax.Array | None = None  # probabilities: sum_j c_j, c_j = w_j y_j
 
 
-def _empty_stats(n, dtype):
-  zeros = jnp.zeros((n,), dtype)
-  return _Stats(jnp.full((n,), -jnp.inf, dtype), zeros, zeros, zeros)
+def _empty_stats(cfg, n):
+  zeros = jnp.zeros((n,), cfg.stat)
+  return _Stats(jnp.full((n,), -jnp.inf, cfg.stat), zeros, zeros, zeros,
+                zeros if cfg.probabilities else None)
 
 
-def _update_stats(cfg, stats, x, labels, start, weight):
-  """Online log-sum-exp: folds the logits of one chunk of classes in."""
+def _update_stats(cfg, stats, x, labels, start, weight, keep):
+  """Online log-sum-exp: folds the logits of one chunk of classes in.
+
+  ``labels`` are the chunk's: [n] class ids (``start`` the chunk's first
+  class) or [n, v] probabilities.
+  """
   new_max = jnp.maximum(stats.max, jnp.max(x, axis=1))
   # An all -inf row so far has max -inf: shift by 0 instead (exp gives 0).
   shift = jnp.where(new_max == -jnp.inf, 0, new_max)
   sum_exp = (stats.sum_exp * jnp.exp(stats.max - shift)
              + jnp.sum(jnp.exp(x - shift[:, None]), axis=1))
-  label = stats.label + jnp.sum(
-      jnp.where(_is_label(x, labels, start), x, 0), axis=1)
+  mass = stats.mass
+  if cfg.probabilities:
+    c = _mass(cfg, labels, keep, weight)
+    # 0, not 0 * -inf, where no mass sits on an impossible class; -inf
+    # (an infinite loss) where some does.
+    label = stats.label + jnp.sum(jnp.where(c != 0, c * x, 0), axis=1)
+    mass = mass + jnp.sum(c, axis=1)
+  else:
+    label = stats.label + jnp.sum(
+        jnp.where(_is_label(x, labels, start), x, 0), axis=1)
   weighted = stats.weighted
   if cfg.smoothing:
     w = _class_terms(cfg, x, weight)
     weighted = weighted + jnp.sum(jnp.where(w != 0, w * x, 0), axis=1)
-  return _Stats(new_max, sum_exp, label, weighted)
+  return _Stats(new_max, sum_exp, label, weighted, mass)
 
 
 def _lse(stats):
@@ -219,21 +261,35 @@ def _lse(stats):
 
 
 class _Rows(NamedTuple):
-  """Per-token inputs: labels, kept rows and each row's label weight."""
+  """Per-token inputs: labels ([N] class ids or [N, V] probabilities), kept
+  rows and each row's label weight (class ids only)."""
   labels: jax.Array
   keep: jax.Array
   label_weight: jax.Array | None
 
 
-def _row_loss(cfg, hp, lse, label, weighted, label_weight, support):
-  r"""The loss of each row from its statistics, as the unfused loss has it."""
-  loss = lse - label
-  if cfg.smoothing:
-    loss = (1 - hp.smoothing) * loss
-  if cfg.z_loss:
-    loss = loss + hp.z_loss * lse**2
-  if label_weight is not None:
-    loss = label_weight * loss
+def _row_loss(cfg, hp, lse, label, weighted, label_weight, support,
+              mass=None):
+  r"""The loss of each row from its statistics, as the unfused loss has it.
+
+  Probabilities: :math:`(1 - \varepsilon)(m\,\mathrm{lse} - \sum_j c_j x_j)
+  + \zeta\, m\, \mathrm{lse}^2` with :math:`m = \sum_j c_j`, which for a
+  one-hot label is the class id's loss.
+  """
+  if cfg.probabilities:
+    loss = mass * lse - label
+    if cfg.smoothing:
+      loss = (1 - hp.smoothing) * loss
+    if cfg.z_loss:
+      loss = loss + hp.z_loss * mass * lse**2
+  else:
+    loss = lse - label
+    if cfg.smoothing:
+      loss = (1 - hp.smoothing) * loss
+    if cfg.z_loss:
+      loss = loss + hp.z_loss * lse**2
+    if label_weight is not None:
+      loss = label_weight * loss
   if cfg.smoothing:
     total_weight, count = support
     loss = loss + hp.smoothing * (
@@ -241,11 +297,15 @@ def _row_loss(cfg, hp, lse, label, weighted, label_weight, support):
   return loss
 
 
-def _coefficients(cfg, hp, g, lse, label_weight, support):
-  """Per-row ``(a, b, e)`` with ``dloss/dx_j = a p_j - b [j = y] - e w_j``."""
+def _coefficients(cfg, hp, g, lse, label_weight, support, mass=None):
+  """Per-row ``(a, b, e)`` with ``dloss/dx_j = a p_j - b [j = y] - e w_j``,
+  or for probabilities ``a p_j - b c_j - e w_j``."""
   g_y = g if label_weight is None else g * label_weight
   b = g_y * (1 - hp.smoothing) if cfg.smoothing else g_y
   a = b
+  if cfg.probabilities:
+    g_y = g * mass
+    a = g_y * (1 - hp.smoothing) if cfg.smoothing else g_y
   if cfg.z_loss:
     a = a + g_y * (2 * hp.z_loss) * lse
   e = None
@@ -256,14 +316,36 @@ def _coefficients(cfg, hp, g, lse, label_weight, support):
   return a, b, e
 
 
-def _logit_grad(cfg, x, lse, labels, start, coef, weight):
+def _logit_grad(cfg, x, lse, labels, start, coef, weight, keep):
   """Gradient of the chunk's loss with respect to its (post-softcap) logits."""
   a, b, e = coef
   p = jnp.exp(x - lse[:, None])
-  d = a[:, None] * p - jnp.where(_is_label(x, labels, start), b[:, None], 0)
+  if cfg.probabilities:
+    d = a[:, None] * p - b[:, None] * _mass(cfg, labels, keep, weight)
+  else:
+    d = a[:, None] * p - jnp.where(_is_label(x, labels, start), b[:, None],
+                                   0)
   if e is not None:
     d = d - e[:, None] * _class_terms(cfg, x, weight)
   return d
+
+
+def _label_grad(cfg, hp, g, x, lse, labels, keep, weight):
+  r"""Gradient of the chunk's loss with respect to its probability labels:
+  :math:`g\, w_j ((1 - \varepsilon)(\mathrm{lse} - x_j) + \zeta\,
+  \mathrm{lse}^2)`, zero labels included, 0 on an impossible class without
+  mass and in dropped rows."""
+  c = _mass(cfg, labels, keep, weight)
+  live = _live(c, x) & keep[:, None]
+  d = lse[:, None] - jnp.where(live, x, 0)
+  if cfg.smoothing:
+    d = (1 - hp.smoothing) * d
+  if cfg.z_loss:
+    d = d + (hp.z_loss * lse**2)[:, None]
+  d = g[:, None] * d
+  if weight is not None:
+    d = d * weight[None]
+  return jnp.where(live, d, 0)
 
 
 def _support(cfg, bias, weight, num_classes, dtype):
@@ -287,29 +369,32 @@ def _statistics(cfg, hp, h, kernel, bias, rows, weight):
 
   def token_chunk(start, n, out):
     h_c = _take(h, start, n).astype(cfg.compute)
-    labels, keep = _take(rows.labels, start, n), _take(rows.keep, start, n)
+    keep = _take(rows.keep, start, n)
 
     def class_chunk(col, v, stats):
       z = _logits(cfg, h_c, _take(kernel, col, v, 1), _take(bias, col, v),
                   keep)
-      return _update_stats(cfg, stats, _cap(cfg, hp, z), labels, col,
-                           _take(weight, col, v))
+      return _update_stats(cfg, stats, _cap(cfg, hp, z),
+                           _block(rows.labels, start, n, col, v), col,
+                           _take(weight, col, v), keep)
 
     stats = _chunked(num_classes, cfg.classes, class_chunk,
-                     _varying(_empty_stats(n, cfg.stat), h_c, kernel))
+                     _varying(_empty_stats(cfg, n), h_c, kernel))
     return jax.tree.map(lambda o, s: _put(o, s, start), out, stats)
 
   stats = _chunked(n_tokens, cfg.tokens, token_chunk,
-                   _varying(_empty_stats(n_tokens, cfg.stat), h, kernel))
+                   _varying(_empty_stats(cfg, n_tokens), h, kernel))
   return _lse(stats), stats
 
 
 class _Want(NamedTuple):
-  """Which gradients a pass makes: of hidden, kernel, bias, softcap."""
+  """Which gradients a pass makes: of hidden, kernel, bias, softcap and
+  probability labels."""
   hidden: bool
   kernel: bool
   bias: bool
   softcap: bool
+  labels: bool = False
 
 
 def _chunk_grads(cfg, hp, z, x, d, want):
@@ -322,9 +407,19 @@ def _chunk_grads(cfg, hp, z, x, d, want):
   return d, dcap
 
 
+def _put_block(x, update, start, col):
+  if x.ndim == 1:
+    return _put(x, update, start)
+  if (isinstance(start, int) and isinstance(col, int) and start == 0
+      and col == 0 and update.shape == x.shape):
+    return update
+  return lax.dynamic_update_slice(x, update, (start, col))
+
+
 def _gradients(cfg, hp, h, kernel, bias, rows, weight, lse, coef, want):
-  """Gradients with respect to hidden, kernel, bias and the softcap, given
-  the statistics; ``None`` for what ``want`` leaves out.
+  """Gradients with respect to hidden, kernel, bias, the probability labels
+  and the softcap, given the statistics; ``None`` for what ``want`` leaves
+  out.
 
   Classes outermost: each kernel chunk's gradient is summed over the tokens
   in float32 and written once; the hidden gradient is summed over class
@@ -332,21 +427,28 @@ def _gradients(cfg, hp, h, kernel, bias, rows, weight, lse, coef, want):
   """
   n_tokens, dim = h.shape
   num_classes = kernel.shape[1]
+  scale = coef[-1]
+  coef = coef[:-1]
 
   def class_chunk(col, v, carry):
-    dh, dkernel, dbias, dcap = carry
+    dh, dkernel, dbias, dlabels, dcap = carry
     w_c = _take(kernel, col, v, 1).astype(cfg.compute)
     b_c, weight_c = _take(bias, col, v), _take(weight, col, v)
 
     def token_chunk(start, n, inner):
-      dh, dw_c, db_c, dcap = inner
+      dh, dw_c, db_c, dlabels, dcap = inner
       h_c = _take(h, start, n).astype(cfg.compute)
-      labels, keep = _take(rows.labels, start, n), _take(rows.keep, start, n)
+      labels = _block(rows.labels, start, n, col, v)
+      keep = _take(rows.keep, start, n)
       z = _logits(cfg, h_c, w_c, b_c, keep)
       x = _cap(cfg, hp, z)
+      lse_c = _take(lse, start, n)
       coef_c = jax.tree.map(lambda c: _take(c, start, n), coef)
-      d = _logit_grad(cfg, x, _take(lse, start, n), labels, col, coef_c,
-                      weight_c)
+      if want.labels:
+        dy = _label_grad(cfg, hp, _take(scale, start, n), x, lse_c, labels,
+                         keep, weight_c)
+        dlabels = _put_block(dlabels, dy.astype(dlabels.dtype), start, col)
+      d = _logit_grad(cfg, x, lse_c, labels, col, coef_c, weight_c, keep)
       d, dcap_c = _chunk_grads(cfg, hp, z, x, d, want)
       dz = d.astype(cfg.compute)
       if want.hidden:
@@ -358,26 +460,35 @@ def _gradients(cfg, hp, h, kernel, bias, rows, weight, lse, coef, want):
         db_c = db_c + jnp.sum(d, axis=0)
       if want.softcap:
         dcap = dcap + dcap_c
-      return dh, dw_c, db_c, dcap
+      return dh, dw_c, db_c, dlabels, dcap
 
     dw_c = jnp.zeros((dim, v), cfg.stat) if want.kernel else None
     db_c = jnp.zeros((v,), cfg.stat) if want.bias else None
-    dh, dw_c, db_c, dcap = _chunked(n_tokens, cfg.tokens, token_chunk,
-                                    _varying((dh, dw_c, db_c, dcap), h,
-                                             kernel))
+    dh, dw_c, db_c, dlabels, dcap = _chunked(
+        n_tokens, cfg.tokens, token_chunk,
+        _varying((dh, dw_c, db_c, dlabels, dcap), h, kernel))
     if want.kernel:
       dkernel = _put(dkernel, dw_c.astype(kernel.dtype), col, 1)
     if want.bias:
       dbias = _put(dbias, db_c.astype(bias.dtype), col)
-    return dh, dkernel, dbias, dcap
+    return dh, dkernel, dbias, dlabels, dcap
 
   carry = (jnp.zeros((n_tokens, dim), cfg.stat) if want.hidden else None,
            jnp.zeros_like(kernel) if want.kernel else None,
            jnp.zeros_like(bias) if want.bias else None,
+           jnp.zeros_like(rows.labels) if want.labels else None,
            jnp.zeros((), cfg.stat) if want.softcap else None)
-  dh, dkernel, dbias, dcap = _chunked(num_classes, cfg.classes, class_chunk,
-                                      _varying(carry, h, kernel))
-  return _in_dtypes((dh, dkernel, dbias), h, kernel, bias), dcap
+  dh, dkernel, dbias, dlabels, dcap = _chunked(
+      num_classes, cfg.classes, class_chunk, _varying(carry, h, kernel))
+  return _in_dtypes((dh, dkernel, dbias), h, kernel, bias), dlabels, dcap
+
+
+class _Totals(NamedTuple):
+  """Per-token statistics of the whole vocabulary: what a row's loss reads."""
+  lse: jax.Array
+  label: jax.Array
+  weighted: jax.Array
+  mass: jax.Array | None
 
 
 def _single_pass(cfg, hp, h, kernel, bias, rows, weight, support, scale,
@@ -387,26 +498,30 @@ def _single_pass(cfg, hp, h, kernel, bias, rows, weight, support, scale,
 
   ``scale`` is each row's share of the scalar loss (0 for dropped rows), so
   the gradients are final: three matmuls per chunk, the logits computed
-  once. Returns ``((lse, label, weighted), grads, dloss/dc)`` with the
+  once. Returns ``(totals, grads, dloss/dlabels, dloss/dc)`` with the
   per-token statistics and ``None`` for what ``want`` leaves out.
   """
   n_tokens, dim = h.shape
   w = kernel.astype(cfg.compute)
 
   def token_chunk(start, n, carry):
-    stats, dh, dkernel, dbias, dcap = carry
+    stats, dh, dkernel, dbias, dlabels, dcap = carry
     h_c = _take(h, start, n).astype(cfg.compute)
     labels, keep = _take(rows.labels, start, n), _take(rows.keep, start, n)
     z = _logits(cfg, h_c, w, bias, keep)
     x = _cap(cfg, hp, z)
-    s = _update_stats(cfg, _empty_stats(n, cfg.stat), x, labels, 0, weight)
+    s = _update_stats(cfg, _empty_stats(cfg, n), x, labels, 0, weight, keep)
     lse = _lse(s)
-    stats = tuple(_put(o, a, start)
-                  for o, a in zip(stats, (lse, s.label, s.weighted)))
+    stats = jax.tree.map(lambda o, a: _put(o, a, start), stats,
+                         _Totals(lse, s.label, s.weighted, s.mass))
     if any(want):
-      coef = _coefficients(cfg, hp, _take(scale, start, n), lse,
-                           _take(rows.label_weight, start, n), support)
-      d = _logit_grad(cfg, x, lse, labels, 0, coef, weight)
+      g = _take(scale, start, n)
+      coef = _coefficients(cfg, hp, g, lse, _take(rows.label_weight, start,
+                                                  n), support, s.mass)
+      if want.labels:
+        dy = _label_grad(cfg, hp, g, x, lse, labels, keep, weight)
+        dlabels = _put(dlabels, dy.astype(dlabels.dtype), start)
+      d = _logit_grad(cfg, x, lse, labels, 0, coef, weight, keep)
       d, dcap_c = _chunk_grads(cfg, hp, z, x, d, want)
       dz = d.astype(cfg.compute)
       if want.hidden:
@@ -418,18 +533,20 @@ def _single_pass(cfg, hp, h, kernel, bias, rows, weight, support, scale,
         dbias = dbias + jnp.sum(d, axis=0)
       if want.softcap:
         dcap = dcap + dcap_c
-    return stats, dh, dkernel, dbias, dcap
+    return stats, dh, dkernel, dbias, dlabels, dcap
 
   zeros = jnp.zeros((n_tokens,), cfg.stat)
-  carry = ((zeros, zeros, zeros),
+  carry = (_Totals(zeros, zeros, zeros,
+                   zeros if cfg.probabilities else None),
            jnp.zeros((n_tokens, dim), h.dtype) if want.hidden else None,
            jnp.zeros(kernel.shape, cfg.stat) if want.kernel else None,
            jnp.zeros(bias.shape, cfg.stat) if want.bias else None,
+           jnp.zeros_like(rows.labels) if want.labels else None,
            jnp.zeros((), cfg.stat) if want.softcap else None)
-  stats, dh, dkernel, dbias, dcap = _chunked(n_tokens, cfg.tokens,
-                                             token_chunk,
-                                             _varying(carry, h, kernel))
-  return stats, _in_dtypes((dh, dkernel, dbias), h, kernel, bias), dcap
+  stats, dh, dkernel, dbias, dlabels, dcap = _chunked(
+      n_tokens, cfg.tokens, token_chunk, _varying(carry, h, kernel))
+  return (stats, _in_dtypes((dh, dkernel, dbias), h, kernel, bias), dlabels,
+          dcap)
 
 
 def _in_dtypes(grads, h, kernel, bias):
@@ -468,14 +585,15 @@ def _tangents(tangents):
                       is_leaf=_zero)
 
 
-def _wanted(cfg, dh, dkernel, dbias, dcap):
+def _wanted(cfg, dh, dkernel, dbias, dcap, dlabels=None):
   return _Want(dh is not None, dkernel is not None, dbias is not None,
-               cfg.softcap and dcap is not None)
+               cfg.softcap and dcap is not None,
+               cfg.probabilities and dlabels is not None)
 
 
 def _logits_tangent(cfg, hp, z, x, h, w, tangents, keep):
   """The tangent of a chunk's (post-softcap) logits, linear in ``tangents``
-  ``(dh, dw, db, dc)``, each None for a zero."""
+  ``(dh, dw, db, dc)``, each None for a zero; None if they all are."""
   dh, dw, db, dc = tangents
   t = None
 
@@ -493,14 +611,16 @@ def _logits_tangent(cfg, hp, z, x, h, w, tangents, keep):
       t = t * _cap_slope(hp, x)
     if dc is not None:
       t = add(t, dc * _cap_dc(hp, z, x))
-  return jnp.where(keep[:, None], t, 0)
+  return None if t is None else jnp.where(keep[:, None], t, 0)
 
 
 def _statistics_tangent(cfg, hp, h, kernel, bias, rows, weight, lse,
                         tangents):
-  """Tangents of ``(lse, label, weighted)``: ``sum_j p_j dx_j``, ``dx_y`` and
-  ``sum_j w_j dx_j`` over the support, with the logits computed again by
-  chunks.
+  """Tangents of ``(lse, label, mass, weighted)`` (``mass`` for
+  probabilities, ``weighted`` with smoothing): ``sum_j p_j dx_j``, ``dx_y``
+  (probabilities: ``sum_j c_j dx_j + sum_j w_j x_j dy_j``, and ``sum_j w_j
+  dy_j``, both over the classes whose label has a derivative) and ``sum_j
+  w_j dx_j`` over the support, with the logits computed again by chunks.
 
   A linear function of the tangents whose transpose (reverse mode) is
   ``_gradients`` without the [N, V] residual: every chunk is a
@@ -509,12 +629,13 @@ def _statistics_tangent(cfg, hp, h, kernel, bias, rows, weight, lse,
   sums the gradients of hidden and of each kernel chunk in float32, as
   ``_gradients`` does).
   """
-  dh, dkernel, dbias, dcap = tangents
+  dh, dkernel, dbias, dcap, dlabels = tangents
   n_tokens, num_classes = h.shape[0], kernel.shape[1]
   if dh is not None:
     dh = dh.astype(cfg.stat)
   if dbias is not None:
     dbias = dbias.astype(cfg.stat)
+  moving = any(t is not None for t in (dh, dkernel, dbias, dcap))
 
   def class_chunk(col, v, out):
     w_c = _take(kernel, col, v, 1).astype(cfg.compute)
@@ -525,31 +646,54 @@ def _statistics_tangent(cfg, hp, h, kernel, bias, rows, weight, lse,
 
     def token_chunk(start, n, out):
       h_c = _take(h, start, n).astype(cfg.compute)
-      labels, keep = _take(rows.labels, start, n), _take(rows.keep, start, n)
+      labels = _block(rows.labels, start, n, col, v)
+      keep = _take(rows.keep, start, n)
       z = _logits(cfg, h_c, w_c, b_c, keep)
       x = _cap(cfg, hp, z)
-      t = _logits_tangent(cfg, hp, z, x, h_c, w_c,
-                          (_take(dh, start, n), dw_c, db_c, dcap), keep)
-      p = jnp.exp(x - _take(lse, start, n)[:, None])
-      parts = [jnp.sum(p * t, axis=1),
-               jnp.sum(jnp.where(_is_label(x, labels, col), t, 0), axis=1)]
+      zeros = jnp.zeros((n,), cfg.stat)
+      lse_t = label_t = mass_t = weighted_t = zeros
+      if moving:
+        t = _logits_tangent(cfg, hp, z, x, h_c, w_c,
+                            (_take(dh, start, n), dw_c, db_c, dcap), keep)
+        p = jnp.exp(x - _take(lse, start, n)[:, None])
+        lse_t = jnp.sum(p * t, axis=1)
+        if cfg.probabilities:
+          label_t = jnp.sum(_mass(cfg, labels, keep, weight_c) * t, axis=1)
+        else:
+          label_t = jnp.sum(jnp.where(_is_label(x, labels, col), t, 0),
+                            axis=1)
+        if cfg.smoothing:
+          weighted_t = jnp.sum(_class_terms(cfg, x, weight_c) * t, axis=1)
+      if cfg.probabilities and dlabels is not None:
+        c = _mass(cfg, labels, keep, weight_c)
+        dc = _mass(cfg, _block(dlabels, start, n, col, v), keep, weight_c)
+        dc = jnp.where(_live(c, x), dc, 0)
+        # A label with mass on an impossible class (an infinite loss) reads
+        # its logit as 0 here: a finite tangent.
+        label_t = label_t + jnp.sum(dc * jnp.where(x > -jnp.inf, x, 0),
+                                    axis=1)
+        mass_t = jnp.sum(dc, axis=1)
+      parts = (lse_t, label_t)
+      if cfg.probabilities:
+        parts += (mass_t,)
       if cfg.smoothing:
-        parts.append(jnp.sum(_class_terms(cfg, x, weight_c) * t, axis=1))
+        parts += (weighted_t,)
       return tuple(_put(o, _take(o, start, n) + s, start)
                    for o, s in zip(out, parts))
 
     return _chunked(n_tokens, cfg.tokens, token_chunk, out, remat=True)
 
   out = tuple(jnp.zeros((n_tokens,), cfg.stat)
-              for _ in range(3 if cfg.smoothing else 2))
-  refs = (h, kernel, dh, dkernel, dbias, dcap)
+              for _ in range(2 + cfg.probabilities + cfg.smoothing))
+  refs = (h, kernel, dh, dkernel, dbias, dcap, dlabels)
   return _chunked(num_classes, cfg.classes, class_chunk,
                   _varying(out, *refs), remat=True)
 
 
 def _statistics_fn(cfg):
-  """Per-token ``(lse, label, weighted)`` of the logits, their tangents made
-  by chunks from those statistics.
+  """Per-token ``(lse, label, mass, weighted)`` of the logits (``mass`` for
+  probability labels, ``weighted`` with smoothing), their tangents made by
+  chunks from those statistics.
 
   The per-token and vocabulary-parallel paths: the losses (and, split over
   a mesh axis, the shards' combination) are formed outside, where JAX
@@ -560,22 +704,33 @@ def _statistics_fn(cfg):
   def statistics(h, kernel, bias, rows, weight, softcap):
     hp = _Hypers(None, None, softcap)
     lse, stats = _statistics(cfg, hp, h, kernel, bias, rows, weight)
-    return (lse, stats.label) + ((stats.weighted,) if cfg.smoothing else ())
+    return ((lse, stats.label)
+            + ((stats.mass,) if cfg.probabilities else ())
+            + ((stats.weighted,) if cfg.smoothing else ()))
 
   def jvp(primals, tangents):
     h, kernel, bias, rows, weight, softcap = primals
-    dh, dkernel, dbias, _, _, dcap = _tangents(tangents)
+    dh, dkernel, dbias, drows, _, dcap = _tangents(tangents)
+    dlabels = None if drows is None else drows.labels
     hp = _Hypers(None, None, softcap)
     out = statistics(h, kernel, bias, rows, weight, softcap)
-    if not any(_wanted(cfg, dh, dkernel, dbias, dcap)):
+    if not any(_wanted(cfg, dh, dkernel, dbias, dcap, dlabels)):
       return out, tuple(jnp.zeros_like(o) for o in out)
     # A shard with no possible class has lse -inf and every exp(x) 0.
     lse = jnp.where(jnp.isfinite(out[0]), out[0], 0)
     return out, _statistics_tangent(cfg, hp, h, kernel, bias, rows, weight,
-                                    lse, (dh, dkernel, dbias, dcap))
+                                    lse, (dh, dkernel, dbias, dcap, dlabels))
 
   statistics.defjvp(jvp, symbolic_zeros=True)
   return statistics
+
+
+def _losses_from(cfg, hp, stats, rows, support):
+  lse, label, *rest = stats
+  mass = rest.pop(0) if cfg.probabilities else None
+  weighted = rest[0] if cfg.smoothing else None
+  return _row_loss(cfg, hp, lse, label, weighted, rows.label_weight,
+                   support, mass)
 
 
 def _sharded_losses(cfg, hp, axis_name, h, kernel, bias, rows, weight,
@@ -588,17 +743,14 @@ def _sharded_losses(cfg, hp, axis_name, h, kernel, bias, rows, weight,
   kernel_v, bias_v = _varying((kernel, bias), h)
   stats = _statistics_fn(cfg)(h_v, kernel_v, bias_v, rows, weight,
                               hp.softcap)
-  lse, label, *weighted = _parallel.combine(axis_name, *stats)
   # The maximum is only a shift inside combine: _row_loss reads lse.
-  return _row_loss(cfg, hp, lse, label, weighted[0] if weighted else None,
-                   rows.label_weight, support)
+  return _losses_from(cfg, hp, _parallel.combine(axis_name, *stats), rows,
+                      support)
 
 
 def _per_token_losses(cfg, hp, h, kernel, bias, rows, weight, support):
-  lse, label, *weighted = _statistics_fn(cfg)(h, kernel, bias, rows, weight,
-                                              hp.softcap)
-  return _row_loss(cfg, hp, lse, label, weighted[0] if weighted else None,
-                   rows.label_weight, support)
+  stats = _statistics_fn(cfg)(h, kernel, bias, rows, weight, hp.softcap)
+  return _losses_from(cfg, hp, stats, rows, support)
 
 
 def _scalar(cfg, single):
@@ -609,36 +761,40 @@ def _scalar(cfg, single):
   of statistics and one of gradients) and its tangent is
   ``<G_h, dh> + <G_W, dW> + <G_b, db> + ...``. Reverse mode transposes that
   into scaling the gradients: its residuals are the gradients themselves,
-  and the matmuls are those of the forward pass (three in one pass).
+  and the matmuls are those of the forward pass (three in one pass). The
+  gradient of probability labels, an [N, V] array, is made only when they
+  move (a symbolic zero otherwise).
   """
 
-  def total_of(hp, lse, label, weighted, rows, support, scale):
-    loss = _row_loss(cfg, hp, lse, label, weighted, rows.label_weight,
-                     support)
+  def total_of(hp, totals, rows, support, scale):
+    loss = _row_loss(cfg, hp, totals.lse, totals.label, totals.weighted,
+                     rows.label_weight, support, totals.mass)
     return jnp.sum(jnp.where(scale != 0, scale * loss, 0))
 
   @jax.custom_jvp
   def total(h, kernel, bias, rows, weight, support, scale, hp):
-    lse, stats = _statistics(cfg, hp, h, kernel, bias, rows, weight)
-    return total_of(hp, lse, stats.label, stats.weighted, rows, support,
-                    scale)
+    lse, s = _statistics(cfg, hp, h, kernel, bias, rows, weight)
+    return total_of(hp, _Totals(lse, s.label, s.weighted, s.mass), rows,
+                    support, scale)
 
   def passes(cfg, want, h, kernel, bias, rows, weight, support, scale, hp):
     if single:
       return _single_pass(cfg, hp, h, kernel, bias, rows, weight, support,
                           scale, want)
     lse, s = _statistics(cfg, hp, h, kernel, bias, rows, weight)
-    grads, dcap = (None, None, None), None
+    grads, dlabels, dcap = (None, None, None), None, None
     if any(want):
-      coef = _coefficients(cfg, hp, scale, lse, rows.label_weight, support)
-      grads, dcap = _gradients(cfg, hp, h, kernel, bias, rows, weight, lse,
-                               coef, want)
-    return (lse, s.label, s.weighted), grads, dcap
+      coef = _coefficients(cfg, hp, scale, lse, rows.label_weight, support,
+                           s.mass)
+      grads, dlabels, dcap = _gradients(cfg, hp, h, kernel, bias, rows,
+                                        weight, lse, (*coef, scale), want)
+    return _Totals(lse, s.label, s.weighted, s.mass), grads, dlabels, dcap
 
   def jvp(primals, tangents):
     h, kernel, bias, rows, weight, support, scale, hp = primals
-    dh, dkernel, dbias, _, _, _, _, dhp = _tangents(tangents)
-    want = _wanted(cfg, dh, dkernel, dbias, dhp.softcap)
+    dh, dkernel, dbias, drows, _, _, _, dhp = _tangents(tangents)
+    dlabels = None if drows is None else drows.labels
+    want = _wanted(cfg, dh, dkernel, dbias, dhp.softcap, dlabels)
     # Their own derivatives (second order) read float32: the same numbers
     # up to the half-precision rounding, whose derivative is 1 either way,
     # and no half-precision matmul of tangents (XLA:CPU leaves one of the
@@ -647,20 +803,21 @@ def _scalar(cfg, single):
     if jnp.finfo(cfg.compute).bits < jnp.finfo(cfg.stat).bits:
       derivative = functools.partial(passes, cfg._replace(compute=cfg.stat),
                                      want)
-    stats, grads, dcap = _whole(functools.partial(passes, cfg, want),
-                                derivative)(*primals)
+    totals, grads, dy, dcap = _whole(functools.partial(passes, cfg, want),
+                                     derivative)(*primals)
     # Smoothing and the z-loss enter through the statistics alone.
     moving = {k: v for k, v in dhp._asdict().items()
               if v is not None and k != "softcap"}
 
     def of_hypers(moved):
-      return total_of(hp._replace(**moved), *stats, rows, support, scale)
+      return total_of(hp._replace(**moved), totals, rows, support, scale)
 
     value, tangent = jax.jvp(of_hypers,
                              ({k: getattr(hp, k) for k in moving},),
                              (moving,))
     terms = [tangent] if moving else []
-    for g, t in zip((*grads, dcap), (dh, dkernel, dbias, dhp.softcap)):
+    for g, t in zip((*grads, dy, dcap),
+                    (dh, dkernel, dbias, dlabels, dhp.softcap)):
       if g is not None:
         terms.append(jnp.sum(g.astype(cfg.stat) * t.astype(cfg.stat)))
     return value, sum(terms) if terms else jnp.zeros_like(value)
@@ -745,7 +902,9 @@ def linear_softmax_cross_entropy(
   r"""Softmax cross entropy of a linear layer's logits, never materialized.
 
   The value and gradients of
-  :func:`softmax_cross_entropy_with_integer_labels` applied to
+  :func:`softmax_cross_entropy_with_integer_labels` (integer labels) or
+  :func:`softmax_cross_entropy` (floating [..., V] probability labels)
+  applied to
 
   .. math::
     x = h W + b, \qquad x \leftarrow c \tanh(x / c)
@@ -780,11 +939,26 @@ def linear_softmax_cross_entropy(
   :func:`checked`, an out-of-range label, or a NaN or infinite hidden state
   in a kept row, raises instead.
 
+  Probability labels :math:`y` are read chunk by chunk beside the logits
+  (no [N, V] temporary for the gradients of ``hidden``, ``kernel`` and
+  ``bias``), with :func:`softmax_cross_entropy`'s meaning: the loss
+  :math:`(1 - \varepsilon)(m\,\mathrm{lse} - \sum_j w_j y_j x_j)` plus the
+  smoothing term, :math:`m = \sum_j w_j y_j`, rows that need not sum to 1,
+  ``"mean"`` over the kept rows whatever the weights, and the z-loss
+  :math:`\zeta\, m\, \mathrm{lse}^2` (for a one-hot row, the class id's).
+  The gradient by a label is :math:`w_j ((1 - \varepsilon)(\mathrm{lse} -
+  x_j) + \zeta\, \mathrm{lse}^2)`, zero labels included, and 0 on a ``-inf``
+  logit the label gives no mass (whose row costs ``inf`` if it does).
+  ``ignore_index`` applies to class ids only.
+
   Args:
     hidden: floating [..., D] hidden states; the leading axes are the batch.
     kernel: floating [D, V] weights, laid out as a JAX dense kernel.
     labels: integer labels with the batch shape of ``hidden`` (without its
-      feature axis), or broadcastable to it without enlarging it.
+      feature axis), or broadcastable to it without enlarging it; or
+      floating probabilities [..., V] of the logits' shape, broadcastable
+      along the batch (with ``axis_name``, this device's [..., V/k] shard of
+      the classes, as ``kernel``'s).
     bias: optional floating [V] bias.
     axis_name: optional mesh axis name (or tuple of names) over which the
       classes are split, for a call inside ``jax.shard_map``
@@ -829,9 +1003,10 @@ def linear_softmax_cross_entropy(
     float32 loss (float64 for float64 input): the batch shape for
     ``"none"``, else a scalar. Gradients come back in the dtypes of
     ``hidden``, ``kernel`` and ``bias``; the matmuls read the inputs' dtype
-    (or ``dtype``) and accumulate in float32. Derivatives of every order and mode, with
-    respect to ``hidden``, ``kernel``, ``bias`` and the three
-    hyperparameters (not ``weight``, a constant).
+    (or ``dtype``) and accumulate in float32. Derivatives of
+    every order and mode, with respect to ``hidden``, ``kernel``, ``bias``,
+    probability labels and the three hyperparameters (not ``weight``, a
+    constant).
 
   Example:
     >>> import jaxloss
@@ -843,6 +1018,11 @@ def linear_softmax_cross_entropy(
     >>> print(jaxloss.linear_softmax_cross_entropy(
     ...     hidden, kernel, labels, reduction="mean"))
     1.1727
+    >>> probabilities = jnp.array([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5],
+    ...                            [0.0, 1.0, 0.0]])
+    >>> print(jaxloss.linear_softmax_cross_entropy(hidden, kernel,
+    ...                                            probabilities))
+    [1.2654 1.7297 0.4429]
 
   References:
     Wijmans et al., `Cut Your Losses in Large-Vocabulary Language Models
@@ -888,10 +1068,27 @@ def linear_softmax_cross_entropy(
   # Float32 statistics (float64 for a float64 computation or input).
   stat = _reduction.stat_dtype(stat)
 
-  labels = _checks.integer(fn, "labels", labels)
-  # The batch shape, which the labels may broadcast to, never enlarge.
-  labels = _checks.conform(fn, "labels", labels,
-                           "hidden's batch shape", batch_shape)
+  labels = _checks.numeric(fn, "labels", labels)
+  probabilities = jnp.issubdtype(labels.dtype, jnp.floating)
+  if probabilities:
+    if ignore_index is not None:
+      _checks.fail(fn, "ignore_index applies to integer labels (class ids), "
+                   f"got ignore_index={ignore_index} with probability labels "
+                   f"of dtype {labels.dtype}")
+    # The logits' shape, which the labels may broadcast to along the batch.
+    logits_shape = batch_shape + (width,)
+    try:
+      labels = _checks.conform(
+          fn, "labels", labels, "the logits (hidden @ kernel)", logits_shape,
+          class_axes=(len(batch_shape),))
+    except ValueError as e:
+      raise ValueError(f"{e}; floating labels are probabilities, class ids "
+                       "need an integer dtype") from None
+  else:
+    labels = _checks.integer(fn, "labels", labels)
+    # The batch shape, which the labels may broadcast to, never enlarge.
+    labels = _checks.conform(fn, "labels", labels,
+                             "hidden's batch shape", batch_shape)
   if weight is not None:
     weight = _checks.numeric(fn, "weight", weight)
     _checks.shape_is(fn, "weight", weight, (width,), per_class)
@@ -904,25 +1101,43 @@ def linear_softmax_cross_entropy(
   if ignore_index is not None:
     ignored = labels != ignore_index
     keep = ignored if keep is None else keep & ignored
-  valid = (labels >= 0) & (labels < num_classes)
+  if probabilities:
+    valid = jnp.ones(batch_shape, bool)
+  else:
+    valid = (labels >= 0) & (labels < num_classes)
   if labels.size:
-    _checks.values(
-        fn, "labels", valid if keep is None else valid | ~keep,
-        f"must be in [0, {num_classes})"
-        + ("" if ignore_index is None else " or equal ignore_index"), labels)
+    if probabilities:
+      in_unit = (labels >= 0) & (labels <= 1)
+      if keep is not None:
+        in_unit = in_unit | ~keep[..., None]
+      _checks.values(fn, "labels", in_unit, "must be in [0, 1]", labels)
+    else:
+      _checks.values(
+          fn, "labels", valid if keep is None else valid | ~keep,
+          f"must be in [0, {num_classes})"
+          + ("" if ignore_index is None else " or equal ignore_index"),
+          labels)
+  if n_tokens:
     finite = jnp.isfinite(hidden)
     if keep is not None:
       finite = finite | jnp.broadcast_to(~keep[..., None], hidden.shape)
     _checks.values(fn, "hidden", finite, "must be finite (no NaN or inf) in "
                    "kept rows", hidden)
-  safe = jnp.where(valid, labels, 0)
-  if keep is not None:
-    safe = jnp.where(keep, safe, 0)
-  if axis_name is None:
-    label_weight = None if weight is None else weight[safe]
+  label_weight = None
+  if probabilities:
+    safe = labels.reshape(n_tokens, width)
   else:
-    safe, in_shard = _parallel.local_labels(labels, valid, keep, index, width)
-    label_weight = _parallel.label_weight(weight, safe, in_shard, axis_name)
+    safe = jnp.where(valid, labels, 0)
+    if keep is not None:
+      safe = jnp.where(keep, safe, 0)
+    if axis_name is None:
+      label_weight = None if weight is None else weight[safe]
+    else:
+      safe, in_shard = _parallel.local_labels(labels, valid, keep, index,
+                                              width)
+      label_weight = _parallel.label_weight(weight, safe, in_shard,
+                                            axis_name)
+    safe = safe.reshape(-1).astype(jnp.int32)
 
   h = hidden.reshape(n_tokens, dim)
   # Vocabulary-parallel, the per-row log-sum-exp must be global before any
@@ -933,11 +1148,11 @@ def linear_softmax_cross_entropy(
   smoothing = not _jit.is_zero(label_smoothing)
   cfg = _Config(tokens, classes, smoothing, not _jit.is_zero(z_loss),
                 logit_softcap is not None, stat, compute,
-                bias is None or logit_softcap is not None)
+                bias is None or logit_softcap is not None, probabilities)
   hp = _Hypers(*(None if not on else jnp.asarray(v, stat) for on, v in (
       (cfg.smoothing, label_smoothing), (cfg.z_loss, z_loss),
       (cfg.softcap, logit_softcap))))
-  rows = _Rows(safe.reshape(-1).astype(jnp.int32),
+  rows = _Rows(safe,
                (jnp.ones(n_tokens, bool) if keep is None
                 else keep.reshape(-1)),
                None if label_weight is None else label_weight.reshape(-1))

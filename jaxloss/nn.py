@@ -13,6 +13,9 @@ Differences from torch:
   here, so a positional call that would bind differently fails loudly.
 * A ``"mean"`` over nothing (every target ignored) is 0 with zero gradient,
   where torch returns NaN.
+* :class:`LinearCrossEntropyLoss` holds no ``Linear`` layer (torch's class
+  owns one): it is called as ``torch.nn.functional.linear_cross_entropy``,
+  ``loss(input, linear_weight, target, linear_bias)``.
 * Instances are frozen dataclasses: immutable, hashable (array options are
   hashed by value) and pytrees whose leaves are the array options (``weight``,
   ``pos_weight``), everything else static. They can be passed through
@@ -34,6 +37,7 @@ from jaxloss import _ctc
 from jaxloss import _divergence
 from jaxloss import _embedding
 from jaxloss import _jit
+from jaxloss import _linear
 from jaxloss import _multiclass
 from jaxloss import _reduction
 from jaxloss import _regression
@@ -49,6 +53,7 @@ __all__ = (
     "HuberLoss",
     "KLDivLoss",
     "L1Loss",
+    "LinearCrossEntropyLoss",
     "MSELoss",
     "MarginRankingLoss",
     "MultiLabelMarginLoss",
@@ -273,6 +278,164 @@ class CrossEntropyLoss(_Loss):
         input, target, axis=axis, ignore_index=self.ignore_index,
         weight=self.weight, label_smoothing=self.label_smoothing,
         reduction=self.reduction)
+
+
+@_loss_class("weight")
+class LinearCrossEntropyLoss(_Loss):
+  r"""Cross entropy of a linear layer's logits, never materialized: torch's
+  ``nn.functional.linear_cross_entropy``.
+
+  .. math::
+    x = W h + b, \qquad
+    \ell = -w_y \log \mathrm{softmax}(x)_y
+    \quad\text{or}\quad
+    \ell = -\sum_c w_c\, y_c \log \mathrm{softmax}(x)_c
+
+  :class:`CrossEntropyLoss` of ``input @ linear_weight.T + linear_bias``
+  (class indices or probabilities, torch's smoothing and denominators),
+  computed by :func:`jaxloss.linear_softmax_cross_entropy` over chunks, so
+  that the (N, C) logits never exist in memory. With a K-dimensional
+  ``linear_weight`` (C, d1, ..., dK, in_features), each position
+  :math:`(d_1, \ldots, d_K)` has its own (C, in_features) projection and a
+  softmax over its C classes, as torch's logits
+  ``(input @ linear_weight.reshape(-1, in_features).T).reshape(N, C, d1,
+  ..., dK)`` have; ``"mean"`` is taken over every position.
+
+  torch's ``nn.LinearCrossEntropyLoss`` owns a ``Linear`` layer (its
+  constructor takes ``in_features`` and ``num_classes``); like every class
+  here, this one holds no parameters: the projection is an argument of the
+  call, as in ``torch.nn.functional.linear_cross_entropy``. Its ``options``
+  (torch's chunking) has no counterpart: chunking is always on.
+
+  Args:
+    weight: optional (C,) class weights.
+    ignore_index: class-index target value that is skipped. torch's default
+      ``None`` means -100 for class indices; with probability targets any
+      value other than -100 or None is an error, as in torch.
+    reduction: ``"none"``, ``"mean"`` (default) or ``"sum"``.
+    label_smoothing: in [0, 1].
+
+  Call:
+    ``loss(input, linear_weight, target, linear_bias=None)``: ``input``
+    (in_features,) or (N, in_features); ``linear_weight`` (C, in_features)
+    or (C, d1, ..., dK, in_features), torch's layout (the transpose of a
+    JAX kernel); ``target`` integer (), (N,) or (N, d1, ..., dK) class
+    indices, or floating probabilities (C,), (N, C) or (N, C, d1, ..., dK)
+    (broadcast along the batch, never enlarging it); ``linear_bias``
+    optional (C,) or (C, d1, ..., dK). Returns a scalar, or the target's
+    batch shape for ``"none"``: float32 (float64 for float64 input).
+    Gradients flow to ``input``, ``linear_weight``, ``linear_bias`` and
+    probability targets.
+
+  Example:
+    >>> import jaxloss
+    >>> loss = jaxloss.nn.LinearCrossEntropyLoss()
+    >>> h = jnp.array([[1.0, -0.5], [0.2, 0.7], [-1.0, 0.3]])
+    >>> w = jnp.array([[0.5, 1.5], [-1.0, 0.2], [0.3, -0.4]])  # (C, D)
+    >>> print(loss(h, w, jnp.array([0, 2, 1])))
+    1.1727
+    >>> print(loss(h, w, jnp.array([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5],
+    ...                             [0.0, 1.0, 0.0]])))
+    1.146
+
+  References:
+    ``torch.nn.functional.linear_cross_entropy`` and
+    ``torch.nn.LinearCrossEntropyLoss`` (torch 2.13).
+  """
+  weight: jax.Array | None = None
+  _: dataclasses.KW_ONLY
+  ignore_index: int | None = -100
+  reduction: str = "mean"
+  label_smoothing: float = 0.0
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.ignore_index is not None:
+      _checks.optional_int("LinearCrossEntropyLoss", "ignore_index",
+                           self.ignore_index)
+
+  def __call__(self, input, linear_weight, target,  # noqa: A002
+               linear_bias=None):
+    fn = "LinearCrossEntropyLoss"
+    x = _checks.floating(fn, "input", input)
+    w = _checks.floating(fn, "linear_weight", linear_weight)
+    if x.ndim not in (1, 2):
+      _checks.fail(fn, "input must have shape (in_features,) or (N, "
+                   f"in_features), as in torch, got shape {x.shape}")
+    if w.ndim < 2 or w.shape[-1] != x.shape[-1]:
+      _checks.fail(fn, "linear_weight must have shape (C, in_features) or "
+                   f"(C, d1, ..., dK, in_features) with in_features "
+                   f"{x.shape[-1]} (input shape {x.shape}), got shape "
+                   f"{w.shape}")
+    num_classes, positions, dim = w.shape[0], w.shape[1:-1], w.shape[-1]
+    if positions and x.ndim == 1:
+      _checks.fail(fn, f"a K-dimensional linear_weight (shape {w.shape}) "
+                   f"needs batched input (N, {dim}), got shape {x.shape}")
+    bias = linear_bias
+    if bias is not None:
+      bias = _checks.floating(fn, "linear_bias", bias)
+      _checks.shape_is(fn, "linear_bias", bias, (num_classes, *positions),
+                       "linear_weight's shape without in_features")
+    target = _checks.numeric(fn, "target", target)
+    batch = x.shape[:-1]
+    probabilities = jnp.issubdtype(target.dtype, jnp.floating)
+    ignore_index = self.ignore_index
+    if probabilities:
+      if ignore_index not in (None, -100):
+        _checks.fail(fn, "ignore_index applies to class-index targets, got "
+                     f"ignore_index={ignore_index} with probability targets "
+                     f"of dtype {target.dtype}")
+      ignore_index = None
+      shape = (*batch, num_classes, *positions)
+      target = _checks.conform(fn, "target", target, "the logits", shape,
+                               class_axes=(len(batch),))
+    else:
+      ignore_index = -100 if ignore_index is None else ignore_index
+      target = _checks.conform(fn, "target",
+                               _checks.integer(fn, "target", target),
+                               "the logits' batch shape",
+                               (*batch, *positions))
+    kw = dict(weight=self.weight, ignore_index=ignore_index,
+              label_smoothing=self.label_smoothing)
+    if not positions:
+      return _linear.linear_softmax_cross_entropy(
+          x, w.T, target, bias=bias, reduction=self.reduction, **kw)
+    # One (C, in_features) projection per position: the loss at each is a
+    # linear cross entropy of its own, one position after the other (a
+    # vmap would hold every position's chunk of logits at once).
+    n, count = batch[0], int(np.prod(positions))
+    kernels = jnp.moveaxis(w.reshape(num_classes, count, dim), 1, 0)
+    kernels = jnp.swapaxes(kernels, 1, 2)
+    biases = None if bias is None else bias.reshape(num_classes, count).T
+    if probabilities:
+      labels = jnp.moveaxis(target.reshape(n, num_classes, count), 2, 0)
+    else:
+      labels = target.reshape(n, count).T
+    reduction = "sum" if self.reduction == "mean" else self.reduction
+
+    def one(kernel, bias, labels):
+      return _linear.linear_softmax_cross_entropy(
+          x, kernel, labels, bias=bias, reduction=reduction, **kw)
+
+    loss = jax.lax.map(lambda a: one(*a), (kernels, biases, labels))
+    if self.reduction == "none":
+      return loss.T.reshape(n, *positions)
+    loss = jnp.sum(loss)
+    if self.reduction == "sum":
+      return loss
+    # torch's mean: over the positions' summed label weights (class
+    # indices) or their count (probabilities); over nothing, 0.
+    if probabilities:
+      return loss / max(n * count, 1)
+    kept = labels != ignore_index
+    if self.weight is None:
+      total = jnp.sum(kept, dtype=loss.dtype)
+    else:
+      safe = jnp.where(kept & (labels >= 0) & (labels < num_classes),
+                       labels, 0)
+      total = jnp.sum(jnp.where(kept, self.weight.astype(loss.dtype)[safe],
+                                0))
+    return loss / jnp.where(total == 0, 1, total)
 
 
 @_loss_class("weight")

@@ -63,6 +63,18 @@ TORCH_LOSSES = {
 # LinearCrossEntropyLoss is new in torch 2.13.
 TORCH_LAYERS = ("AdaptiveLogSoftmaxWithLoss", "LinearCrossEntropyLoss")
 
+# Layers jaxloss.nn mirrors without their parameters: the class takes the
+# options of the torch.nn.functional function the layer calls, and the
+# projection is an argument of the call, as in that function. Options and
+# defaults (torch's ignore_index=None means -100 for class indices, which is
+# jaxloss's default; for probability targets both mean none).
+TORCH_FUNCTIONAL = {
+    "LinearCrossEntropyLoss": (
+        "linear_cross_entropy", ("input", "linear_weight", "target"),
+        (("weight", None), ("ignore_index", -100), ("reduction", "mean"),
+         ("label_smoothing", 0.0))),
+}
+
 
 def _same_default(a, b):
   if isinstance(a, bool) or isinstance(b, bool):
@@ -166,8 +178,38 @@ def test_every_torch_loss_class(name):
     assert _same_default(ours_default, default), (name, n, ours_default)
 
 
+@pytest.mark.parametrize("name", sorted(TORCH_FUNCTIONAL))
+def test_every_torch_layer_without_its_parameters(name):
+  assert hasattr(jaxloss.nn, name), f"jaxloss.nn lacks {name}"
+  _, call, options = TORCH_FUNCTIONAL[name]
+  assert _our_constructor(name) == options
+  params = inspect.signature(getattr(jaxloss.nn, name).__call__).parameters
+  assert list(params)[1:len(call) + 1] == list(call)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name", sorted(TORCH_FUNCTIONAL))
+def test_torch_layer_options_are_its_functions(name):
+  """The options are the functional's keywords, the call its positional
+  parameters, the defaults the same but for ignore_index (None there)."""
+  torch = pytest.importorskip("torch")
+  function, call, options = TORCH_FUNCTIONAL[name]
+  params = inspect.signature(
+      getattr(torch.nn.functional, function)).parameters
+  assert [n for n, p in params.items() if p.kind in POSITIONAL] == list(call)
+  for n, default in options:
+    expected = params[n].default
+    if n == "ignore_index":
+      assert expected is None
+    else:
+      assert _same_default(default, expected), (n, default, expected)
+  layer = inspect.signature(getattr(torch.nn, name)).parameters
+  assert {n for n, _ in options} <= set(layer)
+
+
 def test_no_other_classes_in_nn():
-  assert sorted(jaxloss.nn.__all__) == sorted(TORCH_LOSSES)
+  assert sorted(jaxloss.nn.__all__) == sorted({**TORCH_LOSSES,
+                                               **TORCH_FUNCTIONAL})
 
 
 @pytest.mark.torch

@@ -412,8 +412,22 @@ def _call(**kw):
      "bias must have a floating dtype"),
     (dict(labels=LABELS[:5]), ValueError,
      r"labels shape \(5,\) does not broadcast to hidden.s batch shape \(12,\)"),
-    (dict(labels=LABELS.astype(np.float32)), TypeError,
+    (dict(labels=LABELS.astype(np.float32)), ValueError,
+     r"labels shape \(12,\) does not broadcast to the logits \(hidden @ "
+     r"kernel\) shape \(12, 15\): the class axis 1 must have length 15.*; "
+     "floating labels are probabilities, class ids need an integer dtype"),
+    (dict(labels=np.ones((N, V), bool)), TypeError,
      "labels must have an integer dtype"),
+    (dict(labels=np.full((N, V - 1), 0.1, np.float32)), ValueError,
+     r"labels shape \(12, 14\) does not broadcast to the logits \(hidden @ "
+     r"kernel\) shape \(12, 15\): the class axis 1 must have length 15, as "
+     r"in the logits \(hidden @ kernel\), not 14"),
+    (dict(labels=np.full((2, N, V), 0.1, np.float32)), ValueError,
+     r"labels shape \(2, 12, 15\) does not broadcast to the logits "
+     r"\(hidden @ kernel\) shape \(12, 15\): it has more axes"),
+    (dict(labels=np.full((N, V), 0.1, np.float32), ignore_index=-100),
+     ValueError, "ignore_index applies to integer labels \\(class ids\\), "
+     "got ignore_index=-100 with probability labels of dtype float32"),
     (dict(weight=np.ones(V - 1)), ValueError,
      r"weight must have shape \(15,\) \(one per class\), got \(14,\)"),
     (dict(where=np.ones(N, np.int32)), TypeError,
@@ -745,6 +759,334 @@ def test_vocabulary_parallel_forward_mode():
 
     got, want = jax.jit(lambda: (modes(fused), modes(unfused)))()
     assert_close(got, want, rtol=1e-9, atol=1e-11)
+
+
+# Probability labels.
+
+SCE = jaxloss.softmax_cross_entropy
+# Rows of probabilities, one all zero (it costs 0) and one that does not sum
+# to 1 (torch and optax take any values in [0, 1]); no mass on the
+# impossible classes of INF_BIAS.
+PROBS = rng.dirichlet(np.ones(V), N)
+PROBS[:, [2, 9]] = 0
+PROBS[5] = 0
+PROBS[6] *= 0.5
+
+
+def materialized_probabilities(hidden, kernel, labels, bias=None,
+                               logit_softcap=None, z_loss=0.0,
+                               reduction="none", **kw):
+  """The unfused loss: the logits as :func:`materialized` has them, then
+  ``softmax_cross_entropy``'s reference (plain autodiff), plus the z-loss
+  ``zeta (sum_j w_j y_j) lse^2`` whose label derivative is 0 on an
+  impossible class."""
+  compute = jnp.result_type(hidden, kernel)
+  stat = jnp.promote_types(compute, jnp.float32)
+  x = jnp.dot(hidden, kernel, preferred_element_type=stat).astype(compute)
+  x = x.astype(stat)
+  if bias is not None:
+    x = x + jnp.broadcast_to(bias.astype(stat), x.shape)
+  if logit_softcap is not None:
+    x = logit_softcap * jnp.tanh(x / logit_softcap)
+  loss = SCE(x, labels, implementation="reference", **kw)
+  where = kw.get("where")
+  if not _is_zero(z_loss):
+    c = labels.astype(stat)
+    if kw.get("weight") is not None:
+      c = c * jnp.broadcast_to(kw["weight"], c.shape)
+    c = jnp.where(x > -jnp.inf, c, jax.lax.stop_gradient(c))
+    lse = jax.nn.logsumexp(x, axis=-1)
+    z = z_loss * jnp.sum(c, axis=-1) * lse**2
+    loss = loss + (z if where is None else jnp.where(where, z, 0))
+  if reduction == "none":
+    return loss
+  total = jnp.sum(loss)
+  if reduction == "sum":
+    return total
+  kept = loss.size if where is None else jnp.sum(where)
+  return total / jnp.maximum(kept, 1)
+
+
+def _is_zero(v):
+  return isinstance(v, (int, float)) and v == 0
+
+
+def compare_probabilities(hidden, kernel, bias, labels, *, chunk_size=None,
+                          **kw):
+  """Fused and unfused: the loss, the value and gradients of its sum by
+  hidden, kernel, bias (when given) and the labels."""
+  def results(fn, **extra):
+    def loss(h, k, b, y):
+      return fn(h, k, y, bias=b, **kw, **extra)
+
+    def total(h, k, b, y):
+      return jnp.sum(loss(h, k, b, y))
+
+    argnums = (0, 1, 3) if bias is None else (0, 1, 2, 3)
+    return lambda *a: (loss(*a), jax.value_and_grad(total, argnums)(*a))
+
+  fused = results(LCE, chunk_size=chunk_size)
+  unfused = results(materialized_probabilities)
+  return jax.jit(lambda *a: (fused(*a), unfused(*a)))(hidden, kernel, bias,
+                                                      labels)
+
+
+PROBABILITY_OPTIONS = {
+    "plain": dict(),
+    "all": dict(bias=True, weight=True, where=True, label_smoothing=0.2,
+                z_loss=1e-2, logit_softcap=3.0),
+    "inf_bias": dict(bias="inf", weight=True, where=True,
+                     label_smoothing=0.3, z_loss=1e-2),
+}
+# The last entry: the number of batch axes (hidden [3, 4, D] for 2; the
+# tokens are flattened, so token chunks of 5 still cut rows of both axes).
+PROBABILITY_CASES = [
+    ("all", "mean", (4, 5), 2), ("all", "sum", 5, 1),
+    ("all", "none", (5, 6), 2), ("inf_bias", "mean", 4, 1),
+    ("inf_bias", "none", (4, 5), 1), ("plain", "sum", None, 2),
+]
+
+
+@pytest.mark.parametrize("options,reduction,chunk_size,batch_axes",
+                         PROBABILITY_CASES, ids=str)
+def test_probability_labels_match_materialized(options, reduction,
+                                               chunk_size, batch_axes):
+  """Values and the gradients by hidden, kernel, bias and labels."""
+  batch = (N,) if batch_axes == 1 else (3, 4)
+  with jax.enable_x64(True):
+    bias, kw = keywords(PROBABILITY_OPTIONS[options])
+    if "where" in kw:
+      kw["where"] = kw["where"].reshape(batch)
+    got, want = compare_probabilities(
+        jnp.asarray(HIDDEN.reshape(*batch, D)), jnp.asarray(KERNEL), bias,
+        jnp.asarray(PROBS.reshape(*batch, V)), chunk_size=chunk_size,
+        reduction=reduction, **kw)
+    assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert_finite(got)
+    if reduction == "none":
+      assert got[0].shape == batch
+
+
+def test_probability_labels_numpy_reference():
+  """Against the float64 NumPy definition: -sum_j w_j y'_j log softmax_j,
+  y' = (1 - eps) y + eps / |support| over the possible classes."""
+  eps = 0.1
+  with jax.enable_x64(True):
+    got = LCE(HIDDEN, KERNEL, PROBS, bias=INF_BIAS, weight=WEIGHT,
+              label_smoothing=eps, chunk_size=(4, 5))
+  x = HIDDEN @ KERNEL + INF_BIAS
+  support = np.isfinite(x)
+  y = (1 - eps) * PROBS + eps * support / support.sum(-1, keepdims=True)
+  log_p = np.where(support, x - ref.logsumexp(x)[:, None], 0)
+  want = -np.sum(WEIGHT * y * log_p, axis=-1)
+  np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_one_hot_probabilities_are_class_ids():
+  """The same sum (the means differ: torch divides by the rows for
+  probabilities, by the label weights for class ids) and gradients."""
+  labels = np.where(LABELS < 0, 0, LABELS)
+  one_hot = np.eye(V)[labels]
+  kw = dict(bias=BIAS, weight=WEIGHT, label_smoothing=0.2, z_loss=1e-2,
+            logit_softcap=3.0, reduction="sum")
+  with jax.enable_x64(True):
+    for chunk_size in (4,):
+      grads = [jax.value_and_grad(
+          lambda h, k, y: LCE(h, k, y, chunk_size=chunk_size, **kw),
+          (0, 1))(HIDDEN, KERNEL, y) for y in (labels, one_hot)]
+      assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-13)
+
+
+def test_probability_label_gradient_at_the_edges():
+  """d loss / d y_j = w_j (lse - x_j) at zero labels too, 0 on an
+  impossible class without mass and in dropped rows; a row with mass on an
+  impossible class costs inf."""
+  where = np.ones(N, bool)
+  where[3] = False
+  with jax.enable_x64(True):
+    dy = jax.grad(lambda y: jnp.sum(LCE(
+        HIDDEN, KERNEL, y, bias=INF_BIAS, weight=WEIGHT, where=where,
+        chunk_size=(4, 5))))(jnp.asarray(PROBS))
+    x = HIDDEN @ KERNEL + INF_BIAS
+    want = WEIGHT * (ref.logsumexp(x)[:, None] - np.where(np.isfinite(x), x,
+                                                          0))
+    want = np.where(np.isfinite(x) & where[:, None], want, 0)
+    np.testing.assert_allclose(dy, want, rtol=1e-12)
+    assert np.all(np.asarray(dy)[:, [2, 9]] == 0)
+    assert np.all(np.asarray(dy)[3] == 0)
+    labels = PROBS.copy()
+    labels[0, 2] = 0.1
+    loss = LCE(HIDDEN, KERNEL, labels, bias=INF_BIAS)
+    assert loss[0] == np.inf and np.all(np.isfinite(loss[1:]))
+
+
+def test_probability_labels_broadcast_along_the_batch():
+  row = PROBS[0]
+  with jax.enable_x64(True):
+    for reduction in ("none", "mean"):
+      got = LCE(HIDDEN, KERNEL, row, reduction=reduction)
+      want = LCE(HIDDEN, KERNEL, np.broadcast_to(row, (N, V)),
+                 reduction=reduction)
+      np.testing.assert_allclose(got, want, rtol=1e-14)
+
+
+def test_probability_labels_garbage_in_dropped_rows():
+  """NaN labels and huge hidden states in dropped rows leave no trace."""
+  where = np.ones(N, bool)
+  where[[1, 3]] = False
+  labels = PROBS.copy()
+  labels[1] = np.nan
+  h = HIDDEN.copy()
+  h[3] = 1e30
+  with jax.enable_x64(True):
+    for reduction, chunk_size in (("none", (4, 5)), ("mean", 4)):
+      loss, grads = jax.value_and_grad(
+          lambda h, k, y: jnp.sum(LCE(h, k, y, where=where,
+                                      label_smoothing=0.1,
+                                      reduction=reduction,
+                                      chunk_size=chunk_size)),
+          (0, 1, 2))(h, KERNEL, labels)
+      assert_finite((loss, grads))
+      assert np.all(np.asarray(grads[0])[[1, 3]] == 0)
+      assert np.all(np.asarray(grads[2])[[1, 3]] == 0)
+
+
+def test_probability_labels_in_half_precision():
+  h, k = (jnp.asarray(a, jnp.bfloat16) for a in (HIDDEN, KERNEL))
+  y = jnp.asarray(PROBS, jnp.bfloat16)
+  loss, grads = jax.value_and_grad(
+      lambda h, k, y: LCE(h, k, y, reduction="mean", chunk_size=4),
+      (0, 1, 2))(h, k, y)
+  assert loss.dtype == jnp.float32
+  assert [g.dtype for g in grads] == [jnp.bfloat16] * 3
+  with jax.enable_x64(True):
+    want = LCE(*(np.asarray(a, np.float64) for a in (h, k, y)),
+               reduction="mean")
+  np.testing.assert_allclose(loss, want, rtol=1e-2)
+
+
+PROBABILITY_PATHS = {
+    "one_pass": dict(reduction="mean", chunk_size=4),
+    "two_passes": dict(reduction="sum", chunk_size=(4, 5)),
+    "per_token": dict(reduction="none", chunk_size=(4, 5)),
+}
+
+
+@pytest.mark.parametrize("path", PROBABILITY_PATHS)
+def test_probability_labels_every_autodiff_mode(path):
+  """jvp, grad and the hessian by hidden, kernel, bias, softcap and labels
+  together, on a small case (5 tokens, 7 classes; chunks of 4 by 5 end on
+  shorter ones): forward, reverse and forward-over-reverse."""
+  n, d, v = 5, 3, 7
+  r = np.random.default_rng(11)
+  with jax.enable_x64(True):
+    kw = dict(weight=jnp.asarray(r.uniform(0.5, 2, v)),
+              where=jnp.asarray([True, True, False, True, True]),
+              label_smoothing=0.2, z_loss=1e-2, **PROBABILITY_PATHS[path])
+    chunk_size = kw.pop("chunk_size")
+
+    def scalar(fn, **extra):
+      def f(h, k, b, c, y):
+        loss = fn(h, k, y, bias=b, logit_softcap=c, **kw, **extra)
+        return loss if loss.ndim == 0 else jnp.vdot(COTANGENT[:n], loss)
+      return f
+
+    labels = r.dirichlet(np.ones(v), n)
+    labels[1] *= 0.5
+    args = (jnp.asarray(r.normal(size=(n, d))),
+            jnp.asarray(r.normal(0, 0.7, (d, v))),
+            jnp.asarray(r.normal(size=v)), jnp.asarray(3.0),
+            jnp.asarray(labels))
+    tangents = random_like(args, 1)
+    argnums = tuple(range(len(args)))
+
+    def modes(f):
+      return dict(jvp=jax.jvp(f, args, tangents),
+                  grad=jax.grad(f, argnums)(*args),
+                  hessian=jax.hessian(f, argnums)(*args))
+
+    got, want = jax.jit(lambda: (
+        modes(scalar(LCE, chunk_size=chunk_size)),
+        modes(scalar(materialized_probabilities))))()
+    for mode in want:
+      for g, w in zip(jax.tree.leaves(got[mode]), jax.tree.leaves(want[mode]),
+                      strict=True):
+        assert g.shape == w.shape, mode
+        np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-11,
+                                   err_msg=mode)
+
+
+@pytest.mark.parametrize("reduction,chunk_size", [
+    ("mean", 64), ("mean", (128, 512)), ("none", (128, 512))], ids=str)
+def test_probability_labels_reverse_mode_temporaries(reduction, chunk_size):
+  """The labels are an [N, V] input, sliced chunk by chunk beside the
+  logits: no [N, V] temporary (8 MiB here) for the gradients of hidden and
+  kernel, and one, the labels' own gradient, when they are differentiated."""
+  n, d, v = 512, 64, 4096
+  h = jax.ShapeDtypeStruct((n, d), jnp.float32)
+  k = jax.ShapeDtypeStruct((d, v), jnp.float32)
+  y = jax.ShapeDtypeStruct((n, v), jnp.float32)
+
+  def temporaries(argnums):
+    def f(h, k, y):
+      loss = LCE(h, k, y, label_smoothing=0.1, z_loss=1e-4,
+                 logit_softcap=30.0, reduction=reduction,
+                 chunk_size=chunk_size)
+      return loss if loss.ndim == 0 else jnp.sum(loss)
+    step = jax.jit(jax.value_and_grad(f, argnums)).lower(h, k, y).compile()
+    return step.memory_analysis().temp_size_in_bytes
+
+  buffers = 4 * (n * d + (d * v if isinstance(chunk_size, int) else 0))
+  assert temporaries((0, 1)) < n * v * 4 / 2 + 2 * buffers
+  # Besides the [N, V] label gradient, an output: no second one for a
+  # scalar loss. Per-token losses (JAX's transpose of the tangent's chunked
+  # label reads, one accumulator per loop level) keep one more [N, V]
+  # buffer: a known cost, only when the labels are differentiated.
+  extra = n * v * 4 if reduction == "none" else 0
+  assert temporaries((0, 1, 2)) < extra + n * v * 4 / 2 + 2 * buffers
+
+
+def test_vocabulary_parallel_probability_labels():
+  """The labels sharded like the kernel's columns: values and gradients of
+  the unsharded loss, the labels' included."""
+  devices = jax.devices()
+  if len(devices) < 8:
+    pytest.skip("fewer than 8 devices")
+  m = Mesh(np.array(devices[:8]), ("model",))
+  v = 16
+  r = np.random.default_rng(9)
+  with jax.enable_x64(True):
+    h = jnp.asarray(HIDDEN)
+    k, b = jnp.asarray(r.normal(0, 0.7, (D, v))), jnp.asarray(r.normal(size=v))
+    b = b.at[3].set(-jnp.inf)
+    y = r.dirichlet(np.ones(v), N)
+    y[:, 3] = 0
+    y = jnp.asarray(y)
+    weight = jnp.asarray(r.uniform(0.5, 2, v))
+    kw = dict(label_smoothing=0.2, z_loss=1e-2, where=jnp.asarray(WHERE))
+
+    def fused(h, k, b, y, reduction):
+      return jax.shard_map(
+          lambda h, k, b, w, y: LCE(h, k, y, bias=b, weight=w,
+                                    axis_name="model", reduction=reduction,
+                                    **kw),
+          mesh=m, in_specs=(P(), P(None, "model"), P("model"), P("model"),
+                            P(None, "model")),
+          out_specs=P())(h, k, b, weight, y)
+
+    def unfused(h, k, b, y, reduction):
+      return materialized_probabilities(h, k, y, bias=b, weight=weight,
+                                        reduction=reduction, **kw)
+
+    def both(reduction):
+      def f(fn):
+        return jax.value_and_grad(
+            lambda *a: jnp.sum(fn(*a, reduction)), (0, 1, 2, 3))(h, k, b, y)
+      return f(fused), f(unfused)
+
+    for reduction in ("none", "mean"):
+      got, want = jax.jit(lambda r=reduction: both(r))()
+      assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
 # dtype=: float32 parameters, bfloat16 matmuls.

@@ -386,3 +386,53 @@ def test_margin_and_binary_classes_reject_what_torch_rejects(loss, args,
 def test_multi_margin_loss_options_checked_when_built(kwargs, match):
   with pytest.raises(ValueError, match=match):
     nn.MultiMarginLoss(**kwargs)
+
+
+LH = np.ones((4, 3))
+LW = np.ones((5, 3))
+LT = np.array([0, 1, 4, 2])
+
+
+@pytest.mark.parametrize("args,options,error,match", [
+    ((LH[None], LW, LT), {}, ValueError,
+     r"LinearCrossEntropyLoss: input must have shape \(in_features,\) or "
+     r"\(N, in_features\), as in torch, got shape \(1, 4, 3\)"),
+    ((LH, LW[:, :2], LT), {}, ValueError,
+     r"LinearCrossEntropyLoss: linear_weight must have shape \(C, "
+     r"in_features\) or \(C, d1, ..., dK, in_features\) with in_features 3 "
+     r"\(input shape \(4, 3\)\), got shape \(5, 2\)"),
+    ((LH[0], np.ones((5, 2, 3)), np.ones((5, 2))), {}, ValueError,
+     r"a K-dimensional linear_weight \(shape \(5, 2, 3\)\) needs batched "
+     r"input \(N, 3\), got shape \(3,\)"),
+    ((LH, LW, LT, np.ones(4)), {}, ValueError,
+     r"LinearCrossEntropyLoss: linear_bias must have shape \(5,\)"),
+    ((LH, LW, np.full((4, 5), 0.2)), {"ignore_index": 0}, ValueError,
+     "LinearCrossEntropyLoss: ignore_index applies to class-index targets, "
+     "got ignore_index=0 with probability targets of dtype float"),
+    ((LH, LW, np.full((4, 4), 0.2)), {}, ValueError,
+     r"LinearCrossEntropyLoss: target shape \(4, 4\) does not broadcast to "
+     r"the logits shape \(4, 5\)"),
+    ((LH, LW, LT[:3]), {}, ValueError,
+     r"LinearCrossEntropyLoss: target shape \(3,\) does not broadcast to "
+     r"the logits' batch shape \(4,\)"),
+    ((LH, LW, LT > 1), {}, TypeError,
+     "LinearCrossEntropyLoss: target must have an integer dtype"),
+])
+def test_linear_cross_entropy_errors(args, options, error, match):
+  with pytest.raises(error, match=match):
+    nn.LinearCrossEntropyLoss(**options)(*args)
+
+
+def test_linear_cross_entropy_is_a_jit_argument():
+  """A pytree whose leaf is the class weight; torch's default ignore_index
+  (None) means -100."""
+  w = np.arange(1.0, 6.0)
+  h = np.random.default_rng(0).normal(size=(4, 3))
+  kernel = np.random.default_rng(1).normal(size=(5, 3))
+  labels = np.array([0, -100, 4, 2])
+  step = jax.jit(lambda loss, h: loss(h, kernel, labels))
+  a = step(nn.LinearCrossEntropyLoss(w, ignore_index=None), h)
+  b = step(nn.LinearCrossEntropyLoss(w), h)
+  want = nn.CrossEntropyLoss(w)(h @ kernel.T, labels)
+  np.testing.assert_allclose(a, want, rtol=1e-6)
+  np.testing.assert_array_equal(a, b)

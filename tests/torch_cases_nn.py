@@ -320,3 +320,77 @@ add("torch-layouts", "CTCLoss",
     [V("lp", "tf", "il", "tl", zero_infinity=True),
      V("lp", "t", "il2", "tl2", zero_infinity=True),
      V("lp0", "t0", "il0", "tl0")], grad=("lp", "lp0"))
+
+# -- Linear cross entropy -----------------------------------------------------
+
+# torch.nn.LinearCrossEntropyLoss owns its Linear layer; jaxloss.nn's takes
+# the projection in the call, as torch.nn.functional.linear_cross_entropy:
+# the torch side is that function, with the same options. A generator of its
+# own leaves the other cases' inputs as they were.
+rng_linear = np.random.default_rng(17)
+H = rng_linear.normal(0, 1, (N, D))
+LW = rng_linear.normal(0, 0.8, (C, D))                  # (C, in_features)
+LB = rng_linear.normal(0, 1, (C,))
+LW_kdim = rng_linear.normal(0, 0.8, (C, 2, 3, D))       # (C, d1, d2, D)
+LB_kdim = rng_linear.normal(0, 1, (C, 2, 3))
+linear_labels = rng_linear.integers(0, C, (N,))
+linear_labels[1] = -100
+linear_labels_kdim = rng_linear.integers(0, C, (N, 2, 3))
+linear_labels_kdim[0, 1, :2] = 1
+linear_probs = rng_linear.dirichlet(np.ones(C), N)
+linear_probs[2] *= 0.5                                  # need not sum to 1
+linear_probs_kdim = np.moveaxis(rng_linear.dirichlet(np.ones(C), (N, 2, 3)),
+                                -1, 1)
+
+
+def add_linear(name, inputs, variants, grad):
+  """Variants ``(input, linear_weight, target, linear_bias or None,
+  options, reductions)``: ``F.linear_cross_entropy`` against
+  ``jaxloss.nn.LinearCrossEntropyLoss``, in one program (the options and
+  layouts meet torch's own samples in test_opinfo.py too)."""
+  def run(values, call, stack):
+    outs = []
+    for x, w, t, b, options, reductions in variants:
+      options = {k: values[v] if isinstance(v, Input) else v
+                 for k, v in options.items()}
+      for red in reductions:
+        out = call(values[x], values[w], values[t],
+                   None if b is None else values[b], options, red)
+        outs.append(out.reshape(-1))
+    return stack(outs)
+
+  def torch_fn(torch, **t):
+    def call(x, w, target, b, options, red):
+      return torch.nn.functional.linear_cross_entropy(
+          x, w, target, linear_bias=b, reduction=red, **options)
+    return run(t, call, torch.cat)
+
+  @jax.jit
+  def jax_fn(**a):
+    def call(x, w, target, b, options, red):
+      loss = jaxloss.nn.LinearCrossEntropyLoss(**options, reduction=red)
+      return loss(x, w, target, linear_bias=b)
+    return run(a, call, jnp.concatenate)
+
+  CASES.append(Case(f"LinearCrossEntropyLoss-{name}", torch_fn, jax_fn,
+                    dict(inputs), tuple(grad)))
+
+
+add_linear("options-layouts",
+           {"h": H, "lw": LW, "lb": LB, "t": linear_labels,
+            "t2": np.where(linear_labels < 0, 2, linear_labels),
+            "p": linear_probs, "h0": H[0], "t0": linear_labels[0],
+            "p0": linear_probs[0], "lwk": LW_kdim, "lbk": LB_kdim,
+            "tk": linear_labels_kdim, "pk": linear_probs_kdim,
+            "w": class_weight},
+           [("h", "lw", "t", "lb", dict(weight=W, label_smoothing=0.2),
+             REDUCTIONS),
+            ("h", "lw", "t2", None, dict(ignore_index=2), ("mean",)),
+            ("h", "lw", "p", "lb", dict(weight=W, label_smoothing=0.3),
+             REDUCTIONS),
+            ("h0", "lw", "t0", None, {}, ("none",)),
+            ("h0", "lw", "p0", "lb", dict(weight=W), ("mean",)),
+            ("h", "lwk", "tk", "lbk", dict(weight=W, label_smoothing=0.1,
+                                           ignore_index=1), ("mean",)),
+            ("h", "lwk", "pk", None, dict(weight=W), ("none",))],
+           grad=("h", "lw", "lb", "p", "h0", "p0", "lwk", "lbk", "pk"))
