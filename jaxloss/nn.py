@@ -309,10 +309,10 @@ class LinearCrossEntropyLoss(_Loss):
 
   Args:
     weight: optional (C,) class weights.
+    reduction: ``"none"``, ``"mean"`` (default) or ``"sum"``.
     ignore_index: class-index target value that is skipped. torch's default
       ``None`` means -100 for class indices; with probability targets any
       value other than -100 or None is an error, as in torch.
-    reduction: ``"none"``, ``"mean"`` (default) or ``"sum"``.
     label_smoothing: in [0, 1].
 
   Call:
@@ -342,10 +342,11 @@ class LinearCrossEntropyLoss(_Loss):
     ``torch.nn.functional.linear_cross_entropy`` and
     ``torch.nn.LinearCrossEntropyLoss`` (torch 2.13).
   """
+  # The constructor's order: torch's deprecated positional size_average and
+  # reduce never existed here, so every option may be given by position.
   weight: jax.Array | None = None
-  _: dataclasses.KW_ONLY
-  ignore_index: int | None = -100
   reduction: str = "mean"
+  ignore_index: int | None = -100
   label_smoothing: float = 0.0
 
   def __post_init__(self):

@@ -436,3 +436,16 @@ def test_linear_cross_entropy_is_a_jit_argument():
   want = nn.CrossEntropyLoss(w)(h @ kernel.T, labels)
   np.testing.assert_allclose(a, want, rtol=1e-6)
   np.testing.assert_array_equal(a, b)
+
+
+def test_linear_cross_entropy_constructor_order():
+  """(weight, reduction, ignore_index, label_smoothing), each by position."""
+  h = np.random.default_rng(0).normal(size=(4, 3))
+  kernel = np.random.default_rng(1).normal(size=(5, 3))
+  labels = np.array([0, 1, 4, 2])
+  w = np.arange(1.0, 6.0)
+  got = nn.LinearCrossEntropyLoss(w, "none", 1, 0.25)(h, kernel, labels)
+  want = nn.CrossEntropyLoss(w, ignore_index=1, reduction="none",
+                             label_smoothing=0.25)(h @ kernel.T, labels)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  assert got[1] == 0
