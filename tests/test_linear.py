@@ -53,6 +53,12 @@ def materialized(hidden, kernel, labels, bias=None, logit_softcap=None,
   inputs' dtype as XLA gives it), then the CE in float32 (float64), its
   reference implementation (plain JAX, every autodiff mode)."""
   kw.setdefault("implementation", "reference")
+  return CE(logits(hidden, kernel, bias, logit_softcap), labels, **kw)
+
+
+def logits(hidden, kernel, bias=None, logit_softcap=None):
+  """``hidden @ kernel`` accumulated in float32 (float64) and rounded to the
+  inputs' dtype, then read in float32 (float64), plus the bias, capped."""
   compute = jnp.result_type(hidden, kernel)
   stat = jnp.promote_types(compute, jnp.float32)
   x = jnp.dot(hidden, kernel, preferred_element_type=stat).astype(compute)
@@ -61,7 +67,7 @@ def materialized(hidden, kernel, labels, bias=None, logit_softcap=None,
     x = x + jnp.broadcast_to(bias.astype(stat), x.shape)
   if logit_softcap is not None:
     x = logit_softcap * jnp.tanh(x / logit_softcap)
-  return CE(x, labels, **kw)
+  return x
 
 
 def compare(hidden, kernel, bias, labels, *, chunk_size=None, **kw):
@@ -529,12 +535,16 @@ def test_every_autodiff_mode_matches_unfused(path):
     got, want = jax.jit(lambda *a: (
         autodiff_modes(fused, a, tangents, direction),
         autodiff_modes(unfused, a, tangents, direction)))(*args)
-    for mode in want:
-      for g, w in zip(jax.tree.leaves(got[mode]), jax.tree.leaves(want[mode]),
-                      strict=True):
-        assert g.shape == w.shape, mode
-        np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-11,
-                                   err_msg=mode)
+    modes_close(got, want)
+
+
+def modes_close(got, want):
+  """Every mode's results (a dict of pytrees) to float64 rounding."""
+  for mode in want:
+    for g, w in zip(jax.tree.leaves(got[mode]), jax.tree.leaves(want[mode]),
+                    strict=True):
+      assert g.shape == w.shape, mode
+      np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-11, err_msg=mode)
 
 
 @pytest.mark.parametrize("path", ["one_pass", "per_token"])
@@ -722,18 +732,28 @@ def test_reverse_mode_keeps_per_token_residuals(reduction, chunk_size):
     assert temporaries < n * v * 4 / 2, temporaries
 
 
-def test_vocabulary_parallel_forward_mode():
-  """jvp and a Hessian-vector product (forward over reverse) inside
-  jax.shard_map, the classes split over 8 devices, against the unfused loss."""
+def _model_mesh(seed):
+  """Eight devices on one "model" axis, 16 classes and a generator (or a
+  skip where there are fewer devices)."""
   devices = jax.devices()
   if len(devices) < 8:
     pytest.skip("fewer than 8 devices")
-  m = Mesh(np.array(devices[:8]), ("model",))
-  v = 16
-  r = np.random.default_rng(8)
+  return (Mesh(np.array(devices[:8]), ("model",)), 16,
+          np.random.default_rng(seed))
+
+
+def _sharded_problem(r, v):
+  """hidden, a [D, v] kernel and a [v] bias, float64 under enable_x64."""
+  return (jnp.asarray(HIDDEN), jnp.asarray(r.normal(0, 0.7, (D, v))),
+          jnp.asarray(r.normal(size=v)))
+
+
+def test_vocabulary_parallel_forward_mode():
+  """jvp and a Hessian-vector product (forward over reverse) inside
+  jax.shard_map, the classes split over 8 devices, against the unfused loss."""
+  m, v, r = _model_mesh(8)
   with jax.enable_x64(True):
-    h = jnp.asarray(HIDDEN)
-    k, b = jnp.asarray(r.normal(0, 0.7, (D, v))), jnp.asarray(r.normal(size=v))
+    h, k, b = _sharded_problem(r, v)
     labels = np.where(LABELS >= 0, LABELS % v, LABELS)
     weight = jnp.asarray(r.uniform(0.5, 2, v))
     kw = dict(ignore_index=-100, label_smoothing=0.2, z_loss=1e-2,
@@ -780,14 +800,8 @@ def materialized_probabilities(hidden, kernel, labels, bias=None,
   ``softmax_cross_entropy``'s reference (plain autodiff), plus the z-loss
   ``zeta (sum_j w_j y_j) lse^2`` whose label derivative is 0 on an
   impossible class."""
-  compute = jnp.result_type(hidden, kernel)
-  stat = jnp.promote_types(compute, jnp.float32)
-  x = jnp.dot(hidden, kernel, preferred_element_type=stat).astype(compute)
-  x = x.astype(stat)
-  if bias is not None:
-    x = x + jnp.broadcast_to(bias.astype(stat), x.shape)
-  if logit_softcap is not None:
-    x = logit_softcap * jnp.tanh(x / logit_softcap)
+  x = logits(hidden, kernel, bias, logit_softcap)
+  stat = x.dtype
   loss = SCE(x, labels, implementation="reference", **kw)
   where = kw.get("where")
   if not _is_zero(z_loss):
@@ -1008,12 +1022,7 @@ def test_probability_labels_every_autodiff_mode(path):
     got, want = jax.jit(lambda: (
         modes(scalar(LCE, chunk_size=chunk_size)),
         modes(scalar(materialized_probabilities))))()
-    for mode in want:
-      for g, w in zip(jax.tree.leaves(got[mode]), jax.tree.leaves(want[mode]),
-                      strict=True):
-        assert g.shape == w.shape, mode
-        np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-11,
-                                   err_msg=mode)
+    modes_close(got, want)
 
 
 @pytest.mark.parametrize("reduction,chunk_size", [
@@ -1049,15 +1058,9 @@ def test_probability_labels_reverse_mode_temporaries(reduction, chunk_size):
 def test_vocabulary_parallel_probability_labels():
   """The labels sharded like the kernel's columns: values and gradients of
   the unsharded loss, the labels' included."""
-  devices = jax.devices()
-  if len(devices) < 8:
-    pytest.skip("fewer than 8 devices")
-  m = Mesh(np.array(devices[:8]), ("model",))
-  v = 16
-  r = np.random.default_rng(9)
+  m, v, r = _model_mesh(9)
   with jax.enable_x64(True):
-    h = jnp.asarray(HIDDEN)
-    k, b = jnp.asarray(r.normal(0, 0.7, (D, v))), jnp.asarray(r.normal(size=v))
+    h, k, b = _sharded_problem(r, v)
     b = b.at[3].set(-jnp.inf)
     y = r.dirichlet(np.ones(v), N)
     y[:, 3] = 0
