@@ -28,6 +28,8 @@ def _prepare(fn, x, x_name, labels, weight, where):
     where = _checks.boolean(fn, "where", where)
     where = _checks.conform(fn, "where", where, x_name, x.shape)
   x, labels = x.astype(dtype), labels.astype(dtype)
+  if not _checks.checking():
+    return x, labels, weight, where
   if x_name == "probs":
     _value_check(fn, "probs", (x >= 0) & (x <= 1), "must be in [0, 1]", x,
                  where)

@@ -69,6 +69,8 @@ def _flag(fn, name, value):
 
 def _signs(fn, x, t, where):
   """Value checks of the {-1, 1} margin losses, active under ``checked``."""
+  if not _checks.checking():
+    return
   _binary._value_check(fn, "predictor_outputs", ~jnp.isnan(x),
                        "must not be NaN", x, where)
   _binary._value_check(fn, "targets", (t == 1) | (t == -1),
@@ -77,6 +79,8 @@ def _signs(fn, x, t, where):
 
 def _unit_interval(fn, x, y, from_logits):
   """Value checks of the Keras focal losses, active under ``checked``."""
+  if not _checks.checking():
+    return
   if from_logits:
     _checks.values(fn, "predictions", ~jnp.isnan(x), "must not be NaN", x)
   else:

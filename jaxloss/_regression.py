@@ -20,7 +20,7 @@ from jaxloss import _reduction
 
 def not_nan(fn, name, x, keep=None):
   """Under ``checked``: no NaN in ``x`` (where ``keep``, if given)."""
-  if jnp.issubdtype(x.dtype, jnp.inexact):
+  if _checks.checking() and jnp.issubdtype(x.dtype, jnp.inexact):
     ok = ~jnp.isnan(x)
     _checks.values(fn, name, ok if keep is None else ok | ~keep,
                    "must not be NaN", x)
@@ -28,7 +28,8 @@ def not_nan(fn, name, x, keep=None):
 
 def non_negative(fn, name, x):
   """Under ``checked``: ``x >= 0`` (NaN fails)."""
-  _checks.values(fn, name, x >= 0, "must be non-negative", x)
+  if _checks.checking():
+    _checks.values(fn, name, x >= 0, "must be non-negative", x)
 
 
 def _complex_or_floating(fn, name, x):
