@@ -12,6 +12,12 @@ One step of a language model's loss: the mean cross entropy of
   chunks, the usual way to save memory in JAX;
 - ``fused``: ``jaxloss.linear_softmax_cross_entropy`` with its default
   chunks, and ``fused[...]`` with the chunk sizes given by ``--variants``;
+- mixed precision, a float32 kernel (the parameters) with bfloat16 matmuls:
+  ``plain_mixed``, plain JAX doing it (``hidden.astype(bf16) @
+  kernel.astype(bf16)``, then the cross entropy, gradients to the float32
+  kernel), ``fused_mixed`` (``dtype=jnp.bfloat16``) and
+  ``three_matmuls_bf16``, the three matmuls in bfloat16 (the same as
+  ``three_matmuls`` for a bfloat16 problem, then left out);
 - torch, Liger-Kernel and Cut Cross-Entropy when they are installed (the last
   two on CUDA only).
 
@@ -58,6 +64,8 @@ PROBLEMS = {
                 variants="1024,2048,8192x1024,8192x8192"),
 }
 CHECKPOINT_CHUNK = 1024
+# Steps that read the kernel in float32 (the parameters of mixed precision).
+MIXED = ("plain_mixed", "fused_mixed")
 
 
 def inputs(tokens, dim, classes, dtype, seed=0):
@@ -111,10 +119,21 @@ def jax_steps(variants):
           hidden, kernel, labels, reduction="mean", chunk_size=chunk_size)
     return f
 
+  def plain_mixed(hidden, kernel, labels):
+    logits = hidden.astype(jnp.bfloat16) @ kernel.astype(jnp.bfloat16)
+    return jaxloss.softmax_cross_entropy_with_integer_labels(
+        logits, labels, reduction="mean")
+
+  def fused_mixed(hidden, kernel, labels):
+    return jaxloss.linear_softmax_cross_entropy(
+        hidden, kernel, labels, reduction="mean", dtype=jnp.bfloat16)
+
   steps = {"plain": grad(plain), "checkpoint_scan": grad(checkpoint_scan),
            "fused": grad(fused(None))}
   for v in variants:
     steps[f"fused[{v}]"] = grad(fused(parse_chunk(v)))
+  steps["plain_mixed"] = grad(plain_mixed)
+  steps["fused_mixed"] = grad(fused_mixed)
   return {name: jax.jit(f) for name, f in steps.items()}
 
 
@@ -236,11 +255,17 @@ def main():
   hidden, kernel, labels = inputs(args.tokens, args.dim, args.classes,
                                   jnp.dtype(args.dtype))
   steps = jax_steps(variants)
+  # Made only where a mixed-precision step runs: it counts in the peak.
+  kernel32 = (kernel.astype(jnp.float32) if args.peak_of in (None, *MIXED)
+              else None)
+
+  def arguments(name):
+    return hidden, kernel32 if name in MIXED else kernel, labels
 
   if args.peak_of:
-    jax.block_until_ready((hidden, kernel, labels))
+    jax.block_until_ready(arguments(args.peak_of))
     base = peak_bytes()
-    jax.block_until_ready(steps[args.peak_of](hidden, kernel, labels))
+    jax.block_until_ready(steps[args.peak_of](*arguments(args.peak_of)))
     print(json.dumps({"peak_bytes": peak_bytes(), "before": base}))
     return
 
@@ -253,7 +278,7 @@ def main():
         f"{'one pass' if plan[2] else 'two passes'}", flush=True)
 
   steps = {k: v for k, v in steps.items() if k not in skip}
-  calls = {name: (lambda f=f: f(hidden, kernel, labels))
+  calls = {name: (lambda f=f, a=arguments(name): f(*a))
            for name, f in steps.items()}
   rows = {name: {"name": name} for name in calls}
   reference = None
@@ -261,7 +286,7 @@ def main():
   for name, f in list(steps.items()):
     t0 = time.perf_counter()
     try:
-      compiled = f.lower(hidden, kernel, labels).compile()
+      compiled = f.lower(*arguments(name)).compile()
     except Exception as e:  # noqa: BLE001 - recorded, the others go on
       failed[name] = f"{type(e).__name__}: {e}"[:2000]
       print(f"  FAILED {name}: {failed[name]}", flush=True)
@@ -288,6 +313,12 @@ def main():
     calls["three_matmuls"] = lambda: mm(hidden, kernel, logits_grad)
     jax.block_until_ready(calls["three_matmuls"]())
     rows["three_matmuls"] = {"name": "three_matmuls"}
+    if (hidden.dtype != jnp.bfloat16
+        and "three_matmuls_bf16" not in skip):
+      half = [a.astype(jnp.bfloat16) for a in (hidden, kernel, logits_grad)]
+      calls["three_matmuls_bf16"] = lambda: mm(*half)
+      jax.block_until_ready(calls["three_matmuls_bf16"]())
+      rows["three_matmuls_bf16"] = {"name": "three_matmuls_bf16"}
 
   torch_sync = {}
   if "torch" not in skip:
@@ -326,9 +357,11 @@ def main():
     if "plain" in times:
       rows[name]["vs_plain"] = statistics.median(
           a / b for a, b in zip(times[name], times["plain"]))
-    if "three_matmuls" in times:
-      rows[name]["vs_three_matmuls"] = statistics.median(
-          a / b for a, b in zip(times[name], times["three_matmuls"]))
+    for floor in ("three_matmuls", "three_matmuls_bf16", "plain_mixed"):
+      if floor in times and (floor == "three_matmuls" or name in MIXED
+                             or name == "three_matmuls_bf16"):
+        rows[name][f"vs_{floor}"] = statistics.median(
+            a / b for a, b in zip(times[name], times[floor]))
     if "plain" in rows and rows["plain"].get("temp_bytes") and rows[name].get(
         "temp_bytes") is not None:
       rows[name]["temp_vs_plain"] = (rows[name]["temp_bytes"]
@@ -350,6 +383,7 @@ def main():
     r["peak"] = (common.fmt_bytes(r["peak_bytes"])
                  if r.get("peak_bytes") is not None else None)
   print(common.table(table, ["name", "ms", "vs_plain", "vs_three_matmuls",
+                             "vs_plain_mixed", "vs_three_matmuls_bf16",
                              "temporaries", "temp_vs_plain", "peak",
                              "error (loss, dh, dk)"]))
   if not args.no_write:

@@ -1,11 +1,13 @@
 """Fused linear layer and softmax cross entropy that never holds the logits."""
 
+import functools
 import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from jaxloss import _checks
 from jaxloss import _jit
@@ -30,31 +32,51 @@ _MIN_VOCAB_CHUNK = 256
 
 
 class _Config(NamedTuple):
-  """Everything static about one call."""
+  """Everything static about one call: the numbers themselves are traced."""
   tokens: int        # tokens per chunk
   classes: int       # classes per chunk
-  smoothing: float
-  z_loss: float
-  softcap: float | None
+  smoothing: bool    # whether label smoothing is on (a nonzero value)
+  z_loss: bool
+  softcap: bool
   stat: jnp.dtype    # float32, or float64 for float64 input
   compute: jnp.dtype  # dtype the matmuls read
   full_support: bool  # no -inf logit is possible: every class in the support
 
 
-def _chunked(total, size, body, carry):
+class _Hypers(NamedTuple):
+  """The hyperparameters' values, arrays in the statistics' dtype (or None
+  where ``_Config`` leaves the term out)."""
+  smoothing: jax.Array | None
+  z_loss: jax.Array | None
+  softcap: jax.Array | None
+
+
+def _chunked(total, size, body, carry, remat=False):
   """``carry = body(start, length, carry)`` over ``[0, total)`` in chunks.
 
   Full chunks run under one ``lax.scan`` (one compiled body); a shorter last
   chunk runs once after it, so nothing is padded and no work is repeated.
+  With ``remat``, each chunk is a ``jax.checkpoint``: differentiated, it
+  keeps its inputs (whole arrays and a chunk index) instead of the chunk's
+  logits, which its transpose computes again.
   """
+  def chunk(start, length):
+    fn = functools.partial(body, start, length)
+    if not remat:
+      return fn
+    # A call outside the scan could be merged with the forward pass's own
+    # logits (the same dot), which would keep them: prevent_cse.
+    return jax.checkpoint(fn, prevent_cse=isinstance(start, int))
+
   full, rest = divmod(total, size)
   if full == 1:
-    carry = body(0, size, carry)
+    carry = chunk(0, size)(carry)
   elif full:
-    carry, _ = lax.scan(lambda c, i: (body(i * size, size, c), None), carry,
-                        jnp.arange(full))
+    def step(c, i):
+      return chunk(i * size, size)(c), None
+    carry, _ = lax.scan(step, carry, jnp.arange(full))
   if rest:
-    carry = body(full * size, rest, carry)
+    carry = chunk(full * size, rest)(carry)
   return carry
 
 
@@ -72,6 +94,8 @@ def _varying(tree, *refs):
 
 
 def _take(x, start, length, axis=0):
+  if x is None:
+    return None
   if isinstance(start, int) and start == 0 and length == x.shape[axis]:
     return x
   return lax.dynamic_slice_in_dim(x, start, length, axis)
@@ -111,20 +135,40 @@ def _add_outer(acc, h, dz, dtype):
 
 
 def _logits(cfg, h, w, b, keep):
-  """Logits of a [n, D] token chunk against a [D, v] kernel chunk, in float32.
+  """Pre-softcap logits of a [n, D] token chunk against a [D, v] kernel
+  chunk, in float32.
 
-  The matmul accumulates in float32 and its result is rounded to the inputs'
-  dtype, as the unfused ``hidden @ kernel`` is: for half-precision inputs the
-  same logits, and half the memory traffic of float32 ones. Dropped rows
-  read 0, as the unfused loss does, so whatever their hidden states hold
-  their statistics are finite and their gradient exactly 0.
+  The matmul reads ``cfg.compute``, accumulates in float32 and its result is
+  rounded to ``cfg.compute``, as the unfused ``hidden @ kernel`` is: for
+  half-precision inputs the same logits, and half the memory traffic of
+  float32 ones. Dropped rows read 0, as the unfused loss does, so whatever
+  their hidden states hold their statistics are finite and their gradient
+  exactly 0.
   """
-  x = _dot(h, w, ((1,), (0,)), cfg.stat).astype(cfg.compute).astype(cfg.stat)
+  z = _dot(h.astype(cfg.compute), w.astype(cfg.compute), ((1,), (0,)),
+           cfg.stat).astype(cfg.compute).astype(cfg.stat)
   if b is not None:
-    x = x + jnp.broadcast_to(b[None, :], x.shape)
-  if cfg.softcap is not None:
-    x = cfg.softcap * jnp.tanh(x / cfg.softcap)
-  return jnp.where(keep[:, None], x, 0)
+    z = z + jnp.broadcast_to(b.astype(cfg.stat)[None, :], z.shape)
+  return jnp.where(keep[:, None], z, 0)
+
+
+def _cap(cfg, hp, z):
+  """The logits after the softcap ``c tanh(z / c)``, if there is one."""
+  if not cfg.softcap:
+    return z
+  return hp.softcap * jnp.tanh(z / hp.softcap)
+
+
+def _cap_slope(hp, x):
+  """``dx/dz`` of the softcap at its output ``x``."""
+  return 1 - jnp.square(x / hp.softcap)
+
+
+def _cap_dc(hp, z, x):
+  r"""``dx/dc`` of :math:`x = c \tanh(z / c)`: ``tanh(u) - u (1 - tanh(u)^2)``
+  with ``u = z / c``, whose limit at ``z = -inf`` (a ``-inf`` bias) is -1."""
+  u = jnp.where(jnp.isfinite(z), z / hp.softcap, 0)
+  return x / hp.softcap - u * _cap_slope(hp, x)
 
 
 def _class_terms(cfg, x, weight):
@@ -181,44 +225,44 @@ class _Rows(NamedTuple):
   label_weight: jax.Array | None
 
 
-def _row_loss(cfg, lse, stats, label_weight, support):
+def _row_loss(cfg, hp, lse, label, weighted, label_weight, support):
   r"""The loss of each row from its statistics, as the unfused loss has it."""
-  loss = (1 - cfg.smoothing) * (lse - stats.label)
+  loss = lse - label
+  if cfg.smoothing:
+    loss = (1 - hp.smoothing) * loss
   if cfg.z_loss:
-    loss = loss + cfg.z_loss * lse**2
+    loss = loss + hp.z_loss * lse**2
   if label_weight is not None:
     loss = label_weight * loss
   if cfg.smoothing:
     total_weight, count = support
-    loss = loss + cfg.smoothing * (
-        (lse * total_weight - stats.weighted) / jnp.maximum(count, 1))
+    loss = loss + hp.smoothing * (
+        (lse * total_weight - weighted) / jnp.maximum(count, 1))
   return loss
 
 
-def _coefficients(cfg, g, lse, label_weight, support):
+def _coefficients(cfg, hp, g, lse, label_weight, support):
   """Per-row ``(a, b, e)`` with ``dloss/dx_j = a p_j - b [j = y] - e w_j``."""
-  w_y = 1 if label_weight is None else label_weight
-  b = g * w_y * (1 - cfg.smoothing)
+  g_y = g if label_weight is None else g * label_weight
+  b = g_y * (1 - hp.smoothing) if cfg.smoothing else g_y
   a = b
   if cfg.z_loss:
-    a = a + g * w_y * (2 * cfg.z_loss) * lse
+    a = a + g_y * (2 * hp.z_loss) * lse
   e = None
   if cfg.smoothing:
     total_weight, count = support
-    e = g * (cfg.smoothing / jnp.maximum(count, 1))
+    e = g * (hp.smoothing / jnp.maximum(count, 1))
     a = a + e * total_weight
   return a, b, e
 
 
 def _logit_grad(cfg, x, lse, labels, start, coef, weight):
-  """Gradient of the chunk's loss with respect to its pre-softcap logits."""
+  """Gradient of the chunk's loss with respect to its (post-softcap) logits."""
   a, b, e = coef
   p = jnp.exp(x - lse[:, None])
   d = a[:, None] * p - jnp.where(_is_label(x, labels, start), b[:, None], 0)
   if e is not None:
     d = d - e[:, None] * _class_terms(cfg, x, weight)
-  if cfg.softcap is not None:
-    d = d * (1 - jnp.square(x / cfg.softcap))
   return d
 
 
@@ -233,23 +277,23 @@ def _support(cfg, bias, weight, num_classes, dtype):
              else jnp.sum(weight))
     return total, jnp.asarray(num_classes, dtype)
   s = bias > -jnp.inf
-  w = jnp.ones_like(bias) if weight is None else weight
+  w = jnp.ones(bias.shape, dtype) if weight is None else weight
   return jnp.sum(jnp.where(s, w, 0)), jnp.sum(s, dtype=dtype)
 
 
-def _statistics(cfg, h, kernel, bias, rows, weight):
+def _statistics(cfg, hp, h, kernel, bias, rows, weight):
   """Per-token ``(lse, stats)`` over token chunks, each over class chunks."""
   n_tokens, num_classes = h.shape[0], kernel.shape[1]
 
   def token_chunk(start, n, out):
-    h_c = _take(h, start, n)
+    h_c = _take(h, start, n).astype(cfg.compute)
     labels, keep = _take(rows.labels, start, n), _take(rows.keep, start, n)
 
     def class_chunk(col, v, stats):
-      x = _logits(cfg, h_c, _take(kernel, col, v, 1),
-                  None if bias is None else _take(bias, col, v), keep)
-      w = None if weight is None else _take(weight, col, v)
-      return _update_stats(cfg, stats, x, labels, col, w)
+      z = _logits(cfg, h_c, _take(kernel, col, v, 1), _take(bias, col, v),
+                  keep)
+      return _update_stats(cfg, stats, _cap(cfg, hp, z), labels, col,
+                           _take(weight, col, v))
 
     stats = _chunked(num_classes, cfg.classes, class_chunk,
                      _varying(_empty_stats(n, cfg.stat), h_c, kernel))
@@ -260,8 +304,27 @@ def _statistics(cfg, h, kernel, bias, rows, weight):
   return _lse(stats), stats
 
 
-def _gradients(cfg, h, kernel, bias, rows, weight, lse, coef):
-  """Gradients with respect to hidden, kernel and bias, given the statistics.
+class _Want(NamedTuple):
+  """Which gradients a pass makes: of hidden, kernel, bias, softcap."""
+  hidden: bool
+  kernel: bool
+  bias: bool
+  softcap: bool
+
+
+def _chunk_grads(cfg, hp, z, x, d, want):
+  """From ``d = dloss/dx``: ``(dloss/dz, dloss/dc summed)`` for the chunk."""
+  dcap = None
+  if cfg.softcap:
+    if want.softcap:
+      dcap = jnp.sum(d * _cap_dc(hp, z, x))
+    d = d * _cap_slope(hp, x)
+  return d, dcap
+
+
+def _gradients(cfg, hp, h, kernel, bias, rows, weight, lse, coef, want):
+  """Gradients with respect to hidden, kernel, bias and the softcap, given
+  the statistics; ``None`` for what ``want`` leaves out.
 
   Classes outermost: each kernel chunk's gradient is summed over the tokens
   in float32 and written once; the hidden gradient is summed over class
@@ -271,191 +334,338 @@ def _gradients(cfg, h, kernel, bias, rows, weight, lse, coef):
   num_classes = kernel.shape[1]
 
   def class_chunk(col, v, carry):
-    dh, dkernel, dbias = carry
-    w_c = _take(kernel, col, v, 1)
-    b_c = None if bias is None else _take(bias, col, v)
-    weight_c = None if weight is None else _take(weight, col, v)
+    dh, dkernel, dbias, dcap = carry
+    w_c = _take(kernel, col, v, 1).astype(cfg.compute)
+    b_c, weight_c = _take(bias, col, v), _take(weight, col, v)
 
     def token_chunk(start, n, inner):
-      dh, dw_c, db_c = inner
-      h_c = _take(h, start, n)
+      dh, dw_c, db_c, dcap = inner
+      h_c = _take(h, start, n).astype(cfg.compute)
       labels, keep = _take(rows.labels, start, n), _take(rows.keep, start, n)
-      x = _logits(cfg, h_c, w_c, b_c, keep)
+      z = _logits(cfg, h_c, w_c, b_c, keep)
+      x = _cap(cfg, hp, z)
       coef_c = jax.tree.map(lambda c: _take(c, start, n), coef)
       d = _logit_grad(cfg, x, _take(lse, start, n), labels, col, coef_c,
                       weight_c)
+      d, dcap_c = _chunk_grads(cfg, hp, z, x, d, want)
       dz = d.astype(cfg.compute)
-      dh_c = _take(dh, start, n) + _dot(dz, w_c, ((1,), (1,)), cfg.stat)
-      dh = _put(dh, dh_c, start)
-      dw_c = _add_outer(dw_c, h_c, dz, cfg.stat)
-      if db_c is not None:
+      if want.hidden:
+        dh = _put(dh, _take(dh, start, n)
+                  + _dot(dz, w_c, ((1,), (1,)), cfg.stat), start)
+      if want.kernel:
+        dw_c = _add_outer(dw_c, h_c, dz, cfg.stat)
+      if want.bias:
         db_c = db_c + jnp.sum(d, axis=0)
-      return dh, dw_c, db_c
+      if want.softcap:
+        dcap = dcap + dcap_c
+      return dh, dw_c, db_c, dcap
 
-    dw_c = jnp.zeros((dim, v), cfg.stat)
-    db_c = None if bias is None else jnp.zeros((v,), cfg.stat)
-    dh, dw_c, db_c = _chunked(n_tokens, cfg.tokens, token_chunk,
-                              _varying((dh, dw_c, db_c), h, kernel))
-    dkernel = _put(dkernel, dw_c.astype(kernel.dtype), col, 1)
-    if dbias is not None:
+    dw_c = jnp.zeros((dim, v), cfg.stat) if want.kernel else None
+    db_c = jnp.zeros((v,), cfg.stat) if want.bias else None
+    dh, dw_c, db_c, dcap = _chunked(n_tokens, cfg.tokens, token_chunk,
+                                    _varying((dh, dw_c, db_c, dcap), h,
+                                             kernel))
+    if want.kernel:
+      dkernel = _put(dkernel, dw_c.astype(kernel.dtype), col, 1)
+    if want.bias:
       dbias = _put(dbias, db_c.astype(bias.dtype), col)
-    return dh, dkernel, dbias
+    return dh, dkernel, dbias, dcap
 
-  carry = (jnp.zeros((n_tokens, dim), cfg.stat),
-           jnp.zeros_like(kernel),
-           None if bias is None else jnp.zeros_like(bias))
-  dh, dkernel, dbias = _chunked(num_classes, cfg.classes, class_chunk,
-                                _varying(carry, h, kernel))
-  return dh, dkernel, dbias
+  carry = (jnp.zeros((n_tokens, dim), cfg.stat) if want.hidden else None,
+           jnp.zeros_like(kernel) if want.kernel else None,
+           jnp.zeros_like(bias) if want.bias else None,
+           jnp.zeros((), cfg.stat) if want.softcap else None)
+  dh, dkernel, dbias, dcap = _chunked(num_classes, cfg.classes, class_chunk,
+                                      _varying(carry, h, kernel))
+  return _in_dtypes((dh, dkernel, dbias), h, kernel, bias), dcap
 
 
-def _single_pass(cfg, h, kernel, bias, rows, weight, support, scale):
-  """Loss and gradients in one pass over token chunks, whole vocabulary each.
+def _single_pass(cfg, hp, h, kernel, bias, rows, weight, support, scale,
+                 want):
+  """Statistics and gradients in one pass over token chunks, whole
+  vocabulary each.
 
   ``scale`` is each row's share of the scalar loss (0 for dropped rows), so
   the gradients are final: three matmuls per chunk, the logits computed
-  once. Returns ``(sum of scale * loss, (dh, dkernel, dbias))``.
+  once. Returns ``((lse, label, weighted), grads, dloss/dc)`` with the
+  per-token statistics and ``None`` for what ``want`` leaves out.
   """
   n_tokens, dim = h.shape
+  w = kernel.astype(cfg.compute)
 
   def token_chunk(start, n, carry):
-    total, dh, dkernel, dbias = carry
-    h_c = _take(h, start, n)
+    stats, dh, dkernel, dbias, dcap = carry
+    h_c = _take(h, start, n).astype(cfg.compute)
     labels, keep = _take(rows.labels, start, n), _take(rows.keep, start, n)
-    w_y = (None if rows.label_weight is None
-           else _take(rows.label_weight, start, n))
-    x = _logits(cfg, h_c, kernel, bias, keep)
-    stats = _update_stats(cfg, _empty_stats(n, cfg.stat), x, labels, 0,
-                          weight)
-    lse = _lse(stats)
-    g = _take(scale, start, n)
-    loss = _row_loss(cfg, lse, stats, w_y, support)
-    total = total + jnp.sum(jnp.where(g != 0, g * loss, 0))
-    coef = _coefficients(cfg, g, lse, w_y, support)
-    d = _logit_grad(cfg, x, lse, labels, 0, coef, weight)
-    dz = d.astype(cfg.compute)
-    dh = _put(dh, _dot(dz, kernel, ((1,), (1,)), cfg.stat).astype(h.dtype),
-              start)
-    dkernel = _add_outer(dkernel, h_c, dz, cfg.stat)
-    if dbias is not None:
-      dbias = dbias + jnp.sum(d, axis=0)
-    return total, dh, dkernel, dbias
+    z = _logits(cfg, h_c, w, bias, keep)
+    x = _cap(cfg, hp, z)
+    s = _update_stats(cfg, _empty_stats(n, cfg.stat), x, labels, 0, weight)
+    lse = _lse(s)
+    stats = tuple(_put(o, a, start)
+                  for o, a in zip(stats, (lse, s.label, s.weighted)))
+    if any(want):
+      coef = _coefficients(cfg, hp, _take(scale, start, n), lse,
+                           _take(rows.label_weight, start, n), support)
+      d = _logit_grad(cfg, x, lse, labels, 0, coef, weight)
+      d, dcap_c = _chunk_grads(cfg, hp, z, x, d, want)
+      dz = d.astype(cfg.compute)
+      if want.hidden:
+        dh = _put(dh, _dot(dz, w, ((1,), (1,)), cfg.stat).astype(h.dtype),
+                  start)
+      if want.kernel:
+        dkernel = _add_outer(dkernel, h_c, dz, cfg.stat)
+      if want.bias:
+        dbias = dbias + jnp.sum(d, axis=0)
+      if want.softcap:
+        dcap = dcap + dcap_c
+    return stats, dh, dkernel, dbias, dcap
 
-  carry = (jnp.zeros((), cfg.stat), jnp.zeros((n_tokens, dim), h.dtype),
-           jnp.zeros(kernel.shape, cfg.stat),
-           None if bias is None else jnp.zeros(bias.shape, cfg.stat))
-  total, dh, dkernel, dbias = _chunked(n_tokens, cfg.tokens, token_chunk,
-                                       _varying(carry, h, kernel))
-  return total, (dh, dkernel, dbias)
-
-
-def _row_losses(cfg, h, kernel, bias, rows, weight, support):
-  lse, stats = _statistics(cfg, h, kernel, bias, rows, weight)
-  return _row_loss(cfg, lse, stats, rows.label_weight, support), lse
+  zeros = jnp.zeros((n_tokens,), cfg.stat)
+  carry = ((zeros, zeros, zeros),
+           jnp.zeros((n_tokens, dim), h.dtype) if want.hidden else None,
+           jnp.zeros(kernel.shape, cfg.stat) if want.kernel else None,
+           jnp.zeros(bias.shape, cfg.stat) if want.bias else None,
+           jnp.zeros((), cfg.stat) if want.softcap else None)
+  stats, dh, dkernel, dbias, dcap = _chunked(n_tokens, cfg.tokens,
+                                             token_chunk,
+                                             _varying(carry, h, kernel))
+  return stats, _in_dtypes((dh, dkernel, dbias), h, kernel, bias), dcap
 
 
 def _in_dtypes(grads, h, kernel, bias):
-  dh, dkernel, dbias = grads
-  return (dh.astype(h.dtype), dkernel.astype(kernel.dtype),
-          None if bias is None else dbias.astype(bias.dtype))
+  return tuple(None if g is None else g.astype(x.dtype)
+               for g, x in zip(grads, (h, kernel, bias)))
 
 
-def _per_token(cfg):
-  """Per-token losses; the backward pass recomputes the logits by chunks."""
+def _whole(fn, derivative=None):
+  """``fn`` as one unit under partial evaluation, its JVP that of
+  ``derivative`` (by default ``fn`` itself).
 
-  @jax.custom_vjp
-  def losses(h, kernel, bias, rows, weight, support):
-    return _row_losses(cfg, h, kernel, bias, rows, weight, support)[0]
+  Inside a JVP rule under reverse mode, JAX partially evaluates even the
+  work on known values, and its scan rule then hoists the work of an inner
+  loop that does not depend on the outer loop out of it, stacked: the
+  kernel's class chunks and each chunk's label comparison, an [n, V] array.
+  A custom JVP on known inputs is evaluated as it is.
+  """
+  whole = jax.custom_jvp(fn)
 
-  def fwd(h, kernel, bias, rows, weight, support):
-    loss, lse = _row_losses(cfg, h, kernel, bias, rows, weight, support)
-    return loss, (h, kernel, bias, rows, weight, support, lse)
+  def jvp(primals, tangents):
+    if derivative is None:
+      return jax.jvp(fn, primals, tangents)
+    return fn(*primals), jax.jvp(derivative, primals, tangents)[1]
 
-  def bwd(res, ct):
-    h, kernel, bias, rows, weight, support, lse = res
-    coef = _coefficients(cfg, ct.astype(cfg.stat), lse, rows.label_weight,
-                         support)
-    grads = _gradients(cfg, h, kernel, bias, rows, weight, lse, coef)
-    return (*_in_dtypes(grads, h, kernel, bias), None, None, None)
-
-  losses.defvjp(fwd, bwd)
-  return losses
+  whole.defjvp(jvp)
+  return whole
 
 
-def _shard_statistics(cfg):
-  """Per-token ``(lse, label, weighted)`` over this shard's classes.
+def _zero(t):
+  return t is None or isinstance(t, SymbolicZero)
 
-  For the classes split over a mesh axis: the shards' statistics are
-  combined outside, where JAX differentiates the collectives. The backward
-  pass recomputes the logits by chunks, as :func:`_per_token` does, with
-  ``dx_j = g_lse p_j + g_label [j = y] + g_weighted w_j`` and ``p`` the
-  shard's own softmax.
+
+def _tangents(tangents):
+  """Symbolic zeros as None."""
+  return jax.tree.map(lambda t: None if _zero(t) else t, tangents,
+                      is_leaf=_zero)
+
+
+def _wanted(cfg, dh, dkernel, dbias, dcap):
+  return _Want(dh is not None, dkernel is not None, dbias is not None,
+               cfg.softcap and dcap is not None)
+
+
+def _logits_tangent(cfg, hp, z, x, h, w, tangents, keep):
+  """The tangent of a chunk's (post-softcap) logits, linear in ``tangents``
+  ``(dh, dw, db, dc)``, each None for a zero."""
+  dh, dw, db, dc = tangents
+  t = None
+
+  def add(t, u):
+    return u if t is None else t + u
+
+  if dh is not None:
+    t = add(t, _dot(dh, w, ((1,), (0,)), cfg.stat))
+  if dw is not None:
+    t = add(t, _dot(h, dw, ((1,), (0,)), cfg.stat))
+  if db is not None:
+    t = add(t, jnp.broadcast_to(db[None, :], z.shape))
+  if cfg.softcap:
+    if t is not None:
+      t = t * _cap_slope(hp, x)
+    if dc is not None:
+      t = add(t, dc * _cap_dc(hp, z, x))
+  return jnp.where(keep[:, None], t, 0)
+
+
+def _statistics_tangent(cfg, hp, h, kernel, bias, rows, weight, lse,
+                        tangents):
+  """Tangents of ``(lse, label, weighted)``: ``sum_j p_j dx_j``, ``dx_y`` and
+  ``sum_j w_j dx_j`` over the support, with the logits computed again by
+  chunks.
+
+  A linear function of the tangents whose transpose (reverse mode) is
+  ``_gradients`` without the [N, V] residual: every chunk is a
+  ``jax.checkpoint``, so the transpose computes its logits again from the
+  inputs and ``lse``. The tangents are read in float32 (the transpose then
+  sums the gradients of hidden and of each kernel chunk in float32, as
+  ``_gradients`` does).
+  """
+  dh, dkernel, dbias, dcap = tangents
+  n_tokens, num_classes = h.shape[0], kernel.shape[1]
+  if dh is not None:
+    dh = dh.astype(cfg.stat)
+  if dbias is not None:
+    dbias = dbias.astype(cfg.stat)
+
+  def class_chunk(col, v, out):
+    w_c = _take(kernel, col, v, 1).astype(cfg.compute)
+    b_c, weight_c = _take(bias, col, v), _take(weight, col, v)
+    dw_c = _take(dkernel, col, v, 1)
+    dw_c = None if dw_c is None else dw_c.astype(cfg.stat)
+    db_c = _take(dbias, col, v)
+
+    def token_chunk(start, n, out):
+      h_c = _take(h, start, n).astype(cfg.compute)
+      labels, keep = _take(rows.labels, start, n), _take(rows.keep, start, n)
+      z = _logits(cfg, h_c, w_c, b_c, keep)
+      x = _cap(cfg, hp, z)
+      t = _logits_tangent(cfg, hp, z, x, h_c, w_c,
+                          (_take(dh, start, n), dw_c, db_c, dcap), keep)
+      p = jnp.exp(x - _take(lse, start, n)[:, None])
+      parts = [jnp.sum(p * t, axis=1),
+               jnp.sum(jnp.where(_is_label(x, labels, col), t, 0), axis=1)]
+      if cfg.smoothing:
+        parts.append(jnp.sum(_class_terms(cfg, x, weight_c) * t, axis=1))
+      return tuple(_put(o, _take(o, start, n) + s, start)
+                   for o, s in zip(out, parts))
+
+    return _chunked(n_tokens, cfg.tokens, token_chunk, out, remat=True)
+
+  out = tuple(jnp.zeros((n_tokens,), cfg.stat)
+              for _ in range(3 if cfg.smoothing else 2))
+  refs = (h, kernel, dh, dkernel, dbias, dcap)
+  return _chunked(num_classes, cfg.classes, class_chunk,
+                  _varying(out, *refs), remat=True)
+
+
+def _statistics_fn(cfg):
+  """Per-token ``(lse, label, weighted)`` of the logits, their tangents made
+  by chunks from those statistics.
+
+  The per-token and vocabulary-parallel paths: the losses (and, split over
+  a mesh axis, the shards' combination) are formed outside, where JAX
+  differentiates them, label smoothing and the z-loss included.
   """
 
-  @jax.custom_vjp
-  def statistics(h, kernel, bias, rows, weight):
-    lse, stats = _statistics(cfg, h, kernel, bias, rows, weight)
-    return lse, stats.label, stats.weighted
+  @jax.custom_jvp
+  def statistics(h, kernel, bias, rows, weight, softcap):
+    hp = _Hypers(None, None, softcap)
+    lse, stats = _statistics(cfg, hp, h, kernel, bias, rows, weight)
+    return (lse, stats.label) + ((stats.weighted,) if cfg.smoothing else ())
 
-  def fwd(h, kernel, bias, rows, weight):
-    out = statistics(h, kernel, bias, rows, weight)
-    return out, (h, kernel, bias, rows, weight, out[0])
-
-  def bwd(res, ct):
-    h, kernel, bias, rows, weight, lse = res
-    ct_lse, ct_label, ct_weighted = ct
+  def jvp(primals, tangents):
+    h, kernel, bias, rows, weight, softcap = primals
+    dh, dkernel, dbias, _, _, dcap = _tangents(tangents)
+    hp = _Hypers(None, None, softcap)
+    out = statistics(h, kernel, bias, rows, weight, softcap)
+    if not any(_wanted(cfg, dh, dkernel, dbias, dcap)):
+      return out, tuple(jnp.zeros_like(o) for o in out)
     # A shard with no possible class has lse -inf and every exp(x) 0.
-    lse = jnp.where(jnp.isfinite(lse), lse, 0)
-    coef = (ct_lse, -ct_label, -ct_weighted if cfg.smoothing else None)
-    grads = _gradients(cfg, h, kernel, bias, rows, weight, lse, coef)
-    return (*_in_dtypes(grads, h, kernel, bias), None, None)
+    lse = jnp.where(jnp.isfinite(out[0]), out[0], 0)
+    return out, _statistics_tangent(cfg, hp, h, kernel, bias, rows, weight,
+                                    lse, (dh, dkernel, dbias, dcap))
 
-  statistics.defvjp(fwd, bwd)
+  statistics.defjvp(jvp, symbolic_zeros=True)
   return statistics
 
 
-def _sharded_losses(cfg, axis_name, h, kernel, bias, rows, weight, support):
+def _sharded_losses(cfg, hp, axis_name, h, kernel, bias, rows, weight,
+                    support):
   """Per-token losses with the classes split over ``axis_name``."""
-  # Inside shard_map, the custom VJP's inputs must vary over the same mesh
+  # Inside shard_map, the custom JVP's inputs must vary over the same mesh
   # axes as its outputs: hidden over the classes' axis, the kernel over the
   # tokens'. JAX then sums their gradients over those axes.
   h_v = _varying(h, kernel, bias)
   kernel_v, bias_v = _varying((kernel, bias), h)
-  lse, label, weighted = _shard_statistics(cfg)(h_v, kernel_v, bias_v, rows,
-                                                weight)
-  if cfg.smoothing:
-    lse, label, weighted = _parallel.combine(axis_name, lse, label, weighted)
-  else:
-    lse, label = _parallel.combine(axis_name, lse, label)
+  stats = _statistics_fn(cfg)(h_v, kernel_v, bias_v, rows, weight,
+                              hp.softcap)
+  lse, label, *weighted = _parallel.combine(axis_name, *stats)
   # The maximum is only a shift inside combine: _row_loss reads lse.
-  stats = _Stats(lse, None, label, weighted)
-  return _row_loss(cfg, lse, stats, rows.label_weight, support)
+  return _row_loss(cfg, hp, lse, label, weighted[0] if weighted else None,
+                   rows.label_weight, support)
 
 
-def _scalar(cfg):
-  """A weighted sum of the losses whose gradients are made in the forward.
+def _per_token_losses(cfg, hp, h, kernel, bias, rows, weight, support):
+  lse, label, *weighted = _statistics_fn(cfg)(h, kernel, bias, rows, weight,
+                                              hp.softcap)
+  return _row_loss(cfg, hp, lse, label, weighted[0] if weighted else None,
+                   rows.label_weight, support)
 
-  The cotangent of each row is known up to one scalar factor, so the forward
-  pass computes the gradients alongside the loss and the backward pass only
-  scales them: three matmuls in all instead of four.
+
+def _scalar(cfg, single):
+  """A weighted sum of the losses, its tangent a dot with the gradients.
+
+  The cotangent of each row is known up to one scalar factor, so the JVP
+  computes the gradients alongside the loss (in ``single`` pass, or a pass
+  of statistics and one of gradients) and its tangent is
+  ``<G_h, dh> + <G_W, dW> + <G_b, db> + ...``. Reverse mode transposes that
+  into scaling the gradients: its residuals are the gradients themselves,
+  and the matmuls are those of the forward pass (three in one pass).
   """
 
-  @jax.custom_vjp
-  def total(h, kernel, bias, rows, weight, support, scale):
-    loss = _row_losses(cfg, h, kernel, bias, rows, weight, support)[0]
+  def total_of(hp, lse, label, weighted, rows, support, scale):
+    loss = _row_loss(cfg, hp, lse, label, weighted, rows.label_weight,
+                     support)
     return jnp.sum(jnp.where(scale != 0, scale * loss, 0))
 
-  def fwd(h, kernel, bias, rows, weight, support, scale):
-    value, grads = _single_pass(cfg, h, kernel, bias, rows, weight, support,
-                                scale)
-    return value, _in_dtypes(grads, h, kernel, bias)
+  @jax.custom_jvp
+  def total(h, kernel, bias, rows, weight, support, scale, hp):
+    lse, stats = _statistics(cfg, hp, h, kernel, bias, rows, weight)
+    return total_of(hp, lse, stats.label, stats.weighted, rows, support,
+                    scale)
 
-  def bwd(grads, ct):
-    def times(g):
-      return None if g is None else (ct * g).astype(g.dtype)
-    return (*map(times, grads), None, None, None, None)
+  def passes(cfg, want, h, kernel, bias, rows, weight, support, scale, hp):
+    if single:
+      return _single_pass(cfg, hp, h, kernel, bias, rows, weight, support,
+                          scale, want)
+    lse, s = _statistics(cfg, hp, h, kernel, bias, rows, weight)
+    grads, dcap = (None, None, None), None
+    if any(want):
+      coef = _coefficients(cfg, hp, scale, lse, rows.label_weight, support)
+      grads, dcap = _gradients(cfg, hp, h, kernel, bias, rows, weight, lse,
+                               coef, want)
+    return (lse, s.label, s.weighted), grads, dcap
 
-  total.defvjp(fwd, bwd)
+  def jvp(primals, tangents):
+    h, kernel, bias, rows, weight, support, scale, hp = primals
+    dh, dkernel, dbias, _, _, _, _, dhp = _tangents(tangents)
+    want = _wanted(cfg, dh, dkernel, dbias, dhp.softcap)
+    # Their own derivatives (second order) read float32: the same numbers
+    # up to the half-precision rounding, whose derivative is 1 either way,
+    # and no half-precision matmul of tangents (XLA:CPU leaves one of the
+    # Hessian's bf16 x bf16 -> f32 dots to a runtime that lacks the type).
+    derivative = None
+    if jnp.finfo(cfg.compute).bits < jnp.finfo(cfg.stat).bits:
+      derivative = functools.partial(passes, cfg._replace(compute=cfg.stat),
+                                     want)
+    stats, grads, dcap = _whole(functools.partial(passes, cfg, want),
+                                derivative)(*primals)
+    # Smoothing and the z-loss enter through the statistics alone.
+    moving = {k: v for k, v in dhp._asdict().items()
+              if v is not None and k != "softcap"}
+
+    def of_hypers(moved):
+      return total_of(hp._replace(**moved), *stats, rows, support, scale)
+
+    value, tangent = jax.jvp(of_hypers,
+                             ({k: getattr(hp, k) for k in moving},),
+                             (moving,))
+    terms = [tangent] if moving else []
+    for g, t in zip((*grads, dcap), (dh, dkernel, dbias, dhp.softcap)):
+      if g is not None:
+        terms.append(jnp.sum(g.astype(cfg.stat) * t.astype(cfg.stat)))
+    return value, sum(terms) if terms else jnp.zeros_like(value)
+
+  total.defjvp(jvp, symbolic_zeros=True)
   return total
 
 
@@ -499,6 +709,17 @@ def _balanced(total, size):
   return math.ceil(total / chunks)
 
 
+def _computation_dtype(fn, dtype):
+  try:
+    given = jnp.dtype(dtype)
+  except TypeError:
+    given = None
+  if given is None or not jnp.issubdtype(given, jnp.floating):
+    _checks.fail(fn, "dtype must be a floating dtype or None, got "
+                 f"{getattr(given, 'name', dtype)!r}", TypeError)
+  return given
+
+
 def _check_chunk_size(fn, chunk_size):
   def positive(c):
     return (isinstance(c, int) and not isinstance(c, bool) and c > 0)
@@ -512,12 +733,13 @@ def _check_chunk_size(fn, chunk_size):
                  f"{chunk_size!r}", TypeError)
 
 
-@_jit.jit("axis_name", "ignore_index", "label_smoothing", "z_loss",
-          "logit_softcap", "reduction", "chunk_size")
+@_jit.jit("axis_name", "ignore_index", "reduction", "chunk_size", "dtype",
+          label_smoothing=_jit.UNIT, z_loss=_jit.NON_NEGATIVE,
+          logit_softcap=_jit.POSITIVE._replace(optional=True))
 def linear_softmax_cross_entropy(
     hidden, kernel, labels, *, bias=None, axis_name=None, ignore_index=None,
     weight=None, label_smoothing=0.0, z_loss=0.0, logit_softcap=None,
-    where=None, reduction="none", chunk_size=None):
+    where=None, reduction="none", chunk_size=None, dtype=None):
   r"""Softmax cross entropy of a linear layer's logits, never materialized.
 
   The value and gradients of
@@ -536,6 +758,16 @@ def linear_softmax_cross_entropy(
   unfused loss. Per-token losses (``"none"``) recompute the logits of each
   chunk in the backward pass.
 
+  Every autodiff mode applies (``jax.grad``, ``jax.jvp``, ``jax.jacfwd``,
+  ``jax.hessian``, ...): a custom JVP whose tangent is linear in the
+  inputs' tangents, which JAX transposes for reverse mode. For ``"mean"``
+  and ``"sum"`` the tangent is a dot with the gradients (``jax.jvp`` then
+  costs the gradient pass); otherwise it is made by chunks from the
+  per-token statistics, each chunk's logits computed again, so that reverse
+  mode keeps no [N, V] residual. The hyperparameters are ordinary
+  arguments: traced, differentiated, a new value compiling nothing new; an
+  exact zero (or ``logit_softcap=None``) leaves its term out.
+
   Every option means what it means in
   :func:`softmax_cross_entropy_with_integer_labels`: torch's weighted mean,
   its smoothing weighting, the z-loss weighted by the label's class weight,
@@ -549,7 +781,8 @@ def linear_softmax_cross_entropy(
   Args:
     hidden: floating [..., D] hidden states; the leading axes are the batch.
     kernel: floating [D, V] weights, laid out as a JAX dense kernel.
-    labels: integer labels with the batch shape of ``hidden``.
+    labels: integer labels with the batch shape of ``hidden`` (without its
+      feature axis), or broadcastable to it without enlarging it.
     bias: optional floating [V] bias.
     axis_name: optional mesh axis name (or tuple of names) over which the
       classes are split, for a call inside ``jax.shard_map``
@@ -571,22 +804,32 @@ def linear_softmax_cross_entropy(
       of one.
     ignore_index: optional label value whose rows are dropped.
     weight: optional [V] class weights.
-    label_smoothing: :math:`\varepsilon` in [0, 1].
+    label_smoothing: :math:`\varepsilon` in [0, 1], a number or a scalar
+      array (traced values are range-checked under :func:`checked`).
     z_loss: :math:`\zeta \geq 0`, the weight of :math:`\mathrm{lse}^2`.
     logit_softcap: optional :math:`c > 0`: logits become
-      :math:`c \tanh(x / c)` before the softmax, as Gemma 2 does.
+      :math:`c \tanh(x / c)` before the softmax, as Gemma 2 does. None
+      (no softcap) is structure; a value is traced like the others.
     where: optional boolean row mask with the batch shape of ``hidden``.
     reduction: ``"none"``, ``"mean"`` or ``"sum"``.
     chunk_size: optional tokens per chunk (an int, each chunk then spanning
       the whole vocabulary) or a pair ``(tokens, classes)``; by default
       chosen from the shapes so that a chunk's logits take about 32 MiB.
+    dtype: optional dtype of the matmuls (the computation dtype, as in
+      ``flax.linen.Dense``): ``hidden`` and ``kernel`` are read in it, the
+      logits rounded to it, while the parameters keep their own dtype. With
+      a float32 ``kernel`` and ``dtype=jnp.bfloat16``, the matmuls run in
+      bfloat16 and the kernel's gradient is the float32 sum of their
+      products, never rounded to bfloat16. The bias is added and the
+      statistics are kept in float32. By default, the inputs' common dtype.
 
   Returns:
     float32 loss (float64 for float64 input): the batch shape for
     ``"none"``, else a scalar. Gradients come back in the dtypes of
     ``hidden``, ``kernel`` and ``bias``; the matmuls read the inputs' dtype
-    and accumulate in float32. Reverse mode only (``jax.grad``, ``jax.vjp``):
-    the function is a ``jax.custom_vjp``, so ``jax.jvp`` does not apply.
+    (or ``dtype``) and accumulate in float32. Derivatives of every order and mode, with
+    respect to ``hidden``, ``kernel``, ``bias`` and the three
+    hyperparameters (not ``weight``, a constant).
 
   Example:
     >>> import jaxloss
@@ -610,14 +853,11 @@ def linear_softmax_cross_entropy(
   fn = "linear_softmax_cross_entropy"
   if axis_name is not None:
     shards, index = _parallel.shard(fn, axis_name)
-  _checks.in_range(fn, "label_smoothing", label_smoothing, 0, 1)
-  _checks.in_range(fn, "z_loss", z_loss, 0, float("inf"), high_open=True)
   _checks.optional_int(fn, "ignore_index", ignore_index)
-  if logit_softcap is not None:
-    _checks.in_range(fn, "logit_softcap", logit_softcap, 0, float("inf"),
-                     low_open=True, high_open=True)
   _checks.reduction(fn, reduction)
   _check_chunk_size(fn, chunk_size)
+  if dtype is not None:
+    dtype = _computation_dtype(fn, dtype)
 
   hidden = _checks.floating(fn, "hidden", hidden)
   kernel = _checks.floating(fn, "kernel", kernel)
@@ -636,18 +876,20 @@ def linear_softmax_cross_entropy(
       "the local shard: one per class of the kernel's shard")
   batch_shape = hidden.shape[:-1]
   n_tokens = math.prod(batch_shape)
-  dtype = jnp.result_type(hidden, kernel)
+  compute = jnp.result_type(hidden, kernel) if dtype is None else dtype
+  stat = compute
   if bias is not None:
     bias = _checks.floating(fn, "bias", bias)
     _checks.shape_is(fn, "bias", bias, (width,), per_class)
-    dtype = jnp.result_type(dtype, bias)
-  stat = _reduction.stat_dtype(dtype)
+    if dtype is None:
+      stat = jnp.result_type(stat, bias)
+  # Float32 statistics (float64 for a float64 computation or input).
+  stat = _reduction.stat_dtype(stat)
 
   labels = _checks.integer(fn, "labels", labels)
-  if labels.shape != batch_shape:
-    _checks.fail(fn, f"labels shape {labels.shape} does not match the batch "
-                 f"shape {batch_shape} of hidden (hidden shape without the "
-                 "feature axis)")
+  # The batch shape, which the labels may broadcast to, never enlarge.
+  labels = _checks.conform(fn, "labels", labels,
+                           "hidden's batch shape", batch_shape)
   if weight is not None:
     weight = _checks.numeric(fn, "weight", weight)
     _checks.shape_is(fn, "weight", weight, (width,), per_class)
@@ -680,25 +922,26 @@ def linear_softmax_cross_entropy(
     safe, in_shard = _parallel.local_labels(labels, valid, keep, index, width)
     label_weight = _parallel.label_weight(weight, safe, in_shard, axis_name)
 
-  compute = jnp.result_type(hidden, kernel)
-  h = hidden.reshape(n_tokens, dim).astype(compute)
-  w = kernel.astype(compute)
-  b = None if bias is None else bias.astype(stat)
+  h = hidden.reshape(n_tokens, dim)
   # Vocabulary-parallel, the per-row log-sum-exp must be global before any
   # gradient is formed: the two-pass path (statistics, then gradients).
   scalar = reduction != "none" and axis_name is None
   tokens, classes, single = _chunk_sizes(chunk_size, n_tokens, width, compute,
                                          scalar)
-  cfg = _Config(tokens, classes, float(label_smoothing), float(z_loss),
-                None if logit_softcap is None else float(logit_softcap),
-                stat, compute, bias is None or logit_softcap is not None)
+  smoothing = not _jit.is_zero(label_smoothing)
+  cfg = _Config(tokens, classes, smoothing, not _jit.is_zero(z_loss),
+                logit_softcap is not None, stat, compute,
+                bias is None or logit_softcap is not None)
+  hp = _Hypers(*(None if not on else jnp.asarray(v, stat) for on, v in (
+      (cfg.smoothing, label_smoothing), (cfg.z_loss, z_loss),
+      (cfg.softcap, logit_softcap))))
   rows = _Rows(safe.reshape(-1).astype(jnp.int32),
                (jnp.ones(n_tokens, bool) if keep is None
                 else keep.reshape(-1)),
                None if label_weight is None else label_weight.reshape(-1))
   support = None
-  if label_smoothing:
-    support = _support(cfg, b, weight, width, stat)
+  if smoothing:
+    support = _support(cfg, bias, weight, width, stat)
     if axis_name is not None:
       support = lax.psum(support, axis_name)
 
@@ -706,15 +949,17 @@ def linear_softmax_cross_entropy(
     return finish_rows(fn, loss, label_weight, keep, valid, reduction)
 
   if axis_name is not None:
-    loss = _sharded_losses(cfg, axis_name, h, w, b, rows, weight, support)
+    loss = _sharded_losses(cfg, hp, axis_name, h, kernel, bias, rows, weight,
+                           support)
     return finish(loss.reshape(batch_shape))
-  if not single:
-    loss = _per_token(cfg)(h, w, b, rows, weight, support)
+  if not scalar:
+    loss = _per_token_losses(cfg, hp, h, kernel, bias, rows, weight, support)
     return finish(loss.reshape(batch_shape))
   # The share of each row in the scalar loss: the gradient of the reduction
   # itself, so weights, masks and the mean's denominator are torch's. Its
   # value at zero losses is 0, or NaN when a kept label is out of range.
   nan_or_zero, scale = jax.value_and_grad(finish)(jnp.zeros(batch_shape,
                                                             stat))
-  total = _scalar(cfg)(h, w, b, rows, weight, support, scale.reshape(-1))
+  total = _scalar(cfg, single)(h, kernel, bias, rows, weight, support,
+                               lax.stop_gradient(scale.reshape(-1)), hp)
   return total + nan_or_zero

@@ -2,6 +2,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
 
 import jaxloss
@@ -48,7 +50,9 @@ def keywords(options, dtype=jnp.float64):
 def materialized(hidden, kernel, labels, bias=None, logit_softcap=None,
                  **kw):
   """The unfused loss: ``hidden @ kernel`` (accumulated in float32, in the
-  inputs' dtype as XLA gives it), then the CE in float32 (float64)."""
+  inputs' dtype as XLA gives it), then the CE in float32 (float64), its
+  reference implementation (plain JAX, every autodiff mode)."""
+  kw.setdefault("implementation", "reference")
   compute = jnp.result_type(hidden, kernel)
   stat = jnp.promote_types(compute, jnp.float32)
   x = jnp.dot(hidden, kernel, preferred_element_type=stat).astype(compute)
@@ -407,7 +411,7 @@ def _call(**kw):
     (dict(bias=np.ones(V, np.int32)), TypeError,
      "bias must have a floating dtype"),
     (dict(labels=LABELS[:5]), ValueError,
-     r"labels shape \(5,\) does not match the batch shape \(12,\) of hidden"),
+     r"labels shape \(5,\) does not broadcast to hidden.s batch shape \(12,\)"),
     (dict(labels=LABELS.astype(np.float32)), TypeError,
      "labels must have an integer dtype"),
     (dict(weight=np.ones(V - 1)), ValueError,
@@ -432,7 +436,446 @@ def _call(**kw):
     (dict(axis_name="model"), ValueError,
      "axis_name 'model' is not bound: call inside jax.shard_map over that "
      "mesh axis"),
+    (dict(dtype=jnp.int32), TypeError,
+     "dtype must be a floating dtype or None, got 'int32'"),
+    (dict(dtype="float33"), TypeError,
+     "dtype must be a floating dtype or None, got 'float33'"),
 ])
 def test_errors(kw, error, match):
   with pytest.raises(error, match="linear_softmax_cross_entropy: " + match):
     _call(**kw)
+
+
+# Every autodiff mode on every path. The hyperparameters are ordinary
+# arguments: the softcap differentiated beside hidden, kernel and bias
+# against the unfused reference; smoothing and the z-loss (static in the
+# unfused loss) against finite differences.
+
+# Chunks that divide the 12 tokens and 15 classes: one compiled body per
+# loop (the shorter last chunks are the reverse-mode tests' above).
+PATHS = {
+    "one_pass": dict(reduction="mean", chunk_size=4),
+    "two_passes": dict(reduction="sum", chunk_size=(4, 5)),
+    "per_token": dict(reduction="none", chunk_size=(4, 5)),
+    "per_token_whole": dict(reduction="none"),
+}
+COTANGENT = rng.normal(size=N)
+HYPERS = dict(label_smoothing=0.2, z_loss=1e-2, logit_softcap=3.0)
+
+
+def path_losses(path, options="all"):
+  """``(fused, unfused)``: scalar functions of ``(hidden, kernel, bias,
+  logit_softcap)``, per-token losses weighed by a fixed cotangent."""
+  _, kw = keywords(OPTIONS[options])
+  kw.pop("logit_softcap", None)
+  kw.update(PATHS[path])
+  chunk_size = kw.pop("chunk_size", None)
+
+  def scalar(fn, **extra):
+    def f(h, k, b, c):
+      loss = fn(h, k, LABELS, bias=b, logit_softcap=c, **kw, **extra)
+      return loss if loss.ndim == 0 else jnp.vdot(COTANGENT, loss)
+    return f
+
+  return scalar(LCE, chunk_size=chunk_size), scalar(materialized)
+
+
+def autodiff_modes(f, args, tangents, direction):
+  """jvp, jacfwd, jacrev, hessian, grad of grad and linearize of scalar
+  ``f`` at ``args``."""
+  argnums = tuple(range(len(args)))
+  _, linear = jax.linearize(f, *args)
+
+  def grad_along(*a):
+    return sum(jnp.vdot(g, d) for g, d in zip(
+        jax.grad(f, argnums)(*a), direction))
+
+  return dict(
+      jvp=jax.jvp(f, args, tangents),
+      jacfwd=jax.jacfwd(f, argnums)(*args),
+      jacrev=jax.jacrev(f, argnums)(*args),
+      hessian=jax.hessian(f, argnums)(*args),
+      grad_of_grad=jax.grad(grad_along, argnums)(*args),
+      linearize=linear(*tangents))
+
+
+def random_like(args, seed):
+  r = np.random.default_rng(seed)
+  return tuple(jnp.asarray(r.normal(size=np.shape(a))) for a in args)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_every_autodiff_mode_matches_unfused(path):
+  with jax.enable_x64(True):
+    fused, unfused = path_losses(path)
+    args = (jnp.asarray(HIDDEN), jnp.asarray(KERNEL), jnp.asarray(BIAS),
+            jnp.asarray(3.0))
+    tangents, direction = random_like(args, 1), random_like(args, 2)
+    got, want = jax.jit(lambda *a: (
+        autodiff_modes(fused, a, tangents, direction),
+        autodiff_modes(unfused, a, tangents, direction)))(*args)
+    for mode in want:
+      for g, w in zip(jax.tree.leaves(got[mode]), jax.tree.leaves(want[mode]),
+                      strict=True):
+        assert g.shape == w.shape, mode
+        np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-11,
+                                   err_msg=mode)
+
+
+@pytest.mark.parametrize("path", ["one_pass", "per_token"])
+def test_autodiff_modes_with_impossible_classes(path):
+  """A -inf bias: hidden and kernel differentiated, the bias held."""
+  with jax.enable_x64(True):
+    bias, kw = keywords(OPTIONS["inf_bias"])
+    kw.update(PATHS[path])
+    chunk_size = kw.pop("chunk_size")
+
+    def scalar(fn, **extra):
+      def f(h, k):
+        loss = fn(h, k, LABELS, bias=bias, **kw, **extra)
+        return loss if loss.ndim == 0 else jnp.vdot(COTANGENT, loss)
+      return f
+
+    args = (jnp.asarray(HIDDEN), jnp.asarray(KERNEL))
+    tangents, direction = random_like(args, 3), random_like(args, 4)
+    got, want = jax.jit(lambda *a: (
+        autodiff_modes(scalar(LCE, chunk_size=chunk_size), a, tangents,
+                       direction),
+        autodiff_modes(scalar(materialized), a, tangents, direction)))(*args)
+    assert_finite(got)
+    assert_close(got, want, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("path", ["one_pass", "two_passes", "per_token"])
+def test_derivatives_numerically(path):
+  """Hidden, kernel, bias and every hyperparameter, to second order, in
+  forward and reverse mode, against float64 central differences along
+  random directions ``v`` (and ``u`` for the second order)."""
+  with jax.enable_x64(True):
+    _, kw = keywords(OPTIONS["all"])
+    for name in HYPERS:
+      kw.pop(name, None)
+    kw.update(PATHS[path])
+
+    def f(x):
+      h, k, b, eps, zeta, c = x
+      loss = LCE(h, k, LABELS, bias=b, label_smoothing=eps, z_loss=zeta,
+                 logit_softcap=c, **kw)
+      return loss if loss.ndim == 0 else jnp.vdot(COTANGENT, loss)
+
+    x = tuple(jnp.asarray(a) for a in (HIDDEN, KERNEL, BIAS,
+                                        *HYPERS.values()))
+    v, u = random_like(x, 6), random_like(x, 7)
+    step = 1e-4
+
+    def dot(a, b):
+      return sum(jnp.vdot(p, q) for p, q in zip(a, b))
+
+    def shifted(s):
+      return tuple(a + s * step * d for a, d in zip(x, v))
+
+    @jax.jit
+    def checks():
+      grad = jax.grad(f)
+      along_u = lambda x: dot(grad(x), u)  # noqa: E731
+      return dict(
+          first=((f(shifted(1)) - f(shifted(-1))) / (2 * step),
+                 jax.jvp(f, (x,), (v,))[1], dot(grad(x), v)),
+          second=((along_u(shifted(1)) - along_u(shifted(-1))) / (2 * step),
+                  dot(jax.jvp(grad, (x,), (v,))[1], u),
+                  dot(jax.grad(along_u)(x), v)))
+
+    for order, (numeric, forward, reverse) in checks().items():
+      np.testing.assert_allclose(forward, numeric, rtol=1e-6, err_msg=order)
+      np.testing.assert_allclose(reverse, numeric, rtol=1e-6, err_msg=order)
+
+
+def test_traced_hyperparameters_under_jit_vmap_and_grad():
+  h, k = (jnp.asarray(a, jnp.float32) for a in (HIDDEN, KERNEL))
+  b = jnp.asarray(BIAS, jnp.float32)
+
+  def loss(eps, zeta, c, reduction="mean"):
+    return LCE(h, k, LABELS, bias=b, ignore_index=-100, label_smoothing=eps,
+               z_loss=zeta, logit_softcap=c, reduction=reduction)
+
+  values = [(0.0, 0.0, 2.0), (0.1, 1e-3, 3.0), (0.3, 0.0, 30.0),
+            (1.0, 0.5, 1.0)]
+  want = np.array([loss(*v) for v in values])
+  eps, zeta, c = (jnp.asarray(v, jnp.float32) for v in zip(*values))
+  np.testing.assert_allclose(jax.vmap(loss)(eps, zeta, c), want, rtol=1e-6)
+  np.testing.assert_allclose(jax.jit(jax.vmap(loss))(eps, zeta, c), want,
+                             rtol=1e-6)
+  per_token = jax.vmap(lambda *v: loss(*v, reduction="none"))(eps, zeta, c)
+  np.testing.assert_allclose(
+      per_token, [loss(*v, reduction="none") for v in values], rtol=1e-6)
+  # d/d(eps) of (1 - eps) CE + eps smooth is smooth - CE, wherever eps is.
+  grads = jax.vmap(jax.grad(loss, argnums=(0, 1, 2)))(eps, zeta, c)
+  ce = np.array([loss(0.0, z, cc) - z * 0 for _, z, cc in values])
+  smooth = np.array([loss(1.0, z, cc) for _, z, cc in values])
+  np.testing.assert_allclose(grads[0], smooth - ce, rtol=1e-5, atol=1e-6)
+  assert_finite(grads)
+
+
+def test_new_hyperparameter_values_do_not_recompile():
+  h, k = (jnp.asarray(a, jnp.float32) for a in (HIDDEN, KERNEL))
+  shape = (N, D + 1)   # a shape of this test's own: a fresh compile
+
+  def call(**kw):
+    return LCE(jnp.ones(shape, jnp.float32), jnp.ones((D + 1, V)), LABELS,
+               ignore_index=-100, reduction="mean", **kw)
+
+  del h, k
+  before = LCE.compiled._cache_size()
+  for eps in (0.1, 0.2, 0.7):
+    call(label_smoothing=eps, z_loss=eps / 10, logit_softcap=10 * eps)
+  assert LCE.compiled._cache_size() == before + 1
+  # Zero or not is structure: one more program, without those terms.
+  for _ in range(2):
+    call(label_smoothing=0.0, z_loss=0, logit_softcap=None)
+  assert LCE.compiled._cache_size() == before + 2
+
+
+def test_zero_hyperparameters_are_left_out():
+  """An exact zero compiles to the program without the term: the same
+  operations (flops and bytes), whatever its keyword's other programs hold."""
+  h, k = (jnp.asarray(a, jnp.float32) for a in (HIDDEN, KERNEL))
+
+  def cost(reduction, **kw):
+    step = jax.jit(jax.value_and_grad(lambda h, k: jnp.sum(LCE(
+        h, k, LABELS, ignore_index=-100, reduction=reduction, **kw)),
+        (0, 1))).lower(h, k).compile()
+    analysis = step.cost_analysis()
+    return {key: analysis[key] for key in ("flops", "transcendentals",
+                                           "bytes accessed")}
+
+  for reduction in ("mean", "none"):
+    plain = cost(reduction)
+    assert cost(reduction, label_smoothing=0.0, z_loss=0) == plain
+    smoothed = cost(reduction, label_smoothing=0.1, z_loss=1e-4)
+    assert smoothed["flops"] > plain["flops"]
+    capped = cost(reduction, logit_softcap=2.0)
+    assert capped["transcendentals"] > plain["transcendentals"]
+
+
+def test_traced_hyperparameters_are_checked():
+  h, k = (jnp.asarray(a, jnp.float32) for a in (HIDDEN, KERNEL))
+  fn = "linear_softmax_cross_entropy: "
+
+  @jaxloss.checked
+  @jax.jit
+  def loss(eps, zeta, c):
+    return LCE(h, k, LABELS, ignore_index=-100, label_smoothing=eps,
+               z_loss=zeta, logit_softcap=c)
+
+  loss(0.5, 0.1, 2.0)
+  for args, match in [
+      ((1.5, 0.1, 2.0), r"label_smoothing must be in \[0, 1\]; got 1.5"),
+      ((0.5, -0.1, 2.0), r"z_loss must be in \[0, inf\); got -0.1"),
+      ((0.5, 0.1, 0.0), r"logit_softcap must be in \(0, inf\); got 0.0"),
+      ((0.5, 0.1, np.nan), r"logit_softcap must be in \(0, inf\); got nan")]:
+    with pytest.raises(jaxloss.CheckError, match=fn + match):
+      loss(*(jnp.float32(a) for a in args))
+
+
+@pytest.mark.parametrize("reduction,chunk_size", [
+    ("mean", 64), ("mean", (128, 512)), ("none", (128, 512)),
+    ("none", None)], ids=str)
+def test_reverse_mode_keeps_per_token_residuals(reduction, chunk_size):
+  """Temporaries of the compiled value and gradients: the chunks' logits
+  and the gradients' own buffers, never the [N, V] logits (8 MiB here)."""
+  n, d, v = 512, 64, 4096
+  h = jax.ShapeDtypeStruct((n, d), jnp.float32)
+  k = jax.ShapeDtypeStruct((d, v), jnp.float32)
+  y = jax.ShapeDtypeStruct((n,), jnp.int32)
+
+  def f(h, k, y):
+    loss = LCE(h, k, y, label_smoothing=0.1, z_loss=1e-4, logit_softcap=30.0,
+               reduction=reduction, chunk_size=chunk_size)
+    return loss if loss.ndim == 0 else jnp.sum(loss)
+
+  step = jax.jit(jax.value_and_grad(f, (0, 1))).lower(h, k, y).compile()
+  temporaries = step.memory_analysis().temp_size_in_bytes
+  chunk = (_linear._CHUNK_BYTES if chunk_size is None
+           else 4 * (chunk_size if isinstance(chunk_size, int) else
+                     chunk_size[0]) * (v if isinstance(chunk_size, int) else
+                                       chunk_size[1]))
+  # One pass over whole rows: a float32 [D, V] kernel gradient besides.
+  buffers = 4 * (n * d + (d * v if isinstance(chunk_size, int) else 0))
+  assert temporaries <= 3 * min(chunk, 4 * n * v) + 2 * buffers, temporaries
+  if chunk_size is not None:
+    assert temporaries < n * v * 4 / 2, temporaries
+
+
+def test_vocabulary_parallel_forward_mode():
+  """jvp and a Hessian-vector product (forward over reverse) inside
+  jax.shard_map, the classes split over 8 devices, against the unfused loss."""
+  devices = jax.devices()
+  if len(devices) < 8:
+    pytest.skip("fewer than 8 devices")
+  m = Mesh(np.array(devices[:8]), ("model",))
+  v = 16
+  r = np.random.default_rng(8)
+  with jax.enable_x64(True):
+    h = jnp.asarray(HIDDEN)
+    k, b = jnp.asarray(r.normal(0, 0.7, (D, v))), jnp.asarray(r.normal(size=v))
+    labels = np.where(LABELS >= 0, LABELS % v, LABELS)
+    weight = jnp.asarray(r.uniform(0.5, 2, v))
+    kw = dict(ignore_index=-100, label_smoothing=0.2, z_loss=1e-2,
+              reduction="mean")
+
+    def fused(h, k, b, c):
+      return jax.shard_map(
+          lambda h, k, b, w, c: LCE(h, k, labels, bias=b, weight=w,
+                                    logit_softcap=c, axis_name="model", **kw),
+          mesh=m, in_specs=(P(), P(None, "model"), P("model"), P("model"),
+                            P()), out_specs=P())(h, k, b, weight, c)
+
+    def unfused(h, k, b, c):
+      return materialized(h, k, labels, bias=b, weight=weight,
+                          logit_softcap=c, **kw)
+
+    args = (h, k, b, jnp.asarray(2.0))
+    tangents = random_like(args, 5)
+
+    def modes(f):
+      hvp = jax.jvp(jax.grad(f, (0, 1, 2, 3)), args, tangents)[1]
+      return jax.jvp(f, args, tangents), hvp
+
+    got, want = jax.jit(lambda: (modes(fused), modes(unfused)))()
+    assert_close(got, want, rtol=1e-9, atol=1e-11)
+
+
+# dtype=: float32 parameters, bfloat16 matmuls.
+
+def rounded_matmul(h, k, dtype):
+  """``h @ k`` read in ``dtype`` and rounded to it, in float64, with the
+  rounding's derivative taken as 1 (the reference of the gradients)."""
+  h, k = (a.astype(dtype).astype(jnp.float64) for a in (h, k))
+  x = h @ k
+  return x + jax.lax.stop_gradient(x.astype(dtype).astype(jnp.float64) - x)
+
+
+def mixed_losses(reduction, chunk_size, hidden_dtype=jnp.float32, **kw):
+  """``(fused, float64 reference, plain JAX)`` of ``(hidden, kernel,
+  bias)``: the sum of the losses, float32 kernel and bias, bfloat16 matmuls."""
+  kw = dict(ignore_index=-100, where=jnp.asarray(WHERE),
+            reduction=reduction, **kw)
+  c = kw.pop("logit_softcap", None)
+
+  def cap(x):
+    return x if c is None else c * jnp.tanh(x / c)
+
+  def fused(h, k, b):
+    return jnp.sum(LCE(h.astype(hidden_dtype), k, LABELS, bias=b,
+                       logit_softcap=c, chunk_size=chunk_size,
+                       dtype=jnp.bfloat16, **kw))
+
+  def reference(h, k, b):
+    x = rounded_matmul(h.astype(hidden_dtype), k, jnp.bfloat16) + b[None]
+    return jnp.sum(CE(cap(x), LABELS, implementation="reference", **kw))
+
+  def plain(h, k, b):
+    x = h.astype(hidden_dtype).astype(jnp.bfloat16) @ k.astype(jnp.bfloat16)
+    return jnp.sum(CE(cap(x.astype(jnp.float32) + b[None]), LABELS, **kw))
+
+  return fused, reference, plain
+
+
+MIXED = [("mean", 4), ("sum", (4, 5)), ("none", (4, 5)), ("mean", None)]
+
+
+@pytest.mark.parametrize("reduction,chunk_size", MIXED, ids=str)
+def test_computation_dtype_matches_float64_reference(reduction, chunk_size):
+  fused, reference, plain = mixed_losses(reduction, chunk_size,
+                                         label_smoothing=0.1, z_loss=1e-3)
+  args = tuple(jnp.asarray(a, jnp.float32) for a in (HIDDEN, KERNEL, BIAS))
+  got, base = jax.jit(lambda *a: tuple(
+      jax.value_and_grad(f, (0, 1, 2))(*a) for f in (fused, plain)))(*args)
+  with jax.enable_x64(True):
+    want = jax.value_and_grad(reference, (0, 1, 2))(
+        *(a.astype(jnp.float64) for a in args))
+  loss, grads = got
+  assert loss.dtype == jnp.float32
+  assert [g.dtype for g in grads] == [jnp.float32] * 3
+  np.testing.assert_allclose(loss, want[0], rtol=1e-5)
+  for g, w in zip(grads, want[1]):
+    # The logits' gradient is rounded to bfloat16 for the matmuls.
+    np.testing.assert_allclose(g, w, atol=4e-3 * np.max(np.abs(w)))
+  # The float32 kernel gradient is the float32 sum of bfloat16 products,
+  # not rounded to bfloat16 as plain JAX's is, and nearer the reference.
+  dk, plain_dk = grads[1], base[1][1]
+
+  def bf16(a):
+    return a.astype(jnp.bfloat16).astype(jnp.float32)
+
+  assert np.all(bf16(plain_dk) == plain_dk)
+  assert np.mean(bf16(dk) != dk) > 0.5
+  want_dk = np.asarray(want[1][1])
+  assert (np.linalg.norm(np.asarray(dk) - want_dk)
+          < np.linalg.norm(np.asarray(plain_dk) - want_dk))
+
+
+def test_computation_dtype_with_bfloat16_hidden():
+  fused, reference, _ = mixed_losses("mean", 4, hidden_dtype=jnp.bfloat16)
+  h = jnp.asarray(HIDDEN, jnp.bfloat16)
+  k, b = (jnp.asarray(a, jnp.float32) for a in (KERNEL, BIAS))
+  loss, grads = jax.value_and_grad(fused, (0, 1, 2))(h, k, b)
+  assert [g.dtype for g in grads] == [jnp.bfloat16, jnp.float32, jnp.float32]
+  with jax.enable_x64(True):
+    want = jax.value_and_grad(reference, (0, 1, 2))(
+        h.astype(jnp.float64), k.astype(jnp.float64), b.astype(jnp.float64))
+  np.testing.assert_allclose(loss, want[0], rtol=1e-5)
+  for g, w in zip(grads, want[1]):
+    np.testing.assert_allclose(np.asarray(g, np.float32), w,
+                               atol=1e-2 * np.max(np.abs(w)))
+
+
+@pytest.mark.parametrize("reduction,chunk_size", [MIXED[0], MIXED[2]],
+                         ids=str)
+def test_computation_dtype_every_autodiff_mode(reduction, chunk_size):
+  """Every mode in float32 with bfloat16 matmuls, against the float64
+  reference of the same rounding (to bfloat16 accuracy)."""
+  fused, reference, _ = mixed_losses(reduction, chunk_size,
+                                     logit_softcap=3.0)
+  args = tuple(jnp.asarray(a, jnp.float32) for a in (HIDDEN, KERNEL, BIAS))
+  tangents, direction = random_like(args, 8), random_like(args, 9)
+  f32 = lambda t: tuple(a.astype(jnp.float32) for a in t)  # noqa: E731
+  got = jax.jit(lambda *a: autodiff_modes(fused, a, f32(tangents),
+                                          f32(direction)))(*args)
+  with jax.enable_x64(True):
+    f64 = lambda t: tuple(a.astype(jnp.float64) for a in t)  # noqa: E731
+    want = autodiff_modes(reference, f64(args), f64(tangents),
+                          f64(direction))
+  for mode in want:
+    for g, w in zip(jax.tree.leaves(got[mode]), jax.tree.leaves(want[mode]),
+                    strict=True):
+      assert g.shape == w.shape and g.dtype == jnp.float32, mode
+      np.testing.assert_allclose(g, w, atol=1e-2 * np.max(np.abs(w)),
+                                 err_msg=mode)
+
+
+@pytest.mark.parametrize("reduction,chunk_size", [
+    ("mean", 64), ("mean", (128, 512)), ("none", (128, 512))], ids=str)
+def test_computation_dtype_temporaries(reduction, chunk_size):
+  """Beyond the float32 gradients, the bfloat16 copies of the operands and
+  the chunks' logits: small next to the [N, V] logits plain JAX holds."""
+  n, d, v = 512, 64, 4096
+  h = jax.ShapeDtypeStruct((n, d), jnp.float32)
+  k = jax.ShapeDtypeStruct((d, v), jnp.float32)
+  y = jax.ShapeDtypeStruct((n,), jnp.int32)
+
+  def temporaries(f):
+    step = jax.jit(jax.value_and_grad(lambda h, k, y: jnp.sum(f(h, k, y)),
+                                      (0, 1))).lower(h, k, y).compile()
+    return step.memory_analysis().temp_size_in_bytes
+
+  fused = temporaries(lambda h, k, y: LCE(
+      h, k, y, reduction=reduction, chunk_size=chunk_size,
+      dtype=jnp.bfloat16))
+  plain = temporaries(lambda h, k, y: CE(
+      (h.astype(jnp.bfloat16) @ k.astype(jnp.bfloat16)).astype(jnp.float32),
+      y, reduction=reduction))
+  # A one-pass chunk holds a float32 [D, V] kernel gradient (1 MiB here).
+  gradients = 4 * (n * d + (d * v if isinstance(chunk_size, int) else 0))
+  assert fused - gradients < n * v * 4 / 4, fused
+  assert plain > n * v * 4, plain
