@@ -70,7 +70,7 @@ def checked(fn):
   def wrapper(*args, **kwargs):
     # The checks are traced only under this flag, which every jax.jit keys
     # its cache on: a jitted fn traced before is traced again, with them.
-    with _checks.CHECKING(True):
+    with _checks.checking_on():
       error, out = checkified(*args, **kwargs)
     message = error.get()
     if message is not None:

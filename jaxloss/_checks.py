@@ -5,6 +5,7 @@ options), so it costs nothing under ``jax.jit``. Messages follow one pattern:
 ``<function>: <argument> <what was expected>, got <what was given>``.
 """
 
+import contextlib
 from collections.abc import Sequence
 
 import jax
@@ -16,7 +17,10 @@ REDUCTIONS = ("none", "mean", "sum")
 
 # True while :func:`jaxloss.checked` traces: part of every ``jax.jit`` cache
 # key, so that a function traced outside ``checked`` is traced again inside.
-CHECKING = jax.make_user_context(False)
+# A jax without ``make_user_context`` traces the checks everywhere (they
+# lower to nothing outside ``checked``, at some compile time).
+CHECKING = (jax.make_user_context(False) if hasattr(jax, "make_user_context")
+            else None)
 
 
 def fail(fn, message, error=ValueError):
@@ -180,7 +184,12 @@ def checking():
   Helpers that build a predicate for :func:`values` return early when this
   is False, so that a program outside ``checked`` traces none of it.
   """
-  return CHECKING.value
+  return CHECKING is None or CHECKING.value
+
+
+def checking_on():
+  """The context :func:`jaxloss.checked` traces under."""
+  return contextlib.nullcontext() if CHECKING is None else CHECKING(True)
 
 
 def values(fn, name, ok, check, x):
@@ -192,7 +201,7 @@ def values(fn, name, ok, check, x):
   check is a ``checkify.debug_check``: a failure raises with the argument,
   the check and the first offending index and value.
   """
-  if not CHECKING.value or ok.size == 0:
+  if not checking() or ok.size == 0:
     return
   from jax.experimental import checkify  # noqa: PLC0415
   bad = ~ok
