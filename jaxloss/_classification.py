@@ -364,7 +364,11 @@ def poly_loss_cross_entropy(logits, labels, *, epsilon=2.0, axis=-1,
     # Excluded classes read -inf: probability 0 and an exact zero gradient,
     # whatever they held.
     x = jnp.where(class_keep, x, -jnp.inf)
-  lse = jax.nn.logsumexp(x, axis=-1, keepdims=True)
+  # The log-sum-exp with no select on [..., C] arrays (jax.nn.logsumexp has
+  # two), which XLA:CPU fuses with the maximum.
+  top = jax.lax.stop_gradient(
+      jnp.maximum(jnp.max(x, axis=-1, keepdims=True), jnp.finfo(x.dtype).min))
+  lse = top + jnp.log(jnp.sum(jnp.exp(x - top), axis=-1, keepdims=True))
   p = jnp.exp(x - lse)
   one_minus_pt = jnp.sum(y * (1 - p) if class_keep is None
                          else jnp.where(class_keep, y * (1 - p), 0), axis=-1)
