@@ -296,6 +296,15 @@ def multiclass_perceptron_loss(scores, labels, *, axis=-1, where=None,
 # Softmax-based (optax names).
 
 
+def _logsumexp(x):
+  """The log-sum-exp over the last axis, kept, with no select on [..., C]
+  arrays (``jax.nn.logsumexp`` has two), which XLA:CPU fuses with the
+  maximum. A row of ``-inf`` reads ``-inf``."""
+  top = jax.lax.stop_gradient(
+      jnp.maximum(jnp.max(x, axis=-1, keepdims=True), jnp.finfo(x.dtype).min))
+  return top + jnp.log(jnp.sum(jnp.exp(x - top), axis=-1, keepdims=True))
+
+
 @_jit.jit("axis", "reduction",
           epsilon=_jit.Hyper(low_open=True, high_open=True, array=True))
 def poly_loss_cross_entropy(logits, labels, *, epsilon=2.0, axis=-1,
@@ -364,12 +373,7 @@ def poly_loss_cross_entropy(logits, labels, *, epsilon=2.0, axis=-1,
     # Excluded classes read -inf: probability 0 and an exact zero gradient,
     # whatever they held.
     x = jnp.where(class_keep, x, -jnp.inf)
-  # The log-sum-exp with no select on [..., C] arrays (jax.nn.logsumexp has
-  # two), which XLA:CPU fuses with the maximum.
-  top = jax.lax.stop_gradient(
-      jnp.maximum(jnp.max(x, axis=-1, keepdims=True), jnp.finfo(x.dtype).min))
-  lse = top + jnp.log(jnp.sum(jnp.exp(x - top), axis=-1, keepdims=True))
-  p = jnp.exp(x - lse)
+  p = jnp.exp(x - _logsumexp(x))
   one_minus_pt = jnp.sum(y * (1 - p) if class_keep is None
                          else jnp.where(class_keep, y * (1 - p), 0), axis=-1)
   loss = _reduction.mask(cross_entropy + epsilon * one_minus_pt, row_keep)
@@ -508,7 +512,8 @@ def ranking_softmax_loss(logits, labels, *, where=None, weights=None,
     # A list with no valid item normalises over all its (zeroed) items: a
     # finite lse, so nothing NaN reaches its masked-out gradient.
     keep = jnp.where(row_keep[..., None], keep, True)
-  lse = jax.nn.logsumexp(x, axis=-1, where=keep, keepdims=True)
+  lse = (_logsumexp(x) if keep is None
+         else jax.nn.logsumexp(x, axis=-1, where=keep, keepdims=True))
   loss = jnp.sum(_rows.cross_terms(y, lse, x), axis=-1)
   if reduce_fn is None:
     return _reduction.mask(loss, row_keep)
