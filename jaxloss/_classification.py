@@ -373,7 +373,8 @@ def poly_loss_cross_entropy(logits, labels, *, epsilon=2.0, axis=-1,
     # Excluded classes read -inf: probability 0 and an exact zero gradient,
     # whatever they held.
     x = jnp.where(class_keep, x, -jnp.inf)
-  p = jnp.exp(x - _logsumexp(x))
+  lse = jax.nn.logsumexp(x, axis=-1, keepdims=True)
+  p = jnp.exp(x - lse)
   one_minus_pt = jnp.sum(y * (1 - p) if class_keep is None
                          else jnp.where(class_keep, y * (1 - p), 0), axis=-1)
   loss = _reduction.mask(cross_entropy + epsilon * one_minus_pt, row_keep)
