@@ -286,9 +286,10 @@ def sigmoid_focal_loss(logits, labels, *, alpha=None, gamma=2.0, weight=None,
     \ell = -\alpha_t (1 - p_t)^\gamma \log p_t,\qquad
     1 - p_t = (1 - y)\,\sigma(x) + y\,\sigma(-x)
 
-  :math:`\log(1 - p_t)` is computed in log space from ``log_sigmoid``, so the
-  modulating factor never rounds to ``0 ** gamma``: gradients stay finite at
-  logits of :math:`\pm 10^4` for every ``gamma >= 0``, including
+  :math:`\log(1 - p_t)` is computed in log space, from one :math:`e^{-|x|}`
+  and its ``log1p``, so the modulating factor never rounds to
+  ``0 ** gamma``: gradients stay finite at logits of :math:`\pm 10^4` for
+  every ``gamma >= 0``, including
   ``gamma < 1`` where the naive form gives ``inf * 0``. As in
   :func:`sigmoid_binary_cross_entropy`, logit ``-inf`` with label 0 (or
   ``+inf`` with label 1) costs 0 with gradient 0, and a wrong infinite logit
