@@ -28,6 +28,8 @@ def _prepare(fn, x, x_name, labels, weight, where):
     where = _checks.boolean(fn, "where", where)
     where = _checks.conform(fn, "where", where, x_name, x.shape)
   x, labels = x.astype(dtype), labels.astype(dtype)
+  if not _checks.checking():
+    return x, labels, weight, where
   if x_name == "probs":
     _value_check(fn, "probs", (x >= 0) & (x <= 1), "must be in [0, 1]", x,
                  where)
@@ -247,6 +249,29 @@ def sigmoid_binary_cross_entropy(logits, labels, *, pos_weight=None,
   return _finish(fn, loss, weight, where, reduction)
 
 
+def _log_one_minus_pt(x, y):
+  r""":math:`\log(1 - p_t) = \log((1 - y)\,\sigma(x) + y\,\sigma(-x))` at a
+  finite logit, with one exp and one log1p per element.
+
+  With :math:`e = e^{-|x|}` and :math:`t = \mathrm{log1p}(e)`, it is
+  :math:`\log s - t` where :math:`s` is :math:`y + (1 - y) e` for
+  :math:`x < 0` and :math:`1 - y + y e` otherwise. Where :math:`s` rounds
+  to 0 (a label of 0 or 1 on its own side, :math:`|x| \gtrsim 87`), it is
+  :math:`-|x| + \log(\text{the weight of } e)` (double where: no
+  ``log 0`` in any derivative).
+  """
+  a = jnp.abs(x)
+  e = jnp.exp(-a)
+  tail = jnp.log1p(e)
+  # The weight of e^{-|x|}: that of the class the logit points away from.
+  w_small = jnp.where(x < 0, 1 - y, y)
+  s = (1 - w_small) + w_small * e
+  positive = s > 0
+  log_s = jnp.where(positive, jnp.log(jnp.where(positive, s, 1)),
+                    jnp.log(jnp.where(positive, 1, w_small)) - a)
+  return log_s - tail
+
+
 # A logit beyond which sigmoid is exactly 0 or 1 in float32 and float64.
 _SATURATED = 1e4
 
@@ -261,9 +286,10 @@ def sigmoid_focal_loss(logits, labels, *, alpha=None, gamma=2.0, weight=None,
     \ell = -\alpha_t (1 - p_t)^\gamma \log p_t,\qquad
     1 - p_t = (1 - y)\,\sigma(x) + y\,\sigma(-x)
 
-  :math:`\log(1 - p_t)` is computed in log space from ``log_sigmoid``, so the
-  modulating factor never rounds to ``0 ** gamma``: gradients stay finite at
-  logits of :math:`\pm 10^4` for every ``gamma >= 0``, including
+  :math:`\log(1 - p_t)` is computed in log space, from one :math:`e^{-|x|}`
+  and its ``log1p``, so the modulating factor never rounds to
+  ``0 ** gamma``: gradients stay finite at logits of :math:`\pm 10^4` for
+  every ``gamma >= 0``, including
   ``gamma < 1`` where the naive form gives ``inf * 0``. As in
   :func:`sigmoid_binary_cross_entropy`, logit ``-inf`` with label 0 (or
   ``+inf`` with label 1) costs 0 with gradient 0, and a wrong infinite logit
@@ -313,13 +339,7 @@ def sigmoid_focal_loss(logits, labels, *, alpha=None, gamma=2.0, weight=None,
     # carries the 0 or inf, and its finite gradient.
     saturated = jnp.isinf(logits)
     logits = jnp.where(saturated, jnp.sign(logits) * _SATURATED, logits)
-    log_p = jax.nn.log_sigmoid(logits)
-    log_not_p = jax.nn.log_sigmoid(-logits)
-    # log(1 - p_t) = log((1 - y) sigmoid(x) + y sigmoid(-x)); the weights go
-    # through logsumexp's b= so that y in {0, 1} never takes log(0).
-    log_one_minus_pt = jax.nn.logsumexp(
-        jnp.stack([log_p, log_not_p]), axis=0,
-        b=jnp.stack([1 - labels, labels]))
+    log_one_minus_pt = _log_one_minus_pt(logits, labels)
     factor = jnp.exp(gamma * log_one_minus_pt)
     loss = jnp.where(saturated, loss * lax.stop_gradient(factor),
                      jnp.where(saturated, 0, loss) * factor)

@@ -4,6 +4,8 @@ import functools
 
 from jax.experimental import checkify
 
+from jaxloss import _checks
+
 
 class CheckError(ValueError):
   """An input value a loss has no meaning for, caught by :func:`checked`.
@@ -66,7 +68,10 @@ def checked(fn):
 
   @functools.wraps(fn)
   def wrapper(*args, **kwargs):
-    error, out = checkified(*args, **kwargs)
+    # The checks are traced only under this flag, which every jax.jit keys
+    # its cache on: a jitted fn traced before is traced again, with them.
+    with _checks.checking_on():
+      error, out = checkified(*args, **kwargs)
     message = error.get()
     if message is not None:
       raise CheckError(message)

@@ -5,13 +5,22 @@ options), so it costs nothing under ``jax.jit``. Messages follow one pattern:
 ``<function>: <argument> <what was expected>, got <what was given>``.
 """
 
+import contextlib
 from collections.abc import Sequence
 
+import jax
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
 REDUCTIONS = ("none", "mean", "sum")
+
+# True while :func:`jaxloss.checked` traces: part of every ``jax.jit`` cache
+# key, so that a function traced outside ``checked`` is traced again inside.
+# A jax without ``make_user_context`` traces the checks everywhere (they
+# lower to nothing outside ``checked``, at some compile time).
+CHECKING = (jax.make_user_context(False) if hasattr(jax, "make_user_context")
+            else None)
 
 
 def fail(fn, message, error=ValueError):
@@ -169,18 +178,32 @@ def axes(fn, axis, ndim):
   return tuple(out)
 
 
+def checking():
+  """Whether value checks are traced: inside :func:`jaxloss.checked` only.
+
+  Helpers that build a predicate for :func:`values` return early when this
+  is False, so that a program outside ``checked`` traces none of it.
+  """
+  return CHECKING is None or CHECKING.value
+
+
+def checking_on():
+  """The context :func:`jaxloss.checked` traces under."""
+  return contextlib.nullcontext() if CHECKING is None else CHECKING(True)
+
+
 def values(fn, name, ok, check, x):
   """A check on values, active only under :func:`jaxloss.checked`.
 
-  ``ok`` is an elementwise boolean of ``x``'s shape. Outside ``checked`` the
-  check is a ``checkify.debug_check``, which lowers to nothing: XLA removes
-  the unused predicate, so valid code pays nothing. Under ``checked`` a
-  failure raises with the argument, the check and the first offending index
-  and value.
+  ``ok`` is an elementwise boolean of ``x``'s shape. Outside ``checked``
+  nothing is traced (the caller's ``ok`` is dead code, which XLA removes),
+  so valid code pays nothing, in compile time either. Under ``checked`` the
+  check is a ``checkify.debug_check``: a failure raises with the argument,
+  the check and the first offending index and value.
   """
-  from jax.experimental import checkify  # noqa: PLC0415
-  if ok.size == 0:
+  if not checking() or ok.size == 0:
     return
+  from jax.experimental import checkify  # noqa: PLC0415
   bad = ~ok
   flat = jnp.argmax(bad.reshape(-1))
   index = jnp.unravel_index(flat, bad.shape) if bad.ndim else ()

@@ -69,6 +69,8 @@ def _flag(fn, name, value):
 
 def _signs(fn, x, t, where):
   """Value checks of the {-1, 1} margin losses, active under ``checked``."""
+  if not _checks.checking():
+    return
   _binary._value_check(fn, "predictor_outputs", ~jnp.isnan(x),
                        "must not be NaN", x, where)
   _binary._value_check(fn, "targets", (t == 1) | (t == -1),
@@ -77,6 +79,8 @@ def _signs(fn, x, t, where):
 
 def _unit_interval(fn, x, y, from_logits):
   """Value checks of the Keras focal losses, active under ``checked``."""
+  if not _checks.checking():
+    return
   if from_logits:
     _checks.values(fn, "predictions", ~jnp.isnan(x), "must not be NaN", x)
   else:
@@ -292,6 +296,15 @@ def multiclass_perceptron_loss(scores, labels, *, axis=-1, where=None,
 # Softmax-based (optax names).
 
 
+def _logsumexp(x):
+  """The log-sum-exp over the last axis, kept, with no select on [..., C]
+  arrays (``jax.nn.logsumexp`` has two), which XLA:CPU fuses with the
+  maximum. A row of ``-inf`` reads ``-inf``."""
+  top = jax.lax.stop_gradient(
+      jnp.maximum(jnp.max(x, axis=-1, keepdims=True), jnp.finfo(x.dtype).min))
+  return top + jnp.log(jnp.sum(jnp.exp(x - top), axis=-1, keepdims=True))
+
+
 @_jit.jit("axis", "reduction",
           epsilon=_jit.Hyper(low_open=True, high_open=True, array=True))
 def poly_loss_cross_entropy(logits, labels, *, epsilon=2.0, axis=-1,
@@ -500,7 +513,8 @@ def ranking_softmax_loss(logits, labels, *, where=None, weights=None,
     # A list with no valid item normalises over all its (zeroed) items: a
     # finite lse, so nothing NaN reaches its masked-out gradient.
     keep = jnp.where(row_keep[..., None], keep, True)
-  lse = jax.nn.logsumexp(x, axis=-1, where=keep, keepdims=True)
+  lse = (_logsumexp(x) if keep is None
+         else jax.nn.logsumexp(x, axis=-1, where=keep, keepdims=True))
   loss = jnp.sum(_rows.cross_terms(y, lse, x), axis=-1)
   if reduce_fn is None:
     return _reduction.mask(loss, row_keep)

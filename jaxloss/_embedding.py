@@ -137,9 +137,17 @@ def _cosine(fn, predictions, targets, epsilon, axis, where):
     predictions = jnp.where(where, predictions, 0)
     targets = jnp.where(where, targets, 0)
   epsilon = _jit.cast(epsilon, predictions.dtype)
-  a = _unit(predictions, axes, where, epsilon)
-  b = _unit(targets, axes, where, epsilon)
-  return jnp.sum(a * b, axis=axes, where=where)
+  # The three sums first, every select on the row results: XLA:CPU fuses
+  # each sum with its products, where a select on the norms between the
+  # sums and the [..., C] products would keep those apart.
+  dot = jnp.sum(predictions * targets, axis=axes, where=where)
+  scale = 1
+  for x in (predictions, targets):
+    norm2 = jnp.sum(x * x, axis=axes, where=where)
+    if not _jit.is_zero(epsilon):
+      norm2 = jnp.maximum(norm2, epsilon)
+    scale = scale * _safe_rsqrt(norm2)
+  return dot * scale
 
 
 @_jit.jit("axis", "reduction", epsilon=_jit.NON_NEGATIVE)

@@ -209,6 +209,8 @@ def class_values(fn, checks, row_keep, class_keep, shape, axis):
   reported at their index in the caller's ``shape`` and ``axis``. Rows and
   classes dropped by ``where`` are not checked.
   """
+  if not _checks.checking():
+    return
   axes = _checks.axes(fn, axis, len(shape))
   order = tuple(a for a in range(len(shape)) if a not in axes) + axes
   inverse = tuple(order.index(a) for a in range(len(shape)))
@@ -228,6 +230,8 @@ def class_values(fn, checks, row_keep, class_keep, shape, axis):
 def probability_values(fn, x, y, row_keep, class_keep, shape, axis):
   """Logits and probability labels: labels in [0, 1] (they need not sum to
   1, as in torch and optax), logits below ``+inf`` (``-inf`` is fine)."""
+  if not _checks.checking():
+    return
   class_values(fn, [
       ("logits", x, x < jnp.inf, "must not be NaN or +inf"),
       ("labels", y, (y >= 0) & (y <= 1), "must be in [0, 1]")],

@@ -402,19 +402,19 @@ def _label_chain(x, y, keep, weight):
   fuses into one pass: half the time of the variadic reduction of
   :func:`_label_forward` there."""
   dtype = _reduction.stat_dtype(x.dtype)
-  big = jnp.finfo(dtype).max
+  info = jnp.finfo(dtype)
   m = jnp.max(x, axis=-1).astype(dtype)
-  below = jnp.maximum(m, -big)[:, None] - x.astype(dtype)
-  log_sum = jnp.log(jnp.sum(jnp.exp(-below), axis=-1))
+  below = jnp.maximum(m, -info.max)[:, None] - x.astype(dtype)
+  sum_exp = jnp.sum(jnp.exp(-below), axis=-1)
+  # At least 1 where a logit is finite; 0 on a row of -inf logits, where the
+  # floor keeps log_sum finite so that zero terms stay 0.
+  log_sum = jnp.log(jnp.maximum(sum_exp, info.tiny))
   c = _coefficients(y, None, weight, dtype)
   # c (log_sum + below), with 0 rather than 0 * inf where c is 0 on a -inf
   # logit: the cap on `below` is finite there, +inf wherever c is not 0
   # (labels need not be non-negative: torch takes any real targets).
-  cap = big * (1 + jnp.abs(jnp.sign(c)))
+  cap = info.max * (1 + jnp.abs(jnp.sign(c)))
   cross = jnp.sum(c * (log_sum[:, None] + jnp.minimum(below, cap)), axis=-1)
-  # A row whose logits are all -inf costs inf, unless it has no mass.
-  cross = jnp.where(m == -jnp.inf, jnp.inf, cross)
-  cross = jnp.where(jnp.sum(c, axis=-1) == 0, 0, cross)
   if keep is not None:
     cross = jnp.where(keep, cross, 0)
   return cross
