@@ -71,7 +71,8 @@ TORCH_LAYERS = ("AdaptiveLogSoftmaxWithLoss", "LinearCrossEntropyLoss")
 TORCH_FUNCTIONAL = {
     "LinearCrossEntropyLoss": (
         "linear_cross_entropy", ("input", "linear_weight", "target"),
-        (("weight", None), ("ignore_index", -100), ("reduction", "mean"),
+        # The constructor's order, which may differ from the functional's.
+        (("weight", None), ("reduction", "mean"), ("ignore_index", -100),
          ("label_smoothing", 0.0))),
 }
 
