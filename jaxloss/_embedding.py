@@ -92,21 +92,43 @@ _NORM_DEGREE = _jit.Hyper(0.0, math.inf, low_open=True)
 def _pnorm(v, p, axis, keepdims=False, inner_eps=None):
   """The ``p``-norm along ``axis``, ``(sum |v|^p + inner_eps)^(1/p)``.
 
-  ``p`` is traced: ``p = inf`` takes the maximum (plus ``inner_eps``), and
-  the power sum is then read at ``p = 1`` and discarded, so that neither
-  the value nor a gradient sees ``|v| ** inf``. The gradient at the zero
-  vector is 0, as torch's; the gradient in ``p`` is finite everywhere.
+  ``p`` may be traced: ``p = inf`` takes the maximum (plus ``inner_eps``),
+  and the power sum is then read at ``p = 1`` and discarded, so that neither
+  the value nor a gradient sees ``|v| ** inf``. A concrete ``p`` of 1, 2 or
+  ``inf`` (a Python or NumPy number) takes its own path: no power of each
+  element. The gradient at the zero vector is 0, as torch's; the gradient in
+  ``p`` is finite everywhere.
   """
+  known = _jit.concrete(p)
+
+  def plus_eps(x):
+    return x if inner_eps is None else x + inner_eps
+
+  if known == 2:
+    # |v|^2 without the modulus: the square's own derivative is 0 at 0.
+    square = (v.real * v.real + v.imag * v.imag
+              if jnp.issubdtype(v.dtype, jnp.complexfloating) else v * v)
+    total = plus_eps(jnp.sum(square, axis=axis, keepdims=keepdims))
+    positive = total > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, total, 1)), 0)
   a = (_modulus(v) if jnp.issubdtype(v.dtype, jnp.complexfloating)
        else abs_zero_slope(v))
+  if known == math.inf:
+    return plus_eps(jnp.max(a, axis=axis, keepdims=keepdims, initial=0))
+  if known == 1:
+    return plus_eps(jnp.sum(a, axis=axis, keepdims=keepdims))
   infinite = p == math.inf
   q = jnp.where(infinite, 1, p)
-  total = jnp.sum(_safe_pow(a, q), axis=axis, keepdims=keepdims)
-  top = jnp.max(a, axis=axis, keepdims=keepdims, initial=0)
-  if inner_eps is not None:
-    total = total + inner_eps
-    top = top + inner_eps
+  total = plus_eps(jnp.sum(_safe_pow(a, q), axis=axis, keepdims=keepdims))
+  top = plus_eps(jnp.max(a, axis=axis, keepdims=keepdims, initial=0))
   return jnp.where(infinite, top, _safe_pow(total, 1 / q))
+
+
+def _degree(p, dtype):
+  """A norm degree for :func:`_pnorm`: a concrete one as a Python float (its
+  own path), else in ``dtype``."""
+  known = _jit.concrete(p)
+  return _jit.cast(p, dtype) if known is None else known
 
 
 # ---------------------------------------------------------------------------
@@ -285,8 +307,8 @@ def pairwise_distance(x1, x2, *, p=2.0, eps=1e-6, keepdim=False):
   if not _jit.is_zero(eps):
     v = v + _jit.cast(eps, real)
   if v.ndim == 0:
-    return _pnorm(v[None], _jit.cast(p, real), 0)
-  return _pnorm(v, _jit.cast(p, real), -1, keepdim)
+    return _pnorm(v[None], _degree(p, real), 0)
+  return _pnorm(v, _degree(p, real), -1, keepdim)
 
 
 def _real_dtype(dtype):
@@ -389,7 +411,7 @@ def triplet_margin_loss(anchors, positives, negatives, axis=-1, norm_degree=2,
   _checks.at_least_rank(fn, "anchors", anchors, 1)
   (ax,) = _axes(fn, axis, anchors.ndim, "anchors")
   dtype = _real_dtype(anchors.dtype)
-  norm_degree = _jit.cast(norm_degree, dtype)
+  norm_degree = _degree(norm_degree, dtype)
   margin = _jit.cast(margin, dtype)
   if distance == "torch" and not _jit.is_zero(margin):
     _checks.values(fn, "margin", margin > 0, "must be positive with "
