@@ -14,7 +14,10 @@
 4. ``benchmarks/linear_cross_entropy.py --device gpu``: the fused linear +
    cross entropy problem (bfloat16, N=8192, D=4096, V=128256) against the
    plain version and its three matmuls; ``results/linear_cross_entropy-*``.
-5. With ``--suite``, ``benchmarks/suite.py --device gpu`` as well.
+5. ``benchmarks/linear_cross_entropy.py --device gpu --distillation``:
+   ``linear_distillation_loss`` (forward KL, JSD) against both materialized
+   logits; ``results/linear_distillation-<device>.json``.
+6. With ``--suite``, ``benchmarks/suite.py --device gpu`` as well.
 
 Each step runs in its own process under a time limit (``--limits``), so one
 that hangs or fails leaves the others' results; with ``--copy-to`` each
@@ -121,10 +124,12 @@ def main():
   parser.add_argument("--suite", action="store_true",
                       help="also run benchmarks/suite.py")
   parser.add_argument("--steps",
-                      default="tests,cross_entropy,probabilities,linear",
+                      default="tests,cross_entropy,probabilities,linear,"
+                              "distillation",
                       help="comma-separated steps to run, in this order")
   parser.add_argument("--limits", default="tests=150,cross_entropy=150,"
-                      "probabilities=90,linear=240,suite=240",
+                      "probabilities=90,linear=240,distillation=120,"
+                      "suite=240",
                       help="seconds each step may take before it is killed")
   parser.add_argument("--copy-to", type=pathlib.Path,
                       help="directory to copy the result files to")
@@ -148,6 +153,8 @@ def main():
       "probabilities": ["benchmarks/cross_entropy.py", "--device", "gpu",
                         "--labels", "probabilities", "--rounds", "10"],
       "linear": ["benchmarks/linear_cross_entropy.py", "--device", "gpu"],
+      "distillation": ["benchmarks/linear_cross_entropy.py", "--device",
+                       "gpu", "--distillation", "--rounds", "5"],
       "suite": ["benchmarks/suite.py", "--device", "gpu"],
   }
   if args.smoke:
@@ -161,6 +168,9 @@ def main():
     commands["linear"] = [
         "benchmarks/linear_cross_entropy.py", "--sizes", "64", "32", "500",
         "--rounds", "2", "--variants", "16,32x128", "--no-write"]
+    commands["distillation"] = [
+        "benchmarks/linear_cross_entropy.py", "--sizes", "64", "32", "500",
+        "--rounds", "2", "--distillation", "--no-write"]
     commands["suite"] = [
         "benchmarks/suite.py", "--elements", "65536", "--rounds", "1",
         "--only", "l2_loss,softmax_cross_entropy_with_integer_labels",
