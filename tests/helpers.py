@@ -4,7 +4,12 @@ import contextlib
 import functools
 
 import jax
+import jax.numpy as jnp
+from jax.extend import core as jax_core
 import numpy as np
+import pytest
+
+import jaxloss
 
 MODES = ("jit", "eager")
 FLOATS = ("float16", "bfloat16", "float32", "float64")
@@ -61,3 +66,100 @@ def check_grads_directional(f, x, directions=3, eps=1e-4):
     analytic = sum(np.vdot(g, d) for g, d in zip(jax.tree.leaves(grad),
                                                   jax.tree.leaves(v)))
     np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
+
+
+def check_autodiff_modes(total, x, v):
+  """jvp, linearize, jacfwd, Hessian-vector and grad-of-grad products of
+  the scalar ``total`` at ``x`` in direction ``v``, in float64 against
+  central differences and against each other (two compiled programs)."""
+
+  @jax.jit
+  def modes(x):
+    jv = jax.jvp(total, (x,), (v,))[1]
+    lin = jax.linearize(total, x)[1](v)
+    hv = jnp.tensordot(jax.hessian(total)(x), v, axes=v.ndim)
+    ggv = jax.grad(lambda x: jnp.vdot(jax.grad(total)(x), v))(x)
+    return jv, lin, jax.jacfwd(total)(x), hv, ggv
+
+  @jax.jit
+  def differences(x, eps=1e-6):
+    grad = jax.grad(total)
+    return ((total(x + eps * v) - total(x - eps * v)) / (2 * eps),
+            (grad(x + eps * v) - grad(x - eps * v)) / (2 * eps), grad(x))
+
+  jv, lin, fwd, hv, ggv = modes(x)
+  numeric_jv, numeric_hv, grad = differences(x)
+  np.testing.assert_allclose(jv, numeric_jv, rtol=1e-7)
+  np.testing.assert_allclose(lin, jv, rtol=1e-12)
+  np.testing.assert_allclose(fwd, grad, rtol=1e-12)
+  np.testing.assert_allclose(hv, numeric_hv, rtol=1e-6, atol=1e-9)
+  np.testing.assert_allclose(ggv, hv, rtol=1e-12)
+
+
+def _float32_args(args):
+  return tuple(jnp.asarray(a, jnp.float32 if a.dtype.kind == "f" else None)
+               for a in map(np.asarray, args))
+
+
+def check_hyperparameter(name, keyword, args, options, values, bad,
+                         interval):
+  """A traced ``keyword`` of loss ``name``: the concrete values under jit,
+  vmap over ``values``, no recompile for a new value, a float64 gradient
+  against central differences; a concrete ``bad`` fails at trace time with
+  the ``interval`` in the message."""
+  f = getattr(jaxloss, name)
+  with jax.enable_x64(True):
+    args64 = tuple(jnp.asarray(a) for a in args)
+
+    def total(h):
+      return jnp.sum(f(*args64, **options, **{keyword: h}))
+
+    run = jit_fast(lambda h, hs: (total(h), jax.vmap(total)(hs),
+                                  jax.grad(total)(h)))
+    h1, h2 = values
+    value, mapped, grad = run(jnp.float64(h1), jnp.array(values))
+    concrete = [total(h1)]
+    compiles = f.compiled._cache_size()
+    concrete.append(total(h2))
+    assert f.compiled._cache_size() == compiles, "a new value recompiled"
+    np.testing.assert_allclose(value, concrete[0], rtol=1e-12)
+    np.testing.assert_allclose(mapped, concrete, rtol=1e-12)
+    step = 1e-6
+    numeric = (run(h1 + step, jnp.array(values))[0]
+               - run(h1 - step, jnp.array(values))[0]) / (2 * step)
+    assert grad != 0
+    np.testing.assert_allclose(grad, numeric, rtol=1e-6)
+  with pytest.raises(ValueError, match=(
+      rf"{name}: {keyword} must be in {interval}, got {bad}")):
+    f(*_float32_args(args), **options, **{keyword: bad})
+
+
+def check_traced_out_of_range(hypers):
+  """Every ``(name, keyword, args, options, _, bad, interval)`` of
+  ``hypers`` with a traced ``bad`` value raises under ``jaxloss.checked``:
+  one checked program for every case, a lax.switch over them."""
+  branches = [functools.partial(
+      lambda bad, f, args, options, keyword: jnp.sum(
+          f(*args, **options, **{keyword: bad})).astype(jnp.float32),
+      f=getattr(jaxloss, name), options=options, keyword=keyword,
+      args=_float32_args(args))
+              for name, keyword, args, options, _, _, _ in hypers]
+  program = jaxloss.checked(jax.jit(
+      lambda i, bad: jax.lax.switch(i, branches, bad)))
+  for i, (name, keyword, _, _, _, bad, interval) in enumerate(hypers):
+    with pytest.raises(jaxloss.CheckError, match=(
+        rf"{name}: {keyword} must be in {interval}; got {bad:g}")):
+      program(i, jnp.float32(bad))
+
+
+def count_equations(jaxpr):
+  """Equations of a jaxpr, those of its sub-jaxprs included."""
+  count = 0
+  for eqn in jaxpr.eqns:
+    count += 1
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        inner = getattr(sub, "jaxpr", sub)
+        if isinstance(inner, jax_core.Jaxpr):
+          count += count_equations(inner)
+  return count

@@ -5,12 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.extend import core as jax_core
 from jax.test_util import check_grads
 
 import jaxloss
 import reference as ref
-from helpers import FLOATS, MODES, RTOL, assert_finite, dtype_context, rounded, run
+from helpers import (FLOATS, MODES, RTOL, assert_finite, check_autodiff_modes,
+                     count_equations, dtype_context, rounded, run)
 
 rng = np.random.default_rng(1)
 X = rng.normal(0, 3, (5, 4))
@@ -332,19 +332,6 @@ def test_empty_batch(fn):
 # Hyperparameters: traced, vmapped, differentiated, compiled once.
 
 
-def _eqns(jaxpr):
-  """Equations of a jaxpr, those of its sub-jaxprs included."""
-  count = 0
-  for eqn in jaxpr.eqns:
-    count += 1
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, (tuple, list)) else (param,):
-        inner = getattr(sub, "jaxpr", sub)
-        if isinstance(inner, jax_core.Jaxpr):
-          count += _eqns(inner)
-  return count
-
-
 # (function, hyperparameter, two valid values, an invalid one, keywords).
 HYPERS = [
     (jaxloss.sigmoid_binary_cross_entropy, "label_smoothing", 0.1, 0.3, 1.5,
@@ -391,7 +378,7 @@ def test_an_exact_zero_leaves_its_term_out(fn, name, kwargs):
   x, y = jnp.asarray(X, jnp.float32), jnp.asarray(SOFT, jnp.float32)
   zero = jax.make_jaxpr(lambda x: fn(x, y, **kwargs, **{name: 0.0}))(x)
   other = jax.make_jaxpr(lambda x: fn(x, y, **kwargs, **{name: 0.5}))(x)
-  assert _eqns(zero.jaxpr) < _eqns(other.jaxpr)
+  assert count_equations(zero.jaxpr) < count_equations(other.jaxpr)
   # A traced zero is the same number by the general program.
   np.testing.assert_allclose(
       jax.jit(lambda v: fn(x, y, **kwargs, **{name: v}))(0.0),
@@ -436,27 +423,7 @@ def test_autodiff_modes_against_finite_differences(fn, first):
     def total(x):
       return fn(x, y, reduction="sum")
 
-    @jax.jit
-    def modes(x):
-      jv = jax.jvp(total, (x,), (v,))[1]
-      lin = jax.linearize(total, x)[1](v)
-      hv = jnp.tensordot(jax.hessian(total)(x), v, axes=2)
-      ggv = jax.grad(lambda x: jnp.vdot(jax.grad(total)(x), v))(x)
-      return jv, lin, jax.jacfwd(total)(x), hv, ggv
-
-    @jax.jit
-    def differences(x, eps=1e-6):
-      grad = jax.grad(total)
-      return ((total(x + eps * v) - total(x - eps * v)) / (2 * eps),
-              (grad(x + eps * v) - grad(x - eps * v)) / (2 * eps), grad(x))
-
-    jv, lin, fwd, hv, ggv = modes(x)
-    numeric_jv, numeric_hv, grad = differences(x)
-    np.testing.assert_allclose(jv, numeric_jv, rtol=1e-7)
-    np.testing.assert_allclose(lin, jv, rtol=1e-12)
-    np.testing.assert_allclose(fwd, grad, rtol=1e-12)
-    np.testing.assert_allclose(hv, numeric_hv, rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(ggv, hv, rtol=1e-12)
+    check_autodiff_modes(total, x, v)
 
 
 def test_binary_cross_entropy_second_derivatives_at_0_and_1():

@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.extend import core as jax_core
 from jax.test_util import check_grads
 
 import catalogue
 import jaxloss
+from helpers import check_autodiff_modes, count_equations
 
 rng = np.random.default_rng(5)
 N, C = 4, 5
@@ -617,19 +617,6 @@ def test_errors():
 # Hyperparameters: traced, vmapped, differentiated, compiled once.
 
 
-def _eqns(jaxpr):
-  """Equations of a jaxpr, those of its sub-jaxprs included."""
-  count = 0
-  for eqn in jaxpr.eqns:
-    count += 1
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, (tuple, list)) else (param,):
-        inner = getattr(sub, "jaxpr", sub)
-        if isinstance(inner, jax_core.Jaxpr):
-          count += _eqns(inner)
-  return count
-
-
 # (function, hyperparameter, two valid values, an invalid one, keywords,
 # inputs): the gradient is checked at the first value.
 HYPERS = [
@@ -714,7 +701,7 @@ def test_an_exact_zero_leaves_its_term_out(name, hyper, kwargs, inputs):
   x, *rest = _arrays(inputs, jnp.float32)
   zero = jax.make_jaxpr(lambda x: fn(x, *rest, **kwargs, **{hyper: 0.0}))(x)
   other = jax.make_jaxpr(lambda x: fn(x, *rest, **kwargs, **{hyper: 0.5}))(x)
-  assert _eqns(zero.jaxpr) < _eqns(other.jaxpr)
+  assert count_equations(zero.jaxpr) < count_equations(other.jaxpr)
   np.testing.assert_allclose(
       jax.jit(lambda v: fn(x, *rest, **kwargs, **{hyper: v}))(0.0),
       fn(x, *rest, **kwargs, **{hyper: 0.0}), rtol=1e-6, atol=1e-7)
@@ -1021,27 +1008,7 @@ def test_autodiff_modes_against_finite_differences(name):
     def total(x):
       return jnp.sum(loss(x, *rest, **kwargs))
 
-    @jax.jit
-    def modes(x):
-      jv = jax.jvp(total, (x,), (v,))[1]
-      lin = jax.linearize(total, x)[1](v)
-      hv = jnp.tensordot(jax.hessian(total)(x), v, axes=v.ndim)
-      ggv = jax.grad(lambda x: jnp.vdot(jax.grad(total)(x), v))(x)
-      return jv, lin, jax.jacfwd(total)(x), hv, ggv
-
-    @jax.jit
-    def differences(x, eps=1e-6):
-      grad = jax.grad(total)
-      return ((total(x + eps * v) - total(x - eps * v)) / (2 * eps),
-              (grad(x + eps * v) - grad(x - eps * v)) / (2 * eps), grad(x))
-
-    jv, lin, fwd, hv, ggv = modes(x)
-    numeric_jv, numeric_hv, grad = differences(x)
-    np.testing.assert_allclose(jv, numeric_jv, rtol=1e-7)
-    np.testing.assert_allclose(lin, jv, rtol=1e-12)
-    np.testing.assert_allclose(fwd, grad, rtol=1e-12)
-    np.testing.assert_allclose(hv, numeric_hv, rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(ggv, hv, rtol=1e-12)
+    check_autodiff_modes(total, x, v)
 
 
 def test_tuple_class_axes_flatten_in_the_order_given():

@@ -1,7 +1,6 @@
 """Similarities, distances, triplet/ranking/embedding and contrastive losses
 against float64 NumPy references, optax, and the edges."""
 
-import functools
 import inspect
 import re
 
@@ -13,7 +12,7 @@ import pytest
 from scipy.special import logsumexp as np_logsumexp
 
 import jaxloss
-from helpers import jit_fast
+from helpers import check_hyperparameter, check_traced_out_of_range, jit_fast
 from test_regression import check_autodiff_modes
 
 _jit = jit_fast
@@ -611,50 +610,11 @@ HYPERS = [
                          HYPERS, ids=[f"{h[0]}-{h[1]}" for h in HYPERS])
 def test_hyperparameter_traced_equals_concrete_and_has_the_right_gradient(
     name, keyword, args, options, values, bad, interval):
-  f = getattr(jaxloss, name)
-  with jax.enable_x64(True):
-    args = tuple(jnp.asarray(a) for a in args)
-
-    def total(h):
-      return jnp.sum(f(*args, **options, **{keyword: h}))
-
-    run = jit_fast(lambda h, hs: (total(h), jax.vmap(total)(hs),
-                                  jax.grad(total)(h)))
-    h1, h2 = values
-    value, mapped, grad = run(jnp.float64(h1), jnp.array(values))
-    concrete = [total(h1)]
-    compiles = f.compiled._cache_size()
-    concrete.append(total(h2))
-    assert f.compiled._cache_size() == compiles, "a new value recompiled"
-    np.testing.assert_allclose(value, concrete[0], rtol=1e-12)
-    np.testing.assert_allclose(mapped, concrete, rtol=1e-12)
-    step = 1e-6
-    numeric = (run(h1 + step, jnp.array(values))[0]
-               - run(h1 - step, jnp.array(values))[0]) / (2 * step)
-    assert grad != 0
-    np.testing.assert_allclose(grad, numeric, rtol=1e-6)
-  args = tuple(jnp.asarray(a, jnp.float32 if a.dtype.kind == "f" else None)
-               for a in args)
-  with pytest.raises(ValueError, match=(
-      rf"{name}: {keyword} must be in {interval}, got {bad}")):
-    f(*args, **options, **{keyword: bad})
+  check_hyperparameter(name, keyword, args, options, values, bad, interval)
 
 
 def test_traced_hyperparameters_out_of_range_fail_under_checked():
-  # One checked program for every case, a lax.switch over them.
-  branches = [functools.partial(
-      lambda bad, f, args, options, keyword: jnp.sum(
-          f(*args, **options, **{keyword: bad})).astype(jnp.float32),
-      f=getattr(jaxloss, name), options=options, keyword=keyword,
-      args=tuple(jnp.asarray(a, jnp.float32 if a.dtype.kind == "f" else None)
-                 for a in map(np.asarray, args)))
-              for name, keyword, args, options, _, _, _ in HYPERS]
-  program = jaxloss.checked(jax.jit(
-      lambda i, bad: jax.lax.switch(i, branches, bad)))
-  for i, (name, keyword, _, _, _, bad, interval) in enumerate(HYPERS):
-    with pytest.raises(jaxloss.CheckError, match=(
-        rf"{name}: {keyword} must be in {interval}; got {bad:g}")):
-      program(i, jnp.float32(bad))
+  check_traced_out_of_range(HYPERS)
 
 
 def test_torch_distance_triplet_margin_is_positive_as_torch():

@@ -10,6 +10,7 @@ import pytest
 from jax.test_util import check_grads
 
 import jaxloss
+from helpers import check_autodiff_modes
 
 rng = np.random.default_rng(7)
 X = rng.normal(0, 1.5, (4, 5))
@@ -410,24 +411,4 @@ def test_autodiff_modes_against_finite_differences(fn, labels):
     def total(x):
       return fn(x, y, reduction="sum")
 
-    @jax.jit
-    def modes(x):
-      jv = jax.jvp(total, (x,), (v,))[1]
-      lin = jax.linearize(total, x)[1](v)
-      hv = jnp.tensordot(jax.hessian(total)(x), v, axes=2)
-      ggv = jax.grad(lambda x: jnp.vdot(jax.grad(total)(x), v))(x)
-      return jv, lin, jax.jacfwd(total)(x), hv, ggv
-
-    @jax.jit
-    def differences(x, eps=1e-6):
-      grad = jax.grad(total)
-      return ((total(x + eps * v) - total(x - eps * v)) / (2 * eps),
-              (grad(x + eps * v) - grad(x - eps * v)) / (2 * eps), grad(x))
-
-    jv, lin, fwd, hv, ggv = modes(x)
-    numeric_jv, numeric_hv, grad = differences(x)
-    np.testing.assert_allclose(jv, numeric_jv, rtol=1e-7)
-    np.testing.assert_allclose(lin, jv, rtol=1e-12)
-    np.testing.assert_allclose(fwd, grad, rtol=1e-12)
-    np.testing.assert_allclose(hv, numeric_hv, rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(ggv, hv, rtol=1e-12)
+    check_autodiff_modes(total, x, v)
