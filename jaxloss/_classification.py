@@ -191,14 +191,8 @@ def perceptron_loss(predictor_outputs, targets, *, weight=None, where=None,
 
 
 def _multiclass_rows(fn, scores, labels, axis, where):
-  scores = _checks.floating(fn, "scores", scores)
-  x, batch_shape, _ = classes_last(fn, scores, axis)
-  x = x.astype(_reduction.stat_dtype(x.dtype))
-  if where is not None and jnp.ndim(where) == scores.ndim:
-    _checks.fail(fn, f"where must be a row mask with the batch shape "
-                 f"{batch_shape}, got shape {jnp.shape(where)}")
-  row_keep, _ = split_where(fn, where, scores.shape, axis, batch_shape,
-                            "scores")
+  x, batch_shape, row_keep = _rows.masked_rows(fn, "scores", scores, axis,
+                                               where)
   _rows.class_values(fn, [("scores", x, ~jnp.isnan(x),
                                  "must not be NaN")],
                            row_keep, None, scores.shape, axis)
@@ -1276,14 +1270,8 @@ def categorical_generalized_cross_entropy(probs, labels, *, q=0.5, axis=-1,
     ``keras.losses.CategoricalGeneralizedCrossEntropy``.
   """
   fn = "categorical_generalized_cross_entropy"
-  probs = _checks.floating(fn, "probs", probs)
-  x, batch_shape, _ = classes_last(fn, probs, axis)
-  x = x.astype(_reduction.stat_dtype(x.dtype))
-  if where is not None and jnp.ndim(where) == probs.ndim:
-    _checks.fail(fn, f"where must be a row mask with the batch shape "
-                 f"{batch_shape}, got shape {jnp.shape(where)}")
-  row_keep, _ = split_where(fn, where, probs.shape, axis, batch_shape,
-                            "probs")
+  x, batch_shape, row_keep = _rows.masked_rows(fn, "probs", probs, axis,
+                                               where)
   _rows.class_values(fn, [("probs", x, (x >= 0) & (x <= 1),
                            "must be in [0, 1]")],
                      row_keep, None, probs.shape, axis)

@@ -226,14 +226,8 @@ def nll_loss(log_probs, labels, *, axis=-1, where=None, ignore_index=None,
   """
   fn = "nll_loss"
   _checks.optional_int(fn, "ignore_index", ignore_index)
-  log_probs = _checks.floating(fn, "log_probs", log_probs)
-  x, batch_shape, _ = _rows.classes_last(fn, log_probs, axis)
-  x = x.astype(_reduction.stat_dtype(x.dtype))
-  if where is not None and jnp.ndim(where) == log_probs.ndim:
-    _checks.fail(fn, f"where must be a row mask with the batch shape "
-                 f"{batch_shape}, got shape {jnp.shape(where)}")
-  row_keep, _ = _rows.split_where(fn, where, log_probs.shape, axis, batch_shape,
-                            "log_probs")
+  x, batch_shape, row_keep = _rows.masked_rows(fn, "log_probs", log_probs,
+                                               axis, where)
   weight = _rows.class_weight(fn, weight, x.shape[-1], x.dtype)
   _, label_x, label_w, keep, valid = _rows.integer_rows(
       fn, x, labels, batch_shape, ignore_index=ignore_index,

@@ -50,6 +50,20 @@ def split_where(fn, where, shape, axis, batch_shape, arg="logits"):
                                f"the batch shape of {arg}"), None
 
 
+def masked_rows(fn, name, x, axis, where):
+  """Floating ``x`` (argument ``name``) as rows of classes in the statistics
+  dtype, with ``where`` read as a row mask only (a per-class mask is an
+  error): ``(rows, batch_shape, row_keep)``."""
+  x = _checks.floating(fn, name, x)
+  rows, batch_shape, _ = classes_last(fn, x, axis)
+  rows = rows.astype(_reduction.stat_dtype(rows.dtype))
+  if where is not None and jnp.ndim(where) == x.ndim:
+    _checks.fail(fn, f"where must be a row mask with the batch shape "
+                 f"{batch_shape}, got shape {jnp.shape(where)}")
+  row_keep, _ = split_where(fn, where, x.shape, axis, batch_shape, name)
+  return rows, batch_shape, row_keep
+
+
 def class_weight(fn, weight, num_classes, dtype):
   if weight is None:
     return None
