@@ -66,8 +66,10 @@ def _clamped_logs(p):
 @jax.custom_jvp
 def _bce_on_probs(p, y):
   # torch's BCELoss: each log is clamped at -100, so p=0 with y=1 gives 100.
-  log_p, log_not_p = _clamped_logs(p)
-  return -(y * log_p + (1 - y) * log_not_p)
+  # The value alone needs no guard: log 0 = -inf meets the clamp, and a NaN
+  # stays NaN. The rule below guards what its derivatives meet.
+  return -(y * jnp.maximum(jnp.log(p), -100.0)
+           + (1 - y) * jnp.maximum(jnp.log1p(-p), -100.0))
 
 
 @_bce_on_probs.defjvp

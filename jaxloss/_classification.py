@@ -7,6 +7,7 @@ Three families of names live here: optax's (``hinge_loss``,
 model output first and its target second.
 """
 
+import functools
 import math
 
 import jax
@@ -24,6 +25,7 @@ from jaxloss._rows import finish_rows
 from jaxloss._rows import integer_rows
 from jaxloss._rows import split_where
 from jaxloss._regression import not_nan
+from jaxloss.kernels import cross_entropy as _fast_ce
 
 # Keras's backend.epsilon(): its probability losses clip to [eps, 1 - eps].
 _KERAS_EPSILON = 1e-7
@@ -351,28 +353,72 @@ def poly_loss_cross_entropy(logits, labels, *, epsilon=2.0, axis=-1,
   y, _, _ = classes_last(fn, labels, axis)
   y = y.astype(x.dtype)
   row_keep, class_keep = split_where(fn, where, shape, axis, batch_shape)
-  cross_entropy = _multiclass.probability_cross_entropy(
-      fn, logits, labels, axis=axis, where=where, weight=None,
-      label_smoothing=0.0, reduction="none")
+  _rows.probability_values(fn, x, y, row_keep, class_keep, shape, axis)
   if _jit.is_zero(epsilon):
-    return _reduction.reduce(fn, _reduction.mask(cross_entropy, row_keep),
-                             reduction, keep=row_keep)
-  epsilon = _checks.conform(fn, "epsilon", jnp.asarray(epsilon, x.dtype),
-                            "the batch shape of logits", batch_shape)
+    epsilon = None
+  else:
+    epsilon = _checks.conform(fn, "epsilon", jnp.asarray(epsilon, x.dtype),
+                              "the batch shape of logits", batch_shape)
+    epsilon = _rows.flat_rows(jnp.broadcast_to(epsilon, batch_shape),
+                              batch_shape)
   if row_keep is not None:
     x = jnp.where(row_keep[..., None], x, 0)
-    if class_keep is not None:
-      class_keep = jnp.where(row_keep[..., None], class_keep, True)
+
+  def flat(a):
+    return _rows.flat_rows(a, batch_shape)
+
+  loss = _poly_rows(_fast_ce.default_config(x), flat(x), flat(y), epsilon,
+                    flat(row_keep), flat(class_keep)).reshape(batch_shape)
+  loss = _reduction.mask(loss, row_keep)
+  return _reduction.reduce(fn, loss, reduction, keep=row_keep)
+
+
+def _poly_terms(config, x, y, keep, class_keep, value):
+  """The cross entropies and ``sum_j y_j (1 - p_j)`` of [R, C] rows.
+
+  ``value``: the form for the value alone, where XLA:CPU fuses a separate
+  log-sum-exp best; else the one whose reverse mode keeps least, the
+  softmax from the statistics' own log-sum-exp.
+  """
+  stats = _fast_ce.label_statistics(config, x, y, keep, class_keep, None)
   if class_keep is not None:
     # Excluded classes read -inf: probability 0 and an exact zero gradient,
     # whatever they held.
     x = jnp.where(class_keep, x, -jnp.inf)
-  lse = jax.nn.logsumexp(x, axis=-1, keepdims=True)
-  p = jnp.exp(x - lse)
-  one_minus_pt = jnp.sum(y * (1 - p) if class_keep is None
-                         else jnp.where(class_keep, y * (1 - p), 0), axis=-1)
-  loss = _reduction.mask(cross_entropy + epsilon * one_minus_pt, row_keep)
-  return _reduction.reduce(fn, loss, reduction, keep=row_keep)
+  if value:
+    lse = jax.nn.logsumexp(x, axis=-1, keepdims=True)
+    terms = y * (1 - jnp.exp(x - lse))
+    if class_keep is not None:
+      terms = jnp.where(class_keep, terms, 0)
+    return stats[0], jnp.sum(terms, axis=-1)
+  cross, lse, ysum = stats[:3]
+  terms = y * _fast_ce.finite_exp(x, lse[:, None])
+  kept = _rows.both(class_keep, None if keep is None else keep[:, None])
+  if kept is not None:
+    terms = jnp.where(kept, terms, 0)
+  return cross, ysum - jnp.sum(terms, axis=-1)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _poly_rows(config, x, y, epsilon, keep, class_keep):
+  """PolyLoss of [R, C] rows; ``epsilon`` [R] or None (the term left out).
+
+  Its derivatives are those of the statistics' form, whatever form the
+  value takes.
+  """
+  cross, one_minus_pt = _poly_terms(config, x, y, keep, class_keep, True)
+  return cross if epsilon is None else cross + epsilon * one_minus_pt
+
+
+@_poly_rows.defjvp
+def _poly_rows_jvp(config, primals, tangents):
+  x, y, epsilon, keep, class_keep = primals
+
+  def rows(x, y, epsilon):
+    cross, one_minus_pt = _poly_terms(config, x, y, keep, class_keep, False)
+    return cross if epsilon is None else cross + epsilon * one_minus_pt
+
+  return jax.jvp(rows, (x, y, epsilon), tangents[:3])
 
 
 @_jit.jit("axis", "reduction", label_smoothing=_jit.UNIT)

@@ -74,13 +74,6 @@ def _pallas():
   return pallas_cross_entropy
 
 
-def _pallas():
-  # Imported on first use: Pallas and its Triton bindings add a fifth of a
-  # second to `import jaxloss`, for a path only GPUs take by default.
-  from jaxloss.kernels import pallas_cross_entropy  # noqa: PLC0415
-  return pallas_cross_entropy
-
-
 class Config(NamedTuple):
   """How the statistics are computed; never what they are."""
   smoothing: bool = False   # also the sums over the support
@@ -120,7 +113,7 @@ def _remat(fn):
   return jax.checkpoint(fn, policy=jax.checkpoint_policies.nothing_saveable)
 
 
-def _finite_exp(x, top):
+def finite_exp(x, top):
   """``exp(x - top)``, 0 where ``top`` is not finite (a row without any
   possible class), never ``exp(nan)``, in value and in derivative."""
   finite = jnp.isfinite(top)
@@ -131,10 +124,10 @@ def _softmax(xf, lse, exps, inside):
   """The softmax where ``inside`` (None: everywhere), else 0: from ``exps =
   (exp(x - shift), shift)`` kept by the forward, or from the logits."""
   if exps is None:
-    p = _finite_exp(xf, lse[:, None])
+    p = finite_exp(xf, lse[:, None])
   else:
     e, shift = exps
-    p = e * _finite_exp(shift, lse)[:, None]
+    p = e * finite_exp(shift, lse)[:, None]
   return p if inside is None else jnp.where(inside, p, 0)
 
 
