@@ -96,13 +96,19 @@ def _rowwise(fn, elementwise, log_predictions, targets, t_name, axis, where,
     lp = jnp.where(where, lp, 0)
     t = jnp.where(where, t, 0)
   _target_checks(fn, lp, t, t_name, t_name == "log_targets")
-  loss = elementwise(lp, t)
+
+  def row_sums(terms):
+    if where is not None:
+      terms = jnp.where(where, terms, 0)
+    return jnp.sum(terms, axis=axes)
+
+  loss = row_sums(elementwise(lp, t))
   if extra is not None:
-    loss = loss + extra(lp, t)
+    # Summed apart, as optax does: XLA:CPU reduces two simple terms faster
+    # than their sum (half the time at [128, 32768] with the gradient).
+    loss = loss + row_sums(extra(lp, t))
   if where is not None:
-    loss = jnp.where(where, loss, 0)
     keep = jnp.any(where, axis=axes)
-  loss = jnp.sum(loss, axis=axes)
   return _reduction.reduce(fn, loss, reduction, keep=keep)
 
 
