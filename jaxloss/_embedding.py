@@ -158,18 +158,49 @@ def _cosine(fn, predictions, targets, epsilon, axis, where):
     # reach the gradient of the entries kept.
     predictions = jnp.where(where, predictions, 0)
     targets = jnp.where(where, targets, 0)
-  epsilon = _jit.cast(epsilon, predictions.dtype)
-  # The three sums first, every select on the row results: XLA:CPU fuses
-  # each sum with its products, where a select on the norms between the
-  # sums and the [..., C] products would keep those apart.
+  # The three sums first, then the row algebra: XLA:CPU fuses each sum with
+  # its products, where a select between the sums and the [..., C]
+  # products would keep those apart.
   dot = jnp.sum(predictions * targets, axis=axes, where=where)
+  norm2s = [jnp.sum(x * x, axis=axes, where=where)
+            for x in (predictions, targets)]
+  if _jit.is_zero(epsilon):
+    return _cosine_rows(dot, *norm2s, None)
+  return _cosine_rows(dot, *norm2s, _jit.cast(epsilon, dot.dtype))
+
+
+def _exact_cosine_rows(dot, norm2_a, norm2_b, epsilon):
+  """The cosine from its row sums: 0, with zero derivatives, for a zero
+  vector."""
   scale = 1
-  for x in (predictions, targets):
-    norm2 = jnp.sum(x * x, axis=axes, where=where)
-    if not _jit.is_zero(epsilon):
+  for norm2 in (norm2_a, norm2_b):
+    if epsilon is not None:
       norm2 = jnp.maximum(norm2, epsilon)
     scale = scale * _safe_rsqrt(norm2)
   return dot * scale
+
+
+@jax.custom_jvp
+def _cosine_rows(dot, norm2_a, norm2_b, epsilon):
+  """:func:`_exact_cosine_rows`, its value without a select.
+
+  Each squared norm is floored at the smallest normal number instead:
+  XLA fuses that floor with the sums (a select would split them). The value
+  is the same: a squared norm below it is flushed to 0 on CPUs, GPUs and
+  TPUs, and a zero vector's dot product is 0, as is the cosine then; no
+  cosine grows past 1, as the floor only enlarges a norm. The derivatives
+  are those of :func:`_exact_cosine_rows`.
+  """
+  floor = jnp.finfo(dot.dtype).tiny
+  if epsilon is not None:
+    floor = jnp.maximum(epsilon, floor)
+  return (dot * lax.rsqrt(jnp.maximum(norm2_a, floor))
+          * lax.rsqrt(jnp.maximum(norm2_b, floor)))
+
+
+@_cosine_rows.defjvp
+def _cosine_rows_jvp(primals, tangents):
+  return jax.jvp(_exact_cosine_rows, primals, tangents)
 
 
 @_jit.jit("axis", "reduction", epsilon=_jit.NON_NEGATIVE)
