@@ -4,6 +4,7 @@ import functools
 import warnings
 
 import jax
+from jax.custom_derivatives import SymbolicZero
 import jax.numpy as jnp
 import numpy as np
 
@@ -57,17 +58,30 @@ def _elementwise_kl_log_targets(lp, lt):
   One select on the value: the derivatives are written out, so no NaN of
   the branch not taken reaches them.
   """
-  return jnp.where(lt > -jnp.inf, jnp.exp(lt) * (lt - lp), 0)
+  # A finite log t is positive mass, also where e^log t flushes to 0: on a
+  # -inf log p it costs inf (not 0 * inf).
+  gap = lt - lp
+  return jnp.where(lt > -jnp.inf,
+                   jnp.where(gap == jnp.inf, gap, jnp.exp(lt) * gap), 0)
 
 
-@_elementwise_kl_log_targets.defjvp
 def _elementwise_kl_log_targets_jvp(primals, tangents):
   # d/dlog p = -t and d/dlog t = t (log t - log p) + t: both 0 at a zero
-  # target, whatever log p is.
+  # target, whatever log p is. A symbolic zero tangent is left out, so that
+  # an infinite term's d/dlog t never meets it (inf * 0).
   (lp, lt), (dlp, dlt) = primals, tangents
   out = _elementwise_kl_log_targets(lp, lt)
   w = jnp.exp(lt)
-  return out, (out + w) * dlt - w * dlp
+  d = jnp.zeros_like(out)
+  if not isinstance(dlt, SymbolicZero):
+    d = d + (out + w) * dlt
+  if not isinstance(dlp, SymbolicZero):
+    d = d - w * dlp
+  return out, d
+
+
+_elementwise_kl_log_targets.defjvp(_elementwise_kl_log_targets_jvp,
+                                   symbolic_zeros=True)
 
 
 def _target_checks(fn, lp, t, t_name, log_targets):

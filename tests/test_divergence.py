@@ -137,6 +137,23 @@ def test_kl_divergence_gradients_and_extremes():
       1e4 * float(t[1, 0]), rel=1e-3)
 
 
+def test_kl_divergence_with_log_targets_flushed_mass():
+  """A finite log-target is positive mass even where its exponential
+  flushes to 0: inf on a -inf log-prediction (it was NaN), with a zero
+  gradient for the log-predictions, also in forward mode."""
+  lp = jnp.array([[-jnp.inf, 0.0], [-1.0, 0.0]])
+  lt = jnp.array([[-110.0, 0.0], [-110.0, 0.0]])
+  value = jaxloss.kl_divergence_with_log_targets(lp, lt)
+  assert value[0] == jnp.inf and np.isfinite(value[1])
+  d_lp = jax.grad(lambda lp: jaxloss.kl_divergence_with_log_targets(
+      lp, lt)[0])(lp)
+  np.testing.assert_array_equal(d_lp, [[0.0, -1.0], [0.0, 0.0]])
+  _, tangent = jax.jvp(
+      lambda lp: jaxloss.kl_divergence_with_log_targets(lp, lt),
+      (lp,), (jnp.ones_like(lp),))
+  np.testing.assert_array_equal(tangent, [-1.0, -1.0])
+
+
 def test_kl_divergence_with_log_targets():
   with np.errstate(divide="ignore"):
     lt = np.log(T_ZERO)                         # -inf at the zero targets
