@@ -84,9 +84,20 @@ def _weighted(fn, loss, weight, reduction):
   return _reduction.reduce(fn, loss * weight, reduction, denominator=weight)
 
 
+@jax.custom_jvp
 def abs_zero_slope(x):
-  """``|x|`` with slope 0 at 0, as torch (``jnp.abs`` has slope 1 there)."""
-  return jnp.sign(x) * x
+  """``|x|`` with slope 0 at 0, as torch (``jnp.abs`` has slope 1 there).
+
+  The derivative is written out, ``sign(x)``: reverse mode then recomputes
+  it from ``x`` where autodiff of ``sign(x) * x`` would keep it.
+  """
+  return jnp.abs(x)
+
+
+@abs_zero_slope.defjvp
+def _abs_zero_slope_jvp(primals, tangents):
+  (x,), (dx,) = primals, tangents
+  return jnp.abs(x), jnp.sign(x) * dx
 
 
 def _modulus(z):
