@@ -71,6 +71,24 @@ def _safe_rsqrt(x):
   return jnp.where(positive, lax.rsqrt(jnp.where(positive, x, 1)), 0)
 
 
+@jax.custom_jvp
+def _safe_sqrt(x):
+  """``sqrt(x)`` of ``x >= 0``, with derivative 0 at 0 (every order).
+
+  The value needs no select (``sqrt(0) = 0``), so XLA fuses it with the sum
+  that makes ``x``; the derivative guards the division.
+  """
+  return jnp.sqrt(x)
+
+
+@_safe_sqrt.defjvp
+def _safe_sqrt_jvp(primals, tangents):
+  (x,), (dx,) = primals, tangents
+  root = _safe_sqrt(x)
+  positive = x > 0
+  return root, jnp.where(positive, 0.5 / jnp.where(positive, root, 1), 0) * dx
+
+
 def _safe_pow(x, p):
   """``x ** p`` for ``x > 0``, else 0, with zero gradients there.
 
@@ -108,9 +126,7 @@ def _pnorm(v, p, axis, keepdims=False, inner_eps=None):
     # |v|^2 without the modulus: the square's own derivative is 0 at 0.
     square = (v.real * v.real + v.imag * v.imag
               if jnp.issubdtype(v.dtype, jnp.complexfloating) else v * v)
-    total = plus_eps(jnp.sum(square, axis=axis, keepdims=keepdims))
-    positive = total > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, total, 1)), 0)
+    return _safe_sqrt(plus_eps(jnp.sum(square, axis=axis, keepdims=keepdims)))
   a = (_modulus(v) if jnp.issubdtype(v.dtype, jnp.complexfloating)
        else abs_zero_slope(v))
   if known == math.inf:
