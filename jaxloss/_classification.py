@@ -376,10 +376,13 @@ def poly_loss_cross_entropy(logits, labels, *, epsilon=2.0, axis=-1,
 def _poly_terms(config, x, y, keep, class_keep, value):
   """The cross entropies and ``sum_j y_j (1 - p_j)`` of [R, C] rows.
 
-  ``value``: the form for the value alone, where XLA:CPU fuses a separate
-  log-sum-exp best; else the one whose reverse mode keeps least, the
-  softmax from the statistics' own log-sum-exp.
+  ``value``: the form for the value alone, on CPUs both sums in the cross
+  entropy's one fused pass; else the one whose reverse mode keeps least,
+  the softmax from the statistics' own log-sum-exp.
   """
+  if value and config.value_chain and class_keep is None:
+    cross, mass = _fast_ce.label_chain(x, y, keep, None, softmax_mass=True)
+    return cross, jnp.sum(y, axis=-1) - mass
   stats = _fast_ce.label_statistics(config, x, y, keep, class_keep, None)
   if class_keep is not None:
     # Excluded classes read -inf: probability 0 and an exact zero gradient,

@@ -338,7 +338,7 @@ def label_statistics(config, x, y, keep, class_keep, weight):
     # Only the value is wanted when this runs (the derivative rule reads
     # the variadic form): XLA drops the totals' reductions, unused.
     _, lse, ysum = _label_forward(config, x, y, keep, class_keep, weight)[0]
-    return _label_chain(x, y, keep, weight), lse, ysum
+    return label_chain(x, y, keep, weight), lse, ysum
   return _label_forward(config, x, y, keep, class_keep, weight)[0]
 
 
@@ -389,28 +389,35 @@ def _label_forward(config, x, y, keep, class_keep, weight):
   return out, (exps, shift) if config.keep_exponentials else None
 
 
-def _label_chain(x, y, keep, weight):
+def label_chain(x, y, keep, weight, softmax_mass=False):
   """The cross sum alone as a chain maximum -> sum of exponentials -> sum
   of ``c (log_sum + m - x)`` with no select on [R, C] arrays, which XLA:CPU
   fuses into one pass: half the time of the variadic reduction of
-  :func:`_label_forward` there."""
+  :func:`_label_forward` there. The value only: no derivative rule.
+
+  With ``softmax_mass`` also :math:`\sum_j c_j\, \mathrm{softmax}(x)_j`
+  (PolyLoss's term), from the same exponentials, in the same pass.
+  """
   dtype = _reduction.stat_dtype(x.dtype)
   info = jnp.finfo(dtype)
   m = jnp.max(x, axis=-1).astype(dtype)
   below = jnp.maximum(m, -info.max)[:, None] - x.astype(dtype)
-  sum_exp = jnp.sum(jnp.exp(-below), axis=-1)
+  exps = jnp.exp(-below)
   # At least 1 where a logit is finite; 0 on a row of -inf logits, where the
   # floor keeps log_sum finite so that zero terms stay 0.
-  log_sum = jnp.log(jnp.maximum(sum_exp, info.tiny))
+  sum_exp = jnp.maximum(jnp.sum(exps, axis=-1), info.tiny)
+  log_sum = jnp.log(sum_exp)
   c = _coefficients(y, None, weight, dtype)
   # c (log_sum + below), with 0 rather than 0 * inf where c is 0 on a -inf
   # logit: the cap on `below` is finite there, +inf wherever c is not 0
   # (labels need not be non-negative: torch takes any real targets).
   cap = info.max * (1 + jnp.abs(jnp.sign(c)))
-  cross = jnp.sum(c * (log_sum[:, None] + jnp.minimum(below, cap)), axis=-1)
+  out = (jnp.sum(c * (log_sum[:, None] + jnp.minimum(below, cap)), axis=-1),)
+  if softmax_mass:
+    out += (jnp.sum(c * exps, axis=-1) / sum_exp,)
   if keep is not None:
-    cross = jnp.where(keep, cross, 0)
-  return cross
+    out = tuple(jnp.where(keep, s, 0) for s in out)
+  return out if softmax_mass else out[0]
 
 
 def _label_statistics_jvp(config, primals, tangents):
