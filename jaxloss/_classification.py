@@ -373,8 +373,9 @@ def poly_loss_cross_entropy(logits, labels, *, epsilon=2.0, axis=-1,
   return _reduction.reduce(fn, loss, reduction, keep=row_keep)
 
 
-def _poly_terms(config, x, y, keep, class_keep, value):
-  """The cross entropies and ``sum_j y_j (1 - p_j)`` of [R, C] rows.
+def _poly_terms(config, x, y, epsilon, keep, class_keep, value):
+  """PolyLoss of [R, C] rows: the cross entropies plus ``epsilon`` ([R], or
+  None: the term left out) times ``sum_j y_j (1 - p_j)``.
 
   ``value``: the form for the value alone, on CPUs both sums in the cross
   entropy's one fused pass; else the one whose reverse mode keeps least,
@@ -382,35 +383,34 @@ def _poly_terms(config, x, y, keep, class_keep, value):
   """
   if value and config.value_chain and class_keep is None:
     cross, mass = _fast_ce.label_chain(x, y, keep, None, softmax_mass=True)
-    return cross, jnp.sum(y, axis=-1) - mass
-  stats = _fast_ce.label_statistics(config, x, y, keep, class_keep, None)
-  if class_keep is not None:
-    # Excluded classes read -inf: probability 0 and an exact zero gradient,
-    # whatever they held.
-    x = jnp.where(class_keep, x, -jnp.inf)
-  if value:
-    lse = jax.nn.logsumexp(x, axis=-1, keepdims=True)
-    terms = y * (1 - jnp.exp(x - lse))
+    one_minus_pt = jnp.sum(y, axis=-1) - mass
+  else:
+    stats = _fast_ce.label_statistics(config, x, y, keep, class_keep, None)
+    cross = stats[0]
     if class_keep is not None:
-      terms = jnp.where(class_keep, terms, 0)
-    return stats[0], jnp.sum(terms, axis=-1)
-  cross, lse, ysum = stats[:3]
-  terms = y * _fast_ce.finite_exp(x, lse[:, None])
-  kept = _rows.both(class_keep, None if keep is None else keep[:, None])
-  if kept is not None:
-    terms = jnp.where(kept, terms, 0)
-  return cross, ysum - jnp.sum(terms, axis=-1)
+      # Excluded classes read -inf: probability 0 and an exact zero
+      # gradient, whatever they held.
+      x = jnp.where(class_keep, x, -jnp.inf)
+    if value:
+      lse = jax.nn.logsumexp(x, axis=-1, keepdims=True)
+      terms = y * (1 - jnp.exp(x - lse))
+      if class_keep is not None:
+        terms = jnp.where(class_keep, terms, 0)
+      one_minus_pt = jnp.sum(terms, axis=-1)
+    else:
+      terms = y * _fast_ce.finite_exp(x, stats[1][:, None])
+      kept = _rows.both(class_keep, None if keep is None else keep[:, None])
+      if kept is not None:
+        terms = jnp.where(kept, terms, 0)
+      one_minus_pt = stats[2] - jnp.sum(terms, axis=-1)
+  return cross if epsilon is None else cross + epsilon * one_minus_pt
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _poly_rows(config, x, y, epsilon, keep, class_keep):
-  """PolyLoss of [R, C] rows; ``epsilon`` [R] or None (the term left out).
-
-  Its derivatives are those of the statistics' form, whatever form the
-  value takes.
-  """
-  cross, one_minus_pt = _poly_terms(config, x, y, keep, class_keep, True)
-  return cross if epsilon is None else cross + epsilon * one_minus_pt
+  """:func:`_poly_terms`'s value form, with its derivatives those of the
+  statistics' form."""
+  return _poly_terms(config, x, y, epsilon, keep, class_keep, True)
 
 
 @_poly_rows.defjvp
@@ -418,8 +418,7 @@ def _poly_rows_jvp(config, primals, tangents):
   x, y, epsilon, keep, class_keep = primals
 
   def rows(x, y, epsilon):
-    cross, one_minus_pt = _poly_terms(config, x, y, keep, class_keep, False)
-    return cross if epsilon is None else cross + epsilon * one_minus_pt
+    return _poly_terms(config, x, y, epsilon, keep, class_keep, False)
 
   return jax.jvp(rows, (x, y, epsilon), tangents[:3])
 

@@ -180,9 +180,13 @@ def _cosine(fn, predictions, targets, epsilon, axis, where):
   dot = jnp.sum(predictions * targets, axis=axes, where=where)
   norm2s = [jnp.sum(x * x, axis=axes, where=where)
             for x in (predictions, targets)]
-  if _jit.is_zero(epsilon):
-    return _cosine_rows(dot, *norm2s, None)
-  return _cosine_rows(dot, *norm2s, _jit.cast(epsilon, dot.dtype))
+  epsilon = (None if _jit.is_zero(epsilon)
+             else _jit.cast(epsilon, dot.dtype))
+  # XLA:CPU flushes subnormal results to 0: there the floor below changes no
+  # value. GPUs keep subnormals, and a select costs them nothing.
+  rows = (_cosine_rows if jax.default_backend() == "cpu"
+          else _exact_cosine_rows)
+  return rows(dot, *norm2s, epsilon)
 
 
 def _exact_cosine_rows(dot, norm2_a, norm2_b, epsilon):
@@ -200,12 +204,11 @@ def _exact_cosine_rows(dot, norm2_a, norm2_b, epsilon):
 def _cosine_rows(dot, norm2_a, norm2_b, epsilon):
   """:func:`_exact_cosine_rows`, its value without a select.
 
-  Each squared norm is floored at the smallest normal number instead:
-  XLA fuses that floor with the sums (a select would split them). The value
-  is the same: a squared norm below it is flushed to 0 on CPUs, GPUs and
-  TPUs, and a zero vector's dot product is 0, as is the cosine then; no
-  cosine grows past 1, as the floor only enlarges a norm. The derivatives
-  are those of :func:`_exact_cosine_rows`.
+  Each squared norm is floored at the smallest normal number instead, which
+  XLA:CPU fuses with the sums (a select would split them). Where subnormal
+  results flush to 0, as on CPUs, the value is the same: a squared norm is
+  0 or at least the floor, and a zero vector's dot product is 0, as is the
+  cosine then. The derivatives are those of :func:`_exact_cosine_rows`.
   """
   floor = jnp.finfo(dot.dtype).tiny
   if epsilon is not None:

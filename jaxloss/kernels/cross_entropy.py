@@ -390,7 +390,7 @@ def _label_forward(config, x, y, keep, class_keep, weight):
 
 
 def label_chain(x, y, keep, weight, softmax_mass=False):
-  """The cross sum alone as a chain maximum -> sum of exponentials -> sum
+  r"""The cross sum alone as a chain maximum -> sum of exponentials -> sum
   of ``c (log_sum + m - x)`` with no select on [R, C] arrays, which XLA:CPU
   fuses into one pass: half the time of the variadic reduction of
   :func:`_label_forward` there. The value only: no derivative rule.
