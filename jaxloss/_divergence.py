@@ -53,16 +53,16 @@ def _elementwise_kl(lp, t):
 
 @jax.custom_jvp
 def _elementwise_kl_log_targets(lp, lt):
-  r""":math:`e^{\log t} (\log t - \log p)`, 0 where :math:`\log t = -\infty`.
+  r""":math:`e^{\log t} (\log t - \log p)`, 0 where :math:`e^{\log t} = 0`.
 
   One select on the value: the derivatives are written out, so no NaN of
   the branch not taken reaches them.
   """
-  # A finite log t is positive mass, also where e^log t flushes to 0: on a
-  # -inf log p it costs inf (not 0 * inf).
-  gap = lt - lp
-  return jnp.where(lt > -jnp.inf,
-                   jnp.where(gap == jnp.inf, gap, jnp.exp(lt) * gap), 0)
+  # The target is e^log t as the dtype holds it: where that is 0 (log t =
+  # -inf, or so low that it underflows), the term is 0, as kl_divergence
+  # gives for a zero target, also on a -inf log p (not 0 * inf).
+  t = jnp.exp(lt)
+  return jnp.where(t > 0, t * (lt - lp), 0)
 
 
 def _elementwise_kl_log_targets_jvp(primals, tangents):

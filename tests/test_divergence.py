@@ -137,14 +137,15 @@ def test_kl_divergence_gradients_and_extremes():
       1e4 * float(t[1, 0]), rel=1e-3)
 
 
-def test_kl_divergence_with_log_targets_flushed_mass():
-  """A finite log-target is positive mass even where its exponential
-  flushes to 0: inf on a -inf log-prediction (it was NaN), with a zero
-  gradient for the log-predictions, also in forward mode."""
+def test_kl_divergence_with_log_targets_underflowing_targets():
+  """A log-target whose exponential underflows is a zero target, as
+  kl_divergence reads it: 0 with zero gradients on a -inf log-prediction
+  (it was NaN), also in forward mode in the log-predictions alone."""
   lp = jnp.array([[-jnp.inf, 0.0], [-1.0, 0.0]])
   lt = jnp.array([[-110.0, 0.0], [-110.0, 0.0]])
   value = jaxloss.kl_divergence_with_log_targets(lp, lt)
-  assert value[0] == jnp.inf and np.isfinite(value[1])
+  np.testing.assert_array_equal(value, jaxloss.kl_divergence(lp, jnp.exp(lt)))
+  assert np.all(np.isfinite(value))
   d_lp = jax.grad(lambda lp: jaxloss.kl_divergence_with_log_targets(
       lp, lt)[0])(lp)
   np.testing.assert_array_equal(d_lp, [[0.0, -1.0], [0.0, 0.0]])
@@ -152,6 +153,14 @@ def test_kl_divergence_with_log_targets_flushed_mass():
       lambda lp: jaxloss.kl_divergence_with_log_targets(lp, lt),
       (lp,), (jnp.ones_like(lp),))
   np.testing.assert_array_equal(tangent, [-1.0, -1.0])
+  # Positive mass on a -inf log-prediction costs inf; forward mode in the
+  # log-predictions alone stays finite there (no inf * 0).
+  lp = jnp.array([-jnp.inf, 0.0])
+  lt = jnp.log(jnp.array([0.5, 0.5]))
+  value, tangent = jax.jvp(
+      lambda lp: jaxloss.kl_divergence_with_log_targets(lp, lt),
+      (lp,), (jnp.ones_like(lp),))
+  assert value == jnp.inf and tangent == -1.0
 
 
 def test_kl_divergence_with_log_targets():
