@@ -529,10 +529,7 @@ def poisson_nll_loss(predictions, targets, *, log_input=True, full=False,
     non_negative(fn, "predictions", predictions)
   non_negative(fn, "targets", targets)
   if log_input:
-    # A zero count at log-rate -inf (rate 0) is certain: 0, not 0 * -inf.
-    log_rate = jnp.where((targets == 0) & jnp.isinf(predictions), 0,
-                         predictions)
-    loss = jnp.exp(predictions) - targets * log_rate
+    loss = _poisson_log_terms(predictions, targets)
   else:
     rates = (predictions if _jit.is_zero(eps)
              else predictions + _jit.cast(eps, predictions.dtype))
@@ -543,6 +540,36 @@ def poisson_nll_loss(predictions, targets, *, log_input=True, full=False,
     stirling = y * jnp.log(y) - y + 0.5 * jnp.log(y) + _HALF_LOG_2PI
     loss = loss + jnp.where(big, stirling, 0)
   return _reduction.reduce(fn, loss, reduction)
+
+
+@jax.custom_jvp
+def _poisson_log_terms(log_rate, counts):
+  """``e^x - y x`` with a zero count at log-rate -inf (rate 0) costing 0,
+  not ``0 * -inf``, and a positive one costing inf.
+
+  No select: the log-rate is clamped at -max where the count is 0 (a cap
+  that overflows to -inf, no clamp, wherever it is not), so that XLA fuses
+  the terms with their sum. The derivatives are written out: ``e^x - y`` in
+  the log-rate, finite at -inf, and ``-x`` in the count, 0 where the value
+  reads 0.
+  """
+  big = jnp.finfo(log_rate.dtype).max
+  floor = -big * (1 + jnp.abs(jnp.sign(counts)))
+  return jnp.exp(log_rate) - counts * jnp.maximum(log_rate, floor)
+
+
+def _poisson_log_terms_jvp(primals, tangents):
+  (x, y), (dx, dy) = primals, tangents
+  out = _poisson_log_terms(x, y)
+  d = jnp.zeros_like(out)
+  if not isinstance(dx, SymbolicZero):
+    d = d + (jnp.exp(x) - y) * dx
+  if not isinstance(dy, SymbolicZero):
+    d = d - jnp.where((y == 0) & jnp.isinf(x), 0, x) * dy
+  return out, d
+
+
+_poisson_log_terms.defjvp(_poisson_log_terms_jvp, symbolic_zeros=True)
 
 
 def _gaussian_var(fn, var, shape):

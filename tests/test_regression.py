@@ -516,6 +516,9 @@ def test_poisson_nll_zero_count_at_log_rate_minus_inf_costs_nothing():
   np.testing.assert_array_equal(f(x), [0.0, np.inf, np.exp(np.float32(0.5))])
   g = jit_fast(jax.grad(lambda x: jaxloss.poisson_nll_loss(x, y).sum()))(x)
   np.testing.assert_allclose(g, [0.0, -2.0, np.exp(0.5)], rtol=1e-6)
+  # In the counts, -x: 0 where the value reads 0 (not inf), inf at rate 0.
+  g = jit_fast(jax.grad(lambda y: jaxloss.poisson_nll_loss(x, y).sum()))(y)
+  np.testing.assert_array_equal(g, [0.0, np.inf, -0.5])
 
 
 def test_poisson_is_poisson_nll_on_rates():
