@@ -17,6 +17,7 @@ from jax.custom_derivatives import SymbolicZero
 from jaxloss import _checks
 from jaxloss import _jit
 from jaxloss import _reduction
+from jaxloss import _rows
 
 
 def not_nan(fn, name, x, keep=None):
@@ -553,8 +554,7 @@ def _poisson_log_terms(log_rate, counts):
   the log-rate, finite at -inf, and ``-x`` in the count, 0 where the value
   reads 0.
   """
-  big = jnp.finfo(log_rate.dtype).max
-  floor = -big * (1 + jnp.abs(jnp.sign(counts)))
+  floor = -_rows.cap_unless_zero(counts)
   return jnp.exp(log_rate) - counts * jnp.maximum(log_rate, floor)
 
 

@@ -72,6 +72,14 @@ def class_weight(fn, weight, num_classes, dtype):
   return weight.astype(dtype)
 
 
+def cap_unless_zero(c):
+  """The largest finite number where ``c`` is 0, ``inf`` elsewhere: a clamp
+  that keeps ``0 * inf`` out of a zero coefficient's term and leaves every
+  other term alone, with no select (which would keep XLA:CPU from fusing
+  the terms with their sum)."""
+  return jnp.finfo(c.dtype).max * (1 + jnp.abs(jnp.sign(c)))
+
+
 def both(a, b):
   if a is None:
     return b

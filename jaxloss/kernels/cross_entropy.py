@@ -411,7 +411,7 @@ def label_chain(x, y, keep, weight, softmax_mass=False):
   # c (log_sum + below), with 0 rather than 0 * inf where c is 0 on a -inf
   # logit: the cap on `below` is finite there, +inf wherever c is not 0
   # (labels need not be non-negative: torch takes any real targets).
-  cap = info.max * (1 + jnp.abs(jnp.sign(c)))
+  cap = _rows.cap_unless_zero(c)
   out = (jnp.sum(c * (log_sum[:, None] + jnp.minimum(below, cap)), axis=-1),)
   if softmax_mass:
     out += (jnp.sum(c * exps, axis=-1) / sum_exp,)
