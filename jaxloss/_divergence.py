@@ -65,12 +65,33 @@ def _elementwise_kl_log_targets(lp, lt):
   return jnp.where(t > 0, t * (lt - lp), 0)
 
 
+def _kl_log_target_terms(lp, lt):
+  """:func:`_elementwise_kl_log_targets`' numbers with no select.
+
+  ``log t - log p`` is capped at the largest finite number where the target
+  is 0, so that its term is ``0 * max``, not ``0 * inf``; ``log t`` is
+  floored at ``-max`` (whose exponential is 0 as well), so that a ``-inf``
+  one gives ``0 * (-max - log p)``. Elsewhere the cap is ``inf`` and the
+  floor is below ``log t``. XLA:CPU fuses these terms with their sum and
+  with the gradient, where a select makes it keep the terms in a temporary.
+  """
+  info = jnp.finfo(lt.dtype)
+  lt = jnp.maximum(lt, -info.max)
+  t = jnp.exp(lt)
+  # t >= 0 (or NaN, which the cap passes on): 1 + sign(t) is 1 or 2.
+  return t * jnp.minimum(lt - lp, info.max * (1 + jnp.sign(t)))
+
+
 def _elementwise_kl_log_targets_jvp(primals, tangents):
   # d/dlog p = -t and d/dlog t = t (log t - log p) + t: both 0 at a zero
   # target, whatever log p is. A symbolic zero tangent is left out, so that
-  # an infinite term's d/dlog t never meets it (inf * 0).
+  # an infinite term's d/dlog t never meets it (inf * 0). The value is the
+  # select-free form, which XLA:CPU fuses with the derivative's pass (the
+  # primal's select is the faster for the value alone). The weight is
+  # exp(log t) afresh: sharing the form's exponential made XLA:CPU keep two
+  # [..., C] temporaries.
   (lp, lt), (dlp, dlt) = primals, tangents
-  out = _elementwise_kl_log_targets(lp, lt)
+  out = _kl_log_target_terms(lp, lt)
   w = jnp.exp(lt)
   d = jnp.zeros_like(out)
   if not isinstance(dlt, SymbolicZero):
