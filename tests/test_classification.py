@@ -504,6 +504,46 @@ def test_categorical_focal_gradient_at_certainty():
         (jnp.asarray(X),), order=1, modes=("fwd",), eps=1e-6)
 
 
+
+def test_binary_focal_modulation_at_certainty():
+  # On probabilities, 1 - p_t is exactly 0 where the prediction equals its
+  # target: (1 - p_t)^gamma is 0 ** gamma (1 at gamma = 0) with zero
+  # derivatives, for a traced gamma as for a concrete one; autodiff through
+  # the power gives 0 * inf = NaN there for gamma < 1.
+  p = f32([[1.0, 0.0, 0.3, 0.8]])
+  y = f32([[1.0, 0.0, 1.0, 0.0]])
+  base = np.array([0.0, 0.0, 0.7, 0.8])
+
+  def ref(p, y, gamma):
+    clipped = jnp.clip(p, EPS, 1 - EPS)
+    bce = -(y * jnp.log(clipped) + (1 - y) * jnp.log(1 - clipped))
+    return jnp.mean(bce * (y * (1 - p) + (1 - y) * p) ** gamma)
+
+  loss = jax.jit(lambda p, gamma: jaxloss.binary_focal_cross_entropy(
+      p, y, gamma=gamma, reduction="sum"))
+  for gamma in (0.0, 0.5, 1.0, 2.0):
+    value, (grad_p, grad_gamma) = jax.value_and_grad(loss, argnums=(0, 1))(
+        p, jnp.float32(gamma))
+    np.testing.assert_allclose(value, ref(p, y, gamma), rtol=1e-6)
+    np.testing.assert_allclose(value, jaxloss.binary_focal_cross_entropy(
+        p, y, gamma=gamma, reduction="sum"), rtol=1e-6)
+    # At the certain elements the clip holds the cross entropy still and
+    # the modulation's derivatives are 0; elsewhere autodiff of the
+    # formula is exact.
+    want_p = jax.grad(ref)(p, y, gamma)
+    np.testing.assert_allclose(grad_p[0, :2], 0, atol=0)
+    np.testing.assert_allclose(grad_p[0, 2:], want_p[0, 2:], rtol=1e-5)
+    clipped = np.clip(np.asarray(p[0], np.float64), EPS, 1 - EPS)
+    bce = -(y[0] * np.log(clipped) + (1 - y[0]) * np.log(1 - clipped))
+    with np.errstate(divide="ignore", invalid="ignore"):
+      terms = np.where(base > 0, bce * base**gamma * np.log(base), 0)
+    np.testing.assert_allclose(grad_gamma, terms.mean(), rtol=1e-5)
+  # gamma = 0 traced: 0 ** 0 = 1, as a concrete 0 leaves the factor out.
+  np.testing.assert_allclose(
+      loss(p, jnp.float32(0.0)),
+      jaxloss.binary_focal_cross_entropy(p, y, gamma=0.0, reduction="sum"),
+      rtol=1e-6)
+
 def test_keras_hinges():
   x = f32(X)
   # All-binary targets map to -1/1; mixed ones are left alone, as Keras.

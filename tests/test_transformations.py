@@ -185,6 +185,48 @@ def test_hyperparameters_traced_vmapped_differentiated_compiled_once(name):
              1e-10, 1e-12, "an exact zero against a traced zero")
 
 
+def _integer_value(spec):
+  """A whole number inside ``spec``'s interval, 0 only if it is the only
+  one there; None if there is none."""
+  for v in (1, 2, 3, 0):
+    if spec.inside(float(v), np):
+      return v
+  return None
+
+
+@pytest.mark.parametrize("name", _with_hypers())
+def test_integer_hyperparameters_traced_and_differentiated(name):
+  # A hyperparameter may be an integer array (its dtype is checked for
+  # "a real number"): traced under jit, with the gradient by the inputs,
+  # it gives what the same float does.
+  hypers = sorted(_hypers(name))
+  wrt = _continuous(name)
+  with jax.enable_x64(True):
+    args = _inputs(name)
+    objective = _objective(name, args)
+    values = {h: _integer_value(_hypers(name)[h]) for h in hypers}
+    values = {h: v for h, v in values.items() if v is not None}
+    if not values:
+      pytest.skip(f"no whole number is a valid {hypers}")
+
+    @jax.jit
+    def program(x, hyper_values):
+      def f(*diff):
+        full = list(args)
+        for i, d in zip(wrt, diff):
+          full[i] = d
+        return objective(*full, **hyper_values)
+      return f(*x), jax.grad(f, tuple(range(len(wrt))))(*x)
+
+    x = tuple(args[i] for i in wrt)
+    as_int = program(x, {h: jnp.asarray(v, jnp.int32)
+                         for h, v in values.items()})
+    as_float = program(x, {h: jnp.asarray(v, jnp.float64)
+                           for h, v in values.items()})
+    _close(as_int, as_float, 1e-12, 1e-12, f"{name} at {values}")
+    assert all(np.all(np.isfinite(a)) for a in jax.tree.leaves(as_int))
+
+
 def _outside(spec):
   """Values just outside ``spec``'s interval (none if it is the whole line)."""
   out = []
