@@ -150,6 +150,20 @@ def _dtype(fn, name, dtype):
                  TypeError)
 
 
+def _widened(value):
+  """A half-precision hyperparameter in float32, converted once.
+
+  Its cotangent is then summed over all its uses in float32 and rounded to
+  its dtype once, at the end: a loss that reads it twice with opposite
+  signs (the label smoothing's two terms) would otherwise add their
+  cotangents in bfloat16 and lose the difference.
+  """
+  if isinstance(value, jax.Array) and value.dtype in (jnp.bfloat16,
+                                                      jnp.float16):
+    return value.astype(jnp.float32)
+  return value
+
+
 def is_zero(value):
   """Whether a hyperparameter is an exact zero known at trace time.
 
@@ -252,6 +266,7 @@ def jit(*static_argnames, **hypers):
           arguments[name] = 0.0
         elif name in arguments:
           check_traced(fn, name, spec, arguments[name])
+          arguments[name] = _widened(arguments[name])
       return body(**arguments)
 
     compiled = jax.jit(inner, static_argnames=static_argnames + ("_zero",))

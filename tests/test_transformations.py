@@ -227,6 +227,41 @@ def test_integer_hyperparameters_traced_and_differentiated(name):
     assert all(np.all(np.isfinite(a)) for a in jax.tree.leaves(as_int))
 
 
+@pytest.mark.parametrize("name", _with_hypers())
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_half_precision_hyperparameters(name, dtype):
+  # A bfloat16 or float16 hyperparameter, traced: the value and the
+  # gradients (by the inputs and by the hyperparameters) are the float32
+  # ones at the same (rounded) values, the latter rounded once to the
+  # hyperparameter's dtype. Summing a cotangent in half precision over the
+  # uses of a hyperparameter loses it where they cancel.
+  hypers = sorted(_hypers(name))
+  wrt = _continuous(name)
+  args = _inputs(name, dtype=jnp.float32)
+  objective = _objective(name, args)
+  values = {h: _values(name, h)[0] for h in hypers}
+
+  @jax.jit
+  def program(x, hyper_values):
+    def f(x, hyper_values):
+      full = list(args)
+      for i, d in zip(wrt, x):
+        full[i] = d
+      return objective(*full, **hyper_values)
+    return f(x, hyper_values), jax.grad(f, (0, 1))(x, hyper_values)
+
+  x = tuple(args[i] for i in wrt)
+  with np.errstate(over="ignore"):   # ctc's log_epsilon: -inf in float16
+    half = {h: jnp.asarray(v, dtype) for h, v in values.items()}
+  value, (grad_x, grad_h) = program(x, half)
+  want_value, (want_x, want_h) = program(
+      x, {h: v.astype(jnp.float32) for h, v in half.items()})
+  _close((value, grad_x), (want_value, want_x), 1e-6, 1e-6, name)
+  for h in hypers:
+    assert grad_h[h].dtype == dtype
+    _close(grad_h[h], want_h[h].astype(dtype), 0, 0, f"{name}: d/d {h}")
+
+
 def _outside(spec):
   """Values just outside ``spec``'s interval (none if it is the whole line)."""
   out = []
