@@ -14,7 +14,9 @@ A public loss is compiled with ``jax.jit``. Its keywords fall in two kinds:
   the Python number ``0.0``, so that a term it switches off costs nothing
   (:func:`is_zero`). Zero or not is part of the program's structure: a
   zero and a nonzero value compile once each. A traced value is
-  range-checked under :func:`jaxloss.checked`.
+  range-checked under :func:`jaxloss.checked`. A floating array is
+  converted once, on entry, to the dtype the loss is computed in (float32,
+  or float64 for a float64 model output), whatever its own.
 """
 
 import functools
@@ -150,18 +152,33 @@ def _dtype(fn, name, dtype):
                  TypeError)
 
 
-def _widened(value):
-  """A half-precision hyperparameter in float32, converted once.
+def _loss_dtype(output):
+  """The dtype a loss is computed in for the model output ``output``:
+  float32, or float64 for float64 (None if it is not a floating array)."""
+  dtype = getattr(output, "dtype", None)
+  if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+    return None
+  return jnp.promote_types(dtype, jnp.float32)
 
-  Its cotangent is then summed over all its uses in float32 and rounded to
-  its dtype once, at the end: a loss that reads it twice with opposite
-  signs (the label smoothing's two terms) would otherwise add their
-  cotangents in bfloat16 and lose the difference.
+
+def _in_dtype(value, dtype):
+  """A floating hyperparameter array in the loss's dtype, converted once.
+
+  Its cotangent is then summed over all its uses in that dtype and rounded
+  to its own once, at the end: a bfloat16 hyperparameter that a loss reads
+  twice with opposite signs (the label smoothing's two terms) would
+  otherwise have its cotangents added in bfloat16, and the difference lost.
+  A float64 one (under ``jax_enable_x64``) no longer makes a float32 loss
+  float64. Without a floating model output, half precision is widened to
+  float32.
   """
-  if isinstance(value, jax.Array) and value.dtype in (jnp.bfloat16,
-                                                      jnp.float16):
-    return value.astype(jnp.float32)
-  return value
+  if not (isinstance(value, jax.Array)
+          and jnp.issubdtype(value.dtype, jnp.floating)):
+    return value
+  if dtype is None:
+    dtype = jnp.promote_types(value.dtype, jnp.float32)
+  # Already there (a Python number arrives weakly typed): left as it is.
+  return value if value.dtype == dtype else value.astype(dtype)
 
 
 def is_zero(value):
@@ -260,13 +277,16 @@ def jit(*static_argnames, **hypers):
       if name not in signature.parameters:
         raise TypeError(f"{fn} has no parameter {name!r}")
 
+    first = next(iter(signature.parameters))
+
     def inner(_zero=frozenset(), **arguments):
       for name, spec in hypers.items():
         if name in _zero:
           arguments[name] = 0.0
         elif name in arguments:
           check_traced(fn, name, spec, arguments[name])
-          arguments[name] = _widened(arguments[name])
+          arguments[name] = _in_dtype(arguments[name],
+                                      _loss_dtype(arguments.get(first)))
       return body(**arguments)
 
     compiled = jax.jit(inner, static_argnames=static_argnames + ("_zero",))

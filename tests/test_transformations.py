@@ -262,6 +262,27 @@ def test_half_precision_hyperparameters(name, dtype):
     _close(grad_h[h], want_h[h].astype(dtype), 0, 0, f"{name}: d/d {h}")
 
 
+@pytest.mark.parametrize("name", _with_hypers())
+def test_float64_hyperparameters_keep_the_loss_dtype(name):
+  # Under jax_enable_x64, float64 hyperparameter arrays against float32
+  # inputs: the loss stays float32, as its docstring says, and agrees with
+  # the Python-number hyperparameters; the gradient by a hyperparameter is
+  # float64, its own dtype.
+  hypers = sorted(_hypers(name))
+  with jax.enable_x64(True):
+    args = _inputs(name, dtype=jnp.float32)
+    loss = _loss(name)
+    values = {h: _values(name, h)[0] for h in hypers}
+    want = loss(*args, **values)
+    got = loss(*args, **{h: jnp.asarray(v, jnp.float64)
+                         for h, v in values.items()})
+    assert got.dtype == want.dtype == jnp.float32, (got.dtype, want.dtype)
+    _close(got, want, 1e-6, 1e-6, name)
+    grads = jax.grad(lambda hv: jnp.sum(loss(*args, **hv)))(
+        {h: jnp.asarray(v, jnp.float64) for h, v in values.items()})
+    assert all(g.dtype == jnp.float64 for g in grads.values())
+
+
 def _outside(spec):
   """Values just outside ``spec``'s interval (none if it is the whole line)."""
   out = []
