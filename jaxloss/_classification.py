@@ -1044,36 +1044,25 @@ def binary_focal_cross_entropy(predictions, targets, *,
   return _reduction.reduce(fn, jnp.mean(loss, axis=axes), reduction)
 
 
-def _floating(value, dtype):
-  """A hyperparameter as a floating array (``dtype`` for an integer one),
-  so that a custom derivative rule gets a tangent for it."""
-  value = jnp.asarray(value)
-  if not jnp.issubdtype(value.dtype, jnp.floating):
-    value = value.astype(dtype)
-  return value
-
-
+@jax.custom_jvp
 def _modulation_of(base, gamma):
   r""":math:`b^\gamma` for :math:`b \ge 0`: ``0 ** gamma`` at :math:`b = 0`
   (1 at :math:`\gamma = 0`, else 0), with zero derivatives there
   (``jnp.power``'s derivative is ``inf`` at 0 for :math:`\gamma < 1`, and
-  ``0 * inf`` through the chain)."""
-  return _power(base, _floating(gamma, base.dtype))
+  ``0 * inf`` through the chain).
 
-
-@jax.custom_jvp
-def _power(base, gamma):
-  # The power itself is exact at 0, with no select on the elements (which
-  # XLA:CPU would not fuse with the sum): only its derivatives need care.
+  The power itself is exact at 0, with no select on the elements (which
+  XLA:CPU would not fuse with the sum): only its derivatives need care.
+  """
   return jnp.power(base, gamma)
 
 
-@_power.defjvp
-def _power_jvp(primals, tangents):
+@_modulation_of.defjvp
+def _modulation_of_jvp(primals, tangents):
   # d/db = gamma b^gamma / b and d/dgamma = b^gamma log b, with b read as 1
   # where it is 0: both are then 0 (b^gamma is 0 there, or gamma is).
   (base, gamma), (d_base, d_gamma) = primals, tangents
-  power = _power(base, gamma)
+  power = _modulation_of(base, gamma)
   safe = base + (base == 0).astype(base.dtype)
   return power, power * (gamma * d_base / safe + jnp.log(safe) * d_gamma)
 
@@ -1222,8 +1211,7 @@ def categorical_focal_cross_entropy(predictions, targets, *, alpha=0.25,
     on = y != 0
     cross_entropy = jnp.where(on, cross_entropy, 0)
     focal = (cross_entropy if _jit.is_zero(gamma)
-             else _focal_term(cross_entropy,
-                              _floating(gamma, cross_entropy.dtype)))
+             else _focal_term(cross_entropy, gamma))
     terms = jnp.where(on, y * focal, 0)
   else:
     if smoothing:

@@ -14,9 +14,9 @@ A public loss is compiled with ``jax.jit``. Its keywords fall in two kinds:
   the Python number ``0.0``, so that a term it switches off costs nothing
   (:func:`is_zero`). Zero or not is part of the program's structure: a
   zero and a nonzero value compile once each. A traced value is
-  range-checked under :func:`jaxloss.checked`. A floating array is
-  converted once, on entry, to the dtype the loss is computed in (float32,
-  or float64 for a float64 model output), whatever its own.
+  range-checked under :func:`jaxloss.checked`. An array (integer or
+  floating) is converted once, on entry, to the dtype the loss is computed
+  in (float32, or float64 for a float64 model output), whatever its own.
 """
 
 import functools
@@ -162,18 +162,18 @@ def _loss_dtype(output):
 
 
 def _in_dtype(value, dtype):
-  """A floating hyperparameter array in the loss's dtype, converted once.
+  """A hyperparameter array in the loss's dtype, converted once.
 
   Its cotangent is then summed over all its uses in that dtype and rounded
   to its own once, at the end: a bfloat16 hyperparameter that a loss reads
   twice with opposite signs (the label smoothing's two terms) would
   otherwise have its cotangents added in bfloat16, and the difference lost.
-  A float64 one (under ``jax_enable_x64``) no longer makes a float32 loss
-  float64. Without a floating model output, half precision is widened to
-  float32.
+  A float64 one (under ``jax_enable_x64``) does not make a float32 loss
+  float64, and an integer one has a tangent in the loss's custom derivative
+  rules (not the ``float0`` of an integer). Without a floating model
+  output, the array is promoted to at least float32.
   """
-  if not (isinstance(value, jax.Array)
-          and jnp.issubdtype(value.dtype, jnp.floating)):
+  if not isinstance(value, jax.Array):
     return value
   if dtype is None:
     dtype = jnp.promote_types(value.dtype, jnp.float32)
