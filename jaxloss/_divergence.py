@@ -11,6 +11,7 @@ import numpy as np
 from jaxloss import _checks
 from jaxloss import _jit
 from jaxloss import _reduction
+from jaxloss import _rows
 
 
 def _inputs(fn, log_predictions, targets, t_name, axis=None, summed=False):
@@ -75,11 +76,9 @@ def _kl_log_target_terms(lp, lt):
   floor is below ``log t``. XLA:CPU fuses these terms with their sum and
   with the gradient, where a select makes it keep the terms in a temporary.
   """
-  info = jnp.finfo(lt.dtype)
-  lt = jnp.maximum(lt, -info.max)
+  lt = jnp.maximum(lt, -jnp.finfo(lt.dtype).max)
   t = jnp.exp(lt)
-  # t >= 0 (or NaN, which the cap passes on): 1 + sign(t) is 1 or 2.
-  return t * jnp.minimum(lt - lp, info.max * (1 + jnp.sign(t)))
+  return t * jnp.minimum(lt - lp, _rows.cap_unless_zero(t))
 
 
 def _elementwise_kl_log_targets_jvp(primals, tangents):

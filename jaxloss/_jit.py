@@ -280,13 +280,13 @@ def jit(*static_argnames, **hypers):
     first = next(iter(signature.parameters))
 
     def inner(_zero=frozenset(), **arguments):
+      dtype = _loss_dtype(arguments.get(first))
       for name, spec in hypers.items():
         if name in _zero:
           arguments[name] = 0.0
         elif name in arguments:
           check_traced(fn, name, spec, arguments[name])
-          arguments[name] = _in_dtype(arguments[name],
-                                      _loss_dtype(arguments.get(first)))
+          arguments[name] = _in_dtype(arguments[name], dtype)
       return body(**arguments)
 
     compiled = jax.jit(inner, static_argnames=static_argnames + ("_zero",))
