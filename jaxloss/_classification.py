@@ -31,6 +31,15 @@ from jaxloss.kernels import cross_entropy as _fast_ce
 _KERAS_EPSILON = 1e-7
 
 
+def _keras_clip(p):
+  """``p`` clipped to Keras's ``[1e-7, 1 - 1e-7]``, as ``lax.clamp``: its
+  derivative is one select (``jnp.clip``'s, through a maximum and a minimum,
+  has four, which made XLA:CPU keep ten [N, C] arrays for a softmax-sized
+  gradient); at the bounds themselves it is 0 rather than 1/2."""
+  return jax.lax.clamp(jnp.asarray(_KERAS_EPSILON, p.dtype), p,
+                       jnp.asarray(1 - _KERAS_EPSILON, p.dtype))
+
+
 def _pair(fn, x_name, x, t_name, t, *, weight=None, where=None,
           class_axes=()):
   """Model output and target checked, the target, weight and mask brought to
@@ -1216,11 +1225,13 @@ def categorical_focal_cross_entropy(predictions, targets, *, alpha=0.25,
   else:
     if smoothing:
       y = (1 - label_smoothing) * y + label_smoothing / num_classes
-    p = x / jnp.sum(x, axis=-1, keepdims=True)
-    p = jnp.clip(p, _KERAS_EPSILON, 1 - _KERAS_EPSILON)
-    terms = -y * jnp.log(p)
+    p = _keras_clip(x / jnp.sum(x, axis=-1, keepdims=True))
+    factor = -y
     if not _jit.is_zero(gamma):
-      terms = terms * jnp.power(1 - p, gamma)
+      # The factor before the log: the other order kept one more [N, C]
+      # array for the gradient.
+      factor = jnp.power(1 - p, gamma) * factor
+    terms = factor * jnp.log(p)
   loss = jnp.sum(jnp.broadcast_to(alpha, terms.shape) * terms, axis=-1)
   return _reduction.reduce(fn, loss, reduction)
 
