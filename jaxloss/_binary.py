@@ -72,15 +72,25 @@ def _bce_on_probs(p, y):
            + (1 - y) * jnp.maximum(jnp.log1p(-p), -100.0))
 
 
-@_bce_on_probs.defjvp
 def _bce_on_probs_jvp(primals, tangents):
   p, y = primals
   dp, dy = tangents
-  log_p, log_not_p = _clamped_logs(p)
-  loss = -(y * log_p + (1 - y) * log_not_p)
-  # torch's backward: (p - y) / max(p (1 - p), 1e-12), finite at p in {0, 1}.
-  dloss_dp = (p - y) / jnp.maximum(p * (1 - p), 1e-12)
-  return loss, dloss_dp * dp + (log_not_p - log_p) * dy
+  # The value is the primal's own (its derivatives are this rule again), so
+  # that XLA fuses it with the derivative's pass; only the labels' derivative
+  # needs the guarded logs.
+  loss = _bce_on_probs(p, y)
+  tangent = jnp.zeros_like(loss)
+  if not isinstance(dp, SymbolicZero):
+    # torch's backward: (p - y) / max(p (1 - p), 1e-12), finite at p in
+    # {0, 1}.
+    tangent = tangent + (p - y) / jnp.maximum(p * (1 - p), 1e-12) * dp
+  if not isinstance(dy, SymbolicZero):
+    log_p, log_not_p = _clamped_logs(p)
+    tangent = tangent + (log_not_p - log_p) * dy
+  return loss, tangent
+
+
+_bce_on_probs.defjvp(_bce_on_probs_jvp, symbolic_zeros=True)
 
 
 @_jit.jit("reduction")
