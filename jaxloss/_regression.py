@@ -718,8 +718,11 @@ def mean_absolute_percentage_error(predictions, targets, *,
   """
   fn = "mean_absolute_percentage_error"
   predictions, targets = pair(fn, predictions, targets)
-  loss = 100 * abs_zero_slope(predictions - targets) / jnp.maximum(
-      jnp.abs(targets), _jit.cast(epsilon, predictions.dtype))
+  # 100 last: first, it made XLA:CPU materialize the error and a full array
+  # of 100s for the value's sum beside the gradient's pass (48 against 16 MiB
+  # of temporaries, twice the time).
+  loss = abs_zero_slope(predictions - targets) / jnp.maximum(
+      jnp.abs(targets), _jit.cast(epsilon, predictions.dtype)) * 100
   return _reduction.reduce(fn, loss, reduction)
 
 
