@@ -42,11 +42,31 @@ def floating(fn, name, x):
 
 
 def integer(fn, name, x):
+  """Integer class indices, 8- and 16-bit ones widened to int32.
+
+  Compared with a class count, ``ignore_index`` or a sentinel in their own
+  dtype, such labels would wrap those around (128 reads -128 in int8, torch's
+  -100 reads 156 in uint8).
+  """
   x = jnp.asarray(x)
   if not jnp.issubdtype(x.dtype, jnp.integer):
     fail(fn, f"{name} must have an integer dtype (class indices), got "
          f"{x.dtype}", TypeError)
+  if x.dtype.itemsize < 4:
+    x = x.astype(jnp.int32)
   return x
+
+
+def not_ignored(labels, ignore_index):
+  """``labels != ignore_index``, or None where no label is ignored: for no
+  ``ignore_index``, or one the labels' dtype cannot hold (which the
+  comparison would wrap around into it: -100 into uint32)."""
+  if ignore_index is None:
+    return None
+  info = jnp.iinfo(labels.dtype)
+  if not info.min <= ignore_index <= info.max:
+    return None
+  return labels != ignore_index
 
 
 def numeric(fn, name, x):

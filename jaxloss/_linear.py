@@ -13,6 +13,7 @@ from jaxloss import _checks
 from jaxloss import _jit
 from jaxloss import _parallel
 from jaxloss import _reduction
+from jaxloss import _rows
 from jaxloss._rows import finish_rows
 
 # Bytes of one chunk's logits. A chunk holds a few such arrays (logits, their
@@ -1098,9 +1099,8 @@ def linear_softmax_cross_entropy(
     where = _checks.boolean(fn, "where", where)
     keep = _checks.broadcastable(fn, "where", where, batch_shape,
                                  "the batch shape of hidden")
-  if ignore_index is not None:
-    ignored = labels != ignore_index
-    keep = ignored if keep is None else keep & ignored
+  if not probabilities:
+    keep = _rows.both(keep, _checks.not_ignored(labels, ignore_index))
   if probabilities:
     valid = jnp.ones(batch_shape, bool)
   else:

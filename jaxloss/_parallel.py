@@ -122,8 +122,7 @@ def softmax_cross_entropy_with_integer_labels(
   labels = _checks.conform(fn, "labels", labels, "the batch shape of logits",
                            batch_shape)
   keep = row_keep
-  if ignore_index is not None:
-    keep = _rows.both(keep, labels != ignore_index)
+  keep = _rows.both(keep, _checks.not_ignored(labels, ignore_index))
   valid = (labels >= 0) & (labels < num_classes)
   _checks.values(fn, "labels", valid if keep is None else valid | ~keep,
                  f"must be in [0, {num_classes})" + (

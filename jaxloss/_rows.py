@@ -128,8 +128,7 @@ def integer_rows(fn, x, labels, batch_shape, *, ignore_index, row_keep,
   labels = row_labels(fn, labels_name, labels, x_name, x_shape, batch_shape)
   num_classes = x.shape[-1]
   keep = row_keep
-  if ignore_index is not None:
-    keep = both(keep, labels != ignore_index)
+  keep = both(keep, _checks.not_ignored(labels, ignore_index))
   valid = (labels >= 0) & (labels < num_classes)
   expected = f"must be in [0, {num_classes})" + (
       "" if ignore_index is None else " or equal ignore_index")

@@ -428,7 +428,9 @@ class LinearCrossEntropyLoss(_Loss):
     # indices) or their count (probabilities); over nothing, 0.
     if probabilities:
       return loss / max(n * count, 1)
-    kept = labels != ignore_index
+    kept = _checks.not_ignored(labels, ignore_index)
+    if kept is None:
+      kept = jnp.ones(labels.shape, bool)
     if self.weight is None:
       total = jnp.sum(kept, dtype=loss.dtype)
     else:

@@ -187,3 +187,80 @@ def test_tuple_axes_example_from_optax():
   np.testing.assert_allclose(
       jaxloss.nll_loss(jax.nn.log_softmax(logits, axis=(1, 2)), labels,
                        axis=(2, 1)), want, rtol=1e-6)
+
+
+# Integer labels of any dtype: a class count or ignore_index the labels' dtype
+# cannot hold must not wrap around into it.
+MANY = 300
+INTEGER_KINDS = ("int", "ctc_labels", "multilabel")
+INTEGER_LABELS = [n for n in NAMES if any(
+    kind in INTEGER_KINDS for kind, _ in catalogue.SPECS[n][0])]
+
+
+def _many_classes(name, dtype, seed=0):
+  """``name``'s arguments with ``MANY`` classes (for the catalogue's
+  ``C``) and integer labels over all of them that ``dtype`` holds."""
+  rng = np.random.default_rng(seed)
+  top = min(MANY, int(jnp.iinfo(dtype).max) + 1)
+  args = []
+  for kind, shape in catalogue.SPECS[name][0]:
+    shape = tuple(B if s == "B" else MANY if s == catalogue.C else s
+                  for s in shape)
+    if kind == "int":
+      x = rng.integers(0, top, shape)
+    elif kind == "ctc_labels":
+      x = rng.integers(1, top, shape)
+    elif kind == "multilabel":
+      x = np.full(shape, -1)
+      for row in np.ndindex(shape[:-1]):
+        x[row][:3] = rng.permutation(top)[:3]
+    else:
+      args.append(jnp.asarray(catalogue.draw(kind, shape, rng), jnp.float32))
+      continue
+    args.append(jnp.asarray(x, jnp.int32))
+  return args
+
+
+def test_integer_label_losses_are_found():
+  assert {"softmax_cross_entropy_with_integer_labels", "nll_loss", "ctc_loss",
+          "multilabel_margin_loss"} <= set(INTEGER_LABELS)
+
+
+@pytest.mark.parametrize("dtype", [jnp.int8, jnp.uint8, jnp.int16, jnp.uint32])
+@pytest.mark.parametrize("name", INTEGER_LABELS)
+def test_integer_labels_of_any_dtype_give_the_int32_numbers(name, dtype):
+  if "multilabel" in [k for k, _ in catalogue.SPECS[name][0]] and not (
+      jnp.issubdtype(dtype, jnp.signedinteger)):
+    pytest.skip("torch's multilabel layout needs -1")
+  args = _many_classes(name, dtype)
+  narrow = [a.astype(dtype) if a.dtype == jnp.int32 else a for a in args]
+  want = _call(name, args)
+  assert np.all(np.isfinite(want))
+  np.testing.assert_allclose(_call(name, narrow), want, rtol=1e-6)
+
+
+IGNORING = [n for n in INTEGER_LABELS if "ignore_index" in _params(n)]
+
+
+@pytest.mark.parametrize("name", IGNORING)
+def test_an_ignore_index_the_labels_cannot_hold_ignores_nothing(name):
+  # torch's -100 is 156 in uint8 and 2**32 - 100 in uint32; 2**32 - 100 is
+  # -100 in int32. None of them may drop a row.
+  args = _many_classes(name, jnp.uint8)
+  label = next(i for i, a in enumerate(args) if a.dtype == jnp.int32)
+  args[label] = args[label].at[0].set(156)
+  want = _call(name, args)
+  for dtype, ignore_index in ((jnp.uint8, -100), (jnp.uint32, -100),
+                              (jnp.int32, 2**32 + 156)):
+    narrow = list(args)
+    narrow[label] = args[label].astype(dtype)
+    np.testing.assert_allclose(
+        _call(name, narrow, ignore_index=ignore_index), want, rtol=1e-6)
+  assert IGNORING
+
+
+def test_cross_entropy_module_keeps_class_156_of_uint8_targets():
+  logits = jnp.zeros((2, 200))
+  loss = jaxloss.nn.CrossEntropyLoss(reduction="none")(
+      logits, jnp.array([3, 156], jnp.uint8))
+  np.testing.assert_allclose(loss, np.log(200), rtol=1e-6)
