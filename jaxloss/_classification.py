@@ -1215,9 +1215,10 @@ def categorical_focal_cross_entropy(predictions, targets, *, alpha=0.25,
       y = (1 - label_smoothing) * y + label_smoothing * support / jnp.maximum(
           count, 1)
     cross_entropy = -jax.nn.log_softmax(x, axis=-1)
-    # A zero target never looks at its class: -inf logits (cross entropy
-    # inf) contribute 0 with a zero gradient.
-    on = y != 0
+    # A zero target on a -inf logit (cross entropy inf) contributes 0 with a
+    # zero gradient, rather than 0 * inf; on any other class the target's
+    # derivative is the class's focal term, zero target or not.
+    on = (y != 0) | (cross_entropy < jnp.inf)
     cross_entropy = jnp.where(on, cross_entropy, 0)
     focal = (cross_entropy if _jit.is_zero(gamma)
              else _focal_term(cross_entropy, gamma))

@@ -505,6 +505,33 @@ def test_categorical_focal_gradient_at_certainty():
 
 
 
+def test_categorical_focal_from_logits_target_gradients():
+  # d/dy_c is the class's focal term, zero target or not: the -inf guard
+  # must not zero it on finite logits (which also zeroed the derivative by
+  # label_smoothing at 0).
+  with jax.enable_x64(True):
+    x, y = jnp.asarray(X), jnp.asarray(ONE_HOT)
+    p = jax.nn.softmax(x)
+
+    def on(pred, from_logits):
+      return lambda y, eps: jnp.sum(jaxloss.categorical_focal_cross_entropy(
+          pred, y, from_logits=from_logits, label_smoothing=eps))
+
+    for eps in (0.0, 0.2):
+      got = jax.grad(on(x, True), (0, 1))(y, eps)
+      want = jax.grad(on(p, False), (0, 1))(y, eps)
+      assert np.all(np.asarray(got[0])[np.asarray(y) == 0] != 0)
+      np.testing.assert_allclose(got[0], want[0], rtol=1e-9)
+      np.testing.assert_allclose(got[1], want[1], rtol=1e-9)
+    # A zero target on a -inf logit: nothing, with zero derivatives.
+    x = x.at[0, 1].set(-jnp.inf)
+    y = y.at[0].set(jnp.eye(C)[0])
+    value, grads = jax.value_and_grad(on(x, True), (0, 1))(y, 0.0)
+    assert np.isfinite(value)
+    assert grads[0][0, 1] == 0 and np.isfinite(grads[1])
+    assert np.all(np.isfinite(grads[0]))
+
+
 def test_binary_focal_modulation_at_certainty():
   # On probabilities, 1 - p_t is exactly 0 where the prediction equals its
   # target: (1 - p_t)^gamma is 0 ** gamma (1 at gamma = 0) with zero
