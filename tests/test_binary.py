@@ -90,7 +90,8 @@ INF_Y = np.array([0.0, 1.0, 1.0, 0.0])
     (jaxloss.sigmoid_focal_loss, {"gamma": 2.0}, [0, 0, -1, 1]),
     (jaxloss.sigmoid_focal_loss, {"gamma": 0.5, "alpha": 0.25},
      [0, 0, -0.25, 0.75]),
-], ids=["bce", "bce-pos_weight", "focal", "focal-alpha"])
+    (jaxloss.sparsemax_loss, {}, [0, 0, -1, 1]),
+], ids=["bce", "bce-pos_weight", "focal", "focal-alpha", "sparsemax"])
 def test_infinite_logits_cost_0_or_inf_with_finite_gradients(loss, kwargs,
                                                              grad):
   x, y = jnp.asarray(INF_X, jnp.float32), jnp.asarray(INF_Y, jnp.float32)
