@@ -343,7 +343,10 @@ def sigmoid_focal_loss(logits, labels, *, alpha=None, gamma=2.0, weight=None,
   logits, labels, weight, where = _prepare(fn, logits, "logits", labels,
                                            weight, where)
   if where is not None:
+    # Labels too: the modulating factor reads them, and a NaN in a dropped
+    # entry would reach their gradient (0 * NaN).
     logits = jnp.where(where, logits, 0)
+    labels = jnp.where(where, labels, 0)
   loss = _logit_bce(logits, 1 - labels, labels)
   if not _jit.is_zero(gamma):
     # At an infinite logit the modulating factor is its value at a saturated

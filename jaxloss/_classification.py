@@ -372,6 +372,10 @@ def poly_loss_cross_entropy(logits, labels, *, epsilon=2.0, axis=-1,
                               batch_shape)
   if row_keep is not None:
     x = jnp.where(row_keep[..., None], x, 0)
+  if class_keep is not None:
+    # Excluded classes carry no label mass: a NaN there would otherwise reach
+    # the logits' gradient through the polynomial term (0 * NaN).
+    y = jnp.where(class_keep, y, 0)
 
   def flat(a):
     return _rows.flat_rows(a, batch_shape)

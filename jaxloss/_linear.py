@@ -1140,6 +1140,10 @@ def linear_softmax_cross_entropy(
     safe = safe.reshape(-1).astype(jnp.int32)
 
   h = hidden.reshape(n_tokens, dim)
+  if keep is not None:
+    # Dropped rows read 0 here too: their logits' gradient is 0, but a NaN
+    # or inf in their hidden state would still reach the kernel's (0 * NaN).
+    h = jnp.where(keep.reshape(-1, 1), h, 0)
   # Vocabulary-parallel, the per-row log-sum-exp must be global before any
   # gradient is formed: the two-pass path (statistics, then gradients).
   scalar = reduction != "none" and axis_name is None

@@ -280,7 +280,10 @@ def sparsemax_loss(logits, labels, *, weight=None, where=None,
   _binary._value_check(fn, "labels", (labels >= 0) & (labels <= 1),
                        "must be in [0, 1]", labels, where)
   if where is not None:
+    # Labels too: the derivative reads them, and a NaN in a dropped entry
+    # would reach their gradient (0 * NaN).
     logits = jnp.where(where, logits, 0)
+    labels = jnp.where(where, labels, 0)
   loss = _binary_sparsemax(logits, labels)
   if weight is not None:
     loss = loss * weight

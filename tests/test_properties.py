@@ -352,11 +352,19 @@ def _masked(name, seed, everything=False):
   where[1] = False
   if everything:
     where[:] = False
-  poison = np.asarray(args[0]).copy()
-  poison[1] = np.nan
-  poison[1, 0] = np.inf
-  args[0] = jnp.asarray(poison)
+  # Every floating argument with the batch (targets too) is poisoned.
+  for i, (a, batched) in enumerate(zip(args, _spec(name)[3])):
+    if batched and jnp.issubdtype(a.dtype, jnp.floating):
+      poison = np.asarray(a).copy()
+      poison[1] = np.nan
+      poison[1, 0] = np.inf
+      args[i] = jnp.asarray(poison)
   return tuple(args), jnp.asarray(where)
+
+
+def _floating(args):
+  return tuple(i for i, a in enumerate(args)
+               if jnp.issubdtype(a.dtype, jnp.floating))
 
 
 @functools.cache
@@ -368,8 +376,14 @@ def _masked_probe(name):
     return f(*args, **kwargs, where=where, reduction=reduction)
 
   def probe(args, where):
-    grad = jax.grad(lambda x: loss((x,) + args[1:], where, "sum"))(args[0])
-    return loss(args, where, "none"), loss(args, where, "mean"), grad
+    def total(*floats):
+      full = list(args)
+      for i, a in zip(_floating(args), floats):
+        full[i] = a
+      return loss(full, where, "sum")
+    grads = jax.grad(total, range(len(_floating(args))))(
+        *(args[i] for i in _floating(args)))
+    return loss(args, where, "none"), loss(args, where, "mean"), grads
 
   return jax.jit(probe)
 
@@ -384,21 +398,78 @@ MASK_XFAIL = {}
 @SETTINGS
 @hypothesis.given(seed=SEEDS)
 def test_masked_rows_cost_nothing_whatever_they_hold(name, seed):
+  # The gradients by every floating argument: a NaN target in a dropped row
+  # must not reach the targets' gradient either.
   args, where = _masked(name, seed)
-  none, mean, grad = _masked_probe(name)(args, where)
-  none, grad = np.asarray(none), np.asarray(grad)
+  batched = [_spec(name)[3][i] for i in _floating(args)]
+  none, mean, grads = _masked_probe(name)(args, where)
+  none = np.asarray(none)
   np.testing.assert_array_equal(none[1], MASKED_ROW_VALUE.get(name, 0))
-  np.testing.assert_array_equal(grad[1], 0)
-  assert np.all(np.isfinite(none)) and np.all(np.isfinite(grad))
-  assert np.isfinite(mean)
+  assert np.all(np.isfinite(none)) and np.isfinite(mean)
+  for grad, rows in zip(grads, batched):
+    grad = np.asarray(grad)
+    if rows:
+      np.testing.assert_array_equal(grad[1], 0)
+    assert np.all(np.isfinite(grad))
   if MASKS[name] == "entries":
     return
   # Nothing kept: a mean over nothing is 0, with zero gradients.
   args, where = _masked(name, seed, everything=True)
-  none, mean, grad = _masked_probe(name)(args, where)
+  none, mean, grads = _masked_probe(name)(args, where)
   np.testing.assert_array_equal(np.asarray(none), 0)
   np.testing.assert_array_equal(np.asarray(mean), 0)
-  np.testing.assert_array_equal(np.asarray(grad), 0)
+  for grad in grads:
+    np.testing.assert_array_equal(np.asarray(grad), 0)
+
+# Losses whose ``where`` may also be ``logits``-shaped, restricting the
+# softmax to some classes (as optax's); the other row-masked ones refuse it.
+CLASS_MASKS = {"multiclass_sparsemax_loss", "poly_loss_cross_entropy",
+               "safe_softmax_cross_entropy", "softmax_cross_entropy",
+               "softmax_cross_entropy_with_integer_labels"}
+
+
+def _class_masked(name, seed):
+  """Inputs whose class 0 is masked out and poisoned with NaN (and inf in
+  the logits), in every argument with the logits' shape."""
+  args = [np.asarray(a) for a in _inputs(name, seed, 1.0)]
+  for i, a in enumerate(args):
+    if a.dtype.kind == "f" and a.shape == args[0].shape:
+      a = a.copy()
+      a[:, 0] = np.nan
+      if i == 0:
+        a[0, 0] = np.inf
+      args[i] = a
+    elif a.dtype.kind in "iu":
+      args[i] = np.where(a == 0, 1, a)        # no label on a dropped class
+  where = np.ones(args[0].shape, bool)
+  where[:, 0] = False
+  return tuple(map(jnp.asarray, args)), jnp.asarray(where)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in MASKS if MASKS[n] == "rows"))
+def test_class_masks_are_accepted_exactly_where_documented(name):
+  args, where = _class_masked(name, 0)
+  call = functools.partial(jaxloss.get(name), *args, **_spec(name)[1],
+                           where=where)
+  if name in CLASS_MASKS:
+    assert np.all(np.isfinite(call()))
+  else:
+    with pytest.raises(ValueError, match="where"):
+      call()
+
+
+@pytest.mark.parametrize("name", sorted(CLASS_MASKS))
+@SETTINGS
+@hypothesis.given(seed=SEEDS)
+def test_masked_classes_cost_nothing_whatever_they_hold(name, seed):
+  args, where = _class_masked(name, seed)
+  none, mean, grads = _masked_probe(name)(args, where)
+  assert np.all(np.isfinite(np.asarray(none))) and np.isfinite(mean)
+  for i, grad in zip(_floating(args), grads):
+    grad = np.asarray(grad)
+    assert np.all(np.isfinite(grad)), (i, grad)
+    if grad.shape == args[0].shape:
+      np.testing.assert_array_equal(grad[:, 0], 0)
 
 
 def _minus_inf(name, seed):
