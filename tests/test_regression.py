@@ -476,6 +476,23 @@ def test_l1_and_smooth_l1_slope_is_zero_at_zero_error():
     np.testing.assert_array_equal(jax.grad(lambda p: fn(p, p).sum())(p), 0)
 
 
+
+@pytest.mark.parametrize("fn", [
+    jaxloss.l1_loss, jaxloss.huber_loss, jaxloss.smooth_l1_loss,
+    functools.partial(jaxloss.smooth_l1_loss, beta=0.0),
+    functools.partial(jaxloss.smooth_l1_loss, beta=2.0),
+], ids=["l1", "huber", "smooth_l1", "smooth_l1-beta0", "smooth_l1-beta2"])
+def test_slope_at_infinite_errors_in_both_modes(fn):
+  # inf, with torch's slope: the untaken quadratic branch must not meet
+  # inf * 0 in reverse mode.
+  p = jnp.array([-jnp.inf, jnp.inf, 3.0])
+  t = jnp.zeros(3)
+  np.testing.assert_array_equal(fn(p, t)[:2], jnp.inf)
+  slope = [-1, 1, 1]
+  np.testing.assert_allclose(jax.grad(lambda p: fn(p, t).sum())(p), slope)
+  np.testing.assert_allclose(jax.jacfwd(lambda p: fn(p, t))(p).diagonal(),
+                             slope)
+
 def test_smooth_l1_is_huber_over_beta():
   p, t = jnp.asarray(P, jnp.float32), jnp.asarray(T, jnp.float32)
   for beta in (0.3, 1.0, 2.0):
