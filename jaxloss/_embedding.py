@@ -16,6 +16,7 @@ from jaxloss import _rows
 from jaxloss._regression import _complex_or_floating
 from jaxloss._regression import _modulus
 from jaxloss._regression import abs_zero_slope
+from jaxloss._regression import clamp_min_zero
 from jaxloss._regression import not_nan
 
 
@@ -592,8 +593,8 @@ def margin_ranking_loss(input1, input2, target, *, margin=0.0,
   input1, input2 = _floats(fn, [("input1", input1), ("input2", input2)])
   target = _checks.conform(fn, "target", target, "input1", input1.shape)
   target = target.astype(input1.dtype)
-  loss = jnp.maximum(-target * (input1 - input2)
-                     + _jit.cast(margin, input1.dtype), 0)
+  loss = clamp_min_zero(-target * (input1 - input2)
+                        + _jit.cast(margin, input1.dtype))
   return _reduction.reduce(fn, loss, reduction)
 
 
@@ -640,7 +641,7 @@ def hinge_embedding_loss(predictions, targets, *, margin=1.0,
                             predictions.shape)
   x = predictions.astype(_reduction.stat_dtype(predictions.dtype))
   margin = _jit.cast(margin, x.dtype)
-  loss = (jnp.where(targets != 1, jnp.maximum(margin - x, 0), 0)
+  loss = (jnp.where(targets != 1, clamp_min_zero(margin - x), 0)
           + jnp.where(targets != -1, x, 0))
   return _reduction.reduce(fn, loss, reduction)
 
@@ -701,7 +702,7 @@ def cosine_embedding_loss(input1, input2, target, *, margin=0.0,
   cos = dot / (norm1 * norm2)
   margin = _jit.cast(margin, cos.dtype)
   loss = (jnp.where(target == 1, 1 - cos, 0)
-          + jnp.where(target == -1, jnp.maximum(cos - margin, 0), 0))
+          + jnp.where(target == -1, clamp_min_zero(cos - margin), 0))
   return _reduction.reduce(fn, loss, reduction)
 
 

@@ -755,3 +755,29 @@ def test_errors_name_the_function_and_argument():
   with pytest.raises(TypeError, match="circle_loss: negative_where must be a "
                      "boolean mask"):
     jaxloss.circle_loss(x, x, negative_where=x)
+
+
+def test_hinge_slope_at_the_tie_is_torchs():
+  # torch's clamp_min passes the whole gradient at x = 0 (jnp.maximum would
+  # split it, 1/2 each side); forward and reverse mode agree. Reference
+  # numbers from torch 2.x.
+  a, b = jnp.array([1.0, 0.5]), jnp.array([1.0, 0.2])
+  y = jnp.array([1.0, -1.0])
+  f = lambda a: jaxloss.margin_ranking_loss(a, b, y, margin=0.0)
+  np.testing.assert_array_equal(jax.grad(lambda a: f(a).sum())(a), [-1, 1])
+  np.testing.assert_array_equal(jax.jacfwd(f)(a).diagonal(), [-1, 1])
+  # d/dmargin too: 1 at the tie.
+  np.testing.assert_array_equal(jax.grad(
+      lambda m: jaxloss.margin_ranking_loss(a, b, y, margin=m).sum())(0.0), 2)
+  x = jnp.array([1.0, 0.3])
+  np.testing.assert_array_equal(jax.grad(lambda x: jaxloss.hinge_embedding_loss(
+      x, jnp.array([-1.0, -1.0])).sum())(x), [-1, -1])
+  u = jnp.array([[1.0, 0.0], [0.0, 0.0]])
+  v = jnp.array([[1.0, 1.0], [1.0, 0.0]])
+  g = jax.grad(lambda u: jaxloss.cosine_embedding_loss(
+      u, v, jnp.array([-1, -1]), margin=0.0).sum())(u)
+  np.testing.assert_allclose(g, [[0, 0.70710677], [1e6, 0]], atol=1e-6,
+                             rtol=1e-6)
+  # NaN stays NaN.
+  assert np.isnan(jaxloss.margin_ranking_loss(jnp.array([jnp.nan]),
+                                              jnp.zeros(1), jnp.ones(1)))[0]
