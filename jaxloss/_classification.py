@@ -13,6 +13,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 
 from jaxloss import _binary
 from jaxloss import _checks
@@ -426,14 +427,26 @@ def _poly_rows(config, x, y, epsilon, keep, class_keep):
   return _poly_terms(config, x, y, epsilon, keep, class_keep, True)
 
 
-@_poly_rows.defjvp
 def _poly_rows_jvp(config, primals, tangents):
+  # Only the arguments with a tangent are differentiated: a zero tangent of
+  # the labels would meet their infinite derivative (lse - x) at a -inf
+  # logit, 0 * inf.
   x, y, epsilon, keep, class_keep = primals
+  args = [x, y, epsilon]
+  live = [i for i, t in enumerate(tangents[:3])
+          if not isinstance(t, SymbolicZero)]
 
-  def rows(x, y, epsilon):
-    return _poly_terms(config, x, y, epsilon, keep, class_keep, False)
+  def rows(*values):
+    full = list(args)
+    for i, value in zip(live, values):
+      full[i] = value
+    return _poly_terms(config, *full, keep, class_keep, False)
 
-  return jax.jvp(rows, (x, y, epsilon), tangents[:3])
+  return jax.jvp(rows, tuple(args[i] for i in live),
+                 tuple(tangents[i] for i in live))
+
+
+_poly_rows.defjvp(_poly_rows_jvp, symbolic_zeros=True)
 
 
 @_jit.jit("axis", "reduction", label_smoothing=_jit.UNIT)

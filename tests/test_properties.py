@@ -513,6 +513,48 @@ def test_minus_inf_where_the_target_has_no_mass(name, seed):
   np.testing.assert_array_equal(grad[..., 0], 0)
 
 
+def _minus_inf_with_mass(name, seed):
+  """Argument 0 at -inf on class 0, where the target puts mass."""
+  args = [np.asarray(a) for a in _inputs(name, seed, 1.0)]
+  x = args[0].copy()
+  x[..., 0] = -np.inf
+  args[0] = x
+  kind, t = [a[0] for a in SPECS[name][0]][1], args[1].copy()
+  if kind == "int":
+    t[:] = 0
+  elif kind == "onehot":
+    t[...] = 0
+    t[..., 0] = 1
+  elif kind == "binary":
+    t[..., 0] = 1
+  # "simplex" and "logprob" targets already put mass everywhere.
+  args[1] = t
+  return tuple(map(jnp.asarray, args))
+
+
+@pytest.mark.parametrize("name", NEG_INF)
+@hypothesis.settings(SETTINGS, max_examples=2)
+@hypothesis.given(seed=SEEDS)
+def test_minus_inf_under_target_mass_costs_inf_in_agreeing_modes(name, seed):
+  # inf, with a finite gradient, and forward mode the same derivative:
+  # no zero tangent (of the targets, say) may meet an infinite derivative.
+  args = _minus_inf_with_mass(name, seed)
+  f = jaxloss.get(name)
+  kwargs = _spec(name)[1]
+
+  def total(x):
+    return jnp.sum(f(x, *args[1:], **kwargs))
+
+  value, grad = jax.jit(jax.value_and_grad(total))(args[0])
+  assert value == np.inf
+  assert np.all(np.isfinite(np.asarray(grad))), grad
+  dx = jnp.asarray(np.random.default_rng(seed).normal(size=args[0].shape),
+                   args[0].dtype)
+  _, tangent = jax.jit(lambda x, dx: jax.jvp(total, (x,), (dx,)))(args[0], dx)
+  np.testing.assert_allclose(tangent, jnp.sum(grad * dx), rtol=1e-5,
+                             atol=1e-6)
+
+
 JIT_EAGER = ["huber_loss", "kl_divergence", "multiclass_sparsemax_loss",
              "sigmoid_binary_cross_entropy",
              "softmax_cross_entropy_with_integer_labels"]
