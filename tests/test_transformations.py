@@ -185,6 +185,40 @@ def test_hyperparameters_traced_vmapped_differentiated_compiled_once(name):
              1e-10, 1e-12, "an exact zero against a traced zero")
 
 
+@pytest.mark.parametrize("name", [
+    n for n in _with_hypers()
+    if any(spec.inside(0.0, np) for spec in _hypers(n).values())])
+def test_gradient_by_a_traced_zero_hyperparameter(name):
+  # At a traced 0 (the default of label smoothing, z-loss, ...) the gradient
+  # by the hyperparameter is the derivative there: a one-sided difference
+  # into the interval agrees (second order: -3 f(0) + 4 f(h) - f(2 h)).
+  hypers = sorted(_hypers(name))
+  firsts = np.asarray([_values(name, h)[0] for h in hypers])
+  with jax.enable_x64(True):
+    args = _inputs(name)
+    objective = _objective(name, args)
+
+    def total(values):
+      return objective(*args, **dict(zip(hypers, values)))
+
+    grad = jax.jit(jax.grad(total))
+    value = jax.jit(total)
+    for i, h in enumerate(hypers):
+      spec = _hypers(name)[h]
+      if not spec.inside(0.0, np):
+        continue
+      at_zero = firsts.copy()
+      at_zero[i] = 0.0
+      step = 1e-4 if spec.inside(2e-4, np) else -1e-4
+      shifted = [value(jnp.asarray(at_zero + k * step * np.eye(len(hypers))[i]))
+                 for k in range(3)]
+      numeric = (-3 * shifted[0] + 4 * shifted[1] - shifted[2]) / (2 * step)
+      got = grad(jnp.asarray(at_zero))[i]
+      assert np.isfinite(got), (h, got)
+      np.testing.assert_allclose(got, numeric, rtol=1e-5,
+                                 atol=1e-7 * (1 + abs(numeric)),
+                                 err_msg=f"d loss / d {h} at a traced 0")
+
 def _integer_value(spec):
   """A whole number inside ``spec``'s interval, 0 only if it is the only
   one there; None if there is none."""
