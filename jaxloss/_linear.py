@@ -1099,11 +1099,10 @@ def linear_softmax_cross_entropy(
     where = _checks.boolean(fn, "where", where)
     keep = _checks.broadcastable(fn, "where", where, batch_shape,
                                  "the batch shape of hidden")
-  if not probabilities:
-    keep = _rows.both(keep, _checks.not_ignored(labels, ignore_index))
   if probabilities:
     valid = jnp.ones(batch_shape, bool)
   else:
+    keep = _rows.both(keep, _checks.not_ignored(labels, ignore_index))
     valid = (labels >= 0) & (labels < num_classes)
   if labels.size:
     if probabilities:

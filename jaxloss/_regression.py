@@ -488,9 +488,9 @@ def smooth_l1_loss(predictions, targets, *, beta=1.0, reduction="none"):
   linear = abs_errors > beta
   # The quadratic branch divides by beta only where it is taken: it is only
   # taken at |e| <= beta, and beta = 0 (traced) leaves it |e| = 0, where the
-  # division by 1 gives 0 and no gradient into beta.
-  # It reads 0 where the linear branch is taken: at an infinite error its
-  # derivative would be inf times the zero cotangent, NaN.
+  # division by 1 gives 0 and no gradient into beta. It reads 0 where the
+  # linear branch is taken: at an infinite error its derivative would be
+  # inf times the zero cotangent, NaN.
   safe_beta = jnp.where(linear | (beta == 0), 1, beta)
   quadratic = jnp.where(linear, 0, abs_errors)
   loss = jnp.where(linear, abs_errors - 0.5 * beta,
