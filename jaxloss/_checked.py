@@ -2,6 +2,7 @@
 
 import functools
 
+import jax
 from jax.experimental import checkify
 
 from jaxloss import _checks
@@ -43,7 +44,10 @@ def checked(fn):
 
   Args:
     fn: a function of arrays, typically a jaxloss loss or a user loss
-      function that calls them; it may itself be jitted.
+      function that calls them (a whole training step, say); it may itself
+      be jitted. The result raises from Python: call it outside ``jax.jit``
+      and ``jax.vmap`` (``checked(jax.jit(step))``), where a call under them
+      is a ``TypeError`` saying so.
 
   Returns:
     A function with ``fn``'s signature and result that raises
@@ -72,7 +76,16 @@ def checked(fn):
     # its cache on: a jitted fn traced before is traced again, with them.
     with _checks.checking_on():
       error, out = checkified(*args, **kwargs)
-    message = error.get()
+    try:
+      message = error.get()
+    except jax.errors.ConcretizationTypeError:
+      # Under an outer jit or vmap the verdict is not known until run time,
+      # so there is nothing to raise from here.
+      raise TypeError(
+          f"checked({getattr(fn, '__name__', 'fn')}) was called under a "
+          "jax.jit, jax.vmap or another staging transformation; it raises "
+          "from Python, so call it outside them and put them inside: "
+          "checked(jax.jit(fn))") from None
     if message is not None:
       raise CheckError(message)
     return out

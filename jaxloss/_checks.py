@@ -6,6 +6,7 @@ options), so it costs nothing under ``jax.jit``. Messages follow one pattern:
 """
 
 import contextlib
+import math
 from collections.abc import Sequence
 
 import jax
@@ -112,6 +113,7 @@ def conform(fn, name, x, ref_name, shape, *, class_axes=()):
   Raises:
     ValueError naming ``fn``, both arguments and both shapes.
   """
+  x = jnp.asarray(x)
   shape = tuple(shape)
   have = tuple(x.shape)
   offset = len(shape) - len(have)
@@ -166,6 +168,22 @@ def in_range(fn, name, value, low, high, *, low_open=False, high_open=False):
                 f"{')' if high_open else ']'}")
     fail(fn, f"{name} must be in {interval}, got {value!r}")
   return value
+
+
+def has_classes(fn, shape, axes, axis):
+  """At least one class along ``axes`` (canonical) of ``shape``: a softmax,
+  a maximum or a label over no class has no meaning."""
+  if not math.prod(shape[a] for a in axes):
+    fail(fn, f"the class axis {axis} must hold at least one class, got "
+         f"shape {tuple(shape)}")
+
+
+def flag(fn, name, value):
+  """A switch: a Python (or NumPy) bool, never a string or a traced value,
+  either of which would read as True."""
+  if not isinstance(value, (bool, np.bool_)):
+    fail(fn, f"{name} must be a bool, got {value!r}", TypeError)
+  return bool(value)
 
 
 def optional_int(fn, name, value):

@@ -73,12 +73,6 @@ def _finish(fn, loss, weight, where, reduction):
   return _reduction.reduce(fn, loss, reduction, keep=where)
 
 
-def _flag(fn, name, value):
-  if not isinstance(value, (bool, np.bool_)):
-    _checks.fail(fn, f"{name} must be a bool, got {value!r}", TypeError)
-  return bool(value)
-
-
 def _signs(fn, x, t, where):
   """Value checks of the {-1, 1} margin losses, active under ``checked``."""
   if not _checks.checking():
@@ -203,6 +197,7 @@ def perceptron_loss(predictor_outputs, targets, *, weight=None, where=None,
 
 
 def _multiclass_rows(fn, scores, labels, axis, where):
+  scores = _checks.floating(fn, "scores", scores)
   x, batch_shape, row_keep = _rows.masked_rows(fn, "scores", scores, axis,
                                                where)
   _rows.class_values(fn, [("scores", x, ~jnp.isnan(x),
@@ -554,6 +549,7 @@ def ranking_softmax_loss(logits, labels, *, where=None, weights=None,
   logits = _checks.floating(fn, "logits", logits)
   _checks.at_least_rank(fn, "logits", logits, 1)
   shape = logits.shape
+  _checks.has_classes(fn, shape, (len(shape) - 1,), -1)
   x = logits.astype(_reduction.stat_dtype(logits.dtype))
   labels = _checks.numeric(fn, "labels", labels)
   # The list axis is the class axis: one label per item, never spread.
@@ -961,6 +957,7 @@ def categorical_hinge(predictions, targets, *, reduction="none"):
   _checks.at_least_rank(fn, "predictions", jnp.asarray(predictions), 1)
   x, t, _, _ = _pair(fn, "predictions", predictions, "targets", targets,
                      class_axes=(-1,))
+  _checks.has_classes(fn, x.shape, (x.ndim - 1,), -1)
   not_nan(fn, "predictions", x)
   # Keras documents one-hot {0, 1} or {-1, 1} targets; soft ones in between
   # are read by the same formula.
@@ -976,7 +973,7 @@ def _focal_targets(fn, predictions, targets, from_logits, axis):
   """The Keras focal losses' inputs: targets broadcast to the predictions'
   shape (the axes reduced over match exactly), value checks under
   ``checked``."""
-  from_logits = _flag(fn, "from_logits", from_logits)
+  from_logits = _checks.flag(fn, "from_logits", from_logits)
   predictions = _checks.floating(fn, "predictions", predictions)
   _checks.at_least_rank(fn, "predictions", predictions, 1)
   axes = _checks.axes(fn, axis, predictions.ndim)
@@ -1048,7 +1045,7 @@ def binary_focal_cross_entropy(predictions, targets, *,
     ``keras.losses.BinaryFocalCrossentropy``.
   """
   fn = "binary_focal_cross_entropy"
-  balance = _flag(fn, "apply_class_balancing", apply_class_balancing)
+  balance = _checks.flag(fn, "apply_class_balancing", apply_class_balancing)
   x, y, axes, from_logits = _focal_targets(fn, predictions, targets,
                                            from_logits, axis)
   if balance:
@@ -1360,6 +1357,7 @@ def categorical_generalized_cross_entropy(probs, labels, *, q=0.5, axis=-1,
     ``keras.losses.CategoricalGeneralizedCrossEntropy``.
   """
   fn = "categorical_generalized_cross_entropy"
+  probs = _checks.floating(fn, "probs", probs)
   x, batch_shape, row_keep = _rows.masked_rows(fn, "probs", probs, axis,
                                                where)
   _rows.class_values(fn, [("probs", x, (x >= 0) & (x <= 1),

@@ -385,9 +385,7 @@ def kl_div(log_predictions, targets, *, log_target=False, reduction="none"):
   """
   fn = "kl_div"
   _checks.reduction(fn, reduction, _KL_DIV_REDUCTIONS)
-  if not isinstance(log_target, (bool, np.bool_)):
-    _checks.fail(fn, f"log_target must be a bool, got {log_target!r}",
-                 TypeError)
+  log_target = _checks.flag(fn, "log_target", log_target)
   lp, t, _ = _inputs(fn, log_predictions, targets, "targets")
   _target_checks(fn, lp, t, "targets", log_target)
   loss = (_elementwise_kl_log_targets if log_target else _elementwise_kl)(

@@ -451,8 +451,7 @@ def triplet_margin_loss(anchors, positives, negatives, axis=-1, norm_degree=2,
   fn = "triplet_margin_loss"
   if distance not in _DISTANCES:
     _checks.fail(fn, f"distance must be 'optax' or 'torch', got {distance!r}")
-  if not isinstance(swap, bool):
-    _checks.fail(fn, f"swap must be a bool, got {swap!r}", TypeError)
+  swap = _checks.flag(fn, "swap", swap)
   anchors, positives, negatives = _floats(
       fn, [("anchors", anchors), ("positives", positives),
            ("negatives", negatives)], complex_ok=True)
@@ -529,8 +528,7 @@ def triplet_margin_with_distance_loss(anchor, positive, negative, *,
     ``torch.nn.functional.triplet_margin_with_distance_loss``.
   """
   fn = "triplet_margin_with_distance_loss"
-  if not isinstance(swap, bool):
-    _checks.fail(fn, f"swap must be a bool, got {swap!r}", TypeError)
+  swap = _checks.flag(fn, "swap", swap)
   if distance_function is not None and not callable(distance_function):
     _checks.fail(fn, "distance_function must be callable or None, got "
                  f"{distance_function!r}", TypeError)

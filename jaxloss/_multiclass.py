@@ -168,7 +168,8 @@ def integer_cross_entropy(fn, logits, labels, *, axis, where, ignore_index,
   _, _, label_w, keep, valid = _rows.integer_rows(
       fn, jax.lax.stop_gradient(x), labels, batch_shape,
       ignore_index=ignore_index, row_keep=row_keep, weight=weight)
-  labels = jnp.broadcast_to(labels, batch_shape)
+  labels = jnp.broadcast_to(_checks.integer(fn, "labels", labels),
+                            batch_shape)
   safe = jnp.where(valid, labels, 0)
   if keep is not None:
     safe = jnp.where(keep, safe, 0)
@@ -226,6 +227,7 @@ def nll_loss(log_probs, labels, *, axis=-1, where=None, ignore_index=None,
   """
   fn = "nll_loss"
   _checks.optional_int(fn, "ignore_index", ignore_index)
+  log_probs = _checks.floating(fn, "log_probs", log_probs)
   x, batch_shape, row_keep = _rows.masked_rows(fn, "log_probs", log_probs,
                                                axis, where)
   weight = _rows.class_weight(fn, weight, x.shape[-1], x.dtype)

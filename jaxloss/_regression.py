@@ -104,7 +104,8 @@ def _abs_zero_slope_jvp(primals, tangents):
 @jax.custom_jvp
 def clamp_min_zero(x):
   """``max(x, 0)`` with torch's ``clamp_min`` slope: 1 from ``x = 0`` on
-  (``jnp.maximum`` splits a tie, 1/2 each side). A NaN stays NaN.
+  (``jnp.maximum`` splits a tie, 1/2 each side). A NaN stays NaN, with
+  slope 0, as torch's.
 
   The value alone is ``jnp.maximum`` (a select there costs XLA:CPU 1.3x);
   under differentiation it is the select ``x < 0 ? 0 : x``, whose derivative
@@ -117,7 +118,7 @@ def clamp_min_zero(x):
 @clamp_min_zero.defjvp
 def _clamp_min_zero_jvp(primals, tangents):
   (x,), (dx,) = primals, tangents
-  return jnp.where(x < 0, 0, x), jnp.where(x < 0, 0, dx)
+  return jnp.where(x < 0, 0, x), jnp.where(x >= 0, dx, 0)
 
 
 def _modulus(z):
@@ -547,6 +548,8 @@ def poisson_nll_loss(predictions, targets, *, log_input=True, full=False,
     ``torch.nn.PoissonNLLLoss`` / ``torch.nn.functional.poisson_nll_loss``.
   """
   fn = "poisson_nll_loss"
+  log_input = _checks.flag(fn, "log_input", log_input)
+  full = _checks.flag(fn, "full", full)
   predictions, targets = pair(fn, predictions, targets)
   if not log_input:
     non_negative(fn, "predictions", predictions)
@@ -678,8 +681,7 @@ def gaussian_nll_loss(predictions, targets, var, *, full=False, eps=1e-6,
     1994.
   """
   fn = "gaussian_nll_loss"
-  if not isinstance(full, bool):
-    _checks.fail(fn, f"full must be a bool, got {full!r}", TypeError)
+  full = _checks.flag(fn, "full", full)
   predictions, targets = pair(fn, predictions, targets)
   var = _checks.numeric(fn, "var", var)
   non_negative(fn, "var", var)

@@ -21,6 +21,7 @@ def classes_last(fn, x, axis):
   Returns the reshaped array, the batch shape and the canonical class axes.
   """
   axes = _checks.axes(fn, axis, x.ndim)
+  _checks.has_classes(fn, x.shape, axes, axis)
   batch_axes = tuple(a for a in range(x.ndim) if a not in axes)
   batch_shape = tuple(x.shape[a] for a in batch_axes)
   if axes != tuple(range(x.ndim - len(axes), x.ndim)):

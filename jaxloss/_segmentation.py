@@ -110,6 +110,10 @@ def _dice(fn, predictions, targets, *, class_weights=None, smooth,
   ``binary`` adds a channel axis to both arrays unless the last one already
   has size 1 (:func:`binary_dice_loss`'s layouts).
   """
+  if not binary:
+    apply_softmax = _checks.flag(fn, "apply_softmax", apply_softmax)
+  ignore_background = _checks.flag(fn, "ignore_background",
+                                   ignore_background)
   predictions = _checks.floating(fn, "predictions", predictions)
   targets = _checks.numeric(fn, "targets", targets)
   _values(fn, predictions, targets, not apply_softmax)
@@ -262,8 +266,10 @@ def binary_dice_loss(predictions, targets, *, smooth=1.0, apply_sigmoid=True):
     ``optax.losses.binary_dice_loss``, which (unlike this) rejects
     probabilities with ``apply_sigmoid=False`` and fails under ``jax.jit``.
   """
-  return _dice("binary_dice_loss", predictions, targets, smooth=smooth,
-               apply_softmax=apply_sigmoid, binary=True)
+  fn = "binary_dice_loss"
+  return _dice(fn, predictions, targets, smooth=smooth,
+               apply_softmax=_checks.flag(fn, "apply_sigmoid", apply_sigmoid),
+               binary=True)
 
 
 _FREQUENCY_EPSILON = 1e-7

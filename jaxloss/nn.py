@@ -87,6 +87,11 @@ class _Loss:
   def __post_init__(self):
     name = type(self).__name__
     _checks.reduction(name, self.reduction, self._reductions)
+    for field in dataclasses.fields(self):
+      # Switches (torch's full, log_input, zero_infinity, swap, ...) are
+      # Python bools: a string or a traced value would read as True.
+      if isinstance(field.default, bool):
+        _checks.flag(name, field.name, getattr(self, field.name))
     for field in self._arrays:
       value = getattr(self, field)
       if value is None:
@@ -269,8 +274,21 @@ class CrossEntropyLoss(_Loss):
 
   def __call__(self, input, target):  # noqa: A002
     axis = _class_axis("CrossEntropyLoss", input)
-    target = _checks.numeric("CrossEntropyLoss", "target", target)
+    fn = "CrossEntropyLoss"
+    target = _checks.numeric(fn, "target", target)
     if jnp.issubdtype(target.dtype, jnp.floating):
+      # Probabilities, in torch's one layout: floating class indices (or a
+      # row of probabilities meant for every example) would otherwise read
+      # as probabilities broadcast over the batch.
+      if jnp.shape(target) != jnp.shape(input):
+        _checks.fail(fn, "a floating target holds class probabilities of "
+                     f"input's shape {tuple(jnp.shape(input))}, got shape "
+                     f"{tuple(target.shape)}; class indices need an integer "
+                     "dtype")
+      if self.ignore_index != -100:
+        _checks.fail(fn, "ignore_index applies to class-index targets, got "
+                     f"ignore_index={self.ignore_index} with probability "
+                     f"targets of dtype {target.dtype} (torch raises too)")
       return _multiclass.softmax_cross_entropy(
           input, target, axis=axis, weight=self.weight,
           label_smoothing=self.label_smoothing, reduction=self.reduction)
@@ -1065,7 +1083,8 @@ class MultiMarginLoss(_Loss):
 
   def __post_init__(self):
     super().__post_init__()
-    if isinstance(self.p, bool) or self.p not in (1, 2):
+    if not isinstance(self.p, (int, np.integer)) or isinstance(
+        self.p, bool) or self.p not in (1, 2):
       _checks.fail(type(self).__name__, f"p must be 1 or 2, got {self.p!r}")
     if self.weight is not None and self.weight.ndim != 1:
       _checks.fail(type(self).__name__, "weight must be None or a 1-D array "
@@ -1234,11 +1253,15 @@ def _concrete(lengths):
 
 
 def _check_lengths(fn, name, lengths, low, high, what):
-  """Torch's range checks, where the lengths are known at trace time."""
-  if lengths is not None and lengths.size and (
-      lengths.min() < low or lengths.max() > high):
+  """Torch's range checks: at trace time where the lengths are known, else
+  under :func:`jaxloss.checked`."""
+  known = _concrete(lengths)
+  if known is None:
+    _checks.values(fn, name, (lengths >= low) & (lengths <= high),
+                   f"must be in [{low}, {high}] ({what})", lengths)
+  elif known.size and (known.min() < low or known.max() > high):
     _checks.fail(fn, f"{name} must be in [{low}, {high}] ({what}), got "
-                 f"{lengths.tolist()}")
+                 f"{known.tolist()}")
 
 
 def _padded_targets(targets, target_lengths, width):
@@ -1343,24 +1366,30 @@ class CTCLoss(_Loss):
                    f"log_probs shape {log_probs.shape}), got {self.blank}")
     input_lengths = _lengths(fn, "input_lengths", input_lengths, batch)
     target_lengths = _lengths(fn, "target_lengths", target_lengths, batch)
-    _check_lengths(fn, "input_lengths", _concrete(input_lengths), 0, time,
+    _check_lengths(fn, "input_lengths", input_lengths, 0, time,
                    "at most T, the length of log_probs")
     known = _concrete(target_lengths)
     if targets.ndim == 1:
-      if known is not None and known.sum() != targets.shape[0]:
+      if known is None:
+        _checks.values(fn, "target_lengths",
+                       jnp.sum(target_lengths) == targets.shape[0],
+                       f"must add up to the length {targets.shape[0]} of "
+                       "the concatenated targets (their sum)",
+                       jnp.sum(target_lengths))
+      elif known.sum() != targets.shape[0]:
         _checks.fail(fn, f"target_lengths must add up to the length "
                      f"{targets.shape[0]} of the concatenated targets, got "
                      f"{known.tolist()}")
-      _check_lengths(fn, "target_lengths", known, 0, targets.shape[0],
-                     "within the concatenated targets")
+      _check_lengths(fn, "target_lengths", target_lengths, 0,
+                     targets.shape[0], "within the concatenated targets")
       width = None if known is None else int(known.max(initial=0))
       targets = _padded_targets(targets, target_lengths, width)
     elif targets.ndim != 2 or targets.shape[0] != batch:
       _checks.fail(fn, f"targets must have shape ({batch}, S) or "
                    f"(sum(target_lengths),), got shape {targets.shape}")
     else:
-      _check_lengths(fn, "target_lengths", known, 0, targets.shape[1],
-                     "at most S, the width of targets")
+      _check_lengths(fn, "target_lengths", target_lengths, 0,
+                     targets.shape[1], "at most S, the width of targets")
     frame_pad = jnp.arange(time)[None, :] >= input_lengths[:, None]
     label_pad = (jnp.arange(targets.shape[1])[None, :]
                  >= target_lengths[:, None])

@@ -523,3 +523,38 @@ def test_checks_compile_to_nothing_outside_checked_in_every_family():
   text = jax.jit(f).lower(*args).compile().as_text()
   # The predicates, their argmax and the error formatting are dead code.
   assert "argmax" not in text
+
+
+def test_checked_under_jit_or_vmap_says_to_go_outside():
+  f = jaxloss.checked(lambda x, t: CE(x, t, reduction="mean"))
+  x, t = jnp.zeros((2, 3)), jnp.array([0, 1])
+  for transform in (jax.jit, jax.vmap):
+    with pytest.raises(TypeError, match=r"checked\(<lambda>\) was called "
+                       r"under a jax.jit, jax.vmap .*checked\(jax.jit\(fn\)\)"):
+      transform(f)(x, t)
+  # Differentiation is fine: the verdict is known.
+  assert np.all(np.isfinite(jax.grad(f)(x, t)))
+
+
+def test_ctc_module_traced_lengths_are_checked():
+  log_probs = jax.nn.log_softmax(
+      jax.random.normal(jax.random.key(0), (6, 2, 4)))
+  ctc = jaxloss.nn.CTCLoss(reduction="none")
+  concatenated = jaxloss.checked(jax.jit(
+      lambda il, tl: ctc(log_probs, jnp.array([1, 2, 3]), il, tl)))
+  padded = jaxloss.checked(jax.jit(
+      lambda il, tl: ctc(log_probs, jnp.array([[1, 2], [3, 1]]), il, tl)))
+  good = concatenated(jnp.array([6, 6]), jnp.array([1, 2]))
+  assert np.all(np.isfinite(good))
+  for call, lengths, match in [
+      (concatenated, ([6, 6], [2, 2]),
+       r"target_lengths must add up to the length 3 of the concatenated "
+       r"targets \(their sum\); got 4"),
+      (concatenated, ([9, 6], [1, 2]),
+       r"input_lengths must be in \[0, 6\] .*input_lengths\[0\] = 9"),
+      (concatenated, ([-1, 6], [1, 2]),
+       r"input_lengths must be in \[0, 6\] .*input_lengths\[0\] = -1"),
+      (padded, ([6, 6], [3, 2]),
+       r"target_lengths must be in \[0, 2\] .*target_lengths\[0\] = 3")]:
+    with pytest.raises(jaxloss.CheckError, match=r"CTCLoss: " + match):
+      call(*map(jnp.array, lengths))

@@ -9,7 +9,9 @@ less its last axis a per-row label. A loss is covered the day it is
 registered.
 """
 
+import dataclasses
 import inspect
+import math
 
 import jax
 import jax.numpy as jnp
@@ -197,25 +199,27 @@ INTEGER_LABELS = [n for n in NAMES if any(
     kind in INTEGER_KINDS for kind, _ in catalogue.SPECS[n][0])]
 
 
-def _many_classes(name, dtype, seed=0):
-  """``name``'s arguments with ``MANY`` classes (for the catalogue's
+def _many_classes(name, dtype, seed=0, classes=MANY):
+  """``name``'s arguments with ``classes`` classes (for the catalogue's
   ``C``) and integer labels over all of them that ``dtype`` holds."""
   rng = np.random.default_rng(seed)
-  top = min(MANY, int(jnp.iinfo(dtype).max) + 1)
+  top = max(min(classes, int(jnp.iinfo(dtype).max) + 1), 1)
   args = []
   for kind, shape in catalogue.SPECS[name][0]:
-    shape = tuple(B if s == "B" else MANY if s == catalogue.C else s
+    shape = tuple(B if s == "B" else classes if s == catalogue.C else s
                   for s in shape)
     if kind == "int":
       x = rng.integers(0, top, shape)
     elif kind == "ctc_labels":
-      x = rng.integers(1, top, shape)
+      x = rng.integers(1, top + 1, shape)
     elif kind == "multilabel":
       x = np.full(shape, -1)
       for row in np.ndindex(shape[:-1]):
-        x[row][:3] = rng.permutation(top)[:3]
+        x[row][:3] = rng.permutation(top)[:min(3, shape[-1])]
     else:
-      args.append(jnp.asarray(catalogue.draw(kind, shape, rng), jnp.float32))
+      x = (catalogue.draw(kind, shape, rng) if math.prod(shape)
+           else np.zeros(shape))
+      args.append(jnp.asarray(x, jnp.float32))
       continue
     args.append(jnp.asarray(x, jnp.int32))
   return args
@@ -264,3 +268,56 @@ def test_cross_entropy_module_keeps_class_156_of_uint8_targets():
   loss = jaxloss.nn.CrossEntropyLoss(reduction="none")(
       logits, jnp.array([3, 156], jnp.uint8))
   np.testing.assert_allclose(loss, np.log(200), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_nested_python_lists_read_as_arrays(name):
+  # Valid input is never rejected: lists, as NumPy reads them.
+  args = catalogue.inputs(name, 2)
+  want = catalogue.loss(name)(*args)
+  got = catalogue.loss(name)(*(np.asarray(a).tolist() for a in args))
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-6)
+
+
+SWITCHES = [(n, p.name) for n in NAMES
+            for p in inspect.signature(jaxloss.get(n)).parameters.values()
+            if isinstance(p.default, bool)]
+
+
+@pytest.mark.parametrize("name, switch", SWITCHES)
+def test_switches_are_bools_not_truthy_values(name, switch):
+  args = catalogue.inputs(name, 2)
+  with pytest.raises(TypeError, match=rf"^{name}: {switch} must be a bool, "
+                     r"got 'no'"):
+    jaxloss.get(name)(*args, **{**catalogue.SPECS[name][1], switch: "no"})
+
+
+MODULE_SWITCHES = [
+    (c, f.name) for c in (getattr(jaxloss.nn, n) for n in jaxloss.nn.__all__)
+    if dataclasses.is_dataclass(c)
+    for f in dataclasses.fields(c) if isinstance(f.default, bool)]
+
+
+@pytest.mark.parametrize("cls, switch", MODULE_SWITCHES,
+                         ids=[f"{c.__name__}-{s}" for c, s in MODULE_SWITCHES])
+def test_module_switches_are_bools_even_when_traced(cls, switch):
+  for value in ("no", jnp.asarray(True)):
+    with pytest.raises(TypeError, match=rf"^{cls.__name__}: {switch} must "
+                       "be a bool"):
+      cls(**{switch: value})
+  assert SWITCHES and MODULE_SWITCHES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_class_at_all_is_a_named_error_or_a_number(name):
+  # The catalogue's class axis (C) at length 0: a loss computes (an empty
+  # sum) or says which function refuses it, never a bare NumPy error.
+  args = _many_classes(name, jnp.int32, classes=0)
+  try:
+    out = _call(name, args)
+  except ValueError as e:
+    assert str(e).startswith(f"{name}: "), e
+  else:
+    assert all(np.asarray(leaf).dtype.kind == "f"
+               for leaf in jax.tree.leaves(out))

@@ -778,6 +778,9 @@ def test_hinge_slope_at_the_tie_is_torchs():
       u, v, jnp.array([-1, -1]), margin=0.0).sum())(u)
   np.testing.assert_allclose(g, [[0, 0.70710677], [1e6, 0]], atol=1e-6,
                              rtol=1e-6)
-  # NaN stays NaN.
-  assert np.isnan(jaxloss.margin_ranking_loss(jnp.array([jnp.nan]),
-                                              jnp.zeros(1), jnp.ones(1)))[0]
+  # NaN stays NaN, with torch's slope 0.
+  nan = jnp.array([jnp.nan])
+  assert np.isnan(jaxloss.margin_ranking_loss(nan, jnp.zeros(1),
+                                              jnp.ones(1)))[0]
+  np.testing.assert_array_equal(jax.grad(lambda a: jaxloss.margin_ranking_loss(
+      a, jnp.zeros(1), jnp.ones(1)).sum())(nan), [0])

@@ -449,3 +449,18 @@ def test_linear_cross_entropy_constructor_order():
                              label_smoothing=0.25)(h @ kernel.T, labels)
   np.testing.assert_allclose(got, want, rtol=1e-6)
   assert got[1] == 0
+
+
+def test_cross_entropy_floating_targets_are_probabilities_of_input_shape():
+  # torch's layouts: floating class indices (N == C here) are not a row of
+  # probabilities for every example, and ignore_index has no meaning there.
+  x = jnp.array([[1.0, 2.0, 0.5], [0.1, 0.2, 3.0], [2.0, 0.0, 0.0]])
+  loss = jaxloss.nn.CrossEntropyLoss()
+  with pytest.raises(ValueError, match=r"CrossEntropyLoss: a floating target "
+                     r"holds class probabilities of input's shape \(3, 3\), "
+                     r"got shape \(3,\); class indices need an integer"):
+    loss(x, jnp.array([0.0, 1.0, 1.0]))
+  with pytest.raises(ValueError, match="ignore_index applies to class-index"):
+    jaxloss.nn.CrossEntropyLoss(ignore_index=1)(x, jnp.eye(3))
+  np.testing.assert_allclose(loss(x, jnp.eye(3)),
+                             loss(x, jnp.array([0, 1, 2])), rtol=1e-6)
