@@ -1,12 +1,12 @@
 import os
 
-# The suite compiles thousands of small programs, and LLVM's optimisation
-# passes take a quarter of its time. XLA's own passes (fusion, buffer
-# assignment: what the memory tests read) still run. The level can move a
-# result by an ulp: the one test that compares compiled programs bitwise
-# runs in a process of its own at the default level. Set before jax starts
-# a backend; an XLA_FLAGS of the caller's own is kept.
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+import suite_flags
+
+# The suite's compiler flags, set before jax starts a backend; an XLA_FLAGS
+# of the caller's own is kept. pytest-xdist's workers inherit the
+# controller's.
+if "XLA_FLAGS" not in os.environ:
+  os.environ["XLA_FLAGS"] = suite_flags.suite_xla_flags()
 
 import jax  # noqa: E402
 

@@ -27,6 +27,7 @@ import pytest
 from hypothesis import strategies as st
 
 import catalogue
+import suite_flags
 import jaxloss
 
 B = 4
@@ -599,14 +600,15 @@ def jit_and_eager_bitwise(names, seeds, scales):
 
 @pytest.mark.slow  # Over 15 s on 2 shared cores.
 def test_jit_equals_eager_bitwise_for_elementwise_losses():
-  # LLVM's optimisation level can move a result by an ulp, and the suite
-  # compiles at level 0 (conftest.py): this comparison runs in a process of
-  # its own, with the optimisation users get.
+  # The suite's compiler flags (suite_flags.py) can move a result by an
+  # ulp: this comparison runs in a process of its own, compiled as users'
+  # programs are.
   env = dict(os.environ)
-  flags = env.pop("XLA_FLAGS", "").replace(
-      "--xla_backend_optimization_level=0", "").strip()
+  flags = env.pop("XLA_FLAGS", "").split()
+  flags = [f for f in flags if f not in (suite_flags.SUITE_XLA_FLAGS,
+                                         suite_flags.FUSION_EMITTERS_OFF)]
   if flags:
-    env["XLA_FLAGS"] = flags
+    env["XLA_FLAGS"] = " ".join(flags)
   script = ("import test_properties as t; t.jit_and_eager_bitwise("
             f"{BITWISE!r}, (0, 1, 2), (1.0, 1e2, 1e4))")
   run = subprocess.run([sys.executable, "-c", script], env=env,
