@@ -3,8 +3,8 @@
 The suite compiles thousands of small programs, and their compilation is
 most of its time. Two flags cut it (measured back to back on 2 cores:
 ``tests/test_transformations.py`` and ``tests/test_contract.py`` in 101 s
-with the first alone, 60 s with both; the whole suite, 17 min 7 s with the
-first alone, 6 min 50 s with both, on a busier machine):
+with the first alone, 60 s with both; the whole suite takes about 6 minutes
+with both):
 
 * ``--xla_backend_optimization_level=0`` skips LLVM's optimisation passes;
 * ``--xla_cpu_use_fusion_emitters=false`` has XLA:CPU emit its fusions with
@@ -21,16 +21,16 @@ import os
 import subprocess
 import sys
 
-SUITE_XLA_FLAGS = "--xla_backend_optimization_level=0"
+LLVM_LEVEL_0 = "--xla_backend_optimization_level=0"
 # Experimental: a jaxlib that no longer knows it would abort on it.
 FUSION_EMITTERS_OFF = "--xla_cpu_use_fusion_emitters=false"
 
 
 def suite_xla_flags():
   """The flags, less the fusion-emitter one where this jaxlib lacks it."""
-  flags = f"{SUITE_XLA_FLAGS} {FUSION_EMITTERS_OFF}"
+  flags = f"{LLVM_LEVEL_0} {FUSION_EMITTERS_OFF}"
   probe = subprocess.run(
       [sys.executable, "-c", "import jax; jax.jit(abs)(1.0)"],
       env={**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"},
       capture_output=True, check=False)
-  return flags if probe.returncode == 0 else SUITE_XLA_FLAGS
+  return flags if probe.returncode == 0 else LLVM_LEVEL_0

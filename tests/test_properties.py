@@ -27,8 +27,8 @@ import pytest
 from hypothesis import strategies as st
 
 import catalogue
-import suite_flags
 import jaxloss
+import suite_flags
 
 B = 4
 C, D, T = catalogue.C, catalogue.D, catalogue.T
@@ -605,7 +605,7 @@ def test_jit_equals_eager_bitwise_for_elementwise_losses():
   # programs are.
   env = dict(os.environ)
   flags = env.pop("XLA_FLAGS", "").split()
-  flags = [f for f in flags if f not in (suite_flags.SUITE_XLA_FLAGS,
+  flags = [f for f in flags if f not in (suite_flags.LLVM_LEVEL_0,
                                          suite_flags.FUSION_EMITTERS_OFF)]
   if flags:
     env["XLA_FLAGS"] = " ".join(flags)
