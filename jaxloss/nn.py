@@ -273,8 +273,8 @@ class CrossEntropyLoss(_Loss):
   label_smoothing: float = 0.0
 
   def __call__(self, input, target):  # noqa: A002
-    axis = _class_axis("CrossEntropyLoss", input)
     fn = "CrossEntropyLoss"
+    axis = _class_axis(fn, input)
     target = _checks.numeric(fn, "target", target)
     if jnp.issubdtype(target.dtype, jnp.floating):
       # Probabilities, in torch's one layout: floating class indices (or a

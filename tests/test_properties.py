@@ -422,6 +422,7 @@ def test_masked_rows_cost_nothing_whatever_they_hold(name, seed):
   for grad in grads:
     np.testing.assert_array_equal(np.asarray(grad), 0)
 
+
 # Losses whose ``where`` may also be ``logits``-shaped, restricting the
 # softmax to some classes (as optax's); the other row-masked ones refuse it.
 CLASS_MASKS = {"multiclass_sparsemax_loss", "poly_loss_cross_entropy",
@@ -520,7 +521,7 @@ def _minus_inf_with_mass(name, seed):
   x = args[0].copy()
   x[..., 0] = -np.inf
   args[0] = x
-  kind, t = [a[0] for a in SPECS[name][0]][1], args[1].copy()
+  kind, t = SPECS[name][0][1][0], args[1].copy()
   if kind == "int":
     t[:] = 0
   elif kind == "onehot":

@@ -476,7 +476,6 @@ def test_l1_and_smooth_l1_slope_is_zero_at_zero_error():
     np.testing.assert_array_equal(jax.grad(lambda p: fn(p, p).sum())(p), 0)
 
 
-
 @pytest.mark.parametrize("fn", [
     jaxloss.l1_loss, jaxloss.huber_loss, jaxloss.smooth_l1_loss,
     functools.partial(jaxloss.smooth_l1_loss, beta=0.0),
@@ -492,6 +491,7 @@ def test_slope_at_infinite_errors_in_both_modes(fn):
   np.testing.assert_allclose(jax.grad(lambda p: fn(p, t).sum())(p), slope)
   np.testing.assert_allclose(jax.jacfwd(lambda p: fn(p, t))(p).diagonal(),
                              slope)
+
 
 def test_smooth_l1_is_huber_over_beta():
   p, t = jnp.asarray(P, jnp.float32), jnp.asarray(T, jnp.float32)

@@ -219,6 +219,7 @@ def test_gradient_by_a_traced_zero_hyperparameter(name):
                                  atol=1e-7 * (1 + abs(numeric)),
                                  err_msg=f"d loss / d {h} at a traced 0")
 
+
 def _integer_value(spec):
   """A whole number inside ``spec``'s interval, 0 only if it is the only
   one there; None if there is none."""
