@@ -18,6 +18,7 @@ from jaxloss import _checks
 from jaxloss import _jit
 from jaxloss import _reduction
 from jaxloss import _rows
+from jaxloss import _value_form
 
 
 def not_nan(fn, name, x, keep=None):
@@ -127,14 +128,36 @@ def _modulus(z):
   return jnp.where(nonzero, jnp.abs(jnp.where(nonzero, z, 1)), 0)
 
 
+@jax.custom_jvp
 def _xlogy(y, x):
   """``y log x``, 0 where ``y = 0``: ``d/dx = 0`` there, ``d/dy = log x``.
 
   ``jax.scipy.special.xlogy`` has the value but a NaN ``d/dx`` at
   ``x = y = 0``; here that point reads ``log 1`` (value 0, gradients 0).
+
+  The value alone is arithmetic, ``y log(x + [y = 0])``, which XLA:CPU
+  fuses with a sum (a select would have it write the terms out first, and
+  compile one more loop); under differentiation it is the select. Both read
+  ``log 1`` at a zero ``y`` for ``x`` in (-1, 0], and NaN below: a rate out
+  of the domain.
   """
-  safe_x = jnp.where((y == 0) & (x <= 0), 1, x)
-  return y * jnp.log(safe_x)
+  return y * jnp.log(x + (1 - jnp.abs(jnp.sign(y))))
+
+
+def _xlogy_jvp(primals, tangents):
+  (y, x), (dy, dx) = primals, tangents
+  safe_x = jnp.where((y == 0) & (x <= 0) & (x > -1), 1, x)
+  log_x = jnp.log(safe_x)
+  tangent = jnp.zeros_like(log_x)
+  if not isinstance(dy, SymbolicZero):
+    tangent = tangent + log_x * dy
+  if not isinstance(dx, SymbolicZero):
+    # No select on dx: y is 0 wherever x was replaced.
+    tangent = tangent + y / safe_x * dx
+  return y * log_x, tangent
+
+
+_xlogy.defjvp(_xlogy_jvp, symbolic_zeros=True)
 
 
 def _huber(abs_errors, delta):
@@ -686,19 +709,32 @@ def gaussian_nll_loss(predictions, targets, var, *, full=False, eps=1e-6,
   var = _checks.numeric(fn, "var", var)
   non_negative(fn, "var", var)
   var = _gaussian_var(fn, var, predictions.shape).astype(predictions.dtype)
-  if _jit.is_zero(eps):
-    clamped = var
-  else:
-    # torch clamps a clone under no_grad: the value is max(var, eps), the
-    # gradient passes straight through to var; eps gets the clamp's own.
-    eps = _jit.cast(eps, var.dtype)
-    clamped = jnp.where(var < eps, eps + (var - lax.stop_gradient(var)), var)
-  loss = 0.5 * (jnp.log(clamped) + (predictions - targets)**2 / clamped)
+  eps = None if _jit.is_zero(eps) else _jit.cast(eps, var.dtype)
+  loss = _gaussian_nll(predictions - targets, var, eps)
   if full:
     loss = loss + _HALF_LOG_2PI
-  # torch raises on a negative variance; under jit the flag is a NaN.
-  loss = jnp.where(var < 0, jnp.nan, loss)
   return _reduction.reduce(fn, loss, reduction)
+
+
+def _gaussian_nll_value(errors, var, eps):
+  clamped = var if eps is None else jnp.maximum(var, eps)
+  # sqrt is NaN below 0: the negative variance's flag, as arithmetic.
+  return (0.5 * (jnp.log(clamped) + errors**2 / clamped)
+          + jnp.minimum(jnp.sqrt(var), 0))
+
+
+@_value_form.value_form(_gaussian_nll_value)
+def _gaussian_nll(errors, var, eps):
+  """The Gaussian NLL of ``errors`` at variance ``var`` clamped to ``eps``
+  (None: no clamp), NaN where ``var < 0``."""
+  clamped = var
+  if eps is not None:
+    # torch clamps a clone under no_grad: the value is max(var, eps), the
+    # gradient passes straight through to var; eps gets the clamp's own.
+    clamped = jnp.where(var < eps, eps + (var - lax.stop_gradient(var)), var)
+  loss = 0.5 * (jnp.log(clamped) + errors**2 / clamped)
+  # torch raises on a negative variance; under jit the flag is a NaN.
+  return jnp.where(var < 0, jnp.nan, loss)
 
 
 # ---------------------------------------------------------------------------

@@ -721,3 +721,51 @@ def test_errors_name_the_function_and_argument():
   with pytest.raises(TypeError, match="poisson: predictions must have a "
                      "floating dtype"):
     jaxloss.poisson(jnp.arange(3), x)
+
+
+# What each loss's value computes in arithmetic alone, so that XLA:CPU fuses
+# it with the mean and writes nothing besides (a select there would have it
+# write every term out first).
+FUSED_VALUES = {
+    "huber_loss": lambda x, y: jaxloss.huber_loss(x, y),
+    "log_cosh": lambda x, y: jaxloss.log_cosh(x, y),
+    "l2_loss": lambda x, y: jaxloss.l2_loss(x, y),
+    "poisson": lambda x, y: jaxloss.poisson(x, y),
+    "poisson_nll_loss(log_input=False)": lambda x, y: jaxloss.poisson_nll_loss(
+        x, y, log_input=False),
+    "poisson_nll_loss": lambda x, y: jaxloss.poisson_nll_loss(x, y),
+    "gaussian_nll_loss": lambda x, y: jaxloss.gaussian_nll_loss(x, y, x),
+    "gaussian_nll_loss(eps=0)": lambda x, y: jaxloss.gaussian_nll_loss(
+        x, y, x, eps=0.0),
+}
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu",
+                    reason="XLA:CPU's fusion of a sum")
+@pytest.mark.parametrize("name", FUSED_VALUES)
+def test_value_fuses_with_its_mean(name):
+  x = jnp.asarray(RATE, jnp.float32)
+  x = jnp.tile(x, (64, 64))                  # 256 x 192: 192 KiB of terms
+  y = jnp.tile(jnp.asarray(COUNTS, jnp.float32), (64, 64))
+  compiled = jax.jit(lambda x, y: jnp.mean(FUSED_VALUES[name](x, y))).lower(
+      x, y).compile()
+  assert compiled.memory_analysis().temp_size_in_bytes == 0
+
+
+def test_zero_count_edge_reads_the_same_in_value_and_gradient():
+  # A zero count reads log 1 at rates in (-1, 0] (no NaN at rate 0) and NaN
+  # below -1, a rate out of the domain, whether or not a derivative is
+  # taken; a positive count at a negative rate is NaN.
+  rates = jnp.array([0.0, -0.5, -1.0, -3.0, -0.5, 2.0])
+  counts = jnp.array([0.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+
+  def f(r, y):
+    return jaxloss.poisson_nll_loss(r, y, log_input=False, eps=0.0)
+
+  want = np.array([0.0, -0.5, np.nan, np.nan, np.nan, 2.0], np.float32)
+  np.testing.assert_array_equal(_jit(f)(rates, counts), want)
+  value, tangent = _jit(lambda r: jax.jvp(lambda r: f(r, counts), (r,),
+                                          (jnp.ones_like(r),)))(rates)
+  np.testing.assert_array_equal(value, want)
+  # d/d rate = 1 - count / rate: 1 at every zero count.
+  np.testing.assert_array_equal(tangent, [1, 1, 1, 1, 3, 1])
