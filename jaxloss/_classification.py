@@ -785,7 +785,7 @@ def multilabel_margin_loss(predictions, targets, *, reduction="none"):
   classes = jnp.arange(num_classes).reshape((1,) * targets.ndim + (-1,))
   is_target = jnp.any(listed[..., :, None]
                       & (safe[..., :, None] == classes), axis=-2)
-  target_x = jnp.take_along_axis(x, safe, axis=-1)
+  target_x = jnp.take_along_axis(x, safe, axis=-1, mode="promise_in_bounds")
   # Pairs (listed target j, non-target i); a class listed twice counts twice,
   # as in torch's loop.
   h = jax.nn.relu(1 - target_x[..., :, None] + x[..., None, :])

@@ -293,3 +293,29 @@ def test_vmap_jit_checkpoint(fn, labels):
 def test_errors(call, error, message):
   with pytest.raises(error, match=message):
     call()
+
+
+INTEGER_LABEL_LOSSES = {
+    "nll_loss": lambda x, y: jaxloss.nll_loss(jax.nn.log_softmax(x), y),
+    "multiclass_hinge_loss": jaxloss.multiclass_hinge_loss,
+    "multiclass_perceptron_loss": jaxloss.multiclass_perceptron_loss,
+    "multi_margin_loss": jaxloss.multi_margin_loss,
+    "multiclass_sparsemax_loss": jaxloss.multiclass_sparsemax_loss,
+    "categorical_generalized_cross_entropy":
+        jaxloss.categorical_generalized_cross_entropy,
+    "softmax_cross_entropy_with_integer_labels": CE,
+    "softmax_cross_entropy_with_integer_labels(reference)":
+        lambda x, y: CE(x, y, implementation="reference"),
+}
+
+
+@pytest.mark.parametrize("name", INTEGER_LABEL_LOSSES)
+def test_label_gradient_is_a_select_not_a_scatter(name):
+  # The gradient through the label's score lands in the loop that writes the
+  # rest of the gradient; a scatter would be a loop of its own.
+  fn = INTEGER_LABEL_LOSSES[name]
+  x, y = jnp.asarray(X, jnp.float32), jnp.asarray(LABELS)
+  grad = jax.grad(lambda x: jnp.sum(fn(x, y)))
+  assert "scatter" not in jax.jit(grad).lower(x).as_text()
+  np.testing.assert_allclose(
+      grad(x), jax.grad(lambda x: jnp.sum(jax.vmap(fn)(x, y)))(x), rtol=1e-6)

@@ -201,7 +201,8 @@ def _row_forward(config, x, labels, keep, class_keep, weight):
     stats, exps = xla_statistics(x, class_keep, weight, config.smoothing,
                                  dtype)
   label_x = jnp.take_along_axis(_upcast(x, x.dtype),
-                                jnp.maximum(labels, 0)[:, None], axis=-1)[:, 0]
+                                jnp.maximum(labels, 0)[:, None], axis=-1,
+                                mode="promise_in_bounds")[:, 0]
   label_x = jnp.where(labels >= 0, label_x.astype(dtype), 0)
   stats = (stats[0], label_x) + tuple(stats[1:])
   if keep is not None:
