@@ -13,6 +13,7 @@ from jaxloss import _checks
 from jaxloss import _jit
 from jaxloss import _reduction
 from jaxloss import _rows
+from jaxloss import _value_form
 from jaxloss._regression import _complex_or_floating
 from jaxloss._regression import _modulus
 from jaxloss._regression import abs_zero_slope
@@ -201,15 +202,14 @@ def _exact_cosine_rows(dot, norm2_a, norm2_b, epsilon):
   return dot * scale
 
 
-@jax.custom_jvp
-def _cosine_rows(dot, norm2_a, norm2_b, epsilon):
-  """:func:`_exact_cosine_rows`, its value without a select.
+def _cosine_rows_value(dot, norm2_a, norm2_b, epsilon):
+  """:func:`_exact_cosine_rows`'s value without a select.
 
   Each squared norm is floored at the smallest normal number instead, which
   XLA:CPU fuses with the sums (a select would split them). Where subnormal
   results flush to 0, as on CPUs, the value is the same: a squared norm is
   0 or at least the floor, and a zero vector's dot product is 0, as is the
-  cosine then. The derivatives are those of :func:`_exact_cosine_rows`.
+  cosine then.
   """
   floor = jnp.finfo(dot.dtype).tiny
   if epsilon is not None:
@@ -218,9 +218,7 @@ def _cosine_rows(dot, norm2_a, norm2_b, epsilon):
           * lax.rsqrt(jnp.maximum(norm2_b, floor)))
 
 
-@_cosine_rows.defjvp
-def _cosine_rows_jvp(primals, tangents):
-  return jax.jvp(_exact_cosine_rows, primals, tangents)
+_cosine_rows = _value_form.value_form(_cosine_rows_value)(_exact_cosine_rows)
 
 
 @_jit.jit("axis", "reduction", epsilon=_jit.NON_NEGATIVE)
