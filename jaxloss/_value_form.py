@@ -20,17 +20,15 @@ def value_form(fast):
 
   ``fast`` must give ``exact``'s values, its selects written as arithmetic.
   Under differentiation the program is the one autodiff of ``exact`` makes,
-  unchanged. Arguments are arrays; a non-differentiated one costs no
-  tangent.
+  unchanged. Arguments are arrays (or None); a non-differentiated one
+  costs no tangent.
   """
   def wrap(exact):
     f = jax.custom_jvp(fast)
 
     def rule(primals, tangents):
+      # JAX calls the rule only when some tangent is not zero.
       live = [not isinstance(t, SymbolicZero) for t in tangents]
-      if not any(live):
-        out = exact(*primals)
-        return out, jax.tree_util.tree_map(jax.numpy.zeros_like, out)
 
       def moving(*args):
         it = iter(args)
