@@ -900,7 +900,7 @@ def main():
   parser.add_argument("--seconds", type=float, default=2.0,
                       help="more rounds (up to 50) until a loss has run "
                            "this long")
-  parser.add_argument("--compile-repeats", type=int, default=3,
+  parser.add_argument("--compile-repeats", type=int, default=7,
                       help="cold compilations of each function; median")
   parser.add_argument("--only", default="", help="comma-separated names")
   parser.add_argument("--name", default="suite", help="results file stem")
