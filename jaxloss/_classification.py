@@ -504,7 +504,8 @@ def ranking_softmax_loss(logits, labels, *, where=None, weights=None,
   Items dropped by ``where`` are out of the softmax and the sum; a list with
   no valid item costs 0 and is left out of a ``jnp.mean`` reduction (a mean
   over no list is 0). Zero-label items count 0 even at a ``-inf`` score (optax
-  returns NaN there), and gradients of dropped items are exact zeros.
+  returns NaN there), a relevant one costs ``inf`` (even in a list of
+  ``-inf`` scores), and gradients of dropped items are exact zeros.
 
   Args:
     logits: floating [..., list_size] item scores.
@@ -579,7 +580,7 @@ def ranking_softmax_loss(logits, labels, *, where=None, weights=None,
     keep = jnp.where(row_keep[..., None], keep, True)
   lse = (_logsumexp(x) if keep is None
          else jax.nn.logsumexp(x, axis=-1, where=keep, keepdims=True))
-  loss = jnp.sum(_rows.cross_terms(y, lse, x), axis=-1)
+  loss = _rows.cross_sum(y, lse, x)
   if reduce_fn is None:
     return _reduction.mask(loss, row_keep)
   if reduce_fn is jnp.mean:

@@ -356,6 +356,6 @@ def probability_cross_entropy(fn, logits, labels, *, axis, where, weight,
     coef = y if weight is None else y * jnp.broadcast_to(weight, y.shape)
     if class_keep is not None:
       coef = jnp.where(class_keep, coef, 0)
-    loss = jnp.sum(_rows.cross_terms(coef, lse[..., None], x), axis=-1)
+    loss = _rows.cross_sum(coef, lse[..., None], x)
   loss = _reduction.mask(loss, row_keep)
   return _reduction.reduce(fn, loss, reduction, keep=row_keep)

@@ -15,6 +15,7 @@ from jax import lax
 from jaxloss import _checks
 from jaxloss import _jit
 from jaxloss import _reduction
+from jaxloss import _value_form
 
 
 def classes_last(fn, x, axis):
@@ -283,14 +284,24 @@ def probability_values(fn, x, y, row_keep, class_keep, shape, axis):
                row_keep, class_keep, shape, axis)
 
 
-def cross_terms(coef, lse, x):
-  r""":math:`c\,(\mathrm{lse} - x)`, 0 where :math:`c = 0` on a ``-inf``
-  logit, with the derivative :math:`\mathrm{lse} - x` by :math:`c` wherever
-  :math:`x` is finite, zero labels included.
+def _cross_sum_value(coef, lse, x):
+  top = jnp.maximum(lse, jnp.finfo(x.dtype).min)
+  return jnp.sum(coef * jnp.minimum(top - x, cap_unless_zero(coef)), axis=-1)
+
+
+@_value_form.value_form(_cross_sum_value)
+def cross_sum(coef, lse, x):
+  r""":math:`\sum_j c_j\,(\mathrm{lse} - x_j)` over the last axis, where a
+  term with :math:`c_j = 0` on a ``-inf`` logit counts 0, and the derivative
+  by :math:`c_j` is :math:`\mathrm{lse} - x_j` wherever :math:`x_j` is
+  finite, zero labels included. ``lse`` keeps the summed axis (size 1).
 
   A ``-inf`` logit marks a class outside the support: there the term and
   its derivatives are 0 (rather than ``0 * inf``), unless the class carries
-  label mass, which costs ``inf``.
+  label mass, which costs ``inf``, also on a row of ``-inf`` logits (whose
+  ``lse`` is ``-inf``). The value alone is computed with a cap on each
+  term rather than a select, which XLA:CPU fuses with the sum.
   """
-  gap = jnp.where((coef == 0) & (x == -jnp.inf), 0, lse - x)
-  return coef * gap
+  top = jnp.maximum(lse, jnp.finfo(x.dtype).min)
+  gap = jnp.where((coef == 0) & (x == -jnp.inf), 0, top - x)
+  return jnp.sum(coef * gap, axis=-1)

@@ -374,6 +374,39 @@ def test_minus_inf_logits():
   assert jaxloss.poly_loss_cross_entropy(x, f32(PROBS))[0] == jnp.inf
 
 
+CROSS_SUMS = {
+    "ranking_softmax_loss": lambda x, y: jaxloss.ranking_softmax_loss(
+        x, y, reduce_fn=None),
+    "softmax_cross_entropy": jaxloss.softmax_cross_entropy,
+    "softmax_cross_entropy(reference)": lambda x, y:
+        jaxloss.softmax_cross_entropy(x, y, implementation="reference"),
+}
+
+
+@pytest.mark.parametrize("name", CROSS_SUMS)
+def test_row_of_minus_inf_costs_inf_with_mass_and_0_without(name):
+  # The value alone and the value under differentiation agree, and every
+  # implementation reads the same.
+  x = f32(X).at[1].set(-jnp.inf).at[2].set(-jnp.inf)
+  y = f32(PROBS).at[2].set(0)
+  fn = CROSS_SUMS[name]
+  value = jax.jit(fn)(x, y)
+  np.testing.assert_array_equal(value[1:3], [np.inf, 0])
+  assert np.all(np.isfinite(np.asarray(value)[[0, 3]]))
+  differentiated = jax.jit(lambda x: jax.jvp(lambda x: fn(x, y), (x,),
+                                             (jnp.ones_like(x),))[0])(x)
+  np.testing.assert_array_equal(differentiated, value)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu",
+                    reason="XLA:CPU's fusion of a sum")
+def test_ranking_value_fuses_with_its_mean():
+  x, y = jnp.tile(f32(X), (64, 8)), jnp.tile(f32(PROBS), (64, 8))
+  compiled = jax.jit(jaxloss.ranking_softmax_loss).lower(x, y).compile()
+  # Row statistics only: the terms are not written out.
+  assert compiled.memory_analysis().temp_size_in_bytes < x.nbytes / 8
+
+
 def masked_max(a, where=None):
   return jnp.max(a, where=where, initial=-jnp.inf)
 

@@ -442,7 +442,7 @@ def _label_tangents(smoothing, x, y, keep, class_keep, weight, stats, exps,
   ``d cross = ysum d lse - sum_j c_j dx_j + sum_j (lse - x_j) dc_j``, and
   alike for the smoothing sum with the weights over the support. The
   derivative by a coefficient is ``lse - x`` also where it is 0, as
-  :func:`jaxloss._rows.cross_terms` has it, but 0 for a zero coefficient on
+  :func:`jaxloss._rows.cross_sum` has it, but 0 for a zero coefficient on
   a ``-inf`` logit. Coefficients are masked where they are made, so that
   the gradients are exact zeros on dropped rows and classes.
   """
