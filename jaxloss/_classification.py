@@ -23,6 +23,7 @@ from jaxloss import _reduction
 from jaxloss import _rows
 from jaxloss._rows import classes_last
 from jaxloss._rows import finish_rows
+from jaxloss._rows import flag_label
 from jaxloss._rows import integer_rows
 from jaxloss._rows import split_where
 from jaxloss._regression import not_nan
@@ -249,8 +250,8 @@ def multiclass_hinge_loss(scores, labels, *, axis=-1, where=None,
   fn = "multiclass_hinge_loss"
   x, label_x, one_hot, keep, valid = _multiclass_rows(fn, scores, labels,
                                                       axis, where)
-  loss = jnp.max(x + 1 - one_hot, axis=-1) - label_x
-  return finish_rows(fn, loss, None, keep, valid, reduction)
+  loss = jnp.max(x + 1 - one_hot, axis=-1) - flag_label(label_x, valid)
+  return finish_rows(fn, loss, None, keep, valid, reduction, flagged=True)
 
 
 @_jit.jit("axis", "reduction")
@@ -289,8 +290,8 @@ def multiclass_perceptron_loss(scores, labels, *, axis=-1, where=None,
   fn = "multiclass_perceptron_loss"
   x, label_x, _, keep, valid = _multiclass_rows(fn, scores, labels, axis,
                                                 where)
-  loss = jnp.max(x, axis=-1) - label_x
-  return finish_rows(fn, loss, None, keep, valid, reduction)
+  loss = jnp.max(x, axis=-1) - flag_label(label_x, valid)
+  return finish_rows(fn, loss, None, keep, valid, reduction, flagged=True)
 
 
 # ----------------------------------------------------------------------------

@@ -125,6 +125,13 @@ def _take_label_jvp(primals, tangents):
   return take_label(x, labels), jnp.sum(jnp.where(at, dx, 0), axis=-1)
 
 
+def flag_label(label_x, valid):
+  """The label's score, NaN where the label is out of range: a select on
+  the rows, computed with the gather. Only for a loss that takes the score
+  in a sum (a NaN there must not meet a zero cotangent in a product)."""
+  return jnp.where(valid, label_x, jnp.nan)
+
+
 def integer_rows(fn, x, labels, batch_shape, *, ignore_index, row_keep,
                  weight, x_shape=None, labels_name="labels", x_name="logits"):
   """What integer-label losses share: the label logit, weight and masks.
@@ -212,13 +219,31 @@ def flat_rows(a, batch_shape):
   return a.reshape((math.prod(batch_shape),) + a.shape[len(batch_shape):])
 
 
-def finish_rows(fn, loss, label_w, keep, valid, reduction):
-  """Masks, flags out-of-range labels with NaN, and reduces."""
+@jax.custom_jvp
+def _flag(loss, bad):
+  del bad    # the loss is NaN there already
+  return loss
+
+
+@_flag.defjvp
+def _flag_jvp(primals, tangents):
+  (loss, bad), (dloss, _) = primals, tangents
+  return jnp.where(bad, jnp.nan, loss), jnp.where(bad, 0, dloss)
+
+
+def finish_rows(fn, loss, label_w, keep, valid, reduction, flagged=False):
+  """Masks, flags out-of-range labels with NaN, and reduces.
+
+  ``flagged``: the caller's loss is already NaN on every row whose label is
+  out of range (from :func:`flag_label`), so that the value alone needs no
+  select here (which XLA:CPU would compile as a loop of its own); under
+  differentiation the select still gives those rows exact zero gradients.
+  """
   loss = _reduction.mask(loss, keep)
   # A label outside [0, C) that is not ignored has no meaning: NaN, never the
   # plausible number a wrapped-around index would give.
   bad = ~valid if keep is None else keep & ~valid
-  loss = jnp.where(bad, jnp.nan, loss)
+  loss = _flag(loss, bad) if flagged else jnp.where(bad, jnp.nan, loss)
   denominator = label_w
   if keep is not None:
     denominator = _reduction.mask(

@@ -324,6 +324,42 @@ def test_smooth_labels_optax_parity_and_where():
 # Edges where jaxloss deliberately differs from optax.
 
 
+@pytest.mark.parametrize("name", ["multiclass_hinge_loss",
+                                  "multiclass_perceptron_loss"])
+def test_out_of_range_rows_nan_alone_and_differentiated_zero_gradient(name):
+  x, bad = f32(X), jnp.array([0, 5, -1, 2])
+  fn = getattr(jaxloss, name)
+  value = jax.jit(fn)(x, bad)
+  (alive, grad) = jax.jit(jax.value_and_grad(
+      lambda x: jnp.sum(jnp.where(jnp.isnan(fn(x, bad)), 0, fn(x, bad)))))(x)
+  np.testing.assert_array_equal(np.isnan(value), [False, True, True, False])
+  np.testing.assert_array_equal(
+      jax.jit(lambda x: jax.jvp(lambda x: fn(x, bad), (x,),
+                                (jnp.ones_like(x),))[0])(x), value)
+  np.testing.assert_array_equal(grad[1:3], 0)
+  assert np.isfinite(alive) and np.all(np.isfinite(grad))
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu",
+                    reason="XLA:CPU's fusions")
+@pytest.mark.parametrize("name", ["multiclass_hinge_loss",
+                                  "multiclass_perceptron_loss"])
+def test_label_check_costs_no_loop_of_its_own(name):
+  # The NaN of an out-of-range label rides on the label's score, computed
+  # with its gather: the mean compiles to no more loops than optax's (at a
+  # size where XLA:CPU hands the reductions to its library; compiled, not
+  # run).
+  x = jax.ShapeDtypeStruct((4096, 1024), jnp.float32)
+  labels = jax.ShapeDtypeStruct((4096,), jnp.int32)
+
+  def loops(fn):
+    text = jax.jit(lambda x, y: jnp.mean(fn(x, y))).lower(
+        x, labels).compile().as_text()
+    return len(re.findall(r"= \S+ fusion\(", text))
+
+  assert loops(getattr(jaxloss, name)) <= loops(getattr(optax.losses, name))
+
+
 def test_out_of_range_labels_give_nan():
   x, bad = f32(X), jnp.array([0, 5, -1, 2])
   for name in ("multiclass_hinge_loss", "multiclass_perceptron_loss"):
