@@ -208,8 +208,14 @@ def loss_from_statistics(fn, stats, batch_shape, label_w, keep, valid,
   if not _jit.is_zero(label_smoothing):
     sx, wsum, count = sums
     smoothing = (lse * wsum - sx) / jnp.maximum(count, 1)
+  # The label's score enters the loss in a sum alone when there are no
+  # class weights and no smoothing to multiply it: it can carry the NaN.
+  flagged = label_w is None and smoothing is None
+  if flagged:
+    label_x = flag_label(label_x, valid)
   loss = row_loss(lse, label_x, label_w, label_smoothing, z_loss, smoothing)
-  return finish_rows(fn, loss, label_w, keep, valid, reduction)
+  return finish_rows(fn, loss, label_w, keep, valid, reduction,
+                     flagged=flagged)
 
 
 def flat_rows(a, batch_shape):
