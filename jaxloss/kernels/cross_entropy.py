@@ -122,9 +122,15 @@ def finite_exp(x, top):
 
 def _softmax(xf, lse, exps, inside):
   """The softmax where ``inside`` (None: everywhere), else 0: from ``exps =
-  (exp(x - shift), shift)`` kept by the forward, or from the logits."""
+  (exp(x - shift), shift)`` kept by the forward, or ``(exp(x - shift),
+  their row sums)``, or from the logits."""
   if exps is None:
     p = finite_exp(xf, lse[:, None])
+  elif len(exps) == 3:
+    # e / sum e, the sum floored: 0 on a row without a possible class, and
+    # no select, so that XLA computes it in the gradient's own loop.
+    e, _, total = exps
+    p = e / jnp.maximum(total, jnp.finfo(total.dtype).tiny)[:, None]
   else:
     e, shift = exps
     p = e * finite_exp(shift, lse)[:, None]
@@ -374,20 +380,21 @@ def _label_forward(config, x, y, keep, class_keep, weight):
   # backend no [R, C] temporary besides (XLA:CPU hands single reductions to
   # a library that reads its input from memory).
   sums = _row_sums(tuple(terms))
-  log_sum = jnp.log(sums[0])
+  # Floored: finite on a row of -inf logits, so that a row whose terms are
+  # all zero costs 0; one with mass there costs inf through its below-sum
+  # (its logits are inf below the shift of 0). No select: XLA computes the
+  # cross sums in the loop that reads them.
+  floored = jnp.log(jnp.maximum(sums[0], jnp.finfo(dtype).tiny))
 
   def cross(total, below_sum):
-    # A row whose terms are all zero costs 0, even if every logit is -inf;
-    # one with mass but no possible class costs inf (not -inf + inf).
-    row = jnp.where(total == 0, 0, total * log_sum) + below_sum
-    return jnp.where((total != 0) & (log_sum == -jnp.inf), jnp.inf, row)
+    return total * floored + below_sum
 
-  out = (cross(sums[1], sums[2]), log_sum + shift, sums[1])
+  out = (cross(sums[1], sums[2]), jnp.log(sums[0]) + shift, sums[1])
   if config.smoothing:
     out += (cross(sums[3], sums[4]), sums[5], sums[3])
   if keep is not None:
     out = tuple(jnp.where(keep, s, 0) for s in out)
-  return out, (exps, shift) if config.keep_exponentials else None
+  return out, (exps, shift, sums[0]) if config.keep_exponentials else None
 
 
 def label_chain(x, y, keep, weight, softmax_mass=False):
