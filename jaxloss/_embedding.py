@@ -777,6 +777,31 @@ def ntxent(embeddings, labels, temperature=0.07):
   sims = (unit @ _whole(unit).T) / _jit.cast(temperature, x.dtype)
   same = labels[:, None] == _whole(labels)[None, :]
   positive = same & ~jnp.eye(len(labels), dtype=bool)
+  total = _ntxent_pairs(sims, same, positive)
+  count = jnp.sum(positive, dtype=sims.dtype)
+  return total / jnp.maximum(count, 1)
+
+
+def _ntxent_pairs_value(sims, same, positive):
+  # Each row's statistics of its negatives in reductions that read sims
+  # (XLA fuses the selects with them), and the pairs' sum in one more: no
+  # [batch, batch] array besides sims.
+  negative = ~same
+  top = jnp.max(jnp.where(negative, sims, -jnp.inf), axis=1,
+                initial=-jnp.inf)
+  top = jnp.where(jnp.isfinite(top), top, 0)
+  total = jnp.sum(jnp.where(negative, jnp.exp(sims - top[:, None]), 0),
+                  axis=1)
+  lse_neg = (jnp.log(total) + top)[:, None]     # -inf without negatives
+  pair = jnp.logaddexp(sims, lse_neg) - sims
+  return jnp.sum(jnp.where(positive, pair, 0))
+
+
+@_value_form.value_form(_ntxent_pairs_value)
+def _ntxent_pairs(sims, same, positive):
+  """The sum over positive pairs of ``logaddexp(s_ij, lse over the
+  negatives of i) - s_ij``; a row without negatives contributes 0, with
+  exact zero gradients."""
   negative = ~same
   has_negative = jnp.any(negative, axis=1, keepdims=True)
   # Rows without negatives take a harmless logsumexp over every entry, then
@@ -788,8 +813,7 @@ def ntxent(embeddings, labels, temperature=0.07):
   lse_neg = jnp.broadcast_to(lse_neg, sims.shape)
   safe_sims = jnp.where(positive, sims, 0)
   pair_loss = jnp.logaddexp(safe_sims, lse_neg) - safe_sims
-  pair_loss = jnp.where(positive, pair_loss, 0)
-  return _reduction.reduce(fn, pair_loss, "mean", keep=positive)
+  return jnp.sum(jnp.where(positive, pair_loss, 0))
 
 
 @_jit.jit("reduction", margin=_jit.REAL, gamma=_jit.NON_NEGATIVE)

@@ -404,6 +404,22 @@ def test_triplet_margin_with_distance_swap_and_custom_distance():
   np.testing.assert_allclose(cos, expected, rtol=1e-5)
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu",
+                    reason="XLA:CPU's buffers")
+def test_ntxent_value_keeps_no_more_than_optax():
+  # The negatives' statistics and the pairs' sum read the similarities in
+  # their reductions: no [batch, batch] array besides them (compiled, not
+  # run).
+  z = jax.ShapeDtypeStruct((1024, 128), jnp.float32)
+  labels = jax.ShapeDtypeStruct((1024,), jnp.int32)
+
+  def temporaries(fn):
+    return jax.jit(fn).lower(z, labels).compile().memory_analysis(
+        ).temp_size_in_bytes
+
+  assert temporaries(jaxloss.ntxent) <= temporaries(optax.losses.ntxent)
+
+
 def test_ntxent_without_positive_pairs_or_negatives():
   z = jnp.asarray(EMB[:4], jnp.float32)
   distinct = jnp.arange(4)
