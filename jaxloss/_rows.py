@@ -11,11 +11,11 @@ import math
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from jaxloss import _checks
 from jaxloss import _jit
 from jaxloss import _reduction
-from jaxloss import _value_form
 
 
 def classes_last(fn, x, axis):
@@ -315,12 +315,7 @@ def probability_values(fn, x, y, row_keep, class_keep, shape, axis):
                row_keep, class_keep, shape, axis)
 
 
-def _cross_sum_value(coef, lse, x):
-  top = jnp.maximum(lse, jnp.finfo(x.dtype).min)
-  return jnp.sum(coef * jnp.minimum(top - x, cap_unless_zero(coef)), axis=-1)
-
-
-@_value_form.value_form(_cross_sum_value)
+@jax.custom_jvp
 def cross_sum(coef, lse, x):
   r""":math:`\sum_j c_j\,(\mathrm{lse} - x_j)` over the last axis, where a
   term with :math:`c_j = 0` on a ``-inf`` logit counts 0, and the derivative
@@ -330,9 +325,29 @@ def cross_sum(coef, lse, x):
   A ``-inf`` logit marks a class outside the support: there the term and
   its derivatives are 0 (rather than ``0 * inf``), unless the class carries
   label mass, which costs ``inf``, also on a row of ``-inf`` logits (whose
-  ``lse`` is ``-inf``). The value alone is computed with a cap on each
-  term rather than a select, which XLA:CPU fuses with the sum.
+  ``lse`` is ``-inf``). Each term is capped rather than selected, which
+  XLA:CPU fuses with the sum; the derivatives are written out.
   """
   top = jnp.maximum(lse, jnp.finfo(x.dtype).min)
-  gap = jnp.where((coef == 0) & (x == -jnp.inf), 0, top - x)
-  return jnp.sum(coef * gap, axis=-1)
+  return jnp.sum(coef * jnp.minimum(top - x, cap_unless_zero(coef)), axis=-1)
+
+
+def _cross_sum_jvp(primals, tangents):
+  (coef, lse, x), (dcoef, dlse, dx) = primals, tangents
+  out = cross_sum(coef, lse, x)
+  floor = jnp.finfo(x.dtype).min
+  tangent = jnp.zeros_like(out)
+  if not isinstance(dlse, SymbolicZero):
+    dtop = jnp.where(lse > floor, dlse, 0)[..., 0]
+    tangent = tangent + dtop * jnp.sum(coef, axis=-1)
+  if not isinstance(dx, SymbolicZero):
+    # A zero coefficient takes no part: 0 * dx, never a select.
+    tangent = tangent - jnp.sum(coef * dx, axis=-1)
+  if not isinstance(dcoef, SymbolicZero):
+    top = jnp.maximum(lse, floor)
+    gap = jnp.where((coef == 0) & (x == -jnp.inf), 0, top - x)
+    tangent = tangent + jnp.sum(gap * dcoef, axis=-1)
+  return out, tangent
+
+
+cross_sum.defjvp(_cross_sum_jvp, symbolic_zeros=True)

@@ -438,11 +438,16 @@ def test_row_of_minus_inf_costs_inf_with_mass_and_0_without(name):
 
 @pytest.mark.skipif(jax.default_backend() != "cpu",
                     reason="XLA:CPU's fusion of a sum")
-def test_ranking_value_fuses_with_its_mean():
+def test_ranking_value_fuses_with_its_mean_and_gradient_keeps_rows():
   x, y = jnp.tile(f32(X), (64, 8)), jnp.tile(f32(PROBS), (64, 8))
   compiled = jax.jit(jaxloss.ranking_softmax_loss).lower(x, y).compile()
   # Row statistics only: the terms are not written out.
   assert compiled.memory_analysis().temp_size_in_bytes < x.nbytes / 8
+  # With the gradient, written out derivatives: no [lists, items] array is
+  # kept besides the gradient itself.
+  compiled = jax.jit(jax.value_and_grad(jaxloss.ranking_softmax_loss)).lower(
+      x, y).compile()
+  assert compiled.memory_analysis().temp_size_in_bytes < x.nbytes / 2
 
 
 def masked_max(a, where=None):
