@@ -718,7 +718,7 @@ def multi_margin_loss(predictions, targets, *, p=1, margin=1.0, weight=None,
     weight = weight.astype(x.dtype)
   _, label_x, label_w, _, valid = integer_rows(
       fn, x, targets, x.shape[:-1], ignore_index=None, row_keep=None,
-      weight=weight, labels_name="targets")
+      weight=weight, labels_name="targets", scatter=True)
   # relu, not maximum: its gradient at the kink is 0, as torch's strict >.
   h = jax.nn.relu(margin - label_x[..., None] + x)
   if p == 2:

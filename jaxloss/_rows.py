@@ -133,7 +133,8 @@ def flag_label(label_x, valid):
 
 
 def integer_rows(fn, x, labels, batch_shape, *, ignore_index, row_keep,
-                 weight, x_shape=None, labels_name="labels", x_name="logits"):
+                 weight, x_shape=None, labels_name="labels", x_name="logits",
+                 scatter=False):
   """What integer-label losses share: the label logit, weight and masks.
 
   Args:
@@ -147,6 +148,10 @@ def integer_rows(fn, x, labels, batch_shape, *, ignore_index, row_keep,
       default the batch shape and the classes).
     labels_name, x_name: the caller's names for ``labels`` and the scores,
       used in messages.
+    scatter: the label's score as a plain gather, whose gradient is a
+      scatter of one element per row, for a loss that meets it with every
+      class of its row (the select of :func:`take_label` would then wait
+      for the row's sum, in a second pass).
 
   Returns:
     ``(x, label_x, label_w, keep, valid)``: ``x`` with dropped rows zeroed
@@ -170,7 +175,11 @@ def integer_rows(fn, x, labels, batch_shape, *, ignore_index, row_keep,
   if keep is not None:
     safe = jnp.where(keep, safe, 0)
     x = jnp.where(keep[..., None], x, 0)
-  label_x = take_label(x, safe)
+  if scatter:
+    label_x = jnp.take_along_axis(x, safe[..., None], axis=-1,
+                                  mode="promise_in_bounds")[..., 0]
+  else:
+    label_x = take_label(x, safe)
   label_w = None if weight is None else weight[safe]
   return x, label_x, label_w, keep, valid
 
