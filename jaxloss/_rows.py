@@ -104,6 +104,11 @@ def row_labels(fn, name, labels, x_name, x_shape, batch_shape):
     raise ValueError(f"{e}; {x_name} has shape {tuple(x_shape)}") from None
 
 
+def _gather_label(x, labels):
+  return jnp.take_along_axis(x, labels[..., None], axis=-1,
+                             mode="promise_in_bounds")[..., 0]
+
+
 @jax.custom_jvp
 def take_label(x, labels):
   """``x[..., labels]`` along the last axis, for labels in ``[0, C)``.
@@ -113,8 +118,7 @@ def take_label(x, labels):
   transpose is a scatter: on XLA:CPU a loop of its own and index arrays,
   a fifth of the multiclass hinge loss's gradient's compile time).
   """
-  return jnp.take_along_axis(x, labels[..., None], axis=-1,
-                             mode="promise_in_bounds")[..., 0]
+  return _gather_label(x, labels)
 
 
 @take_label.defjvp
@@ -175,11 +179,7 @@ def integer_rows(fn, x, labels, batch_shape, *, ignore_index, row_keep,
   if keep is not None:
     safe = jnp.where(keep, safe, 0)
     x = jnp.where(keep[..., None], x, 0)
-  if scatter:
-    label_x = jnp.take_along_axis(x, safe[..., None], axis=-1,
-                                  mode="promise_in_bounds")[..., 0]
-  else:
-    label_x = take_label(x, safe)
+  label_x = (_gather_label if scatter else take_label)(x, safe)
   label_w = None if weight is None else weight[safe]
   return x, label_x, label_w, keep, valid
 

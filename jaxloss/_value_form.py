@@ -6,7 +6,7 @@ library (YNNPACK) that fuses arithmetic (``+ - * /``, ``max``, ``min``,
 ``abs``, ``sign``, ``sqrt``, ``log``, ``exp``, ...) with the sum, but no
 select or comparison: a single ``jnp.where`` makes it compile one more loop
 and write every term to memory before summing them. The selects that guard
-an edge case (a zero count at rate 0, a negative variance) are still the
+an edge case (a negative variance, a zero vector's norm) are still the
 clearest way to state the derivatives, which must never meet ``0 * inf``.
 """
 
