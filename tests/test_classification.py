@@ -436,6 +436,35 @@ def test_row_of_minus_inf_costs_inf_with_mass_and_0_without(name):
   np.testing.assert_array_equal(differentiated, value)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_cap_is_the_largest_number_at_zero_and_inf_elsewhere(dtype, jit):
+  from jaxloss._rows import cap_unless_zero
+  info = jnp.finfo(dtype)
+  c = jnp.array([0.0, -0.0, float(info.tiny), -float(info.tiny), 0.5, -1.0,
+                 float(info.max), np.inf, -np.inf], dtype)
+  cap = (jax.jit(cap_unless_zero) if jit else cap_unless_zero)(c)
+  assert cap.dtype == dtype
+  np.testing.assert_array_equal(np.asarray(cap, np.float64),
+                                [float(info.max)] * 2 + [np.inf] * 7)
+  # The smallest subnormal: inf, or the largest number where XLA flushes it
+  # to 0. Never NaN.
+  tiny = jnp.array([float(info.smallest_subnormal)] * 2, dtype) * jnp.array(
+      [1, -1], dtype)
+  cap = (jax.jit(cap_unless_zero) if jit else cap_unless_zero)(tiny)
+  assert np.all(np.isin(np.asarray(cap, np.float64), [float(info.max), np.inf]))
+
+
+def test_negative_label_on_minus_inf_logit_costs_minus_inf():
+  # torch takes any real targets: a negative one on an impossible class
+  # reads -inf, as the sum of its terms does; zero labels there read 0.
+  x = f32(X).at[0, 1].set(-jnp.inf)
+  y = f32(PROBS).at[0, 1].set(-0.5)
+  assert jax.jit(jaxloss.softmax_cross_entropy)(x, y)[0] == -jnp.inf
+  assert np.isfinite(jax.jit(jaxloss.softmax_cross_entropy)(
+      x, y.at[0, 1].set(0))[0])
+
+
 @pytest.mark.skipif(jax.default_backend() != "cpu",
                     reason="XLA:CPU's fusion of a sum")
 def test_ranking_value_fuses_with_its_mean_and_gradient_keeps_rows():
