@@ -12,6 +12,7 @@ from jaxloss import _checks
 from jaxloss import _jit
 from jaxloss import _reduction
 from jaxloss import _rows
+from jaxloss import _value_form
 
 
 def _inputs(fn, log_predictions, targets, t_name, axis=None, summed=False):
@@ -104,6 +105,35 @@ _elementwise_kl_log_targets.defjvp(_elementwise_kl_log_targets_jvp,
                                    symbolic_zeros=True)
 
 
+def _kl_log_target_rows(lp, lt, axes):
+  """Row sums over ``axes`` of :func:`_elementwise_kl_log_targets`.
+
+  On CPUs the value is the plain sum of ``e^log t (log t - log p)`` unless
+  that is NaN (a ``0 * inf`` term, or NaN input), then the guarded one:
+  there a guard on every term costs the fused sum a fifth of its time.
+  Elsewhere the guard costs nothing, and a condition a synchronization.
+  Derivatives are the guarded terms' own. A dropped entry, fed ``log p =
+  log t = 0``, adds ``1 * (0 - 0)``: no mask on the terms.
+  """
+  if jax.default_backend() != "cpu":
+    return jnp.sum(_elementwise_kl_log_targets(lp, lt), axis=axes)
+
+  def plain(lp, lt):
+    return jnp.sum(jnp.exp(lt) * (lt - lp), axis=axes)
+
+  def guarded(lp, lt):
+    # The select-free form: the branch compiles in a fraction of the time.
+    return jnp.sum(_kl_log_target_terms(lp, lt), axis=axes)
+
+  @_value_form.value_form(
+      lambda lp, lt: _value_form.unless_nan(plain, guarded, lp, lt),
+      differentiated_value=True)
+  def rows(lp, lt):
+    return jnp.sum(_elementwise_kl_log_targets(lp, lt), axis=axes)
+
+  return rows(lp, lt)
+
+
 def _target_checks(fn, lp, t, t_name, log_targets):
   """Value checks, active under ``checked``: no NaN, no negative mass."""
   if not _checks.checking():
@@ -116,8 +146,10 @@ def _target_checks(fn, lp, t, t_name, log_targets):
 
 
 def _rowwise(fn, elementwise, log_predictions, targets, t_name, axis, where,
-             reduction, extra=None):
-  """Sums ``elementwise`` over ``axis`` where kept, then reduces the rows."""
+             reduction, extra=None, rows=None):
+  """Sums ``elementwise`` over ``axis`` where kept, then reduces the rows;
+  ``rows(lp, t, axes)`` instead gives the row sums where dropped entries'
+  terms (of ``lp = t = 0``) are 0."""
   lp, t, axes = _inputs(fn, log_predictions, targets, t_name, axis,
                         summed=True)
   keep = None
@@ -136,7 +168,8 @@ def _rowwise(fn, elementwise, log_predictions, targets, t_name, axis, where,
       terms = jnp.where(where, terms, 0)
     return jnp.sum(terms, axis=axes)
 
-  loss = row_sums(elementwise(lp, t))
+  loss = (row_sums(elementwise(lp, t)) if rows is None
+          else rows(lp, t, axes))
   if extra is not None:
     # Summed apart, as optax does: XLA:CPU reduces two simple terms faster
     # than their sum (half the time at [128, 32768] with the gradient).
@@ -230,7 +263,8 @@ def kl_divergence_with_log_targets(log_predictions, log_targets, axis=-1,
   """
   return _rowwise("kl_divergence_with_log_targets",
                   _elementwise_kl_log_targets, log_predictions, log_targets,
-                  "log_targets", axis, where, reduction)
+                  "log_targets", axis, where, reduction,
+                  rows=_kl_log_target_rows)
 
 
 def _mass_difference(lp, t):

@@ -11,17 +11,22 @@ clearest way to state the derivatives, which must never meet ``0 * inf``.
 """
 
 import jax
+import jax.numpy as jnp
+from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 
-def value_form(fast):
+def value_form(fast, differentiated_value=False):
   """Decorates ``exact``: its value alone is ``fast(*args)``; under
   differentiation (any order, any mode) it is ``exact``, value included.
 
   ``fast`` must give ``exact``'s values, its selects written as arithmetic.
   Under differentiation the program is the one autodiff of ``exact`` makes,
   unchanged. Arguments are arrays (or None); a non-differentiated one
-  costs no tangent.
+  costs no tangent. With ``differentiated_value`` the value is ``fast``'s
+  under differentiation too (itself differentiated as ``exact``): for a
+  ``fast`` that is not autodiff's to differentiate (a ``lax.cond`` under
+  :func:`unless_nan`), and whose value costs less than ``exact``'s there.
   """
   def wrap(exact):
     f = jax.custom_jvp(fast)
@@ -34,10 +39,45 @@ def value_form(fast):
         it = iter(args)
         return exact(*(next(it) if m else p for p, m in zip(primals, live)))
 
-      return jax.jvp(moving, [p for p, m in zip(primals, live) if m],
-                     [t for t, m in zip(tangents, live) if m])
+      out, tangent = jax.jvp(moving, [p for p, m in zip(primals, live) if m],
+                             [t for t, m in zip(tangents, live) if m])
+      return (f(*primals) if differentiated_value else out), tangent
 
     f.defjvp(rule, symbolic_zeros=True)
     f.__doc__ = exact.__doc__
     return f
   return wrap
+
+
+def unless_nan(fast, exact, *args):
+  """``fast(*args)``, or ``exact(*args)`` where that holds a NaN.
+
+  For a guard that only ``0 * inf`` needs: ``fast`` is the plain formula,
+  exact wherever it is not NaN; ``exact`` is the guarded one, whose terms
+  are ``fast``'s wherever those are not NaN. One scalar condition on the
+  sum of the first output (a tuple's later ones are the same in both
+  forms) picks the branch, so that input without a NaN term costs the
+  plain formula and a NaN term, the guarded one besides (a NaN in the input
+  too: both are NaN there). On XLA:CPU a guard on every term costs its
+  fused sum about as much again as the formula's own terms.
+
+  Under ``jax.vmap`` the condition is taken over the whole batch (a batched
+  ``lax.cond`` would run both). The value alone: for a ``custom_jvp``'s
+  primal, which is never differentiated. ``args`` are arrays.
+  """
+  @jax.custom_batching.custom_vmap
+  def pick(*args):
+    out = fast(*args)
+    # The barrier keeps XLA from folding the sum of row sums into one sum
+    # of the terms, which it would then write out.
+    probe = jnp.sum(lax.optimization_barrier(jax.tree.leaves(out)[0]))
+    return lax.cond(probe != probe, lambda: exact(*args), lambda: out)
+
+  @pick.def_vmap
+  def rule(axis_size, in_batched, *args):
+    del axis_size
+    axes = tuple(0 if b else None for b in in_batched)
+    out = unless_nan(jax.vmap(fast, axes), jax.vmap(exact, axes), *args)
+    return out, jax.tree.map(lambda _: True, out)
+
+  return pick(*args)

@@ -56,6 +56,16 @@ BATCH_STATISTIC = {
         "boolean, even for reduction='none'",
 }
 
+# Losses whose value alone, on CPUs, is a plain sum behind one condition on
+# the whole batch (jaxloss._value_form.unless_nan): the condition costs an
+# all-reduce of one scalar, even for reduction="none".
+PROBED = {
+    name: "on CPUs the plain sum of the terms unless it is NaN (0 * inf), "
+          "a condition on the whole batch"
+    for name in ("kl_divergence_with_log_targets", "softmax_cross_entropy",
+                 "safe_softmax_cross_entropy")
+} if jax.default_backend() == "cpu" else {}
+
 # dice_loss's "mean" and "sum" reduce the class axis only, as optax: the
 # batch stays, sharded, and nothing is communicated.
 CLASS_REDUCTION = {"dice_loss"}
@@ -257,10 +267,17 @@ def test_per_example_losses_stay_sharded_and_reductions_all_reduce(name):
     assert_batch_sharded(x, SECOND_OUTPUT_BATCH_AXIS.get(name, 0) if i
                          else 0)
   for i in leaf_indices(out, "none"):
-    assert collectives_feeding(text, i) == []
+    feeding = collectives_feeding(text, i)
+    # A probed loss's conditions: all-reduces of scalars (checked below).
+    assert set(feeding) <= ({"all-reduce"} if name in PROBED else set())
   assert_batch_sharded(out["grad"])
   ops = collectives(text)
-  if name in CLASS_REDUCTION:
+  if name in PROBED:
+    assert {op for op, _ in ops} == {"all-reduce"}, ops
+    assert all(scalar_only(shape) for _, shape in ops), ops
+    assert_replicated(out["mean"])
+    assert_replicated(out["sum"])
+  elif name in CLASS_REDUCTION:
     assert ops == []
     assert_batch_sharded(out["mean"])
     assert_batch_sharded(out["sum"])

@@ -259,3 +259,46 @@ def test_bad_implementation(bad):
       "softmax_cross_entropy: implementation must be one of 'auto', 'xla', "
       f"'reference', got {bad!r}")):
     CE(jnp.zeros((2, 3)), jnp.zeros((2, 3)), implementation=bad)
+
+
+def test_unless_nan_takes_the_exact_form_only_for_a_nan():
+  from jaxloss._value_form import unless_nan
+
+  def fast(a):
+    return jnp.sqrt(a)
+
+  def exact(a):
+    return -jnp.ones_like(a)
+
+  a = jnp.array([[1.0, 4.0], [9.0, 16.0]])
+  np.testing.assert_array_equal(jax.jit(lambda a: unless_nan(fast, exact, a))(
+      a), jnp.sqrt(a))
+  np.testing.assert_array_equal(unless_nan(fast, exact, a.at[1, 0].set(-1)),
+                                -np.ones((2, 2)))
+  # Under vmap the condition is the whole batch's: one row's NaN sends every
+  # row to the exact form (a batched cond would take both and select).
+  batched = jax.jit(jax.vmap(lambda a: unless_nan(fast, exact, a)))
+  np.testing.assert_array_equal(batched(a), jnp.sqrt(a))
+  np.testing.assert_array_equal(batched(a.at[1, 0].set(-1)), -np.ones((2, 2)))
+  jaxpr = str(jax.make_jaxpr(jax.vmap(lambda a: unless_nan(fast, exact, a)))(a))
+  assert "select_n" not in jaxpr
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu",
+                    reason="the value's plain form is XLA:CPU's")
+@pytest.mark.parametrize("batched", [False, True], ids=["jit", "vmap"])
+def test_probability_value_takes_the_plain_sum_unless_it_is_nan(batched):
+  # The guard against 0 * inf costs XLA:CPU's fused sum about as much as
+  # the formula: the value runs the plain sum behind one scalar condition.
+  x = jnp.asarray(rng.normal(0, 2, (4, N, C)), jnp.float32)
+  y = jax.nn.softmax(jnp.asarray(rng.normal(0, 2, (4, N, C)), jnp.float32))
+  fn = jaxloss.softmax_cross_entropy
+  fn = jax.vmap(fn) if batched else fn
+  hlo = jax.jit(fn).lower(x, y).compile().as_text()
+  assert hlo.count("conditional(") == 1
+  x = x.at[0, 1, 2].set(-jnp.inf).at[3, 0, 0].set(-jnp.inf)
+  y = y.at[0, 1, 2].set(0.0).at[3, 0, 0].set(0.25)
+  out = jax.jit(fn)(x, y)
+  assert out[3, 0] == jnp.inf
+  expected = jaxloss.softmax_cross_entropy(x, y, implementation="reference")
+  np.testing.assert_allclose(out, expected, rtol=1e-6)

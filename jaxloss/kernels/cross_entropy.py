@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from jaxloss import _checks
 from jaxloss import _reduction
 from jaxloss import _rows
+from jaxloss import _value_form
 
 IMPLEMENTATIONS = ("auto", "xla", "pallas", "reference")
 PROBABILITY_IMPLEMENTATIONS = ("auto", "xla", "reference")
@@ -344,8 +345,7 @@ def label_statistics(config, x, y, keep, class_keep, weight):
   if config.value_chain and not config.smoothing and class_keep is None:
     # Only the value is wanted when this runs (the derivative rule reads
     # the variadic form): XLA drops the totals' reductions, unused.
-    _, lse, ysum = _label_forward(config, x, y, keep, class_keep, weight)[0]
-    return label_chain(x, y, keep, weight), lse, ysum
+    return label_chain(x, y, keep, weight, statistics=True)
   return _label_forward(config, x, y, keep, class_keep, weight)[0]
 
 
@@ -397,35 +397,74 @@ def _label_forward(config, x, y, keep, class_keep, weight):
   return out, (exps, shift, sums[0]) if config.keep_exponentials else None
 
 
-def label_chain(x, y, keep, weight, softmax_mass=False):
+def label_chain(x, y, keep, weight, softmax_mass=False, statistics=False):
   r"""The cross sum alone as a chain maximum -> sum of exponentials -> sum
   of ``c (log_sum + m - x)`` with no select on [R, C] arrays, which XLA:CPU
   fuses into one pass: half the time of the variadic reduction of
   :func:`_label_forward` there. The value only: no derivative rule.
 
   With ``softmax_mass`` also :math:`\sum_j c_j\, \mathrm{softmax}(x)_j`
-  (PolyLoss's term), from the same exponentials, in the same pass.
+  (PolyLoss's term), from the same exponentials, in the same pass. With
+  ``statistics``, :func:`label_statistics`' three (``cross, lse, ysum``),
+  with no trace of the variadic form (half the tracing time).
+
+  A zero coefficient on a ``-inf`` logit (a class outside the support)
+  makes the plain sum's term ``0 * inf``: the cross sum alone takes the
+  guarded sum for such input (see :func:`jaxloss._value_form.unless_nan`),
+  the plain one for any other. With ``softmax_mass`` the guarded sum: the
+  condition's two row sums made XLA write the exponentials out.
+  """
+  if softmax_mass:
+    return _chain(x, y, keep, weight, softmax_mass, statistics, True)
+  present = (keep is not None, weight is not None)
+
+  def form(guarded):
+    def chain(x, y, *given):
+      it = iter(given)
+      keep, weight = (next(it) if p else None for p in present)
+      return _chain(x, y, keep, weight, softmax_mass, statistics, guarded)
+    return chain
+
+  given = [a for a in (keep, weight) if a is not None]
+  out = _value_form.unless_nan(form(False), form(True), x, y, *given)
+  return out if statistics else out[0]
+
+
+def _chain(x, y, keep, weight, softmax_mass, statistics, guarded):
+  """:func:`label_chain`'s sums, plain or ``guarded``.
+
+  The plain sums are NaN on a row of ``-inf`` logits (``-inf - -inf``),
+  where the guarded ones floor the maximum and the sum of exponentials;
+  the floors cost XLA:CPU's fused pass a tenth of its time with many
+  classes to a row.
   """
   dtype = _reduction.stat_dtype(x.dtype)
   info = jnp.finfo(dtype)
   m = jnp.max(x, axis=-1).astype(dtype)
-  below = jnp.maximum(m, -info.max)[:, None] - x.astype(dtype)
-  exps = jnp.exp(-below)
+  # x - m <= 0; -inf at -inf logits.
+  gap = x.astype(dtype) - (jnp.maximum(m, -info.max) if guarded else m)[:, None]
+  exps = jnp.exp(gap)
   # At least 1 where a logit is finite; 0 on a row of -inf logits, where the
   # floor keeps log_sum finite so that zero terms stay 0.
-  sum_exp = jnp.maximum(jnp.sum(exps, axis=-1), info.tiny)
+  raw_sum = jnp.sum(exps, axis=-1)
+  sum_exp = jnp.maximum(raw_sum, info.tiny) if guarded else raw_sum
   log_sum = jnp.log(sum_exp)
   c = _coefficients(y, None, weight, dtype)
-  # c (log_sum + below), with 0 rather than 0 * inf where c is 0 on a -inf
-  # logit: the cap on `below` is finite there, +inf wherever c is not 0
-  # (labels need not be non-negative: torch takes any real targets).
-  cap = _rows.cap_unless_zero(c)
-  out = (jnp.sum(c * (log_sum[:, None] + jnp.minimum(below, cap)), axis=-1),)
+  if guarded:
+    # c (log_sum - gap), with 0 rather than 0 * inf where c is 0 on a -inf
+    # logit: the floor on `gap` is finite there, -inf wherever c is not 0
+    # (labels need not be non-negative: torch takes any real targets).
+    gap = jnp.maximum(gap, -_rows.cap_unless_zero(c))
+  out = (jnp.sum(c * (log_sum[:, None] - gap), axis=-1),)
   if softmax_mass:
     out += (jnp.sum(c * exps, axis=-1) / sum_exp,)
+  if statistics:
+    # As _label_forward: -inf on a row of -inf logits.
+    lse = jnp.log(raw_sum) + jnp.where(jnp.isfinite(m), m, 0)
+    out += (lse, jnp.sum(c, axis=-1))
   if keep is not None:
     out = tuple(jnp.where(keep, s, 0) for s in out)
-  return out if softmax_mass else out[0]
+  return out
 
 
 def _label_statistics_jvp(config, primals, tangents):
