@@ -27,12 +27,14 @@ def _sparsemax_rows(z):
   k = jnp.arange(1, z.shape[-1] + 1, dtype=z.dtype).reshape(
       (1,) * (z.ndim - 1) + (-1,))
   # Martins & Astudillo: the support is the longest prefix of the sorted
-  # scores with 1 + k z_(k) > sum_{j <= k} z_(j). -inf entries fail the test
-  # (-inf > -inf is false), so they never enter the support.
-  in_support = 1 + k * ranked > jnp.cumsum(ranked, axis=-1)
-  size = jnp.sum(in_support, axis=-1, keepdims=True, dtype=z.dtype)
-  total = jnp.sum(jnp.where(in_support, ranked, 0), axis=-1, keepdims=True)
-  tau = (total - 1) / jnp.maximum(size, 1)
+  # scores with z_(k) > g(k) = (sum_{j <= k} z_(j) - 1) / k, and tau is g at
+  # its end. g(k) is the mean of g(k - 1) and z_(k) weighted k - 1 and 1: it
+  # rises while z_(k) is above it and falls after, so tau is g's maximum.
+  # A maximum, not a count and a sum of the prefix: no comparison, which
+  # XLA:CPU would write out as [R, C] arrays. -inf entries give g = -inf;
+  # g(1) = -1 at the top (0), which floors a row of -inf entries.
+  g = (jnp.cumsum(ranked, axis=-1) - 1) / k
+  tau = jnp.maximum(jnp.max(g, axis=-1, keepdims=True), -1)
   return jnp.maximum(z - tau, 0)
 
 
@@ -110,8 +112,15 @@ def sparsemax(x, axis=-1, where=None):
 def _gini_conjugate(z):
   r"""Per row, :math:`\max_{p \in \Delta} \langle p, z\rangle + (1 - \|p\|^2)/2`."""
   p = _sparsemax_rows(z)
-  # p is 0 wherever z may be -inf: read those entries as 0, not 0 * -inf.
-  zp = jnp.sum(p * jnp.where(p > 0, z, 0), axis=-1)
+  return _gini_value(p, z)
+
+
+def _gini_value(p, z):
+  """``<p, z> + (1 - |p|^2) / 2``, with 0 rather than ``0 * -inf`` where
+  ``p`` is 0: ``z`` floored at the lowest finite number, which changes no
+  term where ``p > 0``. A clamp, not a select: XLA:CPU fuses it with the
+  sums, where a select wrote the terms and a [R, C] array of zeros out."""
+  zp = jnp.sum(p * jnp.maximum(z, -jnp.finfo(z.dtype).max), axis=-1)
   return zp + 0.5 * (1 - jnp.sum(p * p, axis=-1))
 
 
@@ -120,9 +129,7 @@ def _gini_conjugate_jvp(primals, tangents):
   (z,), (dz,) = primals, tangents
   # Danskin: the gradient of the max is the maximiser, sparsemax(z).
   p = _sparsemax_rows(z)
-  zp = jnp.sum(p * jnp.where(p > 0, z, 0), axis=-1)
-  value = zp + 0.5 * (1 - jnp.sum(p * p, axis=-1))
-  return value, jnp.sum(p * jnp.where(p > 0, dz, 0), axis=-1)
+  return _gini_value(p, z), jnp.sum(p * jnp.where(p > 0, dz, 0), axis=-1)
 
 
 @_jit.jit("axis", "reduction")

@@ -412,3 +412,21 @@ def test_autodiff_modes_against_finite_differences(fn, labels):
       return fn(x, y, reduction="sum")
 
     check_autodiff_modes(total, x, v)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu",
+                    reason="XLA:CPU's temporaries")
+def test_multiclass_value_keeps_no_more_than_optax():
+  # The threshold as the maximum of (cumsum - 1) / k: no count and no sum
+  # of the support, which XLA:CPU wrote out as [R, C] arrays (16 MiB more
+  # than optax's at [4096, 1024]).
+  x = jax.ShapeDtypeStruct((4096, 1024), jnp.float32)
+  labels = jax.ShapeDtypeStruct((4096,), jnp.int32)
+
+  def temps(fn):
+    compiled = jax.jit(lambda x, y: jnp.mean(fn(x, y))).lower(
+        x, labels).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  assert temps(jaxloss.multiclass_sparsemax_loss) <= temps(
+      optax.losses.multiclass_sparsemax_loss)
