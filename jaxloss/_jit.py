@@ -289,7 +289,11 @@ def jit(*static_argnames, **hypers):
           arguments[name] = _in_dtype(arguments[name], dtype)
       return body(**arguments)
 
-    compiled = jax.jit(inner, static_argnames=static_argnames + ("_zero",))
+    # Inlined into a program being traced (the user's jit, grad, vmap): its
+    # equations join that program, not a nested call that lowering and XLA
+    # then inline again (a tenth of a small loss's compile time on CPUs).
+    compiled = jax.jit(inner, static_argnames=static_argnames + ("_zero",),
+                       inline=True)
 
     @functools.wraps(body)
     def public(*args, **kwargs):
