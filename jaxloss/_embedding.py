@@ -176,19 +176,39 @@ def _cosine(fn, predictions, targets, epsilon, axis, where):
     # reach the gradient of the entries kept.
     predictions = jnp.where(where, predictions, 0)
     targets = jnp.where(where, targets, 0)
-  # The three sums first, then the row algebra: XLA:CPU fuses each sum with
-  # its products, where a select between the sums and the [..., C]
-  # products would keep those apart.
-  dot = jnp.sum(predictions * targets, axis=axes, where=where)
-  norm2s = [jnp.sum(x * x, axis=axes, where=where)
-            for x in (predictions, targets)]
+  # Dropped entries are zeros: the sums need no mask.
   epsilon = (None if _jit.is_zero(epsilon)
-             else _jit.cast(epsilon, dot.dtype))
-  # XLA:CPU flushes subnormal results to 0: there the floor below changes no
-  # value. GPUs keep subnormals, and a select costs them nothing.
-  rows = (_cosine_rows if jax.default_backend() == "cpu"
-          else _exact_cosine_rows)
-  return rows(dot, *norm2s, epsilon)
+             else _jit.cast(epsilon, _reduction.stat_dtype(predictions.dtype)))
+
+  def exact(a, b, epsilon):
+    # The three sums first, then the row algebra: XLA:CPU fuses each sum
+    # with its products, where a select between the sums and the [..., C]
+    # products would keep those apart.
+    dot = jnp.sum(a * b, axis=axes)
+    return _exact_cosine_rows(dot, jnp.sum(a * a, axis=axes),
+                              jnp.sum(b * b, axis=axes), epsilon)
+
+  def value(a, b, epsilon):
+    # The exact form's value with no select: each squared norm floored at
+    # the smallest normal number. Where subnormal results flush to 0, as on
+    # CPUs, a squared norm is 0 or at least the floor, and a zero vector's
+    # terms are 0, as is the cosine then. Each vector's scale from its norm,
+    # then one sum of a * b * scales: two sums over the rows, and a third
+    # that XLA:CPU merges with a mean or sum the caller takes over the rows
+    # (optax's form).
+    floor = jnp.finfo(a.dtype).tiny
+    if epsilon is not None:
+      floor = jnp.maximum(epsilon, floor)
+    scale = (lax.rsqrt(jnp.maximum(jnp.sum(a * a, axis=axes, keepdims=True),
+                                   floor))
+             * lax.rsqrt(jnp.maximum(
+                 jnp.sum(b * b, axis=axes, keepdims=True), floor)))
+    return jnp.sum(a * b * scale, axis=axes)
+
+  # GPUs keep subnormals, and a select costs them nothing.
+  if jax.default_backend() != "cpu":
+    return exact(predictions, targets, epsilon)
+  return _value_form.value_form(value)(exact)(predictions, targets, epsilon)
 
 
 def _exact_cosine_rows(dot, norm2_a, norm2_b, epsilon):
@@ -200,25 +220,6 @@ def _exact_cosine_rows(dot, norm2_a, norm2_b, epsilon):
       norm2 = jnp.maximum(norm2, epsilon)
     scale = scale * _safe_rsqrt(norm2)
   return dot * scale
-
-
-def _cosine_rows_value(dot, norm2_a, norm2_b, epsilon):
-  """:func:`_exact_cosine_rows`'s value without a select.
-
-  Each squared norm is floored at the smallest normal number instead, which
-  XLA:CPU fuses with the sums (a select would split them). Where subnormal
-  results flush to 0, as on CPUs, the value is the same: a squared norm is
-  0 or at least the floor, and a zero vector's dot product is 0, as is the
-  cosine then.
-  """
-  floor = jnp.finfo(dot.dtype).tiny
-  if epsilon is not None:
-    floor = jnp.maximum(epsilon, floor)
-  return (dot * lax.rsqrt(jnp.maximum(norm2_a, floor))
-          * lax.rsqrt(jnp.maximum(norm2_b, floor)))
-
-
-_cosine_rows = _value_form.value_form(_cosine_rows_value)(_exact_cosine_rows)
 
 
 @_jit.jit("axis", "reduction", epsilon=_jit.NON_NEGATIVE)

@@ -800,3 +800,16 @@ def test_hinge_slope_at_the_tie_is_torchs():
                                               jnp.ones(1)))[0]
   np.testing.assert_array_equal(jax.grad(lambda a: jaxloss.margin_ranking_loss(
       a, jnp.zeros(1), jnp.ones(1)).sum())(nan), [0])
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu",
+                    reason="XLA:CPU's fusion of the sums")
+def test_cosine_value_sums_the_dot_product_with_the_mean():
+  # Each vector's scale from its norm first, then one sum of a * b * scales,
+  # which XLA merges with the mean over the rows: two row sums (the norms)
+  # and one sum of everything, not a third row sum for the dot product.
+  a = jax.ShapeDtypeStruct((64, 32), jnp.float32)
+  text = jax.jit(lambda a, b: jnp.mean(jaxloss.cosine_similarity(a, b))).lower(
+      a, a).compile().as_text()
+  sums = re.findall(r"= (f32\[[0-9,]*\])\S* reduce\(", text)
+  assert sorted(sums) == ["f32[64]", "f32[64]", "f32[]"], sums
