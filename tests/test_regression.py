@@ -752,6 +752,17 @@ def test_value_fuses_with_its_mean(name):
   assert compiled.memory_analysis().temp_size_in_bytes == 0
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu",
+                    reason="XLA:CPU's fusion of a sum with the gradient")
+def test_percentage_error_gradient_keeps_only_the_gradient():
+  # The value's sum fuses with the gradient's pass: the gradient's own
+  # buffer is the one temporary (the plain formula keeps three).
+  x = jax.ShapeDtypeStruct((1024, 1024), jnp.float32)
+  compiled = jax.jit(jax.value_and_grad(lambda p, t: jnp.mean(
+      jaxloss.mean_absolute_percentage_error(p, t)))).lower(x, x).compile()
+  assert compiled.memory_analysis().temp_size_in_bytes <= 4 * 1024 * 1024
+
+
 def test_zero_count_edge_reads_the_same_in_value_and_gradient():
   # A zero count reads log 1 at rates in (-1, 0] (no NaN at rate 0) and NaN
   # below -1, a rate out of the domain, whether or not a derivative is
