@@ -163,3 +163,10 @@ def count_equations(jaxpr):
         if isinstance(inner, jax_core.Jaxpr):
           count += count_equations(inner)
   return count
+
+
+def temporaries(fn, *args):
+  """The bytes of temporaries XLA allocates for ``fn`` at ``args`` (arrays
+  or ``jax.ShapeDtypeStruct``s): compiled, not run."""
+  return jax.jit(fn).lower(*args).compile().memory_analysis(
+      ).temp_size_in_bytes
