@@ -8,6 +8,8 @@ select or comparison: a single ``jnp.where`` makes it compile one more loop
 and write every term to memory before summing them. The selects that guard
 an edge case (a negative variance, a zero vector's norm) are still the
 clearest way to state the derivatives, which must never meet ``0 * inf``.
+Where a guard is needed only against ``0 * inf``, :func:`unless_nan` runs
+the plain formula and the guarded one only for input where that is NaN.
 """
 
 import jax
@@ -62,8 +64,9 @@ def unless_nan(fast, exact, *args):
   fused sum about as much again as the formula's own terms.
 
   Under ``jax.vmap`` the condition is taken over the whole batch (a batched
-  ``lax.cond`` would run both). The value alone: for a ``custom_jvp``'s
-  primal, which is never differentiated. ``args`` are arrays.
+  ``lax.cond`` would run both). Never differentiated itself: for a
+  ``custom_jvp``'s primal, or :func:`value_form`'s ``fast``. ``args`` are
+  arrays.
   """
   @jax.custom_batching.custom_vmap
   def pick(*args):
