@@ -90,7 +90,7 @@ def _bce_on_probs_jvp(primals, tangents):
   return loss, tangent
 
 
-_bce_on_probs.defjvp(_bce_on_probs_jvp, symbolic_zeros=True)
+_bce_on_probs.defjvp(_jit.inlined(_bce_on_probs_jvp), symbolic_zeros=True)
 
 
 @_jit.jit("reduction")
@@ -192,7 +192,7 @@ def _logit_bce_jvp(primals, tangents):
   return out, tangent
 
 
-_logit_bce.defjvp(_logit_bce_jvp, symbolic_zeros=True)
+_logit_bce.defjvp(_jit.inlined(_logit_bce_jvp), symbolic_zeros=True)
 
 
 @_jit.jit("reduction", label_smoothing=_jit.UNIT)

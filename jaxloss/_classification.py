@@ -442,7 +442,7 @@ def _poly_rows_jvp(config, primals, tangents):
                  tuple(tangents[i] for i in live))
 
 
-_poly_rows.defjvp(_poly_rows_jvp, symbolic_zeros=True)
+_poly_rows.defjvp(_jit.inlined(_poly_rows_jvp), symbolic_zeros=True)
 
 
 @_jit.jit("axis", "reduction", label_smoothing=_jit.UNIT)
@@ -588,7 +588,8 @@ def ranking_softmax_loss(logits, labels, *, where=None, weights=None,
     return _reduction.reduce(fn, loss, "mean", keep=row_keep)
   if reduce_fn is jnp.sum:
     return jnp.sum(loss)
-  return reduce_fn(loss, where=row_keep)
+  # The caller's function traced as the caller wrote it.
+  return _jit.staged(reduce_fn)(loss, where=row_keep)
 
 
 @_jit.jit("axis", alpha=_jit.Hyper(0.0, 1.0, array=True))
@@ -1083,6 +1084,7 @@ def _modulation_of(base, gamma):
 
 
 @_modulation_of.defjvp
+@_jit.inlined
 def _modulation_of_jvp(primals, tangents):
   # d/db = gamma b^gamma / b and d/dgamma = b^gamma log b, with b read as 1
   # where it is 0: both are then 0 (b^gamma is 0 there, or gamma is).
@@ -1144,6 +1146,7 @@ def _focal_term(u, gamma):
 
 
 @_focal_term.defjvp
+@_jit.inlined
 def _focal_term_jvp(primals, tangents):
   (u, gamma), (du, dgamma) = primals, tangents
   u = jnp.maximum(u, 0)
@@ -1287,6 +1290,7 @@ def _generalized_cross_entropy(p, q):
 
 
 @_generalized_cross_entropy.defjvp
+@_jit.inlined
 def _generalized_cross_entropy_jvp(primals, tangents):
   (p, q), (dp, dq) = primals, tangents
   positive = p > 0

@@ -34,6 +34,7 @@ def _logaddexp(a, b):
 
 
 @_logaddexp.defjvp
+@_jit.inlined
 def _logaddexp_jvp(primals, tangents):
   (a, b), (da, db) = primals, tangents
   out = _logaddexp_primal(a, b)
@@ -156,6 +157,7 @@ def _take_labels(x, labels):
 
 
 @_take_labels.defjvp
+@_jit.inlined
 def _take_labels_jvp(primals, tangents):
   (x, labels), (dx, _) = primals, tangents
   classes = jax.lax.broadcasted_iota(labels.dtype,
@@ -196,7 +198,9 @@ def _forward(emit, blank, frame_pad, repeat, log_epsilon):
     next_lab = jnp.where(pad_t, lab, next_lab)
     return (next_phi, next_lab), (next_phi, next_lab)
 
-  _, (phi, lab) = jax.lax.scan(step, (phi, lab), (emit, blank, frame_pad.T))
+  # The loop staged as a loop (see _jit.inlined), its body inlined.
+  _, (phi, lab) = _jit.staged(jax.lax.scan)(
+      _jit.inlined(step), (phi, lab), (emit, blank, frame_pad.T))
   # The last label can still take its epsilon step into the final state.
   return phi.at[-1].set(with_tail(phi[-1], lab[-1])), lab
 

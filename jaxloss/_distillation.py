@@ -212,7 +212,7 @@ def _divergence_fn(cfg, divergence):
       tangent = tangent + g * d
     return out, tangent
 
-  per_token.defjvp(jvp, symbolic_zeros=True)
+  per_token.defjvp(_jit.inlined(jvp), symbolic_zeros=True)
   return per_token
 
 

@@ -101,7 +101,7 @@ def _elementwise_kl_log_targets_jvp(primals, tangents):
   return out, d
 
 
-_elementwise_kl_log_targets.defjvp(_elementwise_kl_log_targets_jvp,
+_elementwise_kl_log_targets.defjvp(_jit.inlined(_elementwise_kl_log_targets_jvp),
                                    symbolic_zeros=True)
 
 

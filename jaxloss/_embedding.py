@@ -84,6 +84,7 @@ def _safe_sqrt(x):
 
 
 @_safe_sqrt.defjvp
+@_jit.inlined
 def _safe_sqrt_jvp(primals, tangents):
   (x,), (dx,) = primals, tangents
   root = _safe_sqrt(x)
@@ -539,7 +540,9 @@ def triplet_margin_with_distance_loss(anchor, positive, negative, *,
   # The distance function sees its inputs in their own dtype.
   positive = _checks.conform(fn, "positive", positive, "anchor", anchor.shape)
   negative = _checks.conform(fn, "negative", negative, "anchor", anchor.shape)
-  dist = pairwise_distance if distance_function is None else distance_function
+  # The caller's function traced as the caller wrote it.
+  dist = (pairwise_distance if distance_function is None
+          else _jit.staged(distance_function))
   d_pos = jnp.asarray(dist(anchor, positive))
   d_neg = jnp.asarray(dist(anchor, negative))
   if swap:

@@ -242,6 +242,39 @@ def precheck(check):
   return wrap
 
 
+def inlined(fn):
+  """``fn`` traced with ``jax.numpy``'s own ``jit`` wrappers inlined.
+
+  Most ``jnp`` functions are ``jax.jit(..., inline=True)`` functions: each
+  call under a trace looks up (on a miss: traces) a nested program, and
+  under ``grad`` each is linearized as a call of its own. That is Python
+  which runs once per shape, but most of a small loss's tracing time, and
+  the reason a guarded loss traced in twice the time of its plain formula.
+  A loss's body, and each derivative rule (which JAX traces apart from the
+  body), runs under ``jax.disable_jit()``: a ``jnp`` function then binds
+  its primitives straight into the program being traced. The same
+  primitives, the same program. Nothing is run eagerly that was staged
+  before: the body and its rules are only ever traced, into the public
+  function's ``jit``. A loop must not meet it (``lax.scan`` would unroll):
+  :func:`staged` turns it off again.
+  """
+  @functools.wraps(fn)
+  def run(*args, **kwargs):
+    with jax.disable_jit():
+      return fn(*args, **kwargs)
+  return run
+
+
+def staged(fn):
+  """``fn`` traced as written, ``jit`` on: for a ``lax.scan`` and for the
+  caller's own functions, inside a body run by :func:`inlined`."""
+  @functools.wraps(fn)
+  def run(*args, **kwargs):
+    with jax.disable_jit(False):
+      return fn(*args, **kwargs)
+  return run
+
+
 def check_traced(fn, name, spec, value):
   """Under :func:`jaxloss.checked`: a traced hyperparameter in its interval.
 
@@ -292,7 +325,9 @@ def jit(*static_argnames, **hypers):
     # Inlined into a program being traced (the user's jit, grad, vmap): its
     # equations join that program, not a nested call that lowering and XLA
     # then inline again (a tenth of a small loss's compile time on CPUs).
-    compiled = jax.jit(inner, static_argnames=static_argnames + ("_zero",),
+    # The body runs with jnp's own jit wrappers inlined (see `inlined`).
+    compiled = jax.jit(inlined(inner),
+                       static_argnames=static_argnames + ("_zero",),
                        inline=True)
 
     @functools.wraps(body)

@@ -76,7 +76,9 @@ def _chunked(total, size, body, carry, remat=False):
   elif full:
     def step(c, i):
       return chunk(i * size, size)(c), None
-    carry, _ = lax.scan(step, carry, jnp.arange(full))
+    # A loop staged as a loop (see _jit.inlined), its body inlined.
+    carry, _ = _jit.staged(lax.scan)(_jit.inlined(step), carry,
+                                     jnp.arange(full))
   if rest:
     carry = chunk(full * size, rest)(carry)
   return carry
@@ -572,7 +574,7 @@ def _whole(fn, derivative=None):
       return jax.jvp(fn, primals, tangents)
     return fn(*primals), jax.jvp(derivative, primals, tangents)[1]
 
-  whole.defjvp(jvp)
+  whole.defjvp(_jit.inlined(jvp))
   return whole
 
 
@@ -722,7 +724,7 @@ def _statistics_fn(cfg):
     return out, _statistics_tangent(cfg, hp, h, kernel, bias, rows, weight,
                                     lse, (dh, dkernel, dbias, dcap, dlabels))
 
-  statistics.defjvp(jvp, symbolic_zeros=True)
+  statistics.defjvp(_jit.inlined(jvp), symbolic_zeros=True)
   return statistics
 
 
@@ -823,7 +825,7 @@ def _scalar(cfg, single):
         terms.append(jnp.sum(g.astype(cfg.stat) * t.astype(cfg.stat)))
     return value, sum(terms) if terms else jnp.zeros_like(value)
 
-  total.defjvp(jvp, symbolic_zeros=True)
+  total.defjvp(_jit.inlined(jvp), symbolic_zeros=True)
   return total
 
 

@@ -97,6 +97,7 @@ def abs_zero_slope(x):
 
 
 @abs_zero_slope.defjvp
+@_jit.inlined
 def _abs_zero_slope_jvp(primals, tangents):
   (x,), (dx,) = primals, tangents
   return jnp.abs(x), jnp.sign(x) * dx
@@ -117,6 +118,7 @@ def clamp_min_zero(x):
 
 
 @clamp_min_zero.defjvp
+@_jit.inlined
 def _clamp_min_zero_jvp(primals, tangents):
   (x,), (dx,) = primals, tangents
   return jnp.where(x < 0, 0, x), jnp.where(x >= 0, dx, 0)
@@ -157,7 +159,7 @@ def _xlogy_jvp(primals, tangents):
   return y * log_x, tangent
 
 
-_xlogy.defjvp(_xlogy_jvp, symbolic_zeros=True)
+_xlogy.defjvp(_jit.inlined(_xlogy_jvp), symbolic_zeros=True)
 
 
 def _huber(abs_errors, delta):
@@ -260,7 +262,7 @@ def _huber_loss_jvp(primals, tangents):
   return out, tangent
 
 
-_huber_loss.defjvp(_huber_loss_jvp, symbolic_zeros=True)
+_huber_loss.defjvp(_jit.inlined(_huber_loss_jvp), symbolic_zeros=True)
 
 
 @_jit.jit("reduction", delta=_jit.Hyper(0.0, low_open=True, high_open=True,
@@ -319,6 +321,7 @@ def _log_cosh(e):
 
 
 @_log_cosh.defjvp
+@_jit.inlined
 def _log_cosh_jvp(primals, tangents):
   (e,), (t,) = primals, tangents
   return _log_cosh(e), jnp.tanh(e) * t
@@ -617,7 +620,7 @@ def _poisson_log_terms_jvp(primals, tangents):
   return out, d
 
 
-_poisson_log_terms.defjvp(_poisson_log_terms_jvp, symbolic_zeros=True)
+_poisson_log_terms.defjvp(_jit.inlined(_poisson_log_terms_jvp), symbolic_zeros=True)
 
 
 def _gaussian_var(fn, var, shape):

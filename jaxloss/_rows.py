@@ -138,6 +138,7 @@ def take_label(x, labels):
 
 
 @take_label.defjvp
+@_jit.inlined
 def _take_label_jvp(primals, tangents):
   (x, labels), (dx, _) = primals, tangents
   classes = lax.broadcasted_iota(labels.dtype, x.shape, x.ndim - 1)
@@ -257,6 +258,7 @@ def _flag(loss, bad):
 
 
 @_flag.defjvp
+@_jit.inlined
 def _flag_jvp(primals, tangents):
   (loss, bad), (dloss, _) = primals, tangents
   return jnp.where(bad, jnp.nan, loss), jnp.where(bad, 0, dloss)
@@ -375,4 +377,4 @@ def _cross_sum_jvp(primals, tangents):
   return out, tangent
 
 
-cross_sum.defjvp(_cross_sum_jvp, symbolic_zeros=True)
+cross_sum.defjvp(_jit.inlined(_cross_sum_jvp), symbolic_zeros=True)

@@ -39,6 +39,7 @@ def _sparsemax_rows(z):
 
 
 @_sparsemax_rows.defjvp
+@_jit.inlined
 def _sparsemax_rows_jvp(primals, tangents):
   (z,), (dz,) = primals, tangents
   p = _sparsemax_rows(z)
@@ -125,6 +126,7 @@ def _gini_value(p, z):
 
 
 @_gini_conjugate.defjvp
+@_jit.inlined
 def _gini_conjugate_jvp(primals, tangents):
   (z,), (dz,) = primals, tangents
   # Danskin: the gradient of the max is the maximiser, sparsemax(z).
@@ -221,7 +223,7 @@ def _binary_sparsemax_jvp(primals, tangents):
   return out, tangent
 
 
-_binary_sparsemax.defjvp(_binary_sparsemax_jvp, symbolic_zeros=True)
+_binary_sparsemax.defjvp(_jit.inlined(_binary_sparsemax_jvp), symbolic_zeros=True)
 
 
 def _binary_inputs(fn, logits, labels, weight, where):

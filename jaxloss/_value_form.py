@@ -17,6 +17,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
+from jaxloss import _jit
+
 
 def value_form(fast, differentiated_value=False):
   """Decorates ``exact``: its value alone is ``fast(*args)``; under
@@ -45,7 +47,7 @@ def value_form(fast, differentiated_value=False):
                              [t for t, m in zip(tangents, live) if m])
       return (f(*primals) if differentiated_value else out), tangent
 
-    f.defjvp(rule, symbolic_zeros=True)
+    f.defjvp(_jit.inlined(rule), symbolic_zeros=True)
     f.__doc__ = exact.__doc__
     return f
   return wrap
@@ -77,6 +79,7 @@ def unless_nan(fast, exact, *args):
     return lax.cond(probe != probe, lambda: exact(*args), lambda: out)
 
   @pick.def_vmap
+  @_jit.inlined
   def rule(axis_size, in_batched, *args):
     del axis_size
     axes = tuple(0 if b else None for b in in_batched)

@@ -127,6 +127,16 @@ def test_equals_optax_values_forward_probs_and_gradients():
   np.testing.assert_allclose(g, g_optax, rtol=1e-5, atol=1e-6)
 
 
+def test_the_recursion_stays_one_loop():
+  # The loss's body traces with jax.numpy's jit wrappers inlined
+  # (jaxloss._jit.inlined), under which lax.scan would unroll its frames.
+  x = jnp.asarray(LOGITS, jnp.float32)
+  jaxpr = jax.make_jaxpr(jax.grad(lambda x: jaxloss.ctc_loss(
+      x, *ARGS[1:]).sum()))(x)
+  assert "scan" in str(jaxpr)
+  assert len(str(jaxpr)) < 40_000
+
+
 def _confident(labels):
   """optax issue 1771 in ARGS' shapes: 2 frames, each 17 nats surer of the
   label in column 0 than of the blank (the other classes are out at -1e4).

@@ -405,6 +405,24 @@ def test_triplet_margin_with_distance_swap_and_custom_distance():
   np.testing.assert_allclose(cos, expected, rtol=1e-5)
 
 
+def test_the_callers_distance_function_traces_as_written():
+  # jaxloss's own body runs jax.numpy inlined (jaxloss._jit.inlined); a
+  # caller's function runs as the caller wrote it, its loops staged.
+  seen = []
+
+  def l1(x1, x2):
+    seen.append(bool(jax.config.jax_disable_jit))
+    return jax.lax.fori_loop(0, x1.shape[-1], lambda i, s: s + jnp.abs(
+        x1[..., i] - x2[..., i]), jnp.zeros(x1.shape[:-1], x1.dtype))
+
+  a, p, n = (jnp.asarray(x, jnp.float32) for x in (A, B, C))
+  got = jaxloss.triplet_margin_with_distance_loss(a, p, n,
+                                                  distance_function=l1)
+  assert seen == [False, False]
+  want = np.maximum(np.abs(A - B).sum(-1) - np.abs(A - C).sum(-1) + 1, 0)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
 @pytest.mark.skipif(jax.default_backend() != "cpu",
                     reason="XLA:CPU's buffers")
 def test_ntxent_value_keeps_no_more_than_optax():

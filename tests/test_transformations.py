@@ -145,6 +145,35 @@ def test_traced_inside_a_program_the_loss_is_inlined(name):
   assert not list(nested(jaxpr))
 
 
+# Functions of jax.numpy every family calls.
+SPIED = ("where", "sum", "exp", "log", "maximum", "minimum", "abs", "max",
+         "isfinite", "mean", "square", "sqrt")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_jax_numpy_is_inlined_while_the_loss_traces(name, monkeypatch):
+  # Most jax.numpy functions are jitted functions of their own: under the
+  # caller's jit and grad each call would be a nested program, looked up,
+  # traced and linearized apart, most of a small loss's tracing time. The
+  # body and its derivative rules run them inlined (jaxloss._jit.inlined).
+  calls = []
+  for fname in SPIED:
+    def spy(*args, _original=getattr(jnp, fname), **kwargs):
+      calls.append(bool(jax.config.jax_disable_jit))
+      return _original(*args, **kwargs)
+    monkeypatch.setattr(jnp, fname, spy)
+  f = _loss(name)
+  kwargs = {}
+  reduction = inspect.signature(jaxloss.get(name)).parameters.get(
+      "reduction")
+  if (reduction is not None and reduction.default == "none"
+      and "reduction" not in catalogue.SPECS[name][1]):
+    kwargs["reduction"] = "mean"   # the reductions' own jnp calls
+  args = _inputs(name, dtype=jnp.float32)
+  jax.jit(jax.value_and_grad(lambda *a: f(*a, **kwargs).sum())).trace(*args)
+  assert calls and all(calls), calls
+
+
 @pytest.mark.parametrize("name", _with_hypers())
 def test_hyperparameters_traced_vmapped_differentiated_compiled_once(name):
   f = jaxloss.get(name)

@@ -30,6 +30,7 @@ from jax.custom_derivatives import SymbolicZero
 import jax.numpy as jnp
 
 from jaxloss import _checks
+from jaxloss import _jit
 from jaxloss import _reduction
 from jaxloss import _rows
 from jaxloss import _value_form
@@ -153,6 +154,7 @@ def _row_sums(terms):
 
 
 @_row_sums.defjvp
+@_jit.inlined
 def _row_sums_jvp(primals, tangents):
   (terms,), (dterms,) = primals, tangents
   return _row_sums(terms), tuple(jnp.sum(t, axis=1) for t in dterms)
@@ -266,7 +268,7 @@ def _row_statistics_jvp(config, primals, tangents):
   return stats, tangents
 
 
-row_statistics.defjvp(_row_statistics_jvp, symbolic_zeros=True)
+row_statistics.defjvp(_jit.inlined(_row_statistics_jvp), symbolic_zeros=True)
 
 
 def _row_tangents(smoothing, x, labels, keep, class_keep, weight, lse, exps,
@@ -477,7 +479,7 @@ def _label_statistics_jvp(config, primals, tangents):
   return stats, tangents
 
 
-label_statistics.defjvp(_label_statistics_jvp, symbolic_zeros=True)
+label_statistics.defjvp(_jit.inlined(_label_statistics_jvp), symbolic_zeros=True)
 
 
 def _label_tangents(smoothing, x, y, keep, class_keep, weight, stats, exps,
