@@ -408,7 +408,7 @@ def _poly_terms(config, x, y, epsilon, keep, class_keep, value):
         terms = jnp.where(class_keep, terms, 0)
       one_minus_pt = jnp.sum(terms, axis=-1)
     else:
-      terms = y * _fast_ce.finite_exp(x, stats[1][:, None])
+      terms = y * _fast_ce.exp_below(x, stats[1][:, None])
       kept = _rows.both(class_keep, None if keep is None else keep[:, None])
       if kept is not None:
         terms = jnp.where(kept, terms, 0)

@@ -122,6 +122,31 @@ def finite_exp(x, top):
   return jnp.where(finite, jnp.exp(x - jnp.where(finite, top, 0)), 0)
 
 
+@jax.custom_jvp
+def _floored(top):
+  return jnp.maximum(top, jnp.finfo(top.dtype).min)
+
+
+@_floored.defjvp
+@_jit.inlined
+def _floored_jvp(primals, tangents):
+  # Passed through: the floor moves only a -inf, where every exp(x - top)
+  # is 0 and so is every term this tangent meets. jnp.maximum's own rule is
+  # two selects (ties share), each a loop of its own for XLA:CPU.
+  return _floored(primals[0]), tangents[0]
+
+
+def exp_below(x, top):
+  """``exp(x - top)`` for a row's ``top`` at or above its logits
+  (log-sum-exp, maximum): a ``-inf`` top (a row without any possible class)
+  is floored at the lowest finite number, so that its exponentials are 0,
+  never ``exp(nan)``, in value and in derivative. No select: where
+  :func:`finite_exp` has two on the rows and one on every element, XLA:CPU
+  computes this in the loop that reads it. Unlike :func:`finite_exp`, a
+  ``+inf`` or NaN top (an infinite logit, a NaN) gives NaN."""
+  return jnp.exp(x - _floored(top))
+
+
 def _softmax(xf, lse, exps, inside):
   """The softmax where ``inside`` (None: everywhere), else 0: from ``exps =
   (exp(x - shift), shift)`` kept by the forward, or ``(exp(x - shift),
