@@ -101,8 +101,8 @@ def _elementwise_kl_log_targets_jvp(primals, tangents):
   return out, d
 
 
-_elementwise_kl_log_targets.defjvp(_jit.inlined(_elementwise_kl_log_targets_jvp),
-                                   symbolic_zeros=True)
+_elementwise_kl_log_targets.defjvp(
+    _jit.inlined(_elementwise_kl_log_targets_jvp), symbolic_zeros=True)
 
 
 def _kl_log_target_rows(lp, lt, axes):

@@ -248,8 +248,8 @@ def inlined(fn):
   Most ``jnp`` functions are ``jax.jit(..., inline=True)`` functions: each
   call under a trace looks up (on a miss: traces) a nested program, and
   under ``grad`` each is linearized as a call of its own. That is Python
-  which runs once per shape, but most of a small loss's tracing time, and
-  the reason a guarded loss traced in twice the time of its plain formula.
+  which runs once per shape, but it was most of a small loss's tracing
+  time, and a guarded loss makes more ``jnp`` calls than its plain formula.
   A loss's body, and each derivative rule (which JAX traces apart from the
   body), runs under ``jax.disable_jit()``: a ``jnp`` function then binds
   its primitives straight into the program being traced. The same

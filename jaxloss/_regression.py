@@ -620,7 +620,8 @@ def _poisson_log_terms_jvp(primals, tangents):
   return out, d
 
 
-_poisson_log_terms.defjvp(_jit.inlined(_poisson_log_terms_jvp), symbolic_zeros=True)
+_poisson_log_terms.defjvp(_jit.inlined(_poisson_log_terms_jvp),
+                          symbolic_zeros=True)
 
 
 def _gaussian_var(fn, var, shape):

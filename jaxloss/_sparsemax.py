@@ -223,7 +223,8 @@ def _binary_sparsemax_jvp(primals, tangents):
   return out, tangent
 
 
-_binary_sparsemax.defjvp(_jit.inlined(_binary_sparsemax_jvp), symbolic_zeros=True)
+_binary_sparsemax.defjvp(_jit.inlined(_binary_sparsemax_jvp),
+                         symbolic_zeros=True)
 
 
 def _binary_inputs(fn, logits, labels, weight, where):

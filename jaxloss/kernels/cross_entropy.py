@@ -504,7 +504,8 @@ def _label_statistics_jvp(config, primals, tangents):
   return stats, tangents
 
 
-label_statistics.defjvp(_jit.inlined(_label_statistics_jvp), symbolic_zeros=True)
+label_statistics.defjvp(_jit.inlined(_label_statistics_jvp),
+                        symbolic_zeros=True)
 
 
 def _label_tangents(smoothing, x, y, keep, class_keep, weight, stats, exps,
