@@ -508,3 +508,20 @@ def test_options_grid_matches_reference(where):
     if weight is not None:
       options["weight"] = jnp.asarray(weight, jnp.float32)
     compare_paths(x, IGNORED, options, ("xla",), ("mean",))
+
+
+def test_statistics_kernel_loops_over_its_blocks_inside_a_loss_body():
+  # A loss's body traces with jax.numpy inlined (jaxloss._jit.inlined),
+  # under which lax.fori_loop would unroll: the kernel's loop over the
+  # blocks of a row must stay one loop, as it is traced outside a body.
+  from jaxloss import _jit  # noqa: PLC0415
+  x = jnp.ones((4, 1024), jnp.float32)
+
+  def stats(x):
+    return pallas_cross_entropy.statistics(
+        x, None, None, smoothing=False, dtype=jnp.float32, interpret=True,
+        block=128)
+
+  for fn in (stats, _jit.inlined(stats)):
+    jaxpr = str(jax.make_jaxpr(fn)(x))
+    assert jaxpr.count("scan") + jaxpr.count("while") == 1, fn

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from jaxloss import _jit
+
 # On an H200, [8192, 128256] bfloat16 logits: the statistics in blocks of
 # 4096 classes took 0.814 ms, in blocks of 2048 (4 warps) 0.772 ms
 # (benchmarks/results/cross_entropy_sweep-nvidia-h200.json and
@@ -138,10 +140,12 @@ def statistics(x, class_keep, weight, *, smoothing, dtype, interpret,
   if class_keep is not None:
     inputs.append(class_keep.astype(jnp.int8))
     in_axes.append(0)
-  kernel = functools.partial(
+  # Traced with jit on (see jaxloss._jit.inlined): its loop over the
+  # blocks stays one loop, not one copy of its body per block.
+  kernel = _jit.staged(functools.partial(
       _statistics_kernel, block=block, smoothing=smoothing,
       has_weight=smoothing and weight is not None,
-      has_class_mask=class_keep is not None, lane_sums=lane_sums)
+      has_class_mask=class_keep is not None, lane_sums=lane_sums))
   scalar = jax.ShapeDtypeStruct((), dtype)
   call = pl.pallas_call(
       kernel, out_shape=[scalar] * (4 if smoothing else 1),
