@@ -163,6 +163,26 @@ def test_edges_are_exact():
     assert np.all(np.isfinite(np.asarray(value)))
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_mass_on_a_row_of_minus_inf_logits(smoothing):
+  # The loss is inf, and so is its derivative by the label that puts the
+  # mass there, as the plain formula has it; the logits' gradient is
+  # finite (the plain formula's is NaN throughout).
+  x = jnp.asarray([[-jnp.inf] * 3, [1.0, -jnp.inf, 0.0]])
+  y = jnp.asarray([[1.0, 0.0, 0.0], [0.5, 0.0, 0.5]])
+
+  def total(x, y, implementation):
+    return CE(x, y, label_smoothing=smoothing,
+              implementation=implementation).sum()
+
+  got = jax.jit(jax.grad(total, (0, 1)), static_argnums=2)(x, y, "xla")
+  want = jax.grad(total, (0, 1))(x, y, "reference")
+  np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
+  assert got[1][0, 0] == np.inf
+  np.testing.assert_allclose(got[0][1], want[0][1], rtol=1e-5)
+  assert np.all(np.isfinite(np.asarray(got[0])))
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_half_precision_inputs(dtype):
   # float32 statistics; each gradient in its input's dtype.

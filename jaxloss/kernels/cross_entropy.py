@@ -154,35 +154,42 @@ def _softmax(xf, lse, exps, inside):
   if exps is None:
     p = finite_exp(xf, lse[:, None])
   elif len(exps) == 3:
-    # e / sum e, the sum floored: 0 on a row without a possible class, and
-    # no select, so that XLA computes it in the gradient's own loop.
+    # e / sum e, the sum floored where it was taken (_label_forward): 0 on
+    # a row without a possible class, and no select, so that XLA computes
+    # it in the gradient's own loop.
     e, _, total = exps
-    p = e / jnp.maximum(total, jnp.finfo(total.dtype).tiny)[:, None]
+    p = e / total[:, None]
   else:
     e, shift = exps
     p = e * finite_exp(shift, lse)[:, None]
   return p if inside is None else jnp.where(inside, p, 0)
 
 
-@jax.custom_jvp
-def _row_sums(terms):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _row_sums(terms, start=0.0):
   """The row sums of a tuple of [R, C] arrays in one variadic reduction.
 
   One read of every input for all the sums, which XLA fuses with what makes
   the terms. Its derivative is written out: JAX's rule for a general
   ``lax.reduce`` fails on terms with zero tangents (a mask's count), which
   higher-order autodiff meets.
+
+  The first sum starts at ``start`` (a Python float), the others at 0: a
+  floor on a sum of non-negative terms that costs no operation. XLA may
+  start a reduction more than once (in parts), so ``start`` must be too
+  small to matter wherever a term is not 0.
   """
   zero = jnp.zeros((), terms[0].dtype)
-  return lax.reduce(terms, (zero,) * len(terms),
+  inits = (jnp.asarray(start, terms[0].dtype),) + (zero,) * (len(terms) - 1)
+  return lax.reduce(terms, inits,
                     lambda a, b: tuple(u + v for u, v in zip(a, b)), (1,))
 
 
 @_row_sums.defjvp
 @_jit.inlined
-def _row_sums_jvp(primals, tangents):
+def _row_sums_jvp(start, primals, tangents):
   (terms,), (dterms,) = primals, tangents
-  return _row_sums(terms), tuple(jnp.sum(t, axis=1) for t in dterms)
+  return _row_sums(terms, start), tuple(jnp.sum(t, axis=1) for t in dterms)
 
 
 def _upcast(x, dtype):
@@ -367,7 +374,10 @@ def label_statistics(config, x, y, keep, class_keep, weight):
     :math:`\\sum_j c_j`; with ``config.smoothing`` also ``(smooth, count,
     wsum)``: the same sum against the weights over the support, the
     support's size and the weights' sum there. Each is [R] in float32
-    (float64 for float64 logits).
+    (float64 for float64 logits). On a row of ``-inf`` logits ``lse`` is
+    the log of the smallest normal number (finite), so that a label's mass
+    there costs ``inf`` and so does its derivative by that label (``lse -
+    x``), as the plain formula's is, not ``-inf - -inf``.
   """
   if config.value_chain and not config.smoothing and class_keep is None:
     # Only the value is wanted when this runs (the derivative rule reads
@@ -406,17 +416,20 @@ def _label_forward(config, x, y, keep, class_keep, weight):
   # One variadic reduction: one read of x and y for every sum, and on every
   # backend no [R, C] temporary besides (XLA:CPU hands single reductions to
   # a library that reads its input from memory).
-  sums = _row_sums(tuple(terms))
-  # Floored: finite on a row of -inf logits, so that a row whose terms are
-  # all zero costs 0; one with mass there costs inf through its below-sum
-  # (its logits are inf below the shift of 0). No select: XLA computes the
-  # cross sums in the loop that reads them.
-  floored = jnp.log(jnp.maximum(sums[0], jnp.finfo(dtype).tiny))
+  # The sum of exponentials starts at the smallest normal number: at least
+  # 1 where a logit is finite, which that leaves as it is, and on a row of
+  # -inf logits a floor that keeps its log finite, so that a row whose terms
+  # are all zero costs 0; one with mass there costs inf through its
+  # below-sum (its logits are inf below the shift of 0). No operation at
+  # all: a floor taken after the sum was one more loop for XLA:CPU to
+  # compile (a broadcast of the floor that the library's fused sum reads).
+  sums = _row_sums(tuple(terms), float(jnp.finfo(dtype).tiny))
+  log_sum = jnp.log(sums[0])
 
   def cross(total, below_sum):
-    return total * floored + below_sum
+    return total * log_sum + below_sum
 
-  out = (cross(sums[1], sums[2]), jnp.log(sums[0]) + shift, sums[1])
+  out = (cross(sums[1], sums[2]), log_sum + shift, sums[1])
   if config.smoothing:
     out += (cross(sums[3], sums[4]), sums[5], sums[3])
   if keep is not None:
@@ -486,8 +499,9 @@ def _chain(x, y, keep, weight, softmax_mass, statistics, guarded):
   if softmax_mass:
     out += (jnp.sum(c * exps, axis=-1) / sum_exp,)
   if statistics:
-    # As _label_forward: -inf on a row of -inf logits.
-    lse = jnp.log(raw_sum) + jnp.where(jnp.isfinite(m), m, 0)
+    # As _label_forward: the floored sum's log on a row of -inf logits.
+    lse = (jnp.log(jnp.maximum(raw_sum, info.tiny))
+           + jnp.where(jnp.isfinite(m), m, 0))
     out += (lse, jnp.sum(c, axis=-1))
   if keep is not None:
     out = tuple(jnp.where(keep, s, 0) for s in out)
