@@ -175,6 +175,38 @@ def test_jax_numpy_is_inlined_while_the_loss_traces(name, monkeypatch):
   assert calls and all(calls), calls
 
 
+LOOPS = ("scan", "fori_loop", "while_loop", "map", "associative_scan")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_loops_stay_loops_while_the_loss_traces(name, monkeypatch):
+  # Under jax.disable_jit, the body's and its rules' tracing mode, lax.scan
+  # and fori_loop run their steps in Python: a loop met there would unroll,
+  # one copy of its body per step, with the same numbers. Every loop in a
+  # body runs under jaxloss._jit.staged, jit on.
+  unrolled = []
+  for fname in LOOPS:
+    def spy(*args, _original=getattr(jax.lax, fname), _name=fname,
+            **kwargs):
+      if jax.config.jax_disable_jit:
+        unrolled.append(_name)
+      return _original(*args, **kwargs)
+    monkeypatch.setattr(jax.lax, fname, spy)
+  f = _loss(name)
+  args = _inputs(name, dtype=jnp.float32)
+  # A loss that chunks its work loops over chunks: a token and two classes
+  # to a chunk make every loop it has run.
+  chunked = "chunk_size" in inspect.signature(jaxloss.get(name)).parameters
+  jax.clear_caches()
+  for kwargs in ({}, {"chunk_size": 1}, {"chunk_size": (1, 2)}):
+    jax.jit(jax.value_and_grad(lambda *a: f(*a, **kwargs).sum())).trace(*args)
+    jax.jit(jax.hessian(lambda a: f(a, *args[1:], **kwargs).sum())).trace(
+        args[0])
+    if not chunked:
+      break
+  assert not unrolled, unrolled
+
+
 @pytest.mark.parametrize("name", _with_hypers())
 def test_hyperparameters_traced_vmapped_differentiated_compiled_once(name):
   f = jaxloss.get(name)
