@@ -209,6 +209,9 @@ def _multiclass_rows(fn, scores, labels, axis, where):
   x, label_x, _, keep, valid = integer_rows(
       fn, x, labels, batch_shape, ignore_index=None, row_keep=row_keep,
       weight=None)
+  # A row whose label is out of range is NaN (flag_label) with a zero
+  # gradient: its scores' tangents are closed.
+  x = _rows.gate_rows(x, ~valid)
   return x, label_x, _one_hot(labels, valid, x.shape[-1]), keep, valid
 
 
@@ -251,7 +254,7 @@ def multiclass_hinge_loss(scores, labels, *, axis=-1, where=None,
   x, label_x, one_hot, keep, valid = _multiclass_rows(fn, scores, labels,
                                                       axis, where)
   loss = jnp.max(x + 1 - one_hot, axis=-1) - flag_label(label_x, valid)
-  return finish_rows(fn, loss, None, keep, valid, reduction, flagged=True)
+  return finish_rows(fn, loss, None, keep, valid, reduction, gated=True)
 
 
 @_jit.jit("axis", "reduction")
@@ -291,7 +294,7 @@ def multiclass_perceptron_loss(scores, labels, *, axis=-1, where=None,
   x, label_x, _, keep, valid = _multiclass_rows(fn, scores, labels, axis,
                                                 where)
   loss = jnp.max(x, axis=-1) - flag_label(label_x, valid)
-  return finish_rows(fn, loss, None, keep, valid, reduction, flagged=True)
+  return finish_rows(fn, loss, None, keep, valid, reduction, gated=True)
 
 
 # ----------------------------------------------------------------------------
@@ -720,15 +723,20 @@ def multi_margin_loss(predictions, targets, *, p=1, margin=1.0, weight=None,
   _, label_x, label_w, _, valid = integer_rows(
       fn, x, targets, x.shape[:-1], ignore_index=None, row_keep=None,
       weight=weight, labels_name="targets", scatter=True)
+  # A target out of range reads NaN: every term of its row is NaN, and
+  # relu's derivative (a select) gives the row a zero gradient, so that
+  # the NaN is a constant to autodiff.
+  label_x = label_x + jax.lax.stop_gradient(jnp.where(valid, 0, jnp.nan))
   # relu, not maximum: its gradient at the kink is 0, as torch's strict >.
   h = jax.nn.relu(margin - label_x[..., None] + x)
   if p == 2:
     h = h * h
-  h = jnp.where(_one_hot(targets, valid, num_classes), 0, h)
+  # The raw targets: one out of range matches no class, its row NaN anyway.
+  classes = jax.lax.broadcasted_iota(targets.dtype, h.shape, h.ndim - 1)
+  h = jnp.where(targets[..., None] == classes, 0, h)
   loss = jnp.sum(h, axis=-1) / num_classes
   if label_w is not None:
     loss = label_w * loss
-  loss = jnp.where(valid, loss, jnp.nan)
   return _reduction.reduce(fn, loss, reduction)
 
 

@@ -146,6 +146,26 @@ def _take_label_jvp(primals, tangents):
   return take_label(x, labels), jnp.sum(jnp.where(at, dx, 0), axis=-1)
 
 
+@jax.custom_jvp
+def gate_rows(x, closed):
+  """``x`` [..., C] as it is, its tangent 0 on the rows where ``closed``.
+
+  Reverse mode zeroes those rows of the gradient with one select in the
+  loop that writes it; a mask on the loss's rows instead meets the
+  reductions' cotangents, a loop of its own for XLA:CPU. Exact zeros,
+  whatever the rest of the derivative holds there.
+  """
+  del closed
+  return x
+
+
+@gate_rows.defjvp
+@_jit.inlined
+def _gate_rows_jvp(primals, tangents):
+  (x, closed), (dx, _) = primals, tangents
+  return x, jnp.where(closed[..., None], 0, dx)
+
+
 def flag_label(label_x, valid):
   """The label's score, NaN where the label is out of range: a select on
   the rows, computed with the gather. Only for a loss that takes the score
@@ -264,19 +284,23 @@ def _flag_jvp(primals, tangents):
   return jnp.where(bad, jnp.nan, loss), jnp.where(bad, 0, dloss)
 
 
-def finish_rows(fn, loss, label_w, keep, valid, reduction, flagged=False):
+def finish_rows(fn, loss, label_w, keep, valid, reduction, flagged=False,
+                gated=False):
   """Masks, flags out-of-range labels with NaN, and reduces.
 
   ``flagged``: the caller's loss is already NaN on every row whose label is
   out of range (from :func:`flag_label`), so that the value alone needs no
   select here (which XLA:CPU would compile as a loop of its own); under
   differentiation the select still gives those rows exact zero gradients.
+  ``gated``: flagged, and those rows' gradients are zero already (the
+  scores passed through :func:`gate_rows`): no select at all.
   """
   loss = _reduction.mask(loss, keep)
   # A label outside [0, C) that is not ignored has no meaning: NaN, never the
   # plausible number a wrapped-around index would give.
-  bad = ~valid if keep is None else keep & ~valid
-  loss = _flag(loss, bad) if flagged else jnp.where(bad, jnp.nan, loss)
+  if not gated:
+    bad = ~valid if keep is None else keep & ~valid
+    loss = _flag(loss, bad) if flagged else jnp.where(bad, jnp.nan, loss)
   denominator = label_w
   if keep is not None:
     denominator = _reduction.mask(

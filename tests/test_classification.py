@@ -341,6 +341,14 @@ def test_out_of_range_rows_nan_alone_and_differentiated_zero_gradient(name):
                                 (jnp.ones_like(x),))[0])(x), value)
   np.testing.assert_array_equal(grad[1:3], 0)
   assert np.isfinite(alive) and np.all(np.isfinite(grad))
+  # Zero there also when the NaN rows' cotangents are not: the sum of every
+  # row, and the mean, are NaN, their gradients 0 on those rows.
+  for reduction, scale in (("sum", 1), ("mean", 1 / len(bad))):
+    whole = np.asarray(jax.jit(jax.grad(
+        lambda x: fn(x, bad, reduction=reduction)))(x))
+    np.testing.assert_array_equal(whole[1:3], 0)
+    np.testing.assert_allclose(whole[[0, 3]], np.asarray(grad)[[0, 3]] * scale,
+                               rtol=1e-6)
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu",
@@ -354,12 +362,35 @@ def test_label_check_costs_no_loop_of_its_own(name):
   x = jax.ShapeDtypeStruct((4096, 1024), jnp.float32)
   labels = jax.ShapeDtypeStruct((4096,), jnp.int32)
 
-  def loops(fn):
-    text = jax.jit(lambda x, y: jnp.mean(fn(x, y))).lower(
+  def loops(fn, grad):
+    def mean(x, y):
+      return jnp.mean(fn(x, y))
+    text = jax.jit(jax.value_and_grad(mean) if grad else mean).lower(
         x, labels).compile().as_text()
     return len(re.findall(r"= \S+ fusion\(", text))
 
-  assert loops(getattr(jaxloss, name)) <= loops(getattr(optax.losses, name))
+  # With the gradient too: zero gradients on those rows come from one
+  # select in the loop that writes the gradient (jaxloss._rows.gate_rows).
+  for grad in (False, True):
+    assert (loops(getattr(jaxloss, name), grad)
+            <= loops(getattr(optax.losses, name), grad)), grad
+
+
+@pytest.mark.parametrize("p", [1, 2])
+def test_multi_margin_out_of_range_rows_nan_with_zero_gradient(p):
+  # The NaN rides on the target's score; relu's derivative gives the row an
+  # exact zero gradient, an infinite score in it included.
+  x = f32(X).at[2, 1].set(jnp.inf)
+  bad = jnp.array([0, 5, -1, 2])
+  for weight in (None, jnp.arange(1.0, 1.0 + X.shape[1])):
+    def total(x, weight=weight):
+      return jaxloss.multi_margin_loss(x, bad, p=p, weight=weight,
+                                       reduction="sum")
+    value, grad = jax.jit(jax.value_and_grad(total))(x)
+    assert np.isnan(value)
+    grad = np.asarray(grad)
+    np.testing.assert_array_equal(grad[1:3], 0)
+    assert np.all(np.isfinite(grad)) and np.any(grad[[0, 3]] != 0)
 
 
 def test_out_of_range_labels_give_nan():
