@@ -2,8 +2,8 @@
 
 The suite compiles thousands of small programs, and their compilation is
 most of its time. Two flags cut it (measured back to back on 2 cores:
-``tests/test_transformations.py`` and ``tests/test_contract.py`` in 101 s
-with the first alone, 60 s with both; the whole suite takes about 6 minutes
+``tests/test_transformations.py`` and ``tests/test_contract.py`` in 115 s
+with the first alone, 67 s with both; the whole suite takes about 6 minutes
 with both):
 
 * ``--xla_backend_optimization_level=0`` skips LLVM's optimisation passes;
