@@ -167,7 +167,7 @@ def test_edges_are_exact():
 def test_mass_on_a_row_of_minus_inf_logits(smoothing):
   # The loss is inf, and so is its derivative by the label that puts the
   # mass there, as the plain formula has it; the logits' gradient is
-  # finite (the plain formula's is NaN throughout).
+  # finite (the plain formula's is NaN on that row).
   x = jnp.asarray([[-jnp.inf] * 3, [1.0, -jnp.inf, 0.0]])
   y = jnp.asarray([[1.0, 0.0, 0.0], [0.5, 0.0, 0.5]])
 
