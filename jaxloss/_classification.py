@@ -104,10 +104,11 @@ def _probability_labels(fn, logits, labels, axis):
                          class_axes=_checks.axes(fn, axis, logits.ndim))
 
 
-def _one_hot(labels, valid, num_classes):
-  safe = jnp.where(valid, labels, 0)
-  classes = jnp.arange(num_classes).reshape((1,) * safe.ndim + (-1,))
-  return safe[..., None] == classes
+def _one_hot(labels, num_classes):
+  """``labels`` one-hot over the last axis. A label out of range matches no
+  class: the losses make its row NaN on their own."""
+  classes = jnp.arange(num_classes).reshape((1,) * labels.ndim + (-1,))
+  return labels[..., None] == classes
 
 
 # ----------------------------------------------------------------------------
@@ -212,7 +213,7 @@ def _multiclass_rows(fn, scores, labels, axis, where):
   # A row whose label is out of range is NaN (flag_label) with a zero
   # gradient: its scores' tangents are closed.
   x = _rows.gate_rows(x, ~valid)
-  return x, label_x, _one_hot(labels, valid, x.shape[-1]), keep, valid
+  return x, label_x, _one_hot(labels, x.shape[-1]), keep, valid
 
 
 @_jit.jit("axis", "reduction")
@@ -731,9 +732,7 @@ def multi_margin_loss(predictions, targets, *, p=1, margin=1.0, weight=None,
   h = jax.nn.relu(margin - label_x[..., None] + x)
   if p == 2:
     h = h * h
-  # The raw targets: one out of range matches no class, its row NaN anyway.
-  classes = jax.lax.broadcasted_iota(targets.dtype, h.shape, h.ndim - 1)
-  h = jnp.where(targets[..., None] == classes, 0, h)
+  h = jnp.where(_one_hot(targets, num_classes), 0, h)
   loss = jnp.sum(h, axis=-1) / num_classes
   if label_w is not None:
     loss = label_w * loss
