@@ -213,7 +213,9 @@ def _multiclass_rows(fn, scores, labels, axis, where):
   # A row whose label is out of range is NaN (flag_label) with a zero
   # gradient: its scores' tangents are closed.
   x = _rows.gate_rows(x, ~valid)
-  return x, label_x, _one_hot(labels, x.shape[-1]), keep, valid
+  # One-hot of a label in range (0 for one out of range: that row is NaN).
+  safe = jnp.where(valid, labels, 0)
+  return x, label_x, _one_hot(safe, x.shape[-1]), keep, valid
 
 
 @_jit.jit("axis", "reduction")
