@@ -256,7 +256,7 @@ def multiclass_hinge_loss(scores, labels, *, axis=-1, where=None,
   fn = "multiclass_hinge_loss"
   x, label_x, one_hot, keep, valid = _multiclass_rows(fn, scores, labels,
                                                       axis, where)
-  loss = jnp.max(x + 1 - one_hot, axis=-1) - flag_label(label_x, valid)
+  loss = _rows.row_max(x + 1 - one_hot) - flag_label(label_x, valid)
   return finish_rows(fn, loss, None, keep, valid, reduction, gated=True)
 
 
@@ -296,7 +296,7 @@ def multiclass_perceptron_loss(scores, labels, *, axis=-1, where=None,
   fn = "multiclass_perceptron_loss"
   x, label_x, _, keep, valid = _multiclass_rows(fn, scores, labels, axis,
                                                 where)
-  loss = jnp.max(x, axis=-1) - flag_label(label_x, valid)
+  loss = _rows.row_max(x) - flag_label(label_x, valid)
   return finish_rows(fn, loss, None, keep, valid, reduction, gated=True)
 
 

@@ -166,6 +166,70 @@ def _gate_rows_jvp(primals, tangents):
   return x, jnp.where(closed[..., None], 0, dx)
 
 
+@jax.custom_jvp
+def row_max(v):
+  """``jnp.max(v, axis=-1)`` with ``jnp.max``'s derivative: ties share it
+  equally, and a row holding a NaN has a NaN derivative.
+
+  The value is ``jnp.max``'s. The derivative reads the maximum and the
+  number of ties from one pass over ``v`` (a variadic reduction), where
+  ``jnp.max``'s own writes a [..., C] indicator of the ties and sums it:
+  two [..., C] temporaries with the scores the maximum is taken over.
+  """
+  return jnp.max(v, axis=-1)
+
+
+def _max_and_ties(v):
+  """Each row's maximum and the number of its elements equal to it (0 on a
+  row holding a NaN, whose maximum is NaN), in one reduction. Integer
+  counts: a reduction may not mix floating precisions."""
+  return lax.reduce(
+      (v, lax.full(v.shape, 1, np.int32)),
+      (np.array(-np.inf, v.dtype), np.array(0, np.int32)),
+      _max_and_ties_step, (v.ndim - 1,))
+
+
+def _max_and_ties_step(a, b):
+  """Two (maximum, ties) pairs as one. Each side's count counts where its
+  maximum is not below the other's: both when equal, neither against a
+  NaN. A module-level function: JAX caches its trace."""
+  (m1, n1), (m2, n2) = a, b
+  zero = lax.full_like(n1, 0)
+  n = (lax.select(lax.ge(m1, m2), n1, zero)
+       + lax.select(lax.ge(m2, m1), n2, zero))
+  return lax.max(m1, m2), n
+
+
+def _max_tangent(m, ties, v, dv):
+  dtype = _reduction.stat_dtype(v.dtype)
+  at_max = (v == m[..., None]).astype(dtype)
+  return (jnp.sum(dv.astype(dtype) * at_max, axis=-1)
+          / ties.astype(dtype)).astype(m.dtype)
+
+
+@jax.custom_jvp
+def _max_given(m, ties, v):
+  """``m``, differentiated as the maximum of ``v`` (for the derivatives of
+  :func:`row_max`'s derivative)."""
+  del ties, v
+  return m
+
+
+@row_max.defjvp
+@_jit.inlined
+def _row_max_jvp(primals, tangents):
+  (v,), (dv,) = primals, tangents
+  m, ties = _max_and_ties(lax.stop_gradient(v))
+  return _max_given(m, ties, v), _max_tangent(m, ties, v, dv)
+
+
+@_max_given.defjvp
+@_jit.inlined
+def _max_given_jvp(primals, tangents):
+  m, ties, v = primals
+  return m, _max_tangent(m, ties, v, tangents[2])
+
+
 def flag_label(label_x, valid):
   """The label's score, NaN where the label is out of range: a select on
   the rows, computed with the gather. Only for a loss that takes the score

@@ -11,7 +11,7 @@ from jax.test_util import check_grads
 
 import catalogue
 import jaxloss
-from helpers import check_autodiff_modes, count_equations
+from helpers import check_autodiff_modes, count_equations, temporaries
 
 rng = np.random.default_rng(5)
 N, C = 4, 5
@@ -374,6 +374,76 @@ def test_label_check_costs_no_loop_of_its_own(name):
   for grad in (False, True):
     assert (loops(getattr(jaxloss, name), grad)
             <= loops(getattr(optax.losses, name), grad)), grad
+
+
+_MAX_ROWS = [[1.0, 3.0, 3.0, 2.0], [-np.inf] * 4, [np.inf, 1.0, np.inf, 0.0],
+             [np.nan, 1.0, 2.0, 3.0], [0.0] * 4, [5.0, -np.inf, 1.0, 5.0]]
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_row_max_is_jnp_max_with_its_derivatives(dtype):
+  # The multiclass margins' maximum: jnp.max's value, and its derivative
+  # (ties share it, NaN on a row holding a NaN) from one pass, in forward
+  # and reverse mode, at second order and under vmap.
+  from jaxloss._rows import row_max
+
+  def plain(v):
+    return jnp.max(v, axis=-1)
+
+  v = jnp.asarray(_MAX_ROWS, dtype)
+  def weighted(f):
+    return lambda v: jnp.sum(f(v).astype(jnp.float32)
+                             * jnp.arange(1.0, v.shape[0] + 1))
+
+  np.testing.assert_array_equal(row_max(v), plain(v))
+  np.testing.assert_array_equal(jax.grad(weighted(row_max))(v),
+                                jax.grad(weighted(plain))(v))
+  ones = jnp.ones_like(v)
+  np.testing.assert_array_equal(jax.jvp(row_max, (v,), (ones,))[1],
+                                jax.jvp(plain, (v,), (ones,))[1])
+  # 1500 ties in a row: a count half precision does not hold (jnp.max's
+  # own derivative counts them in the input's dtype: 1/1504 in bfloat16).
+  many = jnp.zeros((2, 1500), dtype).at[1, 7].set(1)
+  grad = jax.grad(weighted(row_max))(many)
+  np.testing.assert_array_equal(grad[0], jnp.full(1500, 1 / 1500, dtype))
+  np.testing.assert_array_equal(grad[1], jnp.zeros(1500).at[7].set(2))
+  # A nonlinear function of the maximum: its derivative depends on the
+  # maximum's value, so second order reads the maximum's derivative too.
+  u = jnp.asarray(rng_rows(), jnp.float32)
+
+  def curved(f):
+    return lambda u: jnp.sum(jnp.sin(f(u)) ** 2 + f(u) ** 3)
+
+  np.testing.assert_allclose(jax.hessian(curved(row_max))(u),
+                             jax.hessian(curved(plain))(u), rtol=1e-6)
+  np.testing.assert_allclose(jax.jacrev(jax.grad(curved(row_max)))(u),
+                             jax.hessian(curved(plain))(u), rtol=1e-6)
+  np.testing.assert_array_equal(
+      jax.vmap(jax.grad(lambda r: row_max(r[None])[0]))(u),
+      jax.vmap(jax.grad(jnp.max))(u))
+
+
+def rng_rows():
+  u = np.random.default_rng(7).normal(size=(3, 5))
+  u[0, 1] = u[0, 3] = u[0].max() + 1   # a tie at the top
+  return u
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu",
+                    reason="XLA:CPU's buffers")
+@pytest.mark.parametrize("name", ["multiclass_hinge_loss",
+                                  "multiclass_perceptron_loss"])
+def test_multiclass_margin_gradient_keeps_no_class_sized_temporary(name):
+  # jnp.max's own derivative writes an indicator of the ties and its
+  # broadcast count: two [rows, classes] temporaries (optax keeps them),
+  # which XLA:CPU allocates afresh on every call (compiled, not run).
+  x = jax.ShapeDtypeStruct((4096, 1024), jnp.float32)
+  labels = jax.ShapeDtypeStruct((4096,), jnp.int32)
+
+  def mean(x, y):
+    return jnp.mean(getattr(jaxloss, name)(x, y))
+
+  assert temporaries(jax.value_and_grad(mean), x, labels) < 4096 * 1024
 
 
 @pytest.mark.parametrize("p", [1, 2])
