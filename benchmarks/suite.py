@@ -796,11 +796,16 @@ def _median_ratio(ours, theirs):
   return statistics.median(a / b for a, b in zip(ours, theirs))
 
 
+def implementations(name, baseline):
+  """jaxloss's function ``name`` and its baseline's (``"optax"`` or
+  ``"plain"``)."""
+  return getattr(jaxloss, name), (getattr(optax.losses, name)
+                                  if baseline == "optax" else PLAIN[name])
+
+
 def run_one(name, args, kw, baseline, rounds, seconds, compile_repeats):
   """Rows (value and grad) for one loss: jaxloss, its baseline and torch."""
-  ours = getattr(jaxloss, name)
-  theirs = (getattr(optax.losses, name) if baseline == "optax"
-            else PLAIN[name])
+  ours, theirs = implementations(name, baseline)
   makers = {}
   for impl, fn in (("jaxloss", ours), (baseline, theirs)):
     makers[impl, "value"] = lambda fn=fn: scalar_loss(fn, kw)

@@ -21,6 +21,7 @@ BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import common  # noqa: E402
+import page_faults  # noqa: E402
 import report  # noqa: E402
 import suite  # noqa: E402
 
@@ -91,3 +92,19 @@ def test_suite_writes_what_report_prints(tmp_path, monkeypatch):
   text = out.getvalue()
   assert "| `l2_loss` |" in text and "| `mse_loss` |" in text
   assert "vs optax: " in text and "vs plain: " in text
+
+
+def test_page_faults_counts_both_implementations(monkeypatch):
+  monkeypatch.setattr(sys, "argv", [
+      "page_faults.py", "--elements", "4096", "multiclass_hinge_loss",
+      "mse_loss"])
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    page_faults.main()
+  rows = [line.split(" | ") for line in out.getvalue().splitlines()[2:]]
+  assert [(r[0].strip("| "), r[1], r[2]) for r in rows] == [
+      (name, mode, impl)
+      for name, baseline in (("multiclass_hinge_loss", "optax"),
+                             ("mse_loss", "plain"))
+      for mode in ("value", "grad") for impl in ("jaxloss", baseline)]
+  assert all(float(r[3]) >= 0 for r in rows)
