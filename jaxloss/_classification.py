@@ -976,7 +976,7 @@ def categorical_hinge(predictions, targets, *, reduction="none"):
   _checks.values(fn, "targets", (t >= -1) & (t <= 1), "must be in [-1, 1]",
                  t)
   positive = jnp.sum(t * x, axis=-1)
-  negative = jnp.max((1 - t) * x, axis=-1)
+  negative = _rows.row_max((1 - t) * x)
   loss = jnp.maximum(negative - positive + 1, 0)
   return _reduction.reduce(fn, loss, reduction)
 

@@ -431,19 +431,23 @@ def rng_rows():
 
 @pytest.mark.skipif(jax.default_backend() != "cpu",
                     reason="XLA:CPU's buffers")
-@pytest.mark.parametrize("name", ["multiclass_hinge_loss",
-                                  "multiclass_perceptron_loss"])
-def test_multiclass_margin_gradient_keeps_no_class_sized_temporary(name):
+@pytest.mark.parametrize("name,targets", [
+    ("multiclass_hinge_loss", jnp.int32),
+    ("multiclass_perceptron_loss", jnp.int32),
+    ("categorical_hinge", jnp.float32)])
+def test_margin_gradient_keeps_no_class_sized_temporary(name, targets):
   # jnp.max's own derivative writes an indicator of the ties and its
-  # broadcast count: two [rows, classes] temporaries (optax keeps them),
-  # which XLA:CPU allocates afresh on every call (compiled, not run).
+  # broadcast count: two [rows, classes] temporaries (optax and the plain
+  # formulas keep them), which XLA:CPU allocates afresh on every call
+  # (compiled, not run).
   x = jax.ShapeDtypeStruct((4096, 1024), jnp.float32)
-  labels = jax.ShapeDtypeStruct((4096,), jnp.int32)
+  y = jax.ShapeDtypeStruct((4096,) if targets == jnp.int32 else x.shape,
+                           targets)
 
   def mean(x, y):
     return jnp.mean(getattr(jaxloss, name)(x, y))
 
-  assert temporaries(jax.value_and_grad(mean), x, labels) < 4096 * 1024
+  assert temporaries(jax.value_and_grad(mean), x, y) < 4096 * 1024
 
 
 @pytest.mark.parametrize("p", [1, 2])
