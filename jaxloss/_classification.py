@@ -296,7 +296,7 @@ def multiclass_perceptron_loss(scores, labels, *, axis=-1, where=None,
   fn = "multiclass_perceptron_loss"
   x, label_x, _, keep, valid = _multiclass_rows(fn, scores, labels, axis,
                                                 where)
-  loss = _rows.row_max(x) - flag_label(label_x, valid)
+  loss = jnp.max(x, axis=-1) - flag_label(label_x, valid)
   return finish_rows(fn, loss, None, keep, valid, reduction, gated=True)
 
 
