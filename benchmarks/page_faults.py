@@ -23,6 +23,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 
+import common
 import suite
 
 
@@ -72,7 +73,7 @@ def main():
     for loss, mode, impl, faults, temp in measure(name, shapes,
                                                   args.elements, dtype):
       print(f"| {loss} | {mode} | {impl} | {faults:.0f} | "
-            f"{suite.common.fmt_bytes(temp)} |")
+            f"{common.fmt_bytes(temp)} |")
 
 
 if __name__ == "__main__":

@@ -172,9 +172,10 @@ def row_max(v):
   equally, and a row holding a NaN has a NaN derivative.
 
   The value is ``jnp.max``'s. The derivative reads the maximum and the
-  number of ties from one pass over ``v`` (a variadic reduction), where
-  ``jnp.max``'s own writes a [..., C] indicator of the ties and sums it:
-  two [..., C] temporaries with the scores the maximum is taken over.
+  number of ties from one pass over ``v`` (a variadic reduction) and keeps
+  no [..., C] array, where ``jnp.max``'s own writes an indicator of the
+  ties and broadcasts their count back to [..., C]. In half precision the
+  count is exact (``jnp.max`` counts in the input's dtype).
   """
   return jnp.max(v, axis=-1)
 

@@ -382,15 +382,16 @@ _MAX_ROWS = [[1.0, 3.0, 3.0, 2.0], [-np.inf] * 4, [np.inf, 1.0, np.inf, 0.0],
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
 def test_row_max_is_jnp_max_with_its_derivatives(dtype):
-  # The multiclass margins' maximum: jnp.max's value, and its derivative
-  # (ties share it, NaN on a row holding a NaN) from one pass, in forward
-  # and reverse mode, at second order and under vmap.
+  # The margin losses' maximum: jnp.max's value, and its derivative (ties
+  # share it, NaN on a row holding a NaN) from one pass, in forward and
+  # reverse mode, at second order and under vmap.
   from jaxloss._rows import row_max
 
   def plain(v):
     return jnp.max(v, axis=-1)
 
   v = jnp.asarray(_MAX_ROWS, dtype)
+
   def weighted(f):
     return lambda v: jnp.sum(f(v).astype(jnp.float32)
                              * jnp.arange(1.0, v.shape[0] + 1))
@@ -409,7 +410,7 @@ def test_row_max_is_jnp_max_with_its_derivatives(dtype):
   np.testing.assert_array_equal(grad[1], jnp.zeros(1500).at[7].set(2))
   # A nonlinear function of the maximum: its derivative depends on the
   # maximum's value, so second order reads the maximum's derivative too.
-  u = jnp.asarray(rng_rows(), jnp.float32)
+  u = jnp.asarray(_tied_rows(), jnp.float32)
 
   def curved(f):
     return lambda u: jnp.sum(jnp.sin(f(u)) ** 2 + f(u) ** 3)
@@ -423,7 +424,7 @@ def test_row_max_is_jnp_max_with_its_derivatives(dtype):
       jax.vmap(jax.grad(jnp.max))(u))
 
 
-def rng_rows():
+def _tied_rows():
   u = np.random.default_rng(7).normal(size=(3, 5))
   u[0, 1] = u[0, 3] = u[0].max() + 1   # a tie at the top
   return u
