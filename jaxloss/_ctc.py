@@ -11,13 +11,13 @@ from jaxloss import _reduction
 
 
 def _logaddexp_primal(a, b):
-  """``log(e^a + e^b)`` in differentiable operations, the untaken branch fed
-  safe values: every derivative is finite and 0 where both are ``-inf``."""
+  """``log(e^a + e^b)`` in differentiable operations, no select: where both
+  are ``-inf`` the gap is taken from the largest finite number, ``-inf``,
+  and the sum is ``-inf + log1p(0)``. Every derivative is finite there."""
   top = jnp.maximum(a, b)
-  finite = jnp.isfinite(top)
-  gap = jnp.where(finite, jnp.minimum(a, b) - top, 0)
-  return jnp.where(finite, top + jnp.log1p(jnp.exp(gap)),
-                   jax.lax.stop_gradient(top))
+  floor = jnp.asarray(jnp.finfo(top.dtype).min, top.dtype)
+  gap = jnp.minimum(a, b) - jnp.maximum(top, floor)
+  return top + jnp.log1p(jnp.exp(gap))
 
 
 @jax.custom_jvp
