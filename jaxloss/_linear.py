@@ -188,6 +188,21 @@ def _is_label(x, labels, start):
   return cols == labels[:, None]
 
 
+def _label_logit(x, labels, start):
+  """Each row's logit of its label where the chunk holds it (columns from
+  ``start``), else 0.
+
+  A gather, not a sum of the label's column picked by a select: XLA:CPU
+  wrote that [n, v] select out before summing it, a chunk-sized temporary
+  (with the logits' own, twice the plain loss's).
+  """
+  col = labels - start
+  inside = (col >= 0) & (col < x.shape[1])
+  picked = jnp.take_along_axis(
+      x, jnp.clip(col, 0, x.shape[1] - 1)[:, None], axis=1)[:, 0]
+  return jnp.where(inside, picked, 0)
+
+
 def _block(labels, start, n, col, v):
   """The labels of tokens ``[start, start + n)``: class ids as they are,
   probabilities restricted to classes ``[col, col + v)``, sliced at once
@@ -249,8 +264,7 @@ def _update_stats(cfg, stats, x, labels, start, weight, keep):
     label = stats.label + jnp.sum(jnp.where(c != 0, c * x, 0), axis=1)
     mass = mass + jnp.sum(c, axis=1)
   else:
-    label = stats.label + jnp.sum(
-        jnp.where(_is_label(x, labels, start), x, 0), axis=1)
+    label = stats.label + _label_logit(x, labels, start)
   weighted = stats.weighted
   if cfg.smoothing:
     w = _class_terms(cfg, x, weight)

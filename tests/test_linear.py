@@ -1227,3 +1227,16 @@ def test_computation_dtype_temporaries(reduction, chunk_size):
   gradients = 4 * (n * d + (d * v if isinstance(chunk_size, int) else 0))
   assert fused - gradients < n * v * 4 / 4, fused
   assert plain > n * v * 4, plain
+
+
+def test_value_holds_one_chunk_of_logits():
+  # The statistics take the label's logit by a gather: a select of its
+  # column summed over the chunk was written out beside the logits (twice
+  # the plain loss's temporaries). Compiled, not run.
+  n, d, v = 2048, 64, 1024
+  h = jax.ShapeDtypeStruct((n, d), jnp.float32)
+  k = jax.ShapeDtypeStruct((d, v), jnp.float32)
+  y = jax.ShapeDtypeStruct((n,), jnp.int32)
+  value = jax.jit(lambda h, k, y: jnp.mean(LCE(h, k, y))).lower(
+      h, k, y).compile()
+  assert value.memory_analysis().temp_size_in_bytes < 1.5 * n * v * 4
