@@ -108,11 +108,13 @@ def _sweep(cfg, student, teacher, keep, part, init, remat):
                           remat=remat)
 
 
-def _divergence_fn(cfg, divergence):
+def _divergence_fn(cfg, value_cfg, divergence):
   r"""Each token's divergence, its tangent linear in the inputs'.
 
   Both sides' log-sum-exps first (a pass of statistics), then one pass over
-  the chunks. The tangent of a token's loss :math:`L = \sum_j g_j(s_j, t_j,
+  the chunks; chunks of whole rows (``value_cfg`` for the value, ``cfg``
+  for the derivatives, each where it spans the vocabulary) take them from
+  their own logits instead. The tangent of a token's loss :math:`L = \sum_j g_j(s_j, t_j,
   \ell_s, \ell_t)` is
 
   .. math::
@@ -132,17 +134,35 @@ def _divergence_fn(cfg, divergence):
   def sums(s, t, lse_s, lse_t, beta):
     return jnp.sum(_terms(divergence, s, t, lse_s, lse_t, beta), axis=1)
 
-  def at(x, chunk):
-    return _linear._take(x, chunk.start, chunk.n)
-
   def lse(side, rows):
     h, w, b = side
     return _linear._statistics(cfg, _NO_HYPERS, h, w, b, rows, None)[0]
 
   # Opaque to partial evaluation (see _linear._whole): no chunk of the
   # statistics' loops is hoisted out of them, stacked.
-  both_lse = _linear._whole(lambda student, teacher, rows: (
+  statistics = _linear._whole(lambda student, teacher, rows: (
       lse(student, rows), lse(teacher, rows)))
+
+  def both_lse(c, student, teacher, rows):
+    # A chunk that spans the vocabulary holds its rows' log-sum-exps: no
+    # pass of statistics (two matmuls) before the loss's. (A value_cfg that
+    # does not is cfg.)
+    if c.classes >= student[1].shape[1]:
+      return None
+    return statistics(student, teacher, rows)
+
+  def chunk_lse(chunk, lses):
+    if lses is not None:
+      return tuple(_linear._take(x, chunk.start, chunk.n) for x in lses)
+    zero = jnp.zeros((chunk.n,), jnp.int32)
+
+    def one(x):
+      # The statistics pass's own code, on the whole row: the same numbers.
+      return _linear._lse(_linear._update_stats(
+          cfg, _linear._empty_stats(cfg, chunk.n), x, zero, 0, None,
+          chunk.keep))
+
+    return one(chunk.s), one(chunk.t)
 
   def zeros(count, student, teacher, *refs):
     # Typed as varying over what the inputs vary over (inside shard_map);
@@ -153,9 +173,9 @@ def _divergence_fn(cfg, divergence):
 
   @jax.custom_jvp
   def per_token(student, teacher, rows, beta):
-    lse_s, lse_t = both_lse(student, teacher, rows)
-    return _sweep(cfg, student, teacher, rows.keep, lambda c: (
-        sums(c.s, c.t, at(lse_s, c), at(lse_t, c), beta),),
+    lses = both_lse(value_cfg, student, teacher, rows)
+    return _sweep(value_cfg, student, teacher, rows.keep, lambda c: (
+        sums(c.s, c.t, *chunk_lse(c, lses), beta),),
                   zeros(1, student, teacher), False)[0]
 
   def jvp(primals, tangents):
@@ -168,7 +188,7 @@ def _divergence_fn(cfg, divergence):
     if not moving:
       out = per_token(*primals)
       return out, jnp.zeros_like(out)
-    lse_s, lse_t = both_lse(student, teacher, rows)
+    lses = both_lse(cfg, student, teacher, rows)
     on = [any(x is not None for x in side) for side in sides]
 
     def logits_tangent(chunk, side, params, tangents):
@@ -180,7 +200,7 @@ def _divergence_fn(cfg, divergence):
            take(db, chunk.col, chunk.v), None), chunk.keep)
 
     def part(chunk):
-      ls, lt = at(lse_s, chunk), at(lse_t, chunk)
+      ls, lt = chunk_lse(chunk, lses)
       # Each class's term reads its own logits only (and the row's lse):
       # one pullback gives every partial derivative of the chunk.
       value, pullback = jax.vjp(lambda s, t: sums(s, t, ls, lt, beta),
@@ -277,7 +297,11 @@ def linear_distillation_loss(
 
   Neither [N, V] logits array is made: a first pass computes each token's
   log-sum-exp of both sides by chunks of tokens and classes, a second the
-  divergence from them, each chunk's logits computed again. Every autodiff
+  divergence from them, each chunk's logits computed again; where chunks
+  of whole rows fit (as the cross entropy's single pass), they hold their
+  own log-sum-exps, and the first pass is left out (of the value always,
+  of the derivatives where a [D, V] float32 kernel gradient fits a chunk's
+  memory too, since whole rows sum it over token chunks). Every autodiff
   mode applies (``jax.grad``, ``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``,
   ...): a custom JVP whose tangent is made in the second pass, linear in
   the inputs' tangents, each chunk under ``jax.checkpoint``; JAX transposes
@@ -308,7 +332,7 @@ def linear_distillation_loss(
       or ``"none"``.
     chunk_size: optional tokens per chunk (an int) or a pair
       ``(tokens, classes)``; by default chosen as for
-      :func:`linear_softmax_cross_entropy`.
+      :func:`linear_softmax_cross_entropy` (see above for whole rows).
     dtype: optional dtype of the matmuls, as in
       :func:`linear_softmax_cross_entropy`: both sides' hidden states and
       kernels are read in it and the logits rounded to it, while the
@@ -394,10 +418,22 @@ def linear_distillation_loss(
       _checks.values(fn, name, finite, "must be finite (no NaN or inf) in "
                      "kept rows", h)
 
-  tokens, classes, _ = _linear._chunk_sizes(
-      chunk_size, n_tokens, width, compute, False, arrays=_CHUNK_ARRAYS)
-  cfg = _linear._Config(tokens, classes, False, False, False, stat, compute,
-                        True)
+  # Chunks that span the vocabulary (whole rows, where enough fit, as the
+  # cross entropy's single pass) need no pass of statistics. The value takes
+  # them; the derivatives only where their kernel gradient, summed over
+  # token chunks in a [D, V] float32 accumulator, fits a chunk's budget too.
+  budget = (_linear._CHUNK_BYTES if jax.default_backend() == "cpu"
+            else _linear._CHUNK_BYTES_ACCELERATOR)
+
+  def config(whole_rows):
+    tokens, classes, _ = _linear._chunk_sizes(
+        chunk_size, n_tokens, width, compute, whole_rows,
+        arrays=_CHUNK_ARRAYS)
+    return _linear._Config(tokens, classes, False, False, False, stat,
+                           compute, True)
+
+  value_cfg = config(True)
+  cfg = config(w_s.shape[0] * width * 4 <= budget)
   flat_keep = (jnp.ones(n_tokens, bool) if keep is None
                else keep.reshape(-1))
 
@@ -413,6 +449,7 @@ def linear_distillation_loss(
              _scaled(None if b_t is None else stop(b_t), temperature))
   rows = _linear._Rows(jnp.zeros(n_tokens, jnp.int32), flat_keep, None)
   beta = jnp.asarray(beta, stat) if divergence == "jsd" else None
-  loss = _divergence_fn(cfg, divergence)(student, teacher, rows, beta)
+  loss = _divergence_fn(cfg, value_cfg, divergence)(student, teacher, rows,
+                                                    beta)
   loss = _reduction.mask(loss.reshape(batch_shape), keep)
   return _reduction.reduce(fn, loss, reduction, keep=keep)

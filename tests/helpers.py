@@ -152,16 +152,17 @@ def check_traced_out_of_range(hypers):
       program(i, jnp.float32(bad))
 
 
-def count_equations(jaxpr):
-  """Equations of a jaxpr, those of its sub-jaxprs included."""
+def count_equations(jaxpr, primitive=None):
+  """Equations of a jaxpr, those of its sub-jaxprs included: all, or those
+  of the primitive named ``primitive``."""
   count = 0
   for eqn in jaxpr.eqns:
-    count += 1
+    count += primitive is None or eqn.primitive.name == primitive
     for param in eqn.params.values():
       for sub in param if isinstance(param, (tuple, list)) else (param,):
         inner = getattr(sub, "jaxpr", sub)
         if isinstance(inner, jax_core.Jaxpr):
-          count += count_equations(inner)
+          count += count_equations(inner, primitive)
   return count
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import jaxloss
+from helpers import count_equations
 
 LOSS = jaxloss.linear_distillation_loss
 BATCH, D, D_T, V = (2, 3), 4, 5, 7
@@ -85,10 +86,14 @@ def _close(got, want, what, rtol=1e-9, atol=1e-12):
                                atol=atol, err_msg=what)
 
 
+@pytest.mark.parametrize("chunk_size", [(4, 3), (4, V)])
 @pytest.mark.parametrize("divergence", sorted(EDGES))
-def test_values_and_gradients_match_the_materialized_loss(divergence):
+def test_values_and_gradients_match_the_materialized_loss(divergence,
+                                                           chunk_size):
   # Chunks of 4 tokens by 3 classes: 6 tokens and 7 classes in uneven
-  # pieces, two batch axes, a dropped token, -inf biases. The values per
+  # pieces, two batch axes, a dropped token, -inf biases; or chunks of
+  # whole rows, which take their log-sum-exps from their own logits (no
+  # pass of statistics). The values per
   # token and their mean ("sum" is the sum of "none": test_properties.py);
   # the mean's gradients, in the temperature and beta too, also against
   # central differences.
@@ -111,7 +116,7 @@ def test_values_and_gradients_match_the_materialized_loss(divergence):
               jax.vmap(lambda h: at("mean", diff, *h))(hypers))
 
     fused = jax.jit(lambda: both(lambda **kw: LOSS(
-        divergence=divergence, chunk_size=(4, 3), **kw)))()
+        divergence=divergence, chunk_size=chunk_size, **kw)))()
     plain = jax.jit(lambda: both(lambda **kw: _materialized(
         divergence, **kw)))()
     values, (grads, d_temperature, d_beta), shifted = fused
@@ -132,11 +137,13 @@ def test_values_and_gradients_match_the_materialized_loss(divergence):
     np.testing.assert_array_equal(grads[0][1, 0], 0)
 
 
-def test_forward_and_second_order_modes():
+@pytest.mark.parametrize("chunk_size", [(3, 4), (3, V)])
+def test_forward_and_second_order_modes(chunk_size):
   # jvp by the student's hidden states, kernel and bias, the temperature
   # and beta, and the Hessian in the bias (forward over reverse), against
-  # the materialized loss's: the JSD, whose terms read everything. (The
-  # catalogue-wide tests run every mode on the forward KL.)
+  # the materialized loss's: the JSD, whose terms read everything; chunks
+  # of classes, or of whole rows. (The catalogue-wide tests run every mode
+  # on the forward KL.)
   with jax.enable_x64(True):
     args = {k: jnp.asarray(v) for k, v in _inputs("jsd", seed=2).items()}
     rng = np.random.default_rng(3)
@@ -154,11 +161,40 @@ def test_forward_and_second_order_modes():
                   x[2])[1:, 1:]}
 
     fused = jax.jit(lambda: modes(lambda **kw: LOSS(
-        divergence="jsd", chunk_size=(3, 4), **kw)))()
+        divergence="jsd", chunk_size=chunk_size, **kw)))()
     plain = jax.jit(lambda: modes(lambda **kw: _materialized(
         "jsd", **kw)))()
     _close(fused, plain, "jvp, hessian", rtol=1e-8,
            atol=1e-10)
+
+
+def _matmuls(fn, *args):
+  return count_equations(jax.make_jaxpr(fn)(*args).jaxpr, "dot_general")
+
+
+def test_whole_rows_need_no_pass_of_statistics():
+  # Default chunks: 64 tokens of 256 classes fit whole (and so does the
+  # [D, V] kernel gradient), so each side's logits are computed once for
+  # the value, not once for the log-sum-exps and again for the divergence.
+  # The gradient takes the same two fewer. Chunks of 128 classes
+  # (the statistics' pass) for comparison.
+  n, d, v = 64, 8, 256
+  k = jax.random.split(jax.random.key(1), 4)
+  h, h_t = (jax.random.normal(i, (n, d)) for i in k[:2])
+  w, w_t = (jax.random.normal(i, (d, v)) for i in k[2:])
+
+  def counts(**kw):
+    def loss(h, w):
+      return LOSS(h, w, h_t, w_t, **kw)
+    return _matmuls(loss, h, w), _matmuls(jax.value_and_grad(loss, (0, 1)),
+                                          h, w)
+
+  (value, grad), (chunked_value, chunked_grad) = counts(), counts(
+      chunk_size=(n, v // 2))
+  assert value == 2 and chunked_value == 4
+  assert grad == chunked_grad - 2
+  np.testing.assert_allclose(LOSS(h, w, h_t, w_t), LOSS(
+      h, w, h_t, w_t, chunk_size=(n, v // 2)), rtol=1e-6)
 
 
 def test_value_and_grad_never_hold_the_logits():
