@@ -605,7 +605,7 @@ def _poisson_log_terms(log_rate, counts):
   the log-rate, finite at -inf, and ``-x`` in the count, 0 where the value
   reads 0.
   """
-  floor = -_rows.cap_unless_zero(counts)
+  floor = _rows.cap_unless_zero(counts, -1)
   return jnp.exp(log_rate) - counts * jnp.maximum(log_rate, floor)
 
 
