@@ -13,12 +13,19 @@ A public loss is compiled with ``jax.jit``. Its keywords fall in two kinds:
   keyword in the message; an exact concrete zero is passed to the body as
   the Python number ``0.0``, so that a term it switches off costs nothing
   (:func:`is_zero`). Zero or not is part of the program's structure: a
-  zero and a nonzero value compile once each. A traced value is
+  zero and a nonzero value compile once each. A concrete value of a
+  hyperparameter that cannot be negative is known positive besides (at
+  least float32's smallest normal number, every element of an array): a
+  body may ask :func:`known_positive` and leave out a guard that only a
+  zero needs (a subnormal value, which a flush to zero makes 0, compiles
+  apart; a hyperparameter that may be negative never splits by sign). A
+  traced value is
   range-checked under :func:`jaxloss.checked`. An array (integer or
   floating) is converted once, on entry, to the dtype the loss is computed
   in (float32, or float64 for a float64 model output), whatever its own.
 """
 
+import contextvars
 import functools
 import inspect
 import math
@@ -112,6 +119,22 @@ def _hashable(value):
 def _concrete(value):
   """Whether ``value`` is known on the host: a Python or NumPy number."""
   return isinstance(value, (int, float, np.ndarray, np.generic))
+
+
+# The hyperparameters known positive in the body being traced: see jit.
+_POSITIVE = contextvars.ContextVar("jaxloss_positive", default=frozenset())
+_SMALLEST_NORMAL = float(np.finfo(np.float32).tiny)
+
+
+def known_positive(name, value):
+  """Whether the hyperparameter ``name``, ``value`` in the public function's
+  body being traced, was concrete and positive (at least float32's
+  smallest normal number, which no flush to zero turns into 0): passed so,
+  or left at a default that is. False for one that may be negative,
+  whatever its value."""
+  if isinstance(value, float):   # a default: the body's own constant
+    return value >= _SMALLEST_NORMAL
+  return name in _POSITIVE.get()
 
 
 def _hyper_value(fn, name, spec, value):
@@ -312,7 +335,7 @@ def jit(*static_argnames, **hypers):
 
     first = next(iter(signature.parameters))
 
-    def inner(_zero=frozenset(), **arguments):
+    def inner(_zero=frozenset(), _positive=frozenset(), **arguments):
       dtype = _loss_dtype(arguments.get(first))
       for name, spec in hypers.items():
         if name in _zero:
@@ -320,14 +343,19 @@ def jit(*static_argnames, **hypers):
         elif name in arguments:
           check_traced(fn, name, spec, arguments[name])
           arguments[name] = _in_dtype(arguments[name], dtype)
-      return body(**arguments)
+      token = _POSITIVE.set(_positive)
+      try:
+        return body(**arguments)
+      finally:
+        _POSITIVE.reset(token)
 
     # Inlined into a program being traced (the user's jit, grad, vmap): its
     # equations join that program, not a nested call that lowering and XLA
     # then inline again (a tenth of a small loss's compile time on CPUs).
     # The body runs with jnp's own jit wrappers inlined (see `inlined`).
     compiled = jax.jit(inlined(inner),
-                       static_argnames=static_argnames + ("_zero",),
+                       static_argnames=static_argnames + ("_zero",
+                                                          "_positive"),
                        inline=True)
 
     @functools.wraps(body)
@@ -337,16 +365,20 @@ def jit(*static_argnames, **hypers):
       except TypeError as e:
         raise TypeError(f"{fn}: {e}") from None
       arguments = bound.arguments
-      zero = set()
+      zero, positive = set(), set()
       for name, value in arguments.items():
         if name in hypers:
           arguments[name], zero_now = _hyper_value(fn, name, hypers[name],
                                                    value)
           if zero_now:
             zero.add(name)
+          elif (hypers[name].low >= 0 and _concrete(value) and np.all(
+              np.asarray(value, np.float64) >= _SMALLEST_NORMAL)):
+            positive.add(name)
         elif name in static_argnames:
           arguments[name] = _static_value(fn, name, value)
-      return compiled(_zero=frozenset(zero), **arguments)
+      return compiled(_zero=frozenset(zero), _positive=frozenset(positive),
+                      **arguments)
 
     public.static_argnames = static_argnames
     public.hyperparameters = dict(hypers)

@@ -369,12 +369,48 @@ def test_a_concrete_zero_leaves_its_term_out_of_the_program(name, keyword,
   args = (jnp.ones(8),) * (3 if name == "gaussian_nll_loss" else 2)
   options = {"log_input": False} if name == "poisson_nll_loss" else {}
   zero = _instructions(lambda *a: f(*a, **options, **{keyword: 0.0}), *args)
-  other = _instructions(lambda *a: f(*a, **options, **{keyword: nonzero}),
-                        *args)
+  # A traced value (a concrete positive one leaves out the zero's guard).
+  other = _instructions(lambda h, *a: f(*a, **options, **{keyword: h}),
+                        jnp.float32(nonzero), *args)
   assert len(zero) < len(other)
   if name == "smooth_l1_loss":   # the L1 loss alone
     assert not any(op in line for line in zero
                    for op in ("divide", "select"))
+
+
+@pytest.mark.parametrize("name,keyword", [("poisson", "epsilon"),
+                                          ("poisson_nll_loss", "eps")])
+def test_a_concrete_positive_epsilon_leaves_out_the_zero_guard(name,
+                                                               keyword):
+  # y log(rate + eps) needs a guard only where rate + eps = 0: never for a
+  # valid rate with eps > 0 known at trace time (the default included). A
+  # traced eps may be 0. Same values, on zero counts and rates too.
+  f = functools.partial(getattr(jaxloss, name), **(
+      {"log_input": False} if name == "poisson_nll_loss" else {}))
+  rates = jnp.array([0.0, 0.0, 0.5, 2.0, 3.0])
+  counts = jnp.array([0.0, 2.0, 0.0, 1.0, 4.0])
+
+  def guarded(program):
+    return any(" sign(" in line for line in program)
+
+  for concrete in ({}, {keyword: 1e-3}):
+    program = _instructions(lambda r, y: f(r, y, **concrete), rates, counts)
+    assert not guarded(program), concrete
+  traced = _instructions(lambda r, y, e: f(r, y, **{keyword: e}), rates,
+                         counts, jnp.float32(1e-3))
+  assert guarded(traced)
+  for h in (1e-3, 1.0):
+    want = rates - counts * np.log(np.asarray(rates) + h)
+    for got in (f(rates, counts, **{keyword: h}),
+                jax.jit(lambda e: f(rates, counts, **{keyword: e}))(
+                    jnp.float32(h))):
+      np.testing.assert_allclose(got, want, rtol=1e-6)
+    grads = jax.grad(lambda r, y: jnp.sum(f(r, y, **{keyword: h})),
+                     (0, 1))(rates, counts)
+    np.testing.assert_allclose(grads[0], 1 - counts / (rates + h),
+                               rtol=1e-6)
+    np.testing.assert_allclose(grads[1], -np.log(np.asarray(rates) + h),
+                               rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------
