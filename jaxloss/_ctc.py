@@ -11,9 +11,10 @@ from jaxloss import _reduction
 
 
 def _logaddexp_primal(a, b):
-  """``log(e^a + e^b)`` in differentiable operations, no select: where both
-  are ``-inf`` the gap is taken from the largest finite number, ``-inf``,
-  and the sum is ``-inf + log1p(0)``. Every derivative is finite there."""
+  """``log(e^a + e^b)`` in differentiable operations, no select: the gap is
+  taken from the larger term, floored at the most negative finite number,
+  so that where both are ``-inf`` it is ``-inf`` (not NaN) and the sum
+  ``-inf + log1p(0)``. Every derivative is finite there."""
   top = jnp.maximum(a, b)
   floor = jnp.asarray(jnp.finfo(top.dtype).min, top.dtype)
   gap = jnp.minimum(a, b) - jnp.maximum(top, floor)

@@ -114,8 +114,8 @@ def _divergence_fn(cfg, value_cfg, divergence):
   Both sides' log-sum-exps first (a pass of statistics), then one pass over
   the chunks; chunks of whole rows (``value_cfg`` for the value, ``cfg``
   for the derivatives, each where it spans the vocabulary) take them from
-  their own logits instead. The tangent of a token's loss :math:`L = \sum_j g_j(s_j, t_j,
-  \ell_s, \ell_t)` is
+  their own logits instead. The tangent of a token's loss
+  :math:`L = \sum_j g_j(s_j, t_j, \ell_s, \ell_t)` is
 
   .. math::
     \sum_j (\partial_s g_j\, ds_j + \partial_t g_j\, dt_j)

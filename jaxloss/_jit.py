@@ -19,10 +19,10 @@ A public loss is compiled with ``jax.jit``. Its keywords fall in two kinds:
   body may ask :func:`known_positive` and leave out a guard that only a
   zero needs (a subnormal value, which a flush to zero makes 0, compiles
   apart; a hyperparameter that may be negative never splits by sign). A
-  traced value is
-  range-checked under :func:`jaxloss.checked`. An array (integer or
-  floating) is converted once, on entry, to the dtype the loss is computed
-  in (float32, or float64 for a float64 model output), whatever its own.
+  traced value is range-checked under :func:`jaxloss.checked`. An array
+  (integer or floating) is converted once, on entry, to the dtype the loss
+  is computed in (float32, or float64 for a float64 model output),
+  whatever its own.
 """
 
 import contextvars
@@ -130,8 +130,8 @@ def known_positive(name, value):
   """Whether the hyperparameter ``name``, ``value`` in the public function's
   body being traced, was concrete and positive (at least float32's
   smallest normal number, which no flush to zero turns into 0): passed so,
-  or left at a default that is. False for one that may be negative,
-  whatever its value."""
+  or left at a default that is. False for a value passed to a
+  hyperparameter that may be negative, whatever it is."""
   if isinstance(value, float):   # a default: the body's own constant
     return value >= _SMALLEST_NORMAL
   return name in _POSITIVE.get()
