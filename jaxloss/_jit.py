@@ -138,10 +138,12 @@ def known_positive(name, value):
 
 
 def _hyper_value(fn, name, spec, value):
-  """A hyperparameter checked as far as it is known: ``(value, is_zero)``."""
+  """A hyperparameter checked as far as it is known: ``(value, is_zero,
+  known_positive)``, the last for a hyperparameter that cannot be negative
+  (see :func:`known_positive`)."""
   if value is None:
     if spec.optional:
-      return None, False
+      return None, False, False
     _checks.fail(fn, f"{name} must be a number, got None", TypeError)
   if not _concrete(value):
     if not isinstance(value, jax.Array):
@@ -150,7 +152,7 @@ def _hyper_value(fn, name, spec, value):
     _dtype(fn, name, value.dtype)
     if not spec.array and value.ndim:
       _checks.fail(fn, f"{name} must be a scalar, got shape {value.shape}")
-    return value, False
+    return value, False, False
   if isinstance(value, (bool, np.bool_)):
     _checks.fail(fn, f"{name} must be a number, got {value!r}", TypeError)
   a = np.asarray(value)
@@ -165,7 +167,8 @@ def _hyper_value(fn, name, spec, value):
     _checks.fail(fn, f"{name} must be in {spec.interval()}, got {shown!r}")
   if isinstance(value, int):
     value = float(value)
-  return value, bool(np.all(a == 0))
+  return value, bool(np.all(a == 0)), bool(
+      spec.low >= 0 and np.all(a.astype(np.float64) >= _SMALLEST_NORMAL))
 
 
 def _dtype(fn, name, dtype):
@@ -368,12 +371,11 @@ def jit(*static_argnames, **hypers):
       zero, positive = set(), set()
       for name, value in arguments.items():
         if name in hypers:
-          arguments[name], zero_now = _hyper_value(fn, name, hypers[name],
-                                                   value)
+          arguments[name], zero_now, positive_now = _hyper_value(
+              fn, name, hypers[name], value)
           if zero_now:
             zero.add(name)
-          elif (hypers[name].low >= 0 and _concrete(value) and np.all(
-              np.asarray(value, np.float64) >= _SMALLEST_NORMAL)):
+          elif positive_now:
             positive.add(name)
         elif name in static_argnames:
           arguments[name] = _static_value(fn, name, value)
