@@ -13,7 +13,7 @@ from scipy.special import logsumexp as np_logsumexp
 
 import jaxloss
 from helpers import check_hyperparameter, check_traced_out_of_range, jit_fast
-from helpers import temporaries
+from helpers import count_equations, temporaries
 from test_regression import check_autodiff_modes
 
 _jit = jit_fast
@@ -346,6 +346,10 @@ def test_cosine_of_zero_vectors_is_zero_with_zero_gradient_not_nan():
   assert ours == 0 and dist == 1
   for g in (*ours_grad, *dist_grad):
     np.testing.assert_array_equal(g, 0)
+  # Every order: the second derivatives at a zero vector are 0 as well.
+  hessian = jax.hessian(jaxloss.cosine_similarity, argnums=(0, 1))(zero, b)
+  for h in jax.tree.leaves(hessian):
+    np.testing.assert_array_equal(h, 0)
   # A row masked out entirely by where is a zero vector too.
   where = jnp.array([[False, False, False], [True, True, False]])
   got = jaxloss.cosine_similarity(jnp.stack([b, b]), jnp.stack([b, -b]),
@@ -360,6 +364,10 @@ def test_pairwise_distance_gradient_at_zero_distance():
       u, x, p=p, eps=0.0).sum())(x) for p in norms])(x)
   for p, g in zip(norms, grads):
     np.testing.assert_array_equal(g, 0, err_msg=str(p))
+  # The Euclidean distance's second derivatives there are 0 as well.
+  hessian = jax.hessian(
+      lambda u: jaxloss.pairwise_distance(u, x, eps=0.0).sum())(x)
+  np.testing.assert_array_equal(hessian, 0)
   np.testing.assert_allclose(jaxloss.pairwise_distance(
       jnp.zeros((1, 2)), jnp.array([[3.0, -4.0]]), p=float("inf"), eps=0.0),
                              [4.0])
@@ -828,3 +836,15 @@ def test_cosine_value_sums_the_dot_product_with_the_mean():
       a, a).compile().as_text()
   sums = re.findall(r"= (f32\[[0-9,]*\])\S* reduce\(", text)
   assert sorted(sums) == ["f32[64]", "f32[64]", "f32[]"], sums
+
+
+def test_norm_and_cosine_gradients_take_no_select():
+  # A select on the rows' norms (the zero vector's guard) joins the
+  # gradient's [..., C] pass, which XLA:CPU then compiles as a loop of its
+  # own instead of handing it to the library that fuses the rest.
+  a = jnp.ones((4, 8))
+  for fn in (jaxloss.cosine_similarity, jaxloss.cosine_distance,
+             jaxloss.pairwise_distance):
+    jaxpr = jax.make_jaxpr(jax.grad(
+        lambda a, b, fn=fn: jnp.mean(fn(a, b)), argnums=(0, 1)))(a, a)
+    assert count_equations(jaxpr.jaxpr, "select_n") == 0, fn.__name__
