@@ -723,8 +723,10 @@ def cosine_embedding_loss(input1, input2, target, *, margin=0.0,
   norm2 = jnp.sqrt(jnp.sum(input2 * input2, axis=-1) + _TORCH_COSINE_EPS)
   cos = dot / (norm1 * norm2)
   margin = _jit.cast(margin, cos.dtype)
-  loss = (jnp.where(target == 1, 1 - cos, 0)
-          + jnp.where(target == -1, clamp_min_zero(cos - margin), 0))
+  # One select in another: XLA:CPU computes the two branches of a sum of
+  # selects in loops of their own.
+  loss = jnp.where(target == 1, 1 - cos,
+                   jnp.where(target == -1, clamp_min_zero(cos - margin), 0))
   return _reduction.reduce(fn, loss, reduction)
 
 
