@@ -198,9 +198,8 @@ def _label_logit(x, labels, start):
   """
   col = labels - start
   inside = (col >= 0) & (col < x.shape[1])
-  picked = jnp.take_along_axis(
-      x, jnp.clip(col, 0, x.shape[1] - 1)[:, None], axis=1)[:, 0]
-  return jnp.where(inside, picked, 0)
+  return jnp.where(
+      inside, _rows.take_label(x, jnp.clip(col, 0, x.shape[1] - 1)), 0)
 
 
 def _block(labels, start, n, col, v):

@@ -885,10 +885,9 @@ def poisson(predictions, targets, *, epsilon=_KERAS_EPSILON,
   predictions, targets = pair(fn, predictions, targets)
   non_negative(fn, "predictions", predictions)
   non_negative(fn, "targets", targets)
-  return _reduction.reduce(fn, predictions - _rate_terms(
-      targets, predictions, epsilon,
-      _jit.known_positive("epsilon", epsilon)),
-                           reduction)
+  loss = predictions - _rate_terms(targets, predictions, epsilon,
+                                   _jit.known_positive("epsilon", epsilon))
+  return _reduction.reduce(fn, loss, reduction)
 
 
 def _rate_terms(counts, rates, eps, eps_positive):
