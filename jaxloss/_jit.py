@@ -37,6 +37,12 @@ import numpy as np
 
 from jaxloss import _checks
 
+try:
+  from jax.extend.core import (
+      unsafe_am_i_under_a_jit_DO_NOT_USE as _UNDER_JIT)
+except ImportError:   # a JAX without it: see _staging
+  _UNDER_JIT = None
+
 
 class Hyper(NamedTuple):
   """A numeric hyperparameter: its interval, and what shapes it may take.
@@ -114,6 +120,27 @@ def _hashable(value):
   except TypeError:
     return False
   return True
+
+
+def _staging():
+  """Whether the caller is being traced into a program (``jit``, a loop's
+  body, ``make_jaxpr``), not run op by op (eager ``grad`` or ``vmap``),
+  where the public function's own compiled program is what runs. JAX
+  offers this only under a name that warns off code whose result would
+  depend on it; here both ways give the same program. Without it (another
+  JAX version): False, which costs only tracing time."""
+  return _UNDER_JIT is not None and _UNDER_JIT()
+
+
+def _all_traced(arguments, static_argnames, hypers):
+  """Whether every array argument is a tracer of the caller's program (or
+  None): a NumPy array or a concrete one would reach the body as it is,
+  where ``jit`` would have handed it a tracer."""
+  return all(
+      isinstance(leaf, jax.core.Tracer)
+      for name, value in arguments.items()
+      if name not in static_argnames and name not in hypers
+      for leaf in jax.tree.leaves(value))
 
 
 def _concrete(value):
@@ -352,14 +379,18 @@ def jit(*static_argnames, **hypers):
       finally:
         _POSITIVE.reset(token)
 
-    # Inlined into a program being traced (the user's jit, grad, vmap): its
-    # equations join that program, not a nested call that lowering and XLA
-    # then inline again (a tenth of a small loss's compile time on CPUs).
-    # The body runs with jnp's own jit wrappers inlined (see `inlined`).
+    # Called eagerly (eager `grad` and `vmap` included), the loss runs this
+    # program. In a program being traced (the user's jit, a loop's body)
+    # its equations join that program, not a nested call that lowering and
+    # XLA then inline again (a tenth of a small loss's compile time on
+    # CPUs): `direct` traces the body there, and `inline=True` does the same
+    # where JAX cannot say (see `_staging`). The body runs with jnp's own
+    # jit wrappers inlined (see `inlined`).
     compiled = jax.jit(inlined(inner),
                        static_argnames=static_argnames + ("_zero",
                                                           "_positive"),
                        inline=True)
+    direct = inlined(inner)
 
     @functools.wraps(body)
     def public(*args, **kwargs):
@@ -379,8 +410,17 @@ def jit(*static_argnames, **hypers):
             positive.add(name)
         elif name in static_argnames:
           arguments[name] = _static_value(fn, name, value)
-      return compiled(_zero=frozenset(zero), _positive=frozenset(positive),
-                      **arguments)
+      zero, positive = frozenset(zero), frozenset(positive)
+      if _staging() and _all_traced(arguments, static_argnames, hypers):
+        # Under `grad`, `compiled` would first be linearized as a call of
+        # its own (a quarter or more of a gradient's tracing time), then
+        # inlined: the same program, traced twice over.
+        for name in hypers:
+          value = arguments.get(name)
+          if name not in zero and _concrete(value):
+            arguments[name] = jnp.asarray(value)   # as `jit` would pass it
+        return direct(_zero=zero, _positive=positive, **arguments)
+      return compiled(_zero=zero, _positive=positive, **arguments)
 
     public.static_argnames = static_argnames
     public.hyperparameters = dict(hypers)

@@ -12,11 +12,14 @@ programs are few per loss (the traced hyperparameters make one program serve
 every value), which keeps the module fast.
 """
 
+import collections
 import inspect
 import math
+import re
 
 import jax
 from jax.extend import core as jax_core
+from jax.extend.core import primitives as jax_primitives
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -143,6 +146,89 @@ def test_traced_inside_a_program_the_loss_is_inlined(name):
           yield from nested(inner)
 
   assert not list(nested(jaxpr))
+
+
+def _program(fn, args):
+  """``fn`` compiled for ``args``: its optimized HLO as a multiset of
+  instructions (names, metadata and backend configuration left out), its
+  temporaries, and its results."""
+  compiled = jax.jit(fn).lower(*args).compile()
+  lines = []
+  for line in compiled.as_text().splitlines():
+    if " = " not in line:
+      continue
+    line = re.sub(r", (metadata|backend_config)=.*", "", line.strip())
+    lines.append(re.sub(r"%[\w.\-]+", "%", line))
+  return (collections.Counter(lines),
+          compiled.memory_analysis().temp_size_in_bytes,
+          jax.tree.map(np.asarray, compiled(*args)))
+
+
+def _own_calls(monkeypatch):
+  """The names of the jitted calls bound from now on."""
+  names = []
+  bind = jax_primitives.jit_p.bind
+
+  def spy(*args, **params):
+    names.append(params["name"])
+    return bind(*args, **params)
+  monkeypatch.setattr(jax_primitives.jit_p, "bind", spy)
+  return names
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_under_grad_the_loss_is_no_call_of_its_own(name, monkeypatch):
+  # In a program being traced, the public function traces its body straight
+  # into it: a nested jit would be linearized as a call of its own under
+  # grad (a quarter of a gradient's tracing time). Run op by op (eager
+  # grad), it runs its own compiled program, not one dispatch per operation.
+  f = _loss(name)
+  args = _inputs(name, dtype=jnp.float32)
+
+  def total(*a):
+    return jnp.sum(f(*a))
+
+  calls = _own_calls(monkeypatch)
+  jax.clear_caches()
+  jax.jit(jax.value_and_grad(total)).trace(*args)
+  jax.jit(jax.vmap(total)).trace(*(a[None] for a in args))
+  assert "inner" not in calls
+  jax.grad(total)(*args)
+  assert "inner" in calls
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_traced_directly_or_through_its_jit_the_program_is_the_same(
+    name, monkeypatch):
+  # The body traced into the caller's program, or called through the loss's
+  # own jit (inline=True, as when JAX cannot say whether a program is being
+  # traced): the same compiled program, temporaries and numbers, with each
+  # hyperparameter a concrete nonzero number.
+  f = _loss(name)
+  args = _inputs(name, dtype=jnp.float32)
+  hypers = {h: _values(name, h)[0] for h in _hypers(name)}
+  value_and_grad = jax.value_and_grad(lambda *a: jnp.sum(f(*a, **hypers)))
+  direct = _program(value_and_grad, args)
+  monkeypatch.setattr(_jit, "_UNDER_JIT", None)
+  jax.clear_caches()
+  through = _program(value_and_grad, args)
+  assert direct[:2] == through[:2]
+  for a, b in zip(jax.tree.leaves(direct[2]), jax.tree.leaves(through[2])):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_numpy_argument_under_jit_takes_the_loss_own_jit(monkeypatch):
+  # A concrete argument would reach the body as it is, where the loss's own
+  # jit hands it a tracer: that call goes through the jit.
+  f = jaxloss.softmax_cross_entropy_with_integer_labels
+  logits = jnp.asarray(np.random.default_rng(0).normal(size=(4, 5)),
+                       jnp.float32)
+  labels = np.array([0, 4, 2, 1])
+  calls = _own_calls(monkeypatch)
+  got = jax.jit(lambda x: f(x, labels, label_smoothing=0.1))(logits)
+  assert calls == ["inner"]
+  np.testing.assert_array_equal(
+      got, jax.jit(f)(logits, jnp.asarray(labels), label_smoothing=0.1))
 
 
 # Functions of jax.numpy every family calls.
