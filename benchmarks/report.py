@@ -288,6 +288,21 @@ def compile_spread(rows):
           f"of {len(spreads)} functions")
 
 
+def tracing(rows):
+  """jaxloss's tracing time against the baseline's, per mode."""
+  parts = []
+  for mode, what in (("value", "value"), ("grad", "value and gradient")):
+    pairs = [(r["jaxloss_compile_parts_ms"][0],
+              r["baseline_compile_parts_ms"][0]) for r in rows
+             if r["mode"] == mode and r.get("jaxloss_compile_parts_ms")]
+    if pairs:
+      parts.append(
+          f"{what} {statistics.median(a / b for a, b in pairs):.3g}x the "
+          f"baseline's (median; {sum(a for a, _ in pairs):.0f} against "
+          f"{sum(b for _, b in pairs):.0f} ms in all)")
+  return "; ".join(parts) or "not measured"
+
+
 def suite(device, shapes="default"):
   stem = "suite" if shapes == "default" else f"suite_{shapes}"
   data, path = load(stem, device)
@@ -328,6 +343,9 @@ def suite(device, shapes="default"):
     print()
   for line in suite_summary(rows):
     print(f"- {line}")
+  print(f"- compile time, {compile_spread(data['results'])}")
+  print(f"- tracing, the first part of compile time: "
+        f"{tracing(data['results'])}")
   not_timed = data.get("not_timed") or {}
   if not_timed:
     print("- not timed: " + "; ".join(f"{n} ({why})"

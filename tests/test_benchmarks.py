@@ -92,6 +92,12 @@ def test_suite_writes_what_report_prints(tmp_path, monkeypatch):
   text = out.getvalue()
   assert "| `l2_loss` |" in text and "| `mse_loss` |" in text
   assert "vs optax: " in text and "vs plain: " in text
+  assert "repeats of one function: median " in text
+  # Tracing, summed over the rows: the value's and the gradient's.
+  for mode, what in (("value", "value"), ("grad", "value and gradient")):
+    total = sum(r["jaxloss_compile_parts_ms"][0] for (_, m), r in rows.items()
+                if m == mode)
+    assert f"{what} " in text and f"; {total:.0f} against " in text
 
 
 def test_page_faults_counts_both_implementations(monkeypatch):
