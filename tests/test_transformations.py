@@ -226,7 +226,7 @@ def test_a_numpy_argument_under_jit_takes_the_loss_own_jit(monkeypatch):
   labels = np.array([0, 4, 2, 1])
   calls = _own_calls(monkeypatch)
   got = jax.jit(lambda x: f(x, labels, label_smoothing=0.1))(logits)
-  assert calls == ["inner"]
+  assert "inner" in calls
   np.testing.assert_array_equal(
       got, jax.jit(f)(logits, jnp.asarray(labels), label_smoothing=0.1))
 
