@@ -178,10 +178,12 @@ def _own_calls(monkeypatch):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_under_grad_the_loss_is_no_call_of_its_own(name, monkeypatch):
-  # In a program being traced, the public function traces its body straight
-  # into it: a nested jit would be linearized as a call of its own under
-  # grad (a quarter of a gradient's tracing time). Run op by op (eager
-  # grad), it runs its own compiled program, not one dispatch per operation.
+  # Differentiated in a program being traced, the public function traces
+  # its body straight into it: its own jit would first be linearized as a
+  # call of its own (up to half of a gradient's first tracing). Its value
+  # alone goes through that jit, whose traced program a later trace at the
+  # same shapes reuses; so does an eager grad, which would otherwise run
+  # op by op.
   f = _loss(name)
   args = _inputs(name, dtype=jnp.float32)
 
@@ -191,8 +193,11 @@ def test_under_grad_the_loss_is_no_call_of_its_own(name, monkeypatch):
   calls = _own_calls(monkeypatch)
   jax.clear_caches()
   jax.jit(jax.value_and_grad(total)).trace(*args)
-  jax.jit(jax.vmap(total)).trace(*(a[None] for a in args))
+  jax.jit(jax.vmap(jax.grad(total))).trace(*(a[None] for a in args))
   assert "inner" not in calls
+  jax.jit(total).trace(*args)
+  assert "inner" in calls
+  del calls[:]
   jax.grad(total)(*args)
   assert "inner" in calls
 
@@ -201,15 +206,15 @@ def test_under_grad_the_loss_is_no_call_of_its_own(name, monkeypatch):
 def test_traced_directly_or_through_its_jit_the_program_is_the_same(
     name, monkeypatch):
   # The body traced into the caller's program, or called through the loss's
-  # own jit (inline=True, as when JAX cannot say whether a program is being
-  # traced): the same compiled program, temporaries and numbers, with each
+  # own jit (inline=True, as where JAX's stack of traces cannot be read):
+  # the same compiled program, temporaries and numbers, with each
   # hyperparameter a concrete nonzero number.
   f = _loss(name)
   args = _inputs(name, dtype=jnp.float32)
   hypers = {h: _values(name, h)[0] for h in _hypers(name)}
   value_and_grad = jax.value_and_grad(lambda *a: jnp.sum(f(*a, **hypers)))
   direct = _program(value_and_grad, args)
-  monkeypatch.setattr(_jit, "_UNDER_JIT", None)
+  monkeypatch.setattr(_jit, "_find_top_trace", None)
   jax.clear_caches()
   through = _program(value_and_grad, args)
   assert direct[:2] == through[:2]
