@@ -24,6 +24,7 @@ import common  # noqa: E402
 import page_faults  # noqa: E402
 import report  # noqa: E402
 import suite  # noqa: E402
+import tracing  # noqa: E402
 
 
 def test_every_loss_is_timed_or_listed():
@@ -98,6 +99,24 @@ def test_suite_writes_what_report_prints(tmp_path, monkeypatch):
     total = sum(r["jaxloss_compile_parts_ms"][0] for (_, m), r in rows.items()
                 if m == mode)
     assert f"{what} " in text and f"; {total:.0f} against " in text
+
+
+def test_tracing_times_every_way_and_restores_the_stack(monkeypatch):
+  monkeypatch.setattr(sys, "argv", [
+      "tracing.py", "--elements", "4096", "--repeats", "1",
+      "huber_loss", "mse_loss"])
+  top = tracing._jit._find_top_trace
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    tracing.main()
+  assert tracing._jit._find_top_trace is top
+  rows = [line.split(" | ") for line in out.getvalue().splitlines()[2:]]
+  assert [(r[0].strip("| "), r[1], r[2]) for r in rows] == [
+      (name, mode, when) for name in ("huber_loss", "mse_loss")
+      for mode in ("value", "grad") for when in ("first", "later")]
+  assert all(float(x) > 0 for r in rows for x in r[3:5])
+  assert rows[0][5].endswith("(optax) |") and rows[-1][5].endswith(
+      "(plain) |")
 
 
 def test_page_faults_counts_both_implementations(monkeypatch):
