@@ -241,6 +241,8 @@ def _in_dtype(value, dtype):
   rules (not the ``float0`` of an integer). Without a floating model
   output, the array is promoted to at least float32.
   """
+  if _concrete(value):   # traced in place: an array, as `jit` passes it
+    value = jnp.asarray(value)
   if not isinstance(value, jax.Array):
     return value
   if dtype is None:
@@ -400,11 +402,11 @@ def jit(*static_argnames, **hypers):
     # Differentiated there, the body is traced in place instead (`direct`,
     # see `_differentiated_in_a_program`). The body runs with jnp's own jit
     # wrappers inlined (see `inlined`).
-    compiled = jax.jit(inlined(inner),
+    direct = inlined(inner)
+    compiled = jax.jit(direct,
                        static_argnames=static_argnames + ("_zero",
                                                           "_positive"),
                        inline=True)
-    direct = inlined(inner)
 
     @functools.wraps(body)
     def public(*args, **kwargs):
@@ -424,15 +426,11 @@ def jit(*static_argnames, **hypers):
             positive.add(name)
         elif name in static_argnames:
           arguments[name] = _static_value(fn, name, value)
-      zero, positive = frozenset(zero), frozenset(positive)
-      if (_differentiated_in_a_program()
-          and _all_traced(arguments, static_argnames, hypers)):
-        for name in hypers:
-          value = arguments.get(name)
-          if name not in zero and _concrete(value):
-            arguments[name] = jnp.asarray(value)   # as `jit` would pass it
-        return direct(_zero=zero, _positive=positive, **arguments)
-      return compiled(_zero=zero, _positive=positive, **arguments)
+      call = (direct if _differentiated_in_a_program()
+              and _all_traced(arguments, static_argnames, hypers)
+              else compiled)
+      return call(_zero=frozenset(zero), _positive=frozenset(positive),
+                  **arguments)
 
     public.static_argnames = static_argnames
     public.hyperparameters = dict(hypers)
