@@ -9,6 +9,7 @@ median of several repeats reported. Temporaries come from XLA's own
 import json
 import pathlib
 import platform
+import random
 import statistics
 import time
 
@@ -42,6 +43,52 @@ def median_ms(fn, *args, repeats=10, min_seconds=0.2):
     if len(times) >= 1000:
       break
   return 1e3 * statistics.median(times)
+
+
+def interleaved_ms(calls, rounds, seconds=0.0, inner=1, shared=(),
+                   max_rounds=50, progress=None):
+  """``{key: [ms, ...]}``: rounds of every call in a fresh order, one mode
+  at a time.
+
+  ``calls`` maps ``(name, mode)`` keys to ``(fn, sync)``; ``sync`` is None
+  for a JAX call (its output is waited for), else called after ``fn``. Every
+  round runs each call of one mode once, in a shuffled order, so a shared
+  or throttled machine slows them alike and no call always runs right after
+  another (after torch, whose threads linger, say). The modes take their
+  rounds one after another, in the order they first appear: a ratio
+  compares calls of one mode, and a slower call of another (a gradient that
+  allocates a GiB) would slow whichever call follows it. Calls whose mode
+  is in ``shared`` (a copy, the bandwidth yardstick) run in every mode's
+  rounds. Each mode takes at least ``rounds`` rounds, more (up to
+  ``max_rounds``) until ``seconds`` have passed in its own; a sample is
+  ``inner`` calls waited for once, its time per call. ``progress(mode, r)``
+  is called after each round.
+  """
+  times = {k: [] for k in calls}
+  order = random.Random(0)
+  modes = list(dict.fromkeys(m for _, m in calls if m not in shared))
+  for mode in modes:
+    group = [k for k in calls if k[1] == mode or k[1] in shared]
+    start = time.perf_counter()
+    done = 0
+    while done < rounds or (time.perf_counter() - start < seconds
+                            and done < max_rounds):
+      order.shuffle(group)
+      done += 1
+      for key in group:
+        fn, sync = calls[key]
+        t0 = time.perf_counter()
+        for _ in range(inner):
+          out = fn()
+        if sync is None:
+          jax.block_until_ready(out)
+        else:
+          sync()
+        times[key].append(1e3 * (time.perf_counter() - t0) / inner)
+        del out
+      if progress is not None:
+        progress(mode, done)
+  return times
 
 
 def temp_bytes(fn, *args):

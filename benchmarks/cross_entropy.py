@@ -20,9 +20,11 @@ The floor of the loss is one read of the logits, of value and gradient two
 reads and one write (with probability labels, each read of the logits is one
 of the labels too): ``GB/s`` counts those bytes, ``of copy`` divides by the
 copy row's bandwidth in the same run. Timings are interleaved: every round
-runs each row once, in a shuffled order, so a shared or throttled machine
-slows them all alike; the median over rounds is reported, and ``vs optax`` is
-the median of the per-round ratios. On GPUs a sample is ten calls issued back
+runs each row of one mode once, in a shuffled order, so a shared or
+throttled machine slows them all alike; the values' rounds come first, then
+the gradients' (the copy in both), so that no row follows a slower row of
+the other mode (``common.interleaved_ms``). The median over rounds is
+reported, and ``vs optax`` is the median of the per-round ratios. On GPUs a sample is ten calls issued back
 to back and waited for once (``--inner``), so the host's dispatch overlaps the
 device's work as in a training loop. Temporaries are XLA's
 ``memory_analysis()`` of the compiled function (arguments and outputs, the
@@ -36,7 +38,6 @@ gradient, excluded). A row that fails to compile is reported and left out.
 
 import argparse
 import os
-import random
 import re
 import statistics
 import sys
@@ -326,25 +327,10 @@ def main():
       calls[key] = (call, sync)
       meta[key] = {}
 
-  times = {key: [] for key in calls}
-  order = random.Random(0)
-  for r in range(rounds):
-    # A fresh order each round: no row always follows another (torch, whose
-    # threads linger, say).
-    keys = list(calls)
-    order.shuffle(keys)
-    for key in keys:
-      call, sync = calls[key]
-      t0 = time.perf_counter()
-      for _ in range(inner):
-        out = call()
-      if sync is None:
-        jax.block_until_ready(out)
-      else:
-        sync()
-      times[key].append(1e3 * (time.perf_counter() - t0) / inner)
-      del out
-    print(f"  round {r + 1}/{rounds} done", flush=True)
+  times = common.interleaved_ms(
+      calls, rounds, inner=inner, shared=("copy",),
+      progress=lambda mode, r: print(f"  {mode} round {r}/{rounds} done",
+                                     flush=True))
 
   copy_ms = statistics.median(times[("copy", "copy")])
   copy_gbs = common.gbs(2 * nbytes, copy_ms)

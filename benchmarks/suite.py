@@ -10,10 +10,11 @@ without one is listed as "no builder", never silently dropped.
 For each loss: the mean of its output (``value``), and that mean with its
 gradient with respect to the first argument (``grad``), each timed in
 interleaved rounds (every round runs jaxloss, the baseline and torch once, in
-a shuffled order, so a shared machine slows them alike; at least
-``--rounds``, more until ``--seconds`` have passed); medians over rounds, and
-``vs_baseline`` the median of per-round ratios (jaxloss time / baseline
-time).
+a shuffled order, so a shared machine slows them alike; the values' rounds,
+then the gradients', so that no value follows a gradient that allocated a
+GiB; each at least ``--rounds``, more until half of ``--seconds`` has
+passed); medians over rounds, and ``vs_baseline`` the median of per-round
+ratios (jaxloss time / baseline time).
 
 Compile time is the wall time of ``jax.jit(f).trace(*args)``, ``.lower()``
 and ``.compile()`` (tracing, lowering to StableHLO, XLA's compilation to an
@@ -763,35 +764,6 @@ def compile_interleaved(makers, args, repeats):
   return parts, compiled
 
 
-def time_interleaved(calls, rounds, seconds):
-  """``{key: [ms, ...]}``: rounds of every ``calls[key]`` in a fresh order.
-
-  At least ``rounds`` rounds, more (up to 50) until ``seconds`` have passed.
-  A call is ``(fn, sync)``; ``sync`` is None for a JAX call.
-  """
-  times = {k: [] for k in calls}
-  start = time.perf_counter()
-  done = 0
-  order = random.Random(0)
-  while done < rounds or (time.perf_counter() - start < seconds
-                          and done < 50):
-    # A fresh order each round: no implementation always runs right after
-    # another (after torch, whose threads linger, say).
-    keys = list(calls)
-    order.shuffle(keys)
-    done += 1
-    for key in keys:
-      call, sync = calls[key]
-      t0 = time.perf_counter()
-      out = call()
-      if sync is None:
-        jax.block_until_ready(out)
-      else:
-        sync()
-      times[key].append(1e3 * (time.perf_counter() - t0))
-  return times
-
-
 def _median_ratio(ours, theirs):
   return statistics.median(a / b for a, b in zip(ours, theirs))
 
@@ -828,7 +800,7 @@ def run_one(name, args, kw, baseline, rounds, seconds, compile_repeats):
     sync()
     torch_values[mode] = float(out.detach().float().cpu())
     calls["torch", mode] = (call, sync)
-  times = time_interleaved(calls, rounds, seconds)
+  times = common.interleaved_ms(calls, rounds, seconds / 2)
 
   rows = []
   for mode in ("value", "grad"):

@@ -10,6 +10,7 @@ import io
 import json
 import pathlib
 import sys
+import time
 
 import jax
 import numpy as np
@@ -64,6 +65,55 @@ def test_plain_formulas_compute_what_jaxloss_computes():
   for name, (ours, plain) in both(pairs).items():
     np.testing.assert_allclose(ours, plain, rtol=2e-5, atol=2e-5,
                                err_msg=name)
+
+
+def test_interleaved_rounds_take_one_mode_at_a_time():
+  ran = []
+
+  def call(key, ms=0.0):
+    def fn():
+      ran.append(key)
+      time.sleep(ms / 1e3)
+      return jax.numpy.zeros(())
+    return fn, None
+
+  keys = [(impl, mode) for mode in ("value", "grad")
+          for impl in ("jaxloss", "optax", "torch")] + [("copy", "copy")]
+  calls = {k: call(k) for k in keys}
+  times = common.interleaved_ms(calls, 3, shared=("copy",))
+  assert {k: len(t) for k, t in times.items()} == {
+      **{k: 3 for k in keys}, ("copy", "copy"): 6}
+  # Every value before any gradient; the copy in both modes' rounds.
+  modes = [m for _, m in ran if m != "copy"]
+  assert modes == sorted(modes, key=("value", "grad").index)
+  first_grad = modes.index("grad")
+  copies = [i for i, (_, m) in enumerate(ran) if m == "copy"]
+  assert copies[0] < ran.index(("jaxloss", "grad")) < copies[-1]
+  assert first_grad == 9
+  # Rounds are shuffled: some round does not run in the calls' order.
+  rounds = [tuple(ran[i:i + 4]) for i in range(0, len(ran), 4)]
+  assert any(r != tuple(k for k in keys if k in r) for r in rounds)
+  # More rounds, up to the limit, while a mode's time lasts.
+  slow = {("a", "value"): call(("a", "value"), 2.0)}
+  assert len(common.interleaved_ms(slow, 1, seconds=0.05, max_rounds=8)[
+      "a", "value"]) == 8
+
+
+def test_suite_times_each_mode_apart(monkeypatch):
+  seen = []
+  real = common.interleaved_ms
+
+  def spy(calls, *args, **kwargs):
+    seen.append(list(calls))
+    return real(calls, *args, **kwargs)
+  monkeypatch.setattr(common, "interleaved_ms", spy)
+  args, kw = suite.BUILDERS["l2_loss"][0](64, suite.SHAPES["narrow"],
+                                          jax.numpy.float32, jax.random.key(0))
+  rows = suite.run_one("l2_loss", args, kw, "optax", 2, 0.0, 1)
+  assert [r["mode"] for r in rows] == ["value", "grad"]
+  assert all(r["rounds"] == 2 for r in rows)
+  keys, = seen
+  assert {m for _, m in keys} == {"value", "grad"}
 
 
 @pytest.mark.slow
