@@ -174,21 +174,24 @@ def _logit_bce_jvp(primals, tangents):
   # The derivatives written out: d/dx = neg sigmoid(x) - pos sigmoid(-x) is
   # finite at x = +-inf, where autodiff of the formula meets inf * 0. Symbolic
   # zero tangents keep an infinite d/dneg or d/dpos (the true derivative in the
-  # labels at an infinite logit) away from the logits' gradient.
+  # labels at an infinite logit) away from the logits' gradient. The
+  # sigmoids are XLA's logistic, as exact, rather than divisions of an
+  # exp(-|x|) shared with the value, which XLA writes out for the gradient's
+  # pass, and 1 / (1 + e) with it: twice the temporaries, and pages that
+  # fault on every call past 32 MiB.
   x, neg, pos = primals
   dx, dneg, dpos = tangents
   out = _logit_bce(x, neg, pos)
-  softplus_x, softplus_neg_x, e = _softplus_pair(x)
   tangent = jnp.zeros_like(out)
   if not isinstance(dx, SymbolicZero):
-    big, small = 1 / (1 + e), e / (1 + e)
-    sigmoid_x = jnp.where(x >= 0, big, small)
-    sigmoid_neg_x = jnp.where(x >= 0, small, big)
-    tangent = tangent + (neg * sigmoid_x - pos * sigmoid_neg_x) * dx
-  if not isinstance(dneg, SymbolicZero):
-    tangent = tangent + softplus_x * dneg
-  if not isinstance(dpos, SymbolicZero):
-    tangent = tangent + softplus_neg_x * dpos
+    tangent = tangent + (neg * jax.nn.sigmoid(x)
+                         - pos * jax.nn.sigmoid(-x)) * dx
+  if not (isinstance(dneg, SymbolicZero) and isinstance(dpos, SymbolicZero)):
+    softplus_x, softplus_neg_x, _ = _softplus_pair(x)
+    if not isinstance(dneg, SymbolicZero):
+      tangent = tangent + softplus_x * dneg
+    if not isinstance(dpos, SymbolicZero):
+      tangent = tangent + softplus_neg_x * dpos
   return out, tangent
 
 

@@ -1167,6 +1167,62 @@ def test_torch_layouts_of_the_margin_losses():
       jaxloss.multi_margin_loss(xs, jnp.full(N, 2)), rtol=1e-6)
 
 
+def _autodiff_multilabel_margin(x, t):
+  """The pair sum as autodiff differentiates it: relu and a select on every
+  (target slot, class) pair."""
+  c = x.shape[-1]
+  listed = (jnp.cumsum(t < 0, axis=-1) == 0) & (t < c)
+  safe = jnp.where(listed, t, 0)
+  is_target = jnp.any(listed[..., :, None]
+                      & (safe[..., :, None] == jnp.arange(c)[None, None]),
+                      axis=-2)
+  tx = jnp.take_along_axis(x, safe, axis=-1)
+  h = jax.nn.relu(1 - tx[..., :, None] + x[..., None, :])
+  h = jnp.where(listed[..., :, None] & ~is_target[..., None, :], h, 0)
+  return jnp.sum(h, axis=(-2, -1)) / c
+
+
+def test_multilabel_margin_derivatives_are_autodiffs():
+  # Integer scores put pairs on the hinge's kink (derivative 0 there, as
+  # torch's strict >); a class listed twice counts twice; infinite scores.
+  rng = np.random.default_rng(3)
+  x = rng.integers(-2, 3, (6, 5)).astype(np.float32)
+  x[0, 1], x[1, 0] = np.inf, -np.inf
+  t = np.array([[1, 0, -1, 2, 2], [0, 3, 3, -1, 0], [4, -1, 0, 0, 0],
+                [-1, 1, 2, 3, 4], [0, 1, 2, 3, 4], [2, 2, -1, 1, 1]])
+  x, t = jnp.asarray(x), jnp.asarray(t)
+  ours = lambda x: jaxloss.multilabel_margin_loss(x, t)
+  plain = lambda x: _autodiff_multilabel_margin(x, t)
+  np.testing.assert_array_equal(ours(x), plain(x))
+  cotangent = jnp.arange(1.0, 7.0)
+  np.testing.assert_array_equal(jax.vjp(ours, x)[1](cotangent),
+                                jax.vjp(plain, x)[1](cotangent))
+  tangent = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+  finite = jnp.isfinite(x).all(axis=1)
+  np.testing.assert_allclose(jax.jvp(ours, (x,), (tangent,))[1][finite],
+                             jax.jvp(plain, (x,), (tangent,))[1][finite],
+                             rtol=1e-6)
+  finite_rows = lambda f: lambda x: f(x, t[2:]).sum()  # noqa: E731
+  np.testing.assert_array_equal(
+      jax.hessian(finite_rows(jaxloss.multilabel_margin_loss))(x[2:]),
+      jax.hessian(finite_rows(_autodiff_multilabel_margin))(x[2:]))
+
+
+def test_multilabel_margin_gradient_keeps_no_pairs_of_its_own():
+  # The value writes its [N, C, C] hinges once; autodiff's gradient kept two
+  # such arrays (its residuals), the derivative rule keeps [N, C] counts.
+  n, c = 256, 64
+  x = jax.ShapeDtypeStruct((n, c), jnp.float32)
+  t = jax.ShapeDtypeStruct((n, c), jnp.int32)
+  pairs = n * c * c * 4
+  grad = jax.value_and_grad(lambda x, t: jaxloss.multilabel_margin_loss(
+      x, t, reduction="sum"))
+  assert temporaries(grad, x, t) < 1.25 * pairs
+  plain = jax.value_and_grad(
+      lambda x, t: _autodiff_multilabel_margin(x, t).sum())
+  assert temporaries(plain, x, t) > 1.75 * pairs
+
+
 # ----------------------------------------------------------------------------
 # The shape contract: [N] against [N, 1] and spread classes are errors that
 # name the function, both arguments and both shapes.
