@@ -24,11 +24,12 @@ runs each row of one mode once, in a shuffled order, so a shared or
 throttled machine slows them all alike; the values' rounds come first, then
 the gradients' (the copy in both), so that no row follows a slower row of
 the other mode (``common.interleaved_ms``). The median over rounds is
-reported, and ``vs optax`` is the median of the per-round ratios. On GPUs a sample is ten calls issued back
-to back and waited for once (``--inner``), so the host's dispatch overlaps the
-device's work as in a training loop. Temporaries are XLA's
-``memory_analysis()`` of the compiled function (arguments and outputs, the
-gradient, excluded). A row that fails to compile is reported and left out.
+reported, and ``vs optax`` is the median of the per-round ratios. On GPUs a
+sample is ten calls issued back to back and waited for once (``--inner``),
+so the host's dispatch overlaps the device's work as in a training loop.
+Temporaries are XLA's ``memory_analysis()`` of the compiled function
+(arguments and outputs, the gradient, excluded). A row that fails to
+compile is reported and left out.
 
   python benchmarks/cross_entropy.py                  # CPU: [4096, 32768] f32
   python benchmarks/cross_entropy.py --device gpu     # [8192, 128256] bf16
