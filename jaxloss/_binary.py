@@ -146,11 +146,10 @@ def _smooth(labels, label_smoothing):
 
 
 def _softplus_pair(x):
-  """``softplus(x)``, ``softplus(-x)`` and ``exp(-|x|)``, with one exp and one
-  log1p per element."""
-  e = jnp.exp(-jnp.abs(x))
-  tail = jnp.log1p(e)
-  return jnp.maximum(x, 0) + tail, jnp.maximum(-x, 0) + tail, e
+  """``softplus(x)`` and ``softplus(-x)``, with one exp and one log1p per
+  element."""
+  tail = jnp.log1p(jnp.exp(-jnp.abs(x)))
+  return jnp.maximum(x, 0) + tail, jnp.maximum(-x, 0) + tail
 
 
 @jax.custom_jvp
@@ -187,7 +186,7 @@ def _logit_bce_jvp(primals, tangents):
     tangent = tangent + (neg * jax.nn.sigmoid(x)
                          - pos * jax.nn.sigmoid(-x)) * dx
   if not (isinstance(dneg, SymbolicZero) and isinstance(dpos, SymbolicZero)):
-    softplus_x, softplus_neg_x, _ = _softplus_pair(x)
+    softplus_x, softplus_neg_x = _softplus_pair(x)
     if not isinstance(dneg, SymbolicZero):
       tangent = tangent + softplus_x * dneg
     if not isinstance(dpos, SymbolicZero):

@@ -3,8 +3,8 @@
 The suite compiles thousands of small programs, and their compilation is
 most of its time. Two flags cut it (measured back to back on 2 cores:
 ``tests/test_transformations.py`` and ``tests/test_contract.py`` in 108 s
-with the first alone, 73 s with both; the whole suite takes five and a half
-minutes with both):
+with the first alone, 73 s with both; the whole suite, with both, takes
+the time the README's Development section gives):
 
 * ``--xla_backend_optimization_level=0`` skips LLVM's optimisation passes;
 * ``--xla_cpu_use_fusion_emitters=false`` has XLA:CPU emit its fusions with
