@@ -267,8 +267,24 @@ def kl_divergence_with_log_targets(log_predictions, log_targets, axis=-1,
                   rows=_kl_log_target_rows)
 
 
+@jax.custom_jvp
 def _mass_difference(lp, t):
+  """:math:`p - t`, the generalized divergence's mass terms."""
   return jnp.exp(lp) - t
+
+
+def _mass_difference_jvp(primals, tangents):
+  # d/dlog p = p. The derivative's exponential is its own (the barrier stops
+  # XLA from merging it with the value's): shared, XLA:CPU wrote p out for
+  # the gradient's pass, a [..., C] temporary of its own (32 MiB of
+  # temporaries at 4096 x 1024 against 16, and twice the time, glibc handing
+  # the block out as fresh pages on every call).
+  (lp, t), (dlp, dt) = primals, tangents
+  p = jnp.exp(jax.lax.optimization_barrier(lp))
+  return _mass_difference(lp, t), p * dlp - dt
+
+
+_mass_difference.defjvp(_jit.inlined(_mass_difference_jvp))
 
 
 @_jit.jit("axis", "reduction")
