@@ -393,32 +393,30 @@ def _poly_terms(config, x, y, epsilon, keep, class_keep, value):
   """PolyLoss of [R, C] rows: the cross entropies plus ``epsilon`` ([R], or
   None: the term left out) times ``sum_j y_j (1 - p_j)``.
 
-  ``value``: the form for the value alone, on CPUs both sums in the cross
-  entropy's one fused pass; else the one whose reverse mode keeps least,
-  the softmax from the statistics' own log-sum-exp.
+  ``value``: the form for the value alone, on CPUs the cross entropy's
+  chain with both terms in its last pass; else the one whose reverse mode
+  keeps least, the softmax from the statistics' own log-sum-exp.
   """
   if value and config.value_chain and class_keep is None:
-    cross, mass = _fast_ce.label_chain(x, y, keep, None, softmax_mass=True)
-    one_minus_pt = jnp.sum(y, axis=-1) - mass
-  else:
-    stats = _fast_ce.label_statistics(config, x, y, keep, class_keep, None)
-    cross = stats[0]
+    return _fast_ce.label_chain(x, y, keep, None, poly_epsilon=epsilon)
+  stats = _fast_ce.label_statistics(config, x, y, keep, class_keep, None)
+  cross = stats[0]
+  if class_keep is not None:
+    # Excluded classes read -inf: probability 0 and an exact zero
+    # gradient, whatever they held.
+    x = jnp.where(class_keep, x, -jnp.inf)
+  if value:
+    lse = jax.nn.logsumexp(x, axis=-1, keepdims=True)
+    terms = y * (1 - jnp.exp(x - lse))
     if class_keep is not None:
-      # Excluded classes read -inf: probability 0 and an exact zero
-      # gradient, whatever they held.
-      x = jnp.where(class_keep, x, -jnp.inf)
-    if value:
-      lse = jax.nn.logsumexp(x, axis=-1, keepdims=True)
-      terms = y * (1 - jnp.exp(x - lse))
-      if class_keep is not None:
-        terms = jnp.where(class_keep, terms, 0)
-      one_minus_pt = jnp.sum(terms, axis=-1)
-    else:
-      terms = y * _fast_ce.exp_below(x, stats[1][:, None])
-      kept = _rows.both(class_keep, None if keep is None else keep[:, None])
-      if kept is not None:
-        terms = jnp.where(kept, terms, 0)
-      one_minus_pt = stats[2] - jnp.sum(terms, axis=-1)
+      terms = jnp.where(class_keep, terms, 0)
+    one_minus_pt = jnp.sum(terms, axis=-1)
+  else:
+    terms = y * _fast_ce.exp_below(x, stats[1][:, None])
+    kept = _rows.both(class_keep, None if keep is None else keep[:, None])
+    if kept is not None:
+      terms = jnp.where(kept, terms, 0)
+    one_minus_pt = stats[2] - jnp.sum(terms, axis=-1)
   return cross if epsilon is None else cross + epsilon * one_minus_pt
 
 

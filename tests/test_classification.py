@@ -964,7 +964,6 @@ def test_hyperparameter_traced_vmapped_differentiated(name, hyper, a, b, bad,
 
 
 @pytest.mark.parametrize("name,hyper,kwargs,inputs", [
-    ("poly_loss_cross_entropy", "epsilon", {}, (X, PROBS)),
     ("smooth_labels", "alpha", {}, (PROBS,)),
     ("binary_focal_cross_entropy", "gamma", {}, (P, BINARY)),
     ("binary_focal_cross_entropy", "label_smoothing", {}, (P, BINARY)),
@@ -983,6 +982,36 @@ def test_an_exact_zero_leaves_its_term_out(name, hyper, kwargs, inputs):
   np.testing.assert_allclose(
       jax.jit(lambda v: fn(x, *rest, **kwargs, **{hyper: v}))(0.0),
       fn(x, *rest, **kwargs, **{hyper: 0.0}), rtol=1e-6, atol=1e-7)
+
+
+def test_poly_loss_with_a_zero_epsilon_compiles_to_the_cross_entropy():
+  # PolyLoss's value takes a guarded pass of its own (no condition), the
+  # cross entropy a condition between its plain and guarded passes: fewer
+  # equations for epsilon=0.5 than for 0, so the count above cannot tell.
+  # The compiled programs can: an exact 0 leaves only the cross entropy.
+  x, y = _arrays((X, PROBS), jnp.float32)
+
+  def cost(f):
+    analysis = jax.jit(f).lower(x).compile().cost_analysis()
+    return {k: analysis[k] for k in ("flops", "transcendentals",
+                                     "bytes accessed")}
+
+  zero = cost(lambda x: jaxloss.poly_loss_cross_entropy(x, y, epsilon=0.0))
+  assert zero == cost(lambda x: jaxloss.softmax_cross_entropy(x, y))
+  assert zero != cost(
+      lambda x: jaxloss.poly_loss_cross_entropy(x, y, epsilon=0.5))
+  np.testing.assert_allclose(
+      jax.jit(lambda v: jaxloss.poly_loss_cross_entropy(x, y, epsilon=v))(
+          0.0), jaxloss.softmax_cross_entropy(x, y), rtol=1e-6, atol=1e-7)
+
+
+def test_poly_loss_value_writes_no_rows_out():
+  # With few, long rows XLA:CPU wrote the shifted logits and their
+  # exponentials out ([R, C] each) when the last pass shared them with the
+  # sum of exponentials; that pass takes its own.
+  x = jax.ShapeDtypeStruct((16, 8192), jnp.float32)
+  step = lambda x, y: jnp.mean(jaxloss.poly_loss_cross_entropy(x, y))
+  assert temporaries(step, x, x) < 0.01 * x.size * 4
 
 
 def test_categorical_focal_at_certainty_second_order_and_in_gamma():

@@ -437,32 +437,33 @@ def _label_forward(config, x, y, keep, class_keep, weight):
   return out, (exps, shift, sums[0]) if config.keep_exponentials else None
 
 
-def label_chain(x, y, keep, weight, softmax_mass=False, statistics=False):
+def label_chain(x, y, keep, weight, statistics=False, poly_epsilon=None):
   r"""The cross sum alone as a chain maximum -> sum of exponentials -> sum
   of ``c (log_sum + m - x)`` with no select on [R, C] arrays, which XLA:CPU
   fuses into one pass: half the time of the variadic reduction of
   :func:`_label_forward` there. The value only: no derivative rule.
 
-  With ``softmax_mass`` also :math:`\sum_j c_j\, \mathrm{softmax}(x)_j`
-  (PolyLoss's term), from the same exponentials, in the same pass. With
-  ``statistics``, :func:`label_statistics`' three (``cross, lse, ysum``),
-  with no trace of the variadic form (half the tracing time).
+  With ``statistics``, :func:`label_statistics`' three (``cross, lse,
+  ysum``), with no trace of the variadic form (half the tracing time).
+  With ``poly_epsilon`` ([R]), PolyLoss's rows instead of the cross sum:
+  :math:`\sum_j c_j (\log s + m - x_j + \epsilon (1 - \mathrm{softmax}
+  (x)_j))`, both in the last pass.
 
   A zero coefficient on a ``-inf`` logit (a class outside the support)
   makes the plain sum's term ``0 * inf``: the cross sum alone takes the
   guarded sum for such input (see :func:`jaxloss._value_form.unless_nan`),
-  the plain one for any other. With ``softmax_mass`` the guarded sum: the
-  condition's two row sums made XLA write the exponentials out.
+  the plain one for any other. PolyLoss takes the guarded sum: a condition
+  on its sum made XLA write the exponentials out.
   """
-  if softmax_mass:
-    return _chain(x, y, keep, weight, softmax_mass, statistics, True)
+  if poly_epsilon is not None:
+    return _chain(x, y, keep, weight, statistics, True, poly_epsilon)[0]
   present = (keep is not None, weight is not None)
 
   def form(guarded):
     def chain(x, y, *given):
       it = iter(given)
       keep, weight = (next(it) if p else None for p in present)
-      return _chain(x, y, keep, weight, softmax_mass, statistics, guarded)
+      return _chain(x, y, keep, weight, statistics, guarded)
     return chain
 
   given = [a for a in (keep, weight) if a is not None]
@@ -470,7 +471,7 @@ def label_chain(x, y, keep, weight, softmax_mass=False, statistics=False):
   return out if statistics else out[0]
 
 
-def _chain(x, y, keep, weight, softmax_mass, statistics, guarded):
+def _chain(x, y, keep, weight, statistics, guarded, poly_epsilon=None):
   """:func:`label_chain`'s sums, plain or ``guarded``.
 
   The plain sums are NaN on a row of ``-inf`` logits (``-inf - -inf``),
@@ -481,8 +482,9 @@ def _chain(x, y, keep, weight, softmax_mass, statistics, guarded):
   dtype = _reduction.stat_dtype(x.dtype)
   info = jnp.finfo(dtype)
   m = jnp.max(x, axis=-1).astype(dtype)
+  shift = jnp.maximum(m, -info.max) if guarded else m
   # x - m <= 0; -inf at -inf logits.
-  gap = x.astype(dtype) - (jnp.maximum(m, -info.max) if guarded else m)[:, None]
+  gap = x.astype(dtype) - shift[:, None]
   exps = jnp.exp(gap)
   # At least 1 where a logit is finite; 0 on a row of -inf logits, where the
   # floor keeps log_sum finite so that zero terms stay 0.
@@ -490,14 +492,26 @@ def _chain(x, y, keep, weight, softmax_mass, statistics, guarded):
   sum_exp = jnp.maximum(raw_sum, info.tiny) if guarded else raw_sum
   log_sum = jnp.log(sum_exp)
   c = _coefficients(y, None, weight, dtype)
+  if poly_epsilon is not None:
+    # The last pass takes its own x - m and exponentials: the barrier keeps
+    # XLA from sharing them (and the broadcast maximum) with the sum's pass,
+    # which with few, long rows it wrote out for both (two [R, C]
+    # temporaries, 2.4x the time at 128 x 32768).
+    x, shift = lax.optimization_barrier((x, shift))
+    gap = x.astype(dtype) - shift[:, None]
+    exps = jnp.exp(gap)
   if guarded:
     # c (log_sum - gap), with 0 rather than 0 * inf where c is 0 on a -inf
     # logit: the floor on `gap` is finite there, -inf wherever c is not 0
     # (labels need not be non-negative: torch takes any real targets).
-    gap = jnp.maximum(gap, -_rows.cap_unless_zero(c))
-  out = (jnp.sum(c * (log_sum[:, None] - gap), axis=-1),)
-  if softmax_mass:
-    out += (jnp.sum(c * exps, axis=-1) / sum_exp,)
+    floored = jnp.maximum(gap, -_rows.cap_unless_zero(c))
+  else:
+    floored = gap
+  terms = log_sum[:, None] - floored
+  if poly_epsilon is not None:
+    # 1 - softmax: exps <= 1 and sum_exp >= its floor, finite throughout.
+    terms = terms + poly_epsilon[:, None] * (1 - exps * (1 / sum_exp)[:, None])
+  out = (jnp.sum(c * terms, axis=-1),)
   if statistics:
     # As _label_forward: the floored sum's log on a row of -inf logits.
     lse = (jnp.log(jnp.maximum(raw_sum, info.tiny))
