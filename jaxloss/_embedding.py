@@ -631,7 +631,8 @@ def hinge_embedding_loss(predictions, targets, *, margin=1.0,
     \ell = \begin{cases} x & y = 1 \\ \max(0, m - x) & y = -1 \end{cases}
 
   As torch, a target that is neither 1 nor -1 gets both terms
-  (:func:`jaxloss.checked` rejects it).
+  (:func:`jaxloss.checked` rejects it); a NaN target's loss is NaN on CPUs,
+  where the value is computed without selects.
 
   Args:
     predictions: floating inputs (typically distances).
@@ -663,9 +664,38 @@ def hinge_embedding_loss(predictions, targets, *, margin=1.0,
                             predictions.shape)
   x = predictions.astype(_reduction.stat_dtype(predictions.dtype))
   margin = _jit.cast(margin, x.dtype)
-  loss = (jnp.where(targets != 1, clamp_min_zero(margin - x), 0)
-          + jnp.where(targets != -1, x, 0))
+  t = targets.astype(x.dtype)
+
+  def exact(x, t, margin):
+    return (jnp.where(t != 1, clamp_min_zero(margin - x), 0)
+            + jnp.where(t != -1, x, 0))
+
+  # GPUs fuse the selects with a caller's sum; XLA:CPU writes each
+  # select's terms out (two arrays of the input's size) before summing.
+  if jax.default_backend() != "cpu":
+    loss = exact(x, t, margin)
+  else:
+    loss = _value_form.value_form(_hinge_embedding_value)(exact)(x, t, margin)
   return _reduction.reduce(fn, loss, reduction)
+
+
+def _hinge_embedding_value(x, t, margin):
+  """:func:`hinge_embedding_loss`'s terms with no select or comparison.
+
+  ``min(|t - 1| * 2**(nmant + 2), 1)`` is 0 at ``t = 1`` and 1 at any other
+  ``t`` (the nearest other number is ``2**-(nmant + 1)`` away), alike for
+  ``t = -1``: each term's indicator. A term whose indicator is 0 is clamped
+  to finite numbers first, so that an infinite distance or margin gives
+  ``0 * max``, not ``0 * inf``. A NaN target gives NaN (the selects read it
+  as neither sign: both terms).
+  """
+  scale = np.asarray(2.0 ** (jnp.finfo(x.dtype).nmant + 2), x.dtype)
+  hinge_on = jnp.minimum(jnp.abs(t - 1) * scale, 1)
+  distance_on = jnp.minimum(jnp.abs(t + 1) * scale, 1)
+  cap = _rows.cap_unless_zero(distance_on)
+  return (hinge_on * jnp.minimum(jnp.maximum(margin - x, 0),
+                                 _rows.cap_unless_zero(hinge_on))
+          + distance_on * jnp.clip(x, -cap, cap))
 
 
 _TORCH_COSINE_EPS = 1e-12

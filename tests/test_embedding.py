@@ -519,6 +519,30 @@ def test_circle_loss_on_a_batch_equals_keras_circle():
                              rtol=1e-9)
 
 
+def test_hinge_embedding_value_without_selects():
+  # On CPUs the value is arithmetic (XLA:CPU fuses it with a caller's sum,
+  # where the selects' terms were written out): the selects' numbers at
+  # targets next to 1 and -1, infinite distances.
+  x = np.array([0.0, 0.5, 1.0, 2.0, 1e30, np.inf, -np.inf], np.float32)
+  t = np.array([1.0, -1.0, 0.0, 1 + 2.0 ** -23, 1 - 2.0 ** -24,
+                -1 + 2.0 ** -24, -1 - 2.0 ** -23, 0.5, 3.0], np.float32)
+  xs, ts = np.meshgrid(x, t)
+  for margin in (1.5, 0.0, -2.0):
+    with np.errstate(invalid="ignore"):
+      expected = (np.where(ts != 1, np.maximum(margin - xs, 0), 0)
+                  + np.where(ts != -1, xs, 0))
+    got = jaxloss.hinge_embedding_loss(xs, ts, margin=margin)
+    np.testing.assert_array_equal(got, expected.astype(np.float32))
+    finite = np.isfinite(xs)
+    total = jax.jit(lambda a, b: jnp.sum(
+        jaxloss.hinge_embedding_loss(a, b, margin=margin)))(
+            xs[finite], ts[finite])
+    np.testing.assert_allclose(total, np.sum(expected[finite]), rtol=1e-6)
+  shape = jax.ShapeDtypeStruct((512, 256), jnp.float32)
+  mean = lambda a, b: jnp.mean(jaxloss.hinge_embedding_loss(a, b))
+  assert temporaries(mean, shape, shape) < 0.01 * shape.size * 4
+
+
 def test_torch_conventions_for_targets():
   x = jnp.array([0.5, 0.5, 0.5])
   y = jnp.array([1.0, -1.0, 0.0])   # torch: 0 takes both hinge terms
