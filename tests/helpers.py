@@ -152,17 +152,19 @@ def check_traced_out_of_range(hypers):
       program(i, jnp.float32(bad))
 
 
-def count_equations(jaxpr, primitive=None):
+def count_equations(jaxpr, primitive=None, rank=None):
   """Equations of a jaxpr, those of its sub-jaxprs included: all, or those
-  of the primitive named ``primitive``."""
+  of the primitive named ``primitive``; with ``rank``, those whose first
+  output has that many dimensions."""
   count = 0
   for eqn in jaxpr.eqns:
-    count += primitive is None or eqn.primitive.name == primitive
+    count += ((primitive is None or eqn.primitive.name == primitive)
+              and (rank is None or eqn.outvars[0].aval.ndim == rank))
     for param in eqn.params.values():
       for sub in param if isinstance(param, (tuple, list)) else (param,):
         inner = getattr(sub, "jaxpr", sub)
         if isinstance(inner, jax_core.Jaxpr):
-          count += count_equations(inner, primitive)
+          count += count_equations(inner, primitive, rank)
   return count
 
 

@@ -1031,6 +1031,31 @@ def test_poly_loss_value_writes_no_rows_out():
   assert temporaries(step, x, x) < 0.01 * x.size * 4
 
 
+def test_guarded_chain_floors_start_its_reductions():
+  # The guarded chain's floors (the row maximum at -max, the sum of
+  # exponentials at tiny) are its reductions' initial values: a floor taken
+  # after a reduction was a loop of its own for XLA:CPU to compile, and kept
+  # `x - shift` out of the fused sums (with long rows a [R, C] loop that
+  # alone took a third of the cross entropy's compile time). PolyLoss's
+  # value is the guarded chain; the cross entropy's holds it in a condition.
+  x, y = _arrays((X, PROBS), jnp.float32)
+  for f in (jaxloss.poly_loss_cross_entropy, jaxloss.softmax_cross_entropy):
+    jaxpr = jax.make_jaxpr(f)(x, y).jaxpr
+    assert count_equations(jaxpr, "max", rank=1) == 0
+  # The floors' numbers: a row of -inf logits costs 0 without label mass
+  # and inf with it; a zero label on a -inf logit costs nothing.
+  inf = -jnp.inf
+  x = jnp.array([[inf, inf, inf], [inf, inf, inf], [inf, 0.0, 1.0]])
+  y = jnp.array([[0.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.0, 0.25, 0.75]])
+  want = [0.0, np.inf, float(-(0.25 * jax.nn.log_softmax(x[2])[1]
+                                + 0.75 * jax.nn.log_softmax(x[2])[2]))]
+  for f in (jaxloss.poly_loss_cross_entropy, jaxloss.softmax_cross_entropy):
+    got = jax.jit(f)(x, y)
+    np.testing.assert_allclose(got[:2], want[:2])
+    if f is jaxloss.softmax_cross_entropy:
+      np.testing.assert_allclose(got[2], want[2], rtol=1e-6)
+
+
 def test_categorical_focal_at_certainty_second_order_and_in_gamma():
   # Row 0 is certain (p = 1 to float32, cross entropy 0): the derivatives
   # in the logits and in gamma are 0 there, the hessian finite; row 1 is

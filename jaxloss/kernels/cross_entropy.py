@@ -28,6 +28,7 @@ import jax
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 import jax.numpy as jnp
+import numpy as np
 
 from jaxloss import _checks
 from jaxloss import _jit
@@ -481,8 +482,14 @@ def _chain(x, y, keep, weight, statistics, guarded, poly_epsilon=None):
   """
   dtype = _reduction.stat_dtype(x.dtype)
   info = jnp.finfo(dtype)
-  m = jnp.max(x, axis=-1).astype(dtype)
-  shift = jnp.maximum(m, -info.max) if guarded else m
+  if guarded:
+    # The floors start the reductions (-max, tiny), as _row_sums': a floor
+    # taken after them was a loop of its own for XLA:CPU to compile, which
+    # also kept it from fusing `x - shift` with the sums that read it.
+    shift = lax.reduce(x, np.asarray(jnp.finfo(x.dtype).min, x.dtype),
+                       lax.max, (1,)).astype(dtype)
+  else:
+    shift = jnp.max(x, axis=-1).astype(dtype)
 
   def shifted(x, shift):
     # x - m <= 0; -inf at -inf logits.
@@ -492,8 +499,8 @@ def _chain(x, y, keep, weight, statistics, guarded, poly_epsilon=None):
   gap, exps = shifted(x, shift)
   # At least 1 where a logit is finite; 0 on a row of -inf logits, where the
   # floor keeps log_sum finite so that zero terms stay 0.
-  raw_sum = jnp.sum(exps, axis=-1)
-  sum_exp = jnp.maximum(raw_sum, info.tiny) if guarded else raw_sum
+  sum_exp = (_row_sums((exps,), float(info.tiny))[0] if guarded
+             else jnp.sum(exps, axis=-1))
   log_sum = jnp.log(sum_exp)
   c = _coefficients(y, None, weight, dtype)
   if poly_epsilon is not None:
@@ -515,9 +522,10 @@ def _chain(x, y, keep, weight, statistics, guarded, poly_epsilon=None):
     terms = terms + poly_epsilon[:, None] * (1 - exps * (1 / sum_exp)[:, None])
   out = (jnp.sum(c * terms, axis=-1),)
   if statistics:
-    # As _label_forward: the floored sum's log on a row of -inf logits.
-    lse = (jnp.log(jnp.maximum(raw_sum, info.tiny))
-           + jnp.where(jnp.isfinite(m), m, 0))
+    # As _label_forward: the floored sum's log on a row of -inf logits, the
+    # only row whose guarded sum is under 1 (the plain sums are NaN there,
+    # and never taken).
+    lse = log_sum + (jnp.where(sum_exp < 1, 0, shift) if guarded else shift)
     out += (lse, jnp.sum(c, axis=-1))
   if keep is not None:
     out = tuple(jnp.where(keep, s, 0) for s in out)
