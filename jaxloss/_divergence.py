@@ -89,10 +89,12 @@ def _elementwise_kl_log_targets_jvp(primals, tangents):
   # select-free form, which XLA:CPU fuses with the derivative's pass (the
   # primal's select is the faster for the value alone). The weight is
   # exp(log t) afresh: sharing the form's exponential made XLA:CPU keep two
-  # [..., C] temporaries.
+  # [..., C] temporaries; the barrier keeps XLA from merging it with the
+  # exponential of the value's sum (on CPUs the plain one, under a
+  # condition), which it otherwise wrote out in a loop of its own for both.
   (lp, lt), (dlp, dlt) = primals, tangents
   out = _kl_log_target_terms(lp, lt)
-  w = jnp.exp(lt)
+  w = jnp.exp(jax.lax.optimization_barrier(lt))
   d = jnp.zeros_like(out)
   if not isinstance(dlt, SymbolicZero):
     d = d + (out + w) * dlt
