@@ -11,6 +11,7 @@ from jax.test_util import check_grads
 
 import catalogue
 import jaxloss
+from jaxloss.kernels import cross_entropy as kernel_ce
 from helpers import check_autodiff_modes, count_equations, temporaries
 
 rng = np.random.default_rng(5)
@@ -1035,9 +1036,9 @@ def test_guarded_chain_floors_start_its_reductions():
   # The guarded chain's floors (the row maximum at -max, the sum of
   # exponentials at tiny) are its reductions' initial values: a floor taken
   # after a reduction was a loop of its own for XLA:CPU to compile, and kept
-  # `x - shift` out of the fused sums (with long rows a [R, C] loop that
-  # alone took a third of the cross entropy's compile time). PolyLoss's
-  # value is the guarded chain; the cross entropy's holds it in a condition.
+  # `x - shift` out of the fused sums (with long rows an [R, C] loop, over a
+  # quarter of the cross entropy's compile time). PolyLoss's value is the
+  # guarded chain; the cross entropy's holds it in a condition.
   x, y = _arrays((X, PROBS), jnp.float32)
   for f in (jaxloss.poly_loss_cross_entropy, jaxloss.softmax_cross_entropy):
     jaxpr = jax.make_jaxpr(f)(x, y).jaxpr
@@ -1054,6 +1055,15 @@ def test_guarded_chain_floors_start_its_reductions():
     np.testing.assert_allclose(got[:2], want[:2])
     if f is jaxloss.softmax_cross_entropy:
       np.testing.assert_allclose(got[2], want[2], rtol=1e-6)
+  # Its statistics (the cross sums, log-sum-exps and label sums) are the
+  # variadic form's, the floored sum's log on a row of -inf logits.
+  config = kernel_ce.default_config(x)
+  chain = jax.jit(lambda x, y: kernel_ce.label_chain(
+      x, y, None, None, statistics=True))(x, y)
+  variadic = jax.jit(lambda x, y: kernel_ce._label_forward(
+      config, x, y, None, None, None)[0])(x, y)
+  for a, b in zip(chain, variadic, strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
 def test_categorical_focal_at_certainty_second_order_and_in_gamma():
