@@ -94,6 +94,7 @@ _bce_on_probs.defjvp(_jit.inlined(_bce_on_probs_jvp), symbolic_zeros=True)
 
 
 @_jit.jit("reduction")
+@_reduction.elementwise
 def binary_cross_entropy(probs, labels, *, weight=None, where=None,
                          reduction="none"):
   r"""Binary cross entropy on probabilities, with torch's ``BCELoss`` numerics.
@@ -198,6 +199,7 @@ _logit_bce.defjvp(_jit.inlined(_logit_bce_jvp), symbolic_zeros=True)
 
 
 @_jit.jit("reduction", label_smoothing=_jit.UNIT)
+@_reduction.elementwise
 def sigmoid_binary_cross_entropy(logits, labels, *, pos_weight=None,
                                  weight=None, label_smoothing=0.0, where=None,
                                  reduction="none"):
@@ -292,6 +294,7 @@ _SATURATED = 1e4
 
 @_jit.jit("reduction", gamma=_jit.NON_NEGATIVE,
           alpha=_jit.Hyper(0.0, 1.0, optional=True, array=True))
+@_reduction.elementwise
 def sigmoid_focal_loss(logits, labels, *, alpha=None, gamma=2.0, weight=None,
                        where=None, reduction="none"):
   r"""Focal loss on logits, with finite gradients at any finite logit.

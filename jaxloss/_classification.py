@@ -116,6 +116,7 @@ def _one_hot(labels, num_classes):
 
 
 @_jit.jit("reduction")
+@_reduction.elementwise
 def hinge_loss(predictor_outputs, targets, *, weight=None, where=None,
                reduction="none"):
   r"""Binary hinge loss on decision values, with targets in {-1, 1}.
@@ -156,6 +157,7 @@ def hinge_loss(predictor_outputs, targets, *, weight=None, where=None,
 
 
 @_jit.jit("reduction")
+@_reduction.elementwise
 def perceptron_loss(predictor_outputs, targets, *, weight=None, where=None,
                     reduction="none"):
   r"""Binary perceptron loss on decision values, with targets in {-1, 1}.
@@ -841,6 +843,7 @@ _pair_hinge.defjvp(_jit.inlined(_pair_hinge_jvp), symbolic_zeros=True)
 
 
 @_jit.jit("reduction")
+@_reduction.elementwise
 def soft_margin_loss(predictions, targets, *, reduction="none"):
   r"""Two-class logistic loss on decision values, targets in {-1, 1}.
 

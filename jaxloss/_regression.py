@@ -186,6 +186,7 @@ def _huber(abs_errors, delta):
 
 
 @_jit.jit("reduction")
+@_reduction.elementwise
 def squared_error(predictions, targets=None, *, reduction="none"):
   r"""Squared error :math:`(\hat y - y)^2`, element by element.
 
@@ -219,6 +220,7 @@ def squared_error(predictions, targets=None, *, reduction="none"):
 
 
 @_jit.jit("reduction")
+@_reduction.elementwise
 def l2_loss(predictions, targets=None, *, reduction="none"):
   r"""Half the squared error, :math:`\tfrac12 (\hat y - y)^2`.
 
@@ -279,6 +281,7 @@ _huber_loss.defjvp(_jit.inlined(_huber_loss_jvp), symbolic_zeros=True)
 
 @_jit.jit("reduction", delta=_jit.Hyper(0.0, low_open=True, high_open=True,
                                       array=True))
+@_reduction.elementwise
 def huber_loss(predictions, targets=None, *, delta=1.0, reduction="none"):
   r"""Huber loss: quadratic within ``delta`` of the target, linear beyond.
 
@@ -340,6 +343,7 @@ def _log_cosh_jvp(primals, tangents):
 
 
 @_jit.jit("reduction")
+@_reduction.elementwise
 def log_cosh(predictions, targets=None, *, reduction="none"):
   r"""Log of the hyperbolic cosine of the error, accurate at every size.
 
@@ -388,6 +392,7 @@ def log_cosh(predictions, targets=None, *, reduction="none"):
 
 
 @_jit.jit("reduction")
+@_reduction.elementwise
 def l1_loss(predictions, targets, *, weight=None, reduction="none"):
   r"""Absolute error, with optional per-element weights, as torch's ``L1Loss``.
 
@@ -439,6 +444,7 @@ def l1_loss(predictions, targets, *, weight=None, reduction="none"):
 
 
 @_jit.jit("reduction")
+@_reduction.elementwise
 def mse_loss(predictions, targets, *, weight=None, reduction="none"):
   r"""Squared error, with optional per-element weights, as torch's ``MSELoss``.
 
@@ -482,6 +488,7 @@ def mse_loss(predictions, targets, *, weight=None, reduction="none"):
 
 
 @_jit.jit("reduction", beta=_jit.NON_NEGATIVE)
+@_reduction.elementwise
 def smooth_l1_loss(predictions, targets, *, beta=1.0, reduction="none"):
   r"""Smooth L1 loss: quadratic within ``beta`` of the target, L1 beyond.
 
@@ -541,6 +548,7 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 @_jit.jit("log_input", "full", "reduction", eps=_jit.NON_NEGATIVE)
+@_reduction.elementwise
 def poisson_nll_loss(predictions, targets, *, log_input=True, full=False,
                      eps=1e-8, reduction="none"):
   r"""Poisson negative log-likelihood, as torch's ``PoissonNLLLoss``.
@@ -667,6 +675,7 @@ def _no_negative_var(predictions, targets, var, **_):
 
 @_jit.precheck(_no_negative_var)
 @_jit.jit("full", "reduction", eps=_jit.NON_NEGATIVE)
+@_reduction.elementwise
 def gaussian_nll_loss(predictions, targets, var, *, full=False, eps=1e-6,
                       reduction="none"):
   r"""Gaussian negative log-likelihood with a predicted variance.
@@ -759,6 +768,7 @@ _KERAS_EPSILON = 1e-7
 
 
 @_jit.jit("reduction", epsilon=_jit.POSITIVE)
+@_reduction.elementwise
 def mean_absolute_percentage_error(predictions, targets, *,
                                    epsilon=_KERAS_EPSILON, reduction="none"):
   r"""Absolute error as a percentage of the target, as Keras's MAPE.
@@ -804,6 +814,7 @@ def mean_absolute_percentage_error(predictions, targets, *,
 
 
 @_jit.jit("reduction", epsilon=_jit.NON_NEGATIVE)
+@_reduction.elementwise
 def mean_squared_logarithmic_error(predictions, targets, *,
                                    epsilon=_KERAS_EPSILON, reduction="none"):
   r"""Squared error between :math:`\log(1 + \cdot)` of prediction and target.
@@ -848,6 +859,7 @@ def mean_squared_logarithmic_error(predictions, targets, *,
 
 
 @_jit.jit("reduction", epsilon=_jit.NON_NEGATIVE)
+@_reduction.elementwise
 def poisson(predictions, targets, *, epsilon=_KERAS_EPSILON,
             reduction="none"):
   r"""Poisson loss on predicted rates, as Keras's ``poisson``.

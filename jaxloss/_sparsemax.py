@@ -243,6 +243,7 @@ def _binary_inputs(fn, logits, labels, weight, where):
 
 
 @_jit.jit("reduction")
+@_reduction.elementwise
 def sparsemax_loss(logits, labels, *, weight=None, where=None,
                    reduction="none"):
   r"""Binary sparsemax loss: the Fenchel-Young loss of the sparse sigmoid.

@@ -3,6 +3,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import catalogue
+import jaxloss
+from helpers import count_equations
 from jaxloss import _reduction
 
 
@@ -29,3 +32,87 @@ def test_unknown_reduction():
   with pytest.raises(ValueError, match="f: reduction must be one of 'none', "
                      "'mean', 'sum', got 'batchmean'"):
     _reduction.reduce("f", jnp.ones(3), "batchmean")
+
+
+# The losses computed element by element (``_reduction.elementwise``): on
+# CPUs their operands are laid out flat when rows are narrow.
+ELEMENTWISE = {
+    "binary_cross_entropy", "gaussian_nll_loss", "hinge_embedding_loss",
+    "hinge_loss", "huber_loss", "kl_div", "l1_loss", "l2_loss", "log_cosh",
+    "margin_ranking_loss", "mean_absolute_percentage_error",
+    "mean_squared_logarithmic_error", "mse_loss", "perceptron_loss",
+    "poisson", "poisson_nll_loss", "sigmoid_binary_cross_entropy",
+    "sigmoid_focal_loss", "smooth_l1_loss", "soft_margin_loss",
+    "sparsemax_loss", "squared_error",
+}
+
+
+def test_the_elementwise_losses_are_marked():
+  marked = {name for name in jaxloss.names()
+            if getattr(jaxloss.get(name), "elementwise", False)}
+  assert marked == ELEMENTWISE
+
+
+def _flat_barriers(fn, *args):
+  jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
+  return count_equations(jaxpr, "optimization_barrier", rank=1)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("name", sorted(ELEMENTWISE))
+def test_elementwise_loss_of_narrow_rows_is_the_loss_of_its_elements(
+    name, reduction):
+  # Rows of 5: the operands go flat on CPUs. The mark is honest: the loss of
+  # [B, 5] arrays is the loss of their B * 5 elements, values and gradients.
+  fn = catalogue.loss(name)
+  args = catalogue.inputs(name, 6)
+  shape = args[0].shape
+  flat = [a.reshape(-1) for a in args]
+
+  def total(*a):
+    return jnp.sum(fn(*a, reduction=reduction))
+
+  np.testing.assert_allclose(fn(*args, reduction=reduction),
+                             fn(*flat, reduction=reduction).reshape(
+                                 () if reduction != "none" else shape),
+                             rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(jax.grad(total)(*args),
+                             jax.grad(total)(*flat).reshape(shape),
+                             rtol=1e-6, atol=1e-7)
+  expected = len(args) if jax.default_backend() == "cpu" else 0
+  assert _flat_barriers(
+      lambda *a: fn(*a, reduction=reduction), *args) == expected
+
+
+@pytest.mark.parametrize("name", ["huber_loss", "poisson_nll_loss",
+                                  "sigmoid_binary_cross_entropy"])
+def test_elementwise_loss_keeps_its_shape_where_flat_would_not_pay(name):
+  fn = catalogue.loss(name)
+  wide = catalogue.inputs(name, 2)
+  wide = [jnp.tile(a, (1, -(-_reduction.NARROW // a.shape[-1])))
+          for a in wide]
+  narrow = catalogue.inputs(name, 4)
+  # Rows of NARROW or more; "batchmean"-like reductions read the batch axis;
+  # a broadcast operand would have to be written out; 1-D is flat already.
+  assert _flat_barriers(lambda *a: fn(*a, reduction="mean"), *wide) == 0
+  assert _flat_barriers(lambda *a: fn(*a, reduction="mean"),
+                        narrow[0], narrow[1][:1]) == 0
+  assert _flat_barriers(lambda *a: fn(*a, reduction="mean"),
+                        *[a.reshape(-1) for a in narrow]) == 0
+
+
+def test_batchmean_reads_the_batch_axis_of_narrow_rows():
+  log_p = jnp.log(jnp.full((4, 3), 1 / 3))
+  q = jnp.tile(jnp.array([0.5, 0.25, 0.25]), (4, 1))
+  mean = jaxloss.kl_div(log_p, q, reduction="mean")
+  np.testing.assert_allclose(jaxloss.kl_div(log_p, q, reduction="batchmean"),
+                             mean * 3, rtol=1e-6)
+
+
+def test_checked_messages_index_narrow_rows_in_their_own_shape():
+  counts = jnp.ones((3, 2)).at[2, 1].set(-1.0)
+  with pytest.raises(jaxloss.CheckError, match=(
+      r"poisson_nll_loss: targets must be non-negative; first offending "
+      r"element targets\[2, 1\] = -1")):
+    jaxloss.checked(jaxloss.poisson_nll_loss)(jnp.zeros((3, 2)), counts,
+                                              reduction="mean")
