@@ -170,6 +170,30 @@ def distillation(device):
   print()
 
 
+def narrow_rows(device):
+  """Time over the baseline's of the elementwise losses by row length:
+  value (the mean of ``"none"``) / value and gradient."""
+  data, path = load("narrow_rows", device)
+  if data is None:
+    return
+  widths = data["widths"]
+  rows = {(r["loss"], r["width"], r["mode"]): r for r in data["results"]}
+  names = list(dict.fromkeys(r["loss"] for r in data["results"]))
+  print(f"`{data['command'].strip()}` on {data['device']} ({data['elements']}"
+        f" elements; `{path.relative_to(RESULTS.parent.parent)}`), time over "
+        "the baseline's, value / value and gradient:\n")
+  print("| loss | baseline | " + " | ".join(
+      f"rows of {w}" for w in widths) + " |")
+  print("| --- | --- |" + " --- |" * len(widths))
+  for name in names:
+    cells = [f"{fmt(rows[name, w, 'value']['vs_baseline'], 2)} / "
+             f"{fmt(rows[name, w, 'grad']['vs_baseline'], 2)}"
+             for w in widths]
+    print(f"| `{name}` | {rows[name, widths[0], 'value']['baseline']} | "
+          + " | ".join(cells) + " |")
+  print()
+
+
 def sharded(device):
   data, path = load("sharded", device)
   if data is None:
@@ -365,7 +389,7 @@ def main():
       p.stem.split("-", 1)[1] for p in RESULTS.glob("*.json")
       if p.stem.startswith(("cross_entropy-", "probability_cross_entropy-",
                             "linear_cross_entropy-", "linear_distillation-",
-                            "sharded-", "suite-",
+                            "sharded-", "suite-", "narrow_rows-",
                             "suite_"))
       and not p.stem.startswith("suite_smoke")})
   for device in devices:
@@ -375,6 +399,7 @@ def main():
     linear(device)
     distillation(device)
     sharded(device)
+    narrow_rows(device)
     for shapes in SUITE_SHAPES:
       suite(device, shapes)
 

@@ -6,8 +6,10 @@ import inspect
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from jaxloss import _checks
+from jaxloss import _jit
 
 # Rows shorter than this are laid out flat for XLA:CPU (see `elementwise`).
 NARROW = 128
@@ -60,26 +62,35 @@ def reduce(fn, loss, reduction, *, denominator=None, keep=None):
 
 
 def elementwise(body):
-  """Marks a loss computed element by element, and lays out its operands
-  flat on CPUs when their rows are narrow.
+  """Marks a loss computed element by element, and computes its value on
+  narrow rows flat, on CPUs.
 
   XLA:CPU runs a loss's terms and their sum as one fused loop nest over the
   operands' shape, row by row: on rows of a few elements each operation
   pays the inner loop's overhead per row. ``huber_loss(x, y).mean()`` on
-  4M elements took 54 ms as [4M, 1] and 2.1 ms flat (3.0 against 1.7 ms as
-  [256K, 16]; the same at 256 and more). So where every array argument has
-  the same shape, of at least two axes and a last axis shorter than
-  ``NARROW``, and the rest are scalars, the arrays are reshaped to one axis
-  behind an optimization barrier (else XLA moves the reshape back past the
-  elementwise operations), the body runs on them, and ``"none"``'s result
-  is reshaped back. The reshapes are free (same layout). Not under
-  :func:`jaxloss.checked` (its messages index the arguments' own shapes),
-  not for other reductions (torch's ``"batchmean"`` reads the batch axis),
-  and not on other backends, whose fused loops don't depend on the rows.
+  4M elements took 54 ms as [4M, 1] and 2.5 ms flat, 3.3 against 2.1 ms as
+  [256K, 16], the same from rows of 128 (``benchmarks/narrow_rows.py``).
+  So where every array argument has the same shape, of at least two axes
+  and a last axis shorter than ``NARROW``, and the rest are scalars, the
+  value is the body's on the arrays reshaped to one axis, each behind an
+  optimization barrier (else XLA moves the reshape back past the
+  elementwise operations), and ``"none"``'s result is reshaped back. The
+  reshapes are free (same layout).
 
-  ``body`` must treat every element alike: no axis, no batch statistic of
-  an axis. The body sees its arguments after its checks' shape tests would
-  pass (equal shapes), so its messages name no flattened shape.
+  Derivatives (``grad``, ``jvp``, ...) are the body's at the arguments' own
+  shape, value included: flat, XLA:CPU could not write the gradient into the
+  buffer of the terms it shares with the value (their shapes differ), and
+  the 16 MiB temporary that took instead made ``mse_loss``'s value and
+  gradient on [1M, 4] 2.5 times slower. A tangent that is zero stays a
+  symbolic zero (a zero tangent of the targets times an infinite derivative
+  would be NaN).
+
+  Not under :func:`jaxloss.checked` (its messages index the arguments' own
+  shapes), not for other reductions (torch's ``"batchmean"`` reads the
+  batch axis), and not on other backends, whose fused loops don't depend
+  on the rows. ``body`` must treat every element alike: no axis, no batch
+  statistic of an axis. Its checks see equal shapes, so that no message
+  names a flattened one.
   """
   signature = inspect.signature(body)
 
@@ -91,14 +102,41 @@ def elementwise(body):
     shape = _narrow_common_shape(arguments)
     if shape is None:
       return body(**arguments)
-    names = [name for name, value in arguments.items()
-             if getattr(value, "ndim", 0)]
-    # A barrier each: one over all would give every operand a tangent, and
-    # a zero tangent of the targets times an infinite derivative is NaN.
-    arguments.update({name: lax.optimization_barrier(
-        jnp.reshape(arguments[name], -1)) for name in names})
-    out = body(**arguments)
-    return out.reshape(shape) if arguments["reduction"] == "none" else out
+    # The operands, then traced scalars (hyperparameters, which may be
+    # differentiated); concrete values keep their trace-time checks.
+    operands = [n for n, v in arguments.items() if getattr(v, "ndim", 0)]
+    traced = [n for n, v in arguments.items()
+              if n not in operands and isinstance(v, jax.core.Tracer)]
+    names = operands + traced
+    fixed = {n: v for n, v in arguments.items() if n not in names}
+
+    def at_own_shape(*values):
+      return body(**fixed, **dict(zip(names, values)))
+
+    @jax.custom_jvp
+    def value(*values):
+      flat = [lax.optimization_barrier(jnp.reshape(v, -1))
+              for v in values[:len(operands)]]
+      out = at_own_shape(*flat, *values[len(operands):])
+      return out.reshape(shape) if arguments["reduction"] == "none" else out
+
+    def value_jvp(primals, tangents):
+      live = [i for i, t in enumerate(tangents)
+              if not isinstance(t, SymbolicZero)]
+
+      def of_live(*xs):
+        values = list(primals)
+        for i, x in zip(live, xs):
+          values[i] = x
+        return at_own_shape(*values)
+
+      return jax.jvp(of_live, [primals[i] for i in live],
+                     [tangents[i] for i in live])
+
+    # Traced when JAX differentiates, maybe after the body's own tracing:
+    # with jnp's jit wrappers inlined, as the body (see `_jit.inlined`).
+    value.defjvp(_jit.inlined(value_jvp), symbolic_zeros=True)
+    return value(*(arguments[n] for n in names))
 
   run.elementwise = True
   return run

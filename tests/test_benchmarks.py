@@ -22,6 +22,7 @@ BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import common  # noqa: E402
+import narrow_rows  # noqa: E402
 import page_faults  # noqa: E402
 import report  # noqa: E402
 import suite  # noqa: E402
@@ -183,3 +184,29 @@ def test_page_faults_counts_both_implementations(monkeypatch):
                              ("mse_loss", "plain"))
       for mode in ("value", "grad") for impl in ("jaxloss", baseline)]
   assert all(float(r[3]) >= 0 for r in rows)
+
+
+def test_narrow_rows_writes_what_report_prints(tmp_path, monkeypatch):
+  monkeypatch.setattr(common, "RESULTS", tmp_path)
+  monkeypatch.setattr(report, "RESULTS", tmp_path)
+  monkeypatch.setattr(sys, "argv", [
+      "narrow_rows.py", "--elements", "4096", "--rounds", "1", "--seconds",
+      "0", "--widths", "1,16", "--only", "huber_loss,mse_loss"])
+  with contextlib.redirect_stdout(io.StringIO()):
+    narrow_rows.main()
+  path, = tmp_path.glob("narrow_rows-*.json")
+  data = json.loads(path.read_text())
+  assert {(r["loss"], r["width"], r["mode"], r["baseline"])
+          for r in data["results"]} == {
+              (name, w, mode, baseline)
+              for name, baseline in (("huber_loss", "optax"),
+                                     ("mse_loss", "plain"))
+              for w in (1, 16) for mode in ("value", "grad")}
+  assert all(r["max_rel_diff"] < 1e-5 for r in data["results"])
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    report.narrow_rows(path.stem.split("-", 1)[1])
+  text = out.getvalue()
+  assert "| loss | baseline | rows of 1 | rows of 16 |" in text
+  assert "| `huber_loss` | optax | " in text
+  assert "| `mse_loss` | plain | " in text

@@ -82,6 +82,9 @@ def test_elementwise_loss_of_narrow_rows_is_the_loss_of_its_elements(
   expected = len(args) if jax.default_backend() == "cpu" else 0
   assert _flat_barriers(
       lambda *a: fn(*a, reduction=reduction), *args) == expected
+  # Derivatives are taken at the arguments' own shape, value included.
+  assert _flat_barriers(jax.value_and_grad(total), *args) == 0
+  assert _flat_barriers(lambda *a: jax.jvp(total, a, a), *args) == 0
 
 
 @pytest.mark.parametrize("name", ["huber_loss", "poisson_nll_loss",

@@ -1,0 +1,84 @@
+"""Elementwise losses on narrow rows: [4M, 1] to [32K, 128], against baselines.
+
+XLA:CPU fuses an elementwise loss and its mean into one loop nest over the
+operands' shape; on rows of a few elements every operation pays the inner
+loop's overhead per row. jaxloss lays such operands out flat on CPUs (see
+``jaxloss._reduction.elementwise``); optax and the plain formulas of
+``benchmarks/suite.py`` run at the shape they are given. For each loss and
+row length this times the mean of ``reduction="none"`` (the optax idiom)
+and that mean with its gradient, jaxloss's against the baseline's
+(optax's, or the suite's plain formula for torch's names), interleaved in
+one process, with the suite's inputs and its timing (``suite.run_one``).
+Results go to ``results/narrow_rows-<device>.json``.
+
+  python benchmarks/narrow_rows.py
+  python benchmarks/narrow_rows.py --widths 1,16 --only huber_loss
+"""
+
+import argparse
+import sys
+import time
+import warnings
+
+import jax
+import jax.numpy as jnp
+
+import common
+import suite
+
+# Elementwise losses with a builder of [rows, features] operands in the
+# suite: optax's names first, then torch's (plain baselines).
+LOSSES = ("huber_loss", "l2_loss", "log_cosh", "sigmoid_binary_cross_entropy",
+          "hinge_loss", "mse_loss", "smooth_l1_loss", "poisson_nll_loss",
+          "gaussian_nll_loss")
+WIDTHS = (1, 4, 16, 128)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--elements", type=int, default=1 << 22)
+  parser.add_argument("--widths", default=",".join(map(str, WIDTHS)))
+  parser.add_argument("--only", default="", help="comma-separated names")
+  parser.add_argument("--rounds", type=int, default=5)
+  parser.add_argument("--seconds", type=float, default=1.0)
+  parser.add_argument("--no-write", action="store_true")
+  args = parser.parse_args()
+  jax.config.update("jax_enable_compilation_cache", False)
+  warnings.filterwarnings("ignore", category=DeprecationWarning)
+  widths = [int(w) for w in args.widths.split(",")]
+  names = [n for n in LOSSES if not args.only or n in args.only.split(",")]
+  todo = dict(suite.plan(set(names))[0])
+  started = time.perf_counter()
+  print(f"device: {common.device_name()}; {args.elements} elements",
+        flush=True)
+  table = []
+  for i, name in enumerate(names):
+    builder, _ = suite.BUILDERS[name]
+    for width in widths:
+      shapes = suite.SHAPES["default"]._replace(features=width)
+      inputs, kw = builder(args.elements, shapes, jnp.float32,
+                           jax.random.key(i))
+      rows = suite.run_one(name, inputs, kw, todo[name], args.rounds,
+                           args.seconds, compile_repeats=1)
+      for row in rows:
+        row["width"] = width
+        row["shapes"] = " ".join("x".join(map(str, a.shape)) for a in inputs)
+        table.append({k: row[k] for k in (
+            "loss", "width", "mode", "baseline", "jaxloss_ms", "baseline_ms",
+            "vs_baseline", "max_rel_diff", "shapes")})
+    print(f"  {name}: {time.perf_counter() - started:.0f} s", flush=True)
+  print()
+  print(common.table(table, ["loss", "width", "mode", "baseline",
+                             "jaxloss_ms", "baseline_ms", "vs_baseline"]))
+  if not args.no_write:
+    path = common.write_json("narrow_rows", {
+        "elements": args.elements, "widths": widths,
+        "seconds": round(time.perf_counter() - started, 1),
+        "command": "python benchmarks/narrow_rows.py " + " ".join(
+            sys.argv[1:]),
+        "results": table})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  main()
