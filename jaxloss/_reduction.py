@@ -61,29 +61,32 @@ def reduce(fn, loss, reduction, *, denominator=None, keep=None):
   return total / jnp.where(denominator == 0, 1, denominator)
 
 
-def elementwise(body):
+def elementwise(body=None, *, flat_derivatives=False):
   """Marks a loss computed element by element, and computes its value on
   narrow rows flat, on CPUs.
 
   XLA:CPU runs a loss's terms and their sum as one fused loop nest over the
   operands' shape, row by row: on rows of a few elements each operation
   pays the inner loop's overhead per row. ``huber_loss(x, y).mean()`` on
-  4M elements took 54 ms as [4M, 1] and 2.5 ms flat, 3.3 against 2.1 ms as
-  [256K, 16], the same from rows of 128 (``benchmarks/narrow_rows.py``).
-  So where every array argument has the same shape, of at least two axes
-  and a last axis shorter than ``NARROW``, and the rest are scalars, the
-  value is the body's on the arrays reshaped to one axis, each behind an
-  optimization barrier (else XLA moves the reshape back past the
-  elementwise operations), and ``"none"``'s result is reshaped back. The
-  reshapes are free (same layout).
+  4M elements takes 2.5 ms flat where optax's (the same program, unflattened)
+  takes 54 ms at [4M, 1], 1.7 against 2.9 ms at [256K, 16], the same from
+  rows of 128 (``benchmarks/narrow_rows.py``). So where every array
+  argument has the same shape, of at least two axes and a last axis shorter
+  than ``NARROW``, and the rest are scalars, the value is the body's on the
+  arrays reshaped to one axis, each behind an optimization barrier (else
+  XLA moves the reshape back past the elementwise operations), and
+  ``"none"``'s result is reshaped back. The reshapes are free (same
+  layout).
 
   Derivatives (``grad``, ``jvp``, ...) are the body's at the arguments' own
   shape, value included: flat, XLA:CPU could not write the gradient into the
   buffer of the terms it shares with the value (their shapes differ), and
-  the 16 MiB temporary that took instead made ``mse_loss``'s value and
-  gradient on [1M, 4] 2.5 times slower. A tangent that is zero stays a
-  symbolic zero (a zero tangent of the targets times an infinite derivative
-  would be NaN).
+  ``mse_loss``'s value and gradient took a temporary of their size (16 MiB
+  on [1M, 4]; none unflattened), which made them slower. A tangent that is
+  zero stays a symbolic zero (a zero tangent of the targets times an
+  infinite derivative would be NaN). With ``flat_derivatives=True`` they
+  are taken flat too: for losses whose derivative is many operations per
+  element, each paying per row, more than the temporary costs.
 
   Not under :func:`jaxloss.checked` (its messages index the arguments' own
   shapes), not for other reductions (torch's ``"batchmean"`` reads the
@@ -92,6 +95,8 @@ def elementwise(body):
   statistic of an axis. Its checks see equal shapes, so that no message
   names a flattened one.
   """
+  if body is None:
+    return functools.partial(elementwise, flat_derivatives=flat_derivatives)
   signature = inspect.signature(body)
 
   @functools.wraps(body)
@@ -102,23 +107,26 @@ def elementwise(body):
     shape = _narrow_common_shape(arguments)
     if shape is None:
       return body(**arguments)
+    operands = [n for n, v in arguments.items() if getattr(v, "ndim", 0)]
+
+    def flat(**values):
+      # A barrier each: one over all would give every operand a tangent.
+      values.update({n: lax.optimization_barrier(jnp.reshape(values[n], -1))
+                     for n in operands})
+      out = body(**values)
+      return out.reshape(shape) if values["reduction"] == "none" else out
+
+    if flat_derivatives:
+      return flat(**arguments)
     # The operands, then traced scalars (hyperparameters, which may be
     # differentiated); concrete values keep their trace-time checks.
-    operands = [n for n, v in arguments.items() if getattr(v, "ndim", 0)]
-    traced = [n for n, v in arguments.items()
-              if n not in operands and isinstance(v, jax.core.Tracer)]
-    names = operands + traced
+    names = operands + [n for n, v in arguments.items()
+                        if n not in operands and isinstance(v, jax.core.Tracer)]
     fixed = {n: v for n, v in arguments.items() if n not in names}
-
-    def at_own_shape(*values):
-      return body(**fixed, **dict(zip(names, values)))
 
     @jax.custom_jvp
     def value(*values):
-      flat = [lax.optimization_barrier(jnp.reshape(v, -1))
-              for v in values[:len(operands)]]
-      out = at_own_shape(*flat, *values[len(operands):])
-      return out.reshape(shape) if arguments["reduction"] == "none" else out
+      return flat(**fixed, **dict(zip(names, values)))
 
     def value_jvp(primals, tangents):
       live = [i for i, t in enumerate(tangents)
@@ -128,7 +136,7 @@ def elementwise(body):
         values = list(primals)
         for i, x in zip(live, xs):
           values[i] = x
-        return at_own_shape(*values)
+        return body(**fixed, **dict(zip(names, values)))
 
       return jax.jvp(of_live, [primals[i] for i in live],
                      [tangents[i] for i in live])
@@ -139,6 +147,7 @@ def elementwise(body):
     return value(*(arguments[n] for n in names))
 
   run.elementwise = True
+  run.flat_derivatives = flat_derivatives
   return run
 
 

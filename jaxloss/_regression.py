@@ -343,7 +343,7 @@ def _log_cosh_jvp(primals, tangents):
 
 
 @_jit.jit("reduction")
-@_reduction.elementwise
+@_reduction.elementwise(flat_derivatives=True)
 def log_cosh(predictions, targets=None, *, reduction="none"):
   r"""Log of the hyperbolic cosine of the error, accurate at every size.
 
@@ -548,7 +548,7 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 @_jit.jit("log_input", "full", "reduction", eps=_jit.NON_NEGATIVE)
-@_reduction.elementwise
+@_reduction.elementwise(flat_derivatives=True)
 def poisson_nll_loss(predictions, targets, *, log_input=True, full=False,
                      eps=1e-8, reduction="none"):
   r"""Poisson negative log-likelihood, as torch's ``PoissonNLLLoss``.
