@@ -105,8 +105,8 @@ def test_elementwise_loss_keeps_its_shape_where_flat_would_not_pay(name):
   wide = [jnp.tile(a, (1, -(-_reduction.NARROW // a.shape[-1])))
           for a in wide]
   narrow = catalogue.inputs(name, 4)
-  # Rows of NARROW or more; "batchmean"-like reductions read the batch axis;
-  # a broadcast operand would have to be written out; 1-D is flat already.
+  # Rows of NARROW or more pay nothing per row; a broadcast operand would
+  # have to be written out flat; 1-D is flat already.
   assert _flat_barriers(lambda *a: fn(*a, reduction="mean"), *wide) == 0
   assert _flat_barriers(lambda *a: fn(*a, reduction="mean"),
                         narrow[0], narrow[1][:1]) == 0
