@@ -104,10 +104,9 @@ def elementwise(body=None, *, flat_derivatives=False):
     bound = signature.bind(*args, **kwargs)
     bound.apply_defaults()
     arguments = bound.arguments
-    shape = _narrow_common_shape(arguments)
+    shape, operands = _narrow_operands(arguments)
     if shape is None:
       return body(**arguments)
-    operands = [n for n, v in arguments.items() if getattr(v, "ndim", 0)]
 
     def flat(**values):
       # A barrier each: one over all would give every operand a tangent.
@@ -151,19 +150,22 @@ def elementwise(body=None, *, flat_derivatives=False):
   return run
 
 
-def _narrow_common_shape(arguments):
-  """The shape to flatten, or None (see :func:`elementwise`)."""
+def _narrow_operands(arguments):
+  """The shape to flatten and the names of the arrays to flatten, or
+  (None, None) (see :func:`elementwise`)."""
   if (arguments.get("reduction") not in ("none", "mean", "sum")
       or jax.default_backend() != "cpu" or _checks.checking()):
-    return None
-  shapes = set()
-  for value in arguments.values():
+    return None, None
+  shapes, names = set(), []
+  for name, value in arguments.items():
     if isinstance(value, (list, tuple)):
-      return None   # an array-like the body converts: leave it alone
-    ndim = getattr(value, "ndim", 0)
-    if ndim:
+      return None, None   # an array-like the body converts: leave it alone
+    if getattr(value, "ndim", 0):
       shapes.add(tuple(value.shape))
+      names.append(name)
   if len(shapes) != 1:
-    return None
+    return None, None
   (shape,) = shapes
-  return shape if len(shape) >= 2 and 0 < shape[-1] < NARROW else None
+  if len(shape) >= 2 and 0 < shape[-1] < NARROW:
+    return shape, names
+  return None, None
