@@ -1439,3 +1439,21 @@ def test_tuple_class_axes_flatten_in_the_order_given():
     fn = getattr(jaxloss, name)
     np.testing.assert_allclose(fn(x, labels, axis=(2, 1)),
                                fn(flat_x, labels), rtol=1e-6)
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["all", "where"])
+def test_ranking_list_of_minus_inf_scores_without_labels_has_zero_gradient(
+    masked):
+  # Its sum of exponentials is 0: a bare log there made the gradient NaN on
+  # the whole list, though no label weighs it.
+  x = jax.random.normal(jax.random.key(0), (3, 8)).at[1].set(-jnp.inf)
+  y = jnp.zeros((3, 8)).at[0, 2].set(1.0).at[2, 3].set(1.0)
+  kw = {"where": jnp.ones((3, 8), bool).at[0, 5].set(False)} if masked else {}
+  loss, grad = jax.jit(jax.value_and_grad(
+      lambda x: jaxloss.ranking_softmax_loss(x, y, reduce_fn=jnp.sum,
+                                             **kw)))(x)
+  assert np.isfinite(loss)
+  assert np.all(np.isfinite(grad))
+  np.testing.assert_array_equal(grad[1], 0)
+  if masked:
+    np.testing.assert_array_equal(grad[0, 5], 0)
