@@ -194,6 +194,32 @@ def narrow_rows(device):
   print()
 
 
+def row_forms(device):
+  """Time over optax's of the form jaxloss picks at each row length, and in
+  parentheses the other form's."""
+  data, path = load("row_forms", device)
+  if data is None:
+    return
+  widths = data["widths"]
+  rows = {(r["loss"], r["width"], r["mode"]): r for r in data["results"]}
+  names = list(dict.fromkeys(r["loss"] for r in data["results"]))
+  print(f"`{data['command'].strip()}` on {data['device']} ({data['elements']}"
+        f" elements; `{path.relative_to(RESULTS.parent.parent)}`), time over "
+        f"optax's of the form taken (short rows: under "
+        f"{data['short_rows']}), and of the other form in parentheses:\n")
+  print("| loss | mode | " + " | ".join(f"{w}" for w in widths) + " |")
+  print("| --- | --- |" + " --- |" * len(widths))
+  for name in names:
+    for mode in ("value", "grad"):
+      cells = []
+      for w in widths:
+        r = rows[name, w, mode]
+        other = "long" if r["picked"] == "short" else "short"
+        cells.append(f"{fmt(r[r['picked']], 2)} ({fmt(r[other], 2)})")
+      print(f"| `{name}` | {mode} | " + " | ".join(cells) + " |")
+  print()
+
+
 def sharded(device):
   data, path = load("sharded", device)
   if data is None:
@@ -390,7 +416,7 @@ def main():
       if p.stem.startswith(("cross_entropy-", "probability_cross_entropy-",
                             "linear_cross_entropy-", "linear_distillation-",
                             "sharded-", "suite-", "narrow_rows-",
-                            "suite_"))
+                            "row_forms-", "suite_"))
       and not p.stem.startswith("suite_smoke")})
   for device in devices:
     print(f"### {device}\n")
@@ -400,6 +426,7 @@ def main():
     distillation(device)
     sharded(device)
     narrow_rows(device)
+    row_forms(device)
     for shapes in SUITE_SHAPES:
       suite(device, shapes)
 

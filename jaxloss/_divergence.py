@@ -79,7 +79,7 @@ def _kl_log_target_terms(lp, lt):
   """
   lt = jnp.maximum(lt, -jnp.finfo(lt.dtype).max)
   t = jnp.exp(lt)
-  return t * jnp.minimum(lt - lp, _rows.cap_unless_zero(t))
+  return t * jnp.minimum(lt - lp, _rows.cap_unless_zero(t, nonnegative=True))
 
 
 def _elementwise_kl_log_targets_jvp(primals, tangents):

@@ -217,16 +217,19 @@ def _cosine(fn, predictions, targets, epsilon, axis, where):
     # CPUs, a squared norm is 0 or at least the floor, and a zero vector's
     # terms are 0, as is the cosine then. Each vector's scale from its norm,
     # then one sum of a * b * scales: two sums over the rows, and a third
-    # that XLA:CPU merges with a mean or sum the caller takes over the rows
-    # (optax's form).
+    # that XLA:CPU merges with a mean or sum the caller takes over the rows.
     floor = jnp.finfo(a.dtype).tiny
     if epsilon is not None:
       floor = jnp.maximum(epsilon, floor)
-    scale = (lax.rsqrt(jnp.maximum(jnp.sum(a * a, axis=axes, keepdims=True),
-                                   floor))
-             * lax.rsqrt(jnp.maximum(
-                 jnp.sum(b * b, axis=axes, keepdims=True), floor)))
-    return jnp.sum(a * b * scale, axis=axes)
+    scale_a, scale_b = (
+        lax.rsqrt(jnp.maximum(jnp.sum(v * v, axis=axes, keepdims=True), floor))
+        for v in (a, b))
+    if _rows.short_rows_on_cpu(math.prod(a.shape[i] for i in axes)):
+      # optax's form, the faster one on short vectors.
+      return jnp.sum((a * scale_a) * (b * scale_b), axis=axes)
+    # b * scale_b is at most 1 in magnitude, so b * (scale_a * scale_b) stays
+    # finite and a zero vector a still gives 0.
+    return jnp.sum(a * (b * (scale_a * scale_b)), axis=axes)
 
   # GPUs keep subnormals, and a select costs them nothing.
   if jax.default_backend() != "cpu":
@@ -694,9 +697,11 @@ def _hinge_embedding_value(x, t, margin):
   scale = np.asarray(2.0 ** (jnp.finfo(x.dtype).nmant + 2), x.dtype)
   hinge_on = jnp.minimum(jnp.abs(t - 1) * scale, 1)
   distance_on = jnp.minimum(jnp.abs(t + 1) * scale, 1)
-  cap = _rows.cap_unless_zero(distance_on)
-  return (hinge_on * jnp.minimum(jnp.maximum(margin - x, 0),
-                                 _rows.cap_unless_zero(hinge_on))
+  # Both indicators are in [0, 1] (or NaN).
+  cap = _rows.cap_unless_zero(distance_on, nonnegative=True)
+  return (hinge_on * jnp.minimum(
+      jnp.maximum(margin - x, 0), _rows.cap_unless_zero(hinge_on,
+                                                        nonnegative=True))
           + distance_on * jnp.clip(x, -cap, cap))
 
 

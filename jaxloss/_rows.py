@@ -77,7 +77,25 @@ def class_weight(fn, weight, num_classes, dtype):
   return weight.astype(dtype)
 
 
-def cap_unless_zero(c, sign=1):
+# Rows shorter than this take the forms that XLA:CPU's fused row sums run
+# faster on short rows (see :func:`short_rows_on_cpu`).
+SHORT_ROWS = 32
+
+
+def short_rows_on_cpu(length):
+  """Whether rows of ``length`` elements take the short-row forms: on CPUs,
+  under :data:`SHORT_ROWS`.
+
+  XLA:CPU fuses a row sum with its terms into one loop nest, and on short
+  rows what each operation costs per row depends on the form (an absolute
+  value costs as much as the rest of a cap, say), so that two forms of the
+  same numbers trade places as the rows lengthen. ``python
+  benchmarks/row_forms.py`` times each form on rows of 2 to 8192 elements.
+  """
+  return jax.default_backend() == "cpu" and length < SHORT_ROWS
+
+
+def cap_unless_zero(c, sign=1, *, nonnegative=False, squared=False):
   """The largest finite number where ``c`` is 0, ``inf`` elsewhere (times
   ``sign``, +1 or -1, folded into the constant: a floor costs no negation
   of every term, which took ``poisson_nll_loss``'s value a tenth of the
@@ -94,13 +112,29 @@ def cap_unless_zero(c, sign=1):
   probability cross entropy's guarded sum took 0.2x optax's time less.
   Not ``max + max * (|c| * 2**(maxexp - 1))``: XLA folds the two constants
   into ``inf``, and ``inf * 0`` is NaN.
+
+  ``nonnegative`` is for a ``c`` that cannot be negative by construction
+  (an exponential, an indicator): it takes no absolute value, which costs
+  XLA:CPU's fused row sums on short rows as much as the rest of the cap
+  (``python benchmarks/row_forms.py``). A negative ``c`` then gives a cap
+  of the wrong sign. ``squared`` takes ``(c * 2**(maxexp - 1))**2`` for
+  the size instead, with no absolute value either, for any sign: faster in
+  XLA:CPU's fused sums over rows shorter than :data:`SHORT_ROWS`, slower
+  over longer ones. Exact where subnormals flush to 0 (as on CPUs): a
+  normal ``c`` gives at least 4 before the 1 is added; a subnormal one
+  kept would square to nothing.
   """
   info = jnp.finfo(c.dtype)
   scale = np.asarray(2.0 ** (info.maxexp - 1), c.dtype)
   one, top = np.asarray(1, c.dtype), np.asarray(sign * info.max, c.dtype)
   # A constant to autodiff: its slope, max * scale, is inf. lax and NumPy
   # constants: it is traced once per term, and jnp's wrappers cost time.
-  return lax.stop_gradient((lax.abs(c) * scale + one) * top)
+  if squared:
+    size = c * scale
+    size = size * size
+  else:
+    size = (c if nonnegative else lax.abs(c)) * scale
+  return lax.stop_gradient((size + one) * top)
 
 
 def both(a, b):
@@ -448,7 +482,8 @@ def cross_sum(coef, lse, x):
   XLA:CPU fuses with the sum; the derivatives are written out.
   """
   top = jnp.maximum(lse, jnp.finfo(x.dtype).min)
-  return jnp.sum(coef * jnp.minimum(top - x, cap_unless_zero(coef)), axis=-1)
+  cap = cap_unless_zero(coef, squared=short_rows_on_cpu(x.shape[-1]))
+  return jnp.sum(coef * jnp.minimum(top - x, cap), axis=-1)
 
 
 def _cross_sum_jvp(primals, tangents):

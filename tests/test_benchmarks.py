@@ -25,6 +25,7 @@ import common  # noqa: E402
 import narrow_rows  # noqa: E402
 import page_faults  # noqa: E402
 import report  # noqa: E402
+import row_forms  # noqa: E402
 import suite  # noqa: E402
 import tracing  # noqa: E402
 
@@ -184,6 +185,33 @@ def test_page_faults_counts_both_implementations(monkeypatch):
                              ("mse_loss", "plain"))
       for mode in ("value", "grad") for impl in ("jaxloss", baseline)]
   assert all(float(r[3]) >= 0 for r in rows)
+
+
+def test_row_forms_writes_what_report_prints(tmp_path, monkeypatch):
+  monkeypatch.setattr(common, "RESULTS", tmp_path)
+  monkeypatch.setattr(report, "RESULTS", tmp_path)
+  monkeypatch.setattr(sys, "argv", [
+      "row_forms.py", "--elements", "4096", "--rounds", "1", "--seconds",
+      "0", "--widths", "8,64", "--only", "cosine_similarity"])
+  with contextlib.redirect_stdout(io.StringIO()):
+    row_forms.main()
+  path, = tmp_path.glob("row_forms-*.json")
+  data = json.loads(path.read_text())
+  assert {(r["loss"], r["width"], r["mode"], r["picked"])
+          for r in data["results"]} == {
+              ("cosine_similarity", w, mode, picked)
+              for w, picked in ((8, "short"), (64, "long"))
+              for mode in ("value", "grad")}
+  assert all(r[f"{form}_max_rel_diff"] < 1e-5 for r in data["results"]
+             for form in row_forms.FORMS)
+  # The threshold is put back.
+  assert row_forms._rows.SHORT_ROWS == data["short_rows"]
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    report.row_forms(path.stem.split("-", 1)[1])
+  text = out.getvalue()
+  assert "| loss | mode | 8 | 64 |" in text
+  assert "| `cosine_similarity` | value | " in text
 
 
 def test_narrow_rows_writes_what_report_prints(tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
 """Margins, poly, ranking, smoothing, torch's margin losses and Keras's focal."""
 
+import functools
 import re
 
 import jax
@@ -543,22 +544,31 @@ def test_row_of_minus_inf_costs_inf_with_mass_and_0_without(name):
   np.testing.assert_array_equal(differentiated, value)
 
 
+@pytest.mark.parametrize("form", [{}, {"squared": True},
+                                  {"nonnegative": True}],
+                         ids=["abs", "squared", "nonnegative"])
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
-def test_cap_is_the_largest_number_at_zero_and_inf_elsewhere(dtype, jit):
+def test_cap_is_the_largest_number_at_zero_and_inf_elsewhere(dtype, jit,
+                                                             form):
   from jaxloss._rows import cap_unless_zero
+  cap_of = functools.partial(cap_unless_zero, **form)
   info = jnp.finfo(dtype)
   c = jnp.array([0.0, -0.0, float(info.tiny), -float(info.tiny), 0.5, -1.0,
                  float(info.max), np.inf, -np.inf], dtype)
-  cap = (jax.jit(cap_unless_zero) if jit else cap_unless_zero)(c)
+  signed = not form.get("nonnegative")
+  if not signed:
+    c = c[jnp.signbit(c) == 0]
+  cap = (jax.jit(cap_of) if jit else cap_of)(c)
   assert cap.dtype == dtype
   np.testing.assert_array_equal(np.asarray(cap, np.float64),
-                                [float(info.max)] * 2 + [np.inf] * 7)
+                                [float(info.max)] * (2 if signed else 1)
+                                + [np.inf] * (c.size - (2 if signed else 1)))
   # The smallest subnormal: inf, or the largest number where XLA flushes it
-  # to 0. Never NaN.
+  # to 0 (or where the squared form squares it to nothing). Never NaN.
   tiny = jnp.array([float(info.smallest_subnormal)] * 2, dtype) * jnp.array(
-      [1, -1], dtype)
-  cap = (jax.jit(cap_unless_zero) if jit else cap_unless_zero)(tiny)
+      [1, -1 if signed else 1], dtype)
+  cap = (jax.jit(cap_of) if jit else cap_of)(tiny)
   assert np.all(np.isin(np.asarray(cap, np.float64), [float(info.max), np.inf]))
 
 
