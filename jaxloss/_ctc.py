@@ -169,12 +169,15 @@ def _take_labels_jvp(primals, tangents):
   return _take_labels(x, labels), d
 
 
-def _forward(emit, blank, frame_pad, repeat, log_epsilon):
+def _forward(emit, blank, frame_pad, repeat, log_epsilon, every_frame):
   """optax's forward recursion over time, safe for ``log_epsilon = -inf``.
 
   ``phi[b, n]``: log-probability of having emitted ``n`` labels and being free
   to emit label ``n`` next (last frame a blank, or an epsilon step after
-  label ``n - 1``); ``lab[b, n]``: of having just emitted label ``n``.
+  label ``n - 1``); ``lab[b, n]``: of having just emitted label ``n``. For
+  ``every_frame``, [T, B, ...] arrays of them; otherwise the last frame's
+  alone (the loop then writes no [T, ...] stack, which took ``ctc_loss``'s
+  value 1.7x optax's time on 32 frames of 8 labels).
   """
   batch, num_labels = repeat.shape
   dtype = emit.dtype
@@ -197,17 +200,23 @@ def _forward(emit, blank, frame_pad, repeat, log_epsilon):
     pad_t = pad_t[:, None]
     next_phi = jnp.where(pad_t, phi, next_phi)
     next_lab = jnp.where(pad_t, lab, next_lab)
-    return (next_phi, next_lab), (next_phi, next_lab)
+    carry = (next_phi, next_lab)
+    return carry, (carry if every_frame else None)
 
   # The loop staged as a loop (see _jit.inlined), its body inlined.
-  _, (phi, lab) = _jit.staged(jax.lax.scan)(
+  last, frames = _jit.staged(jax.lax.scan)(
       _jit.inlined(step), (phi, lab), (emit, blank, frame_pad.T))
   # The last label can still take its epsilon step into the final state.
+  if not every_frame:
+    return with_tail(*last), last[1]
+  phi, lab = frames
   return phi.at[-1].set(with_tail(phi[-1], lab[-1])), lab
 
 
 def _ctc(fn, logits, logit_paddings, labels, label_paddings, blank_id,
-         log_epsilon, reduction):
+         log_epsilon, reduction, every_frame=True):
+  """(loss, phi, lab): the forward log-probabilities of every frame, [T, B,
+  ...], or without ``every_frame`` the last frame's, [B, ...]."""
   _checks.reduction(fn, reduction)
   logits, frame_pad, labels, label_pad = _check(
       fn, logits, logit_paddings, labels, label_paddings, blank_id)
@@ -216,9 +225,11 @@ def _ctc(fn, logits, logit_paddings, labels, label_paddings, blank_id,
   # repeat[b, n]: label n + 1 repeats label n, so a blank must separate them.
   repeat = jnp.concatenate([labels[:, :-1] == labels[:, 1:],
                             jnp.zeros_like(labels[:, :1], bool)], axis=1)
-  phi, lab = _forward(emit, blank, frame_pad, repeat, log_epsilon)
+  phi, lab = _forward(emit, blank, frame_pad, repeat, log_epsilon,
+                      every_frame)
   num_labels = jnp.sum(~label_pad, axis=1)
-  loss = -jnp.take_along_axis(phi[-1], num_labels[:, None], axis=1)[:, 0]
+  final = phi[-1] if every_frame else phi
+  loss = -jnp.take_along_axis(final, num_labels[:, None], axis=1)[:, 0]
   loss = _clamp(loss, -1)
   phi, lab = _clamp(phi, 1), _clamp(lab, 1)
   # A label outside [0, K) has no log-probability: NaN, not the certain
@@ -349,5 +360,6 @@ def ctc_loss(logits, logit_paddings, labels, label_paddings, *, blank_id=0,
     ``log_softmax`` of the logits, time first, with lengths for paddings).
   """
   loss, _, _ = _ctc("ctc_loss", logits, logit_paddings, labels,
-                    label_paddings, blank_id, log_epsilon, reduction)
+                    label_paddings, blank_id, log_epsilon, reduction,
+                    every_frame=False)
   return loss

@@ -391,3 +391,21 @@ def test_empty_batch():
     value, grad = jax.value_and_grad(lambda x, r=reduction: jaxloss.ctc_loss(
         x, *args[1:], reduction=r))(args[0])
     assert value == 0 and grad.shape == (0, T, K)
+
+
+def test_loss_alone_keeps_no_forward_probabilities_of_every_frame():
+  # ctc_loss needs the last frame's; a [T, B, N + 1] stack of them would be
+  # written frame by frame and dropped.
+  b, t, k, n = 3, 11, 5, 4
+  args = (jnp.asarray(np.random.default_rng(0).normal(size=(b, t, k)),
+                      jnp.float32), jnp.zeros((b, t)),
+          jnp.ones((b, n), jnp.int32), jnp.zeros((b, n)))
+  stacked = f"f32[{t},{b},{n + 1}]"
+  for fn, kept in ((jaxloss.ctc_loss, False),
+                   (lambda *a: jaxloss.ctc_loss_with_forward_probs(*a)[1],
+                    True)):
+    text = jax.jit(fn).lower(*args).compile().as_text()
+    assert (stacked in text) == kept
+  np.testing.assert_array_equal(
+      jax.jit(jaxloss.ctc_loss)(*args),
+      jax.jit(jaxloss.ctc_loss_with_forward_probs)(*args)[0])
