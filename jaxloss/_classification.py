@@ -517,7 +517,8 @@ def ranking_softmax_loss(logits, labels, *, where=None, weights=None,
   no valid item costs 0 and is left out of a ``jnp.mean`` reduction (a mean
   over no list is 0). Zero-label items count 0 even at a ``-inf`` score (optax
   returns NaN there), a relevant one costs ``inf`` (even in a list of
-  ``-inf`` scores), and gradients of dropped items are exact zeros.
+  ``-inf`` scores), a list of ``-inf`` scores with no relevant item costs 0
+  with zero gradient, and gradients of dropped items are exact zeros.
 
   Args:
     logits: floating [..., list_size] item scores.
