@@ -87,10 +87,10 @@ def short_rows_on_cpu(length):
   under :data:`SHORT_ROWS`.
 
   XLA:CPU fuses a row sum with its terms into one loop nest, and on short
-  rows what each operation costs per row depends on the form (an absolute
-  value costs as much as the rest of a cap, say), so that two forms of the
-  same numbers trade places as the rows lengthen. ``python
-  benchmarks/row_forms.py`` times each form on rows of 2 to 8192 elements.
+  rows what each operation costs per row depends on the form (a cap's
+  absolute value, say), so that two forms of the same numbers trade places
+  as the rows lengthen. ``python benchmarks/row_forms.py`` times each form
+  on rows of 2 to 8192 elements.
   """
   return jax.default_backend() == "cpu" and length < SHORT_ROWS
 
@@ -114,10 +114,11 @@ def cap_unless_zero(c, sign=1, *, nonnegative=False, squared=False):
   into ``inf``, and ``inf * 0`` is NaN.
 
   ``nonnegative`` is for a ``c`` that cannot be negative by construction
-  (an exponential, an indicator): it takes no absolute value, which costs
-  XLA:CPU's fused row sums on short rows as much as the rest of the cap
-  (``python benchmarks/row_forms.py``). A negative ``c`` then gives a cap
-  of the wrong sign. ``squared`` takes ``(c * 2**(maxexp - 1))**2`` for
+  (an exponential, an indicator): it takes no absolute value, which slows
+  XLA:CPU's fused row sums on short rows (``python
+  benchmarks/row_forms.py`` compares the cap with it and without it, in
+  the squared form). A negative ``c`` then gives a cap of the wrong sign.
+  ``squared`` takes ``(c * 2**(maxexp - 1))**2`` for
   the size instead, with no absolute value either, for any sign: faster in
   XLA:CPU's fused sums over rows shorter than :data:`SHORT_ROWS`, slower
   over longer ones. Exact where subnormals flush to 0 (as on CPUs): a
