@@ -118,12 +118,12 @@ def cap_unless_zero(c, sign=1, *, nonnegative=False, squared=False):
   XLA:CPU's fused row sums on short rows (``python
   benchmarks/row_forms.py`` compares the cap with it and without it, in
   the squared form). A negative ``c`` then gives a cap of the wrong sign.
-  ``squared`` takes ``(c * 2**(maxexp - 1))**2`` for
-  the size instead, with no absolute value either, for any sign: faster in
-  XLA:CPU's fused sums over rows shorter than :data:`SHORT_ROWS`, slower
-  over longer ones. Exact where subnormals flush to 0 (as on CPUs): a
-  normal ``c`` gives at least 4 before the 1 is added; a subnormal one
-  kept would square to nothing.
+  ``squared`` takes ``(c * 2**(maxexp - 1))**2`` for the size instead, with
+  no absolute value either, for any sign: faster in XLA:CPU's fused sums
+  over rows shorter than :data:`SHORT_ROWS`, slower over longer ones.
+  Exact where subnormals flush to 0 (as on CPUs): a normal ``c`` gives at
+  least 4 before the 1 is added; a subnormal one kept would square to
+  nothing.
   """
   info = jnp.finfo(c.dtype)
   scale = np.asarray(2.0 ** (info.maxexp - 1), c.dtype)
