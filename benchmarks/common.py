@@ -6,12 +6,14 @@ median of several repeats reported. Temporaries come from XLA's own
 ``memory_analysis()`` of the compiled executable.
 """
 
+import argparse
 import json
 import pathlib
 import platform
 import random
 import statistics
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -147,3 +149,21 @@ def write_json(name, payload):
              "backend": jax.default_backend(), **payload}
   path.write_text(json.dumps(payload, indent=2) + "\n")
   return path
+
+
+def width_sweep(doc, names, widths, rounds):
+  """The command line of a sweep over row lengths (``narrow_rows.py``,
+  ``row_forms.py``): ``(args, names, widths)``, the names and widths those
+  asked for, with JAX's persistent compilation cache off."""
+  parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+  parser.add_argument("--elements", type=int, default=1 << 22)
+  parser.add_argument("--widths", default=",".join(map(str, widths)))
+  parser.add_argument("--only", default="", help="comma-separated names")
+  parser.add_argument("--rounds", type=int, default=rounds)
+  parser.add_argument("--seconds", type=float, default=1.0)
+  parser.add_argument("--no-write", action="store_true")
+  args = parser.parse_args()
+  jax.config.update("jax_enable_compilation_cache", False)
+  warnings.filterwarnings("ignore", category=DeprecationWarning)
+  names = [n for n in names if not args.only or n in args.only.split(",")]
+  return args, names, [int(w) for w in args.widths.split(",")]

@@ -15,10 +15,8 @@ Results go to ``results/narrow_rows-<device>.json``.
   python benchmarks/narrow_rows.py --widths 1,16 --only huber_loss
 """
 
-import argparse
 import sys
 import time
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -35,18 +33,7 @@ WIDTHS = (1, 4, 16, 128)
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--elements", type=int, default=1 << 22)
-  parser.add_argument("--widths", default=",".join(map(str, WIDTHS)))
-  parser.add_argument("--only", default="", help="comma-separated names")
-  parser.add_argument("--rounds", type=int, default=5)
-  parser.add_argument("--seconds", type=float, default=1.0)
-  parser.add_argument("--no-write", action="store_true")
-  args = parser.parse_args()
-  jax.config.update("jax_enable_compilation_cache", False)
-  warnings.filterwarnings("ignore", category=DeprecationWarning)
-  widths = [int(w) for w in args.widths.split(",")]
-  names = [n for n in LOSSES if not args.only or n in args.only.split(",")]
+  args, names, widths = common.width_sweep(__doc__, LOSSES, WIDTHS, 5)
   todo = dict(suite.plan(set(names))[0])
   started = time.perf_counter()
   print(f"device: {common.device_name()}; {args.elements} elements",

@@ -170,18 +170,28 @@ def distillation(device):
   print()
 
 
+def by_width(name, device, over):
+  """A sweep over row lengths: ``(data, widths, {(loss, width, mode): row},
+  loss names)`` (``data`` None where there is no file), its heading printed,
+  "time over" ``over`` (formatted with the file's fields)."""
+  data, path = load(name, device)
+  if data is None:
+    return None, None, None, None
+  print(f"`{data['command'].strip()}` on {data['device']} ({data['elements']}"
+        f" elements; `{path.relative_to(RESULTS.parent.parent)}`), time over "
+        f"{over.format(**data)}:\n")
+  rows = {(r["loss"], r["width"], r["mode"]): r for r in data["results"]}
+  names = list(dict.fromkeys(r["loss"] for r in data["results"]))
+  return data, data["widths"], rows, names
+
+
 def narrow_rows(device):
   """Time over the baseline's of the elementwise losses by row length:
   value (the mean of ``"none"``) / value and gradient."""
-  data, path = load("narrow_rows", device)
+  data, widths, rows, names = by_width(
+      "narrow_rows", device, "the baseline's, value / value and gradient")
   if data is None:
     return
-  widths = data["widths"]
-  rows = {(r["loss"], r["width"], r["mode"]): r for r in data["results"]}
-  names = list(dict.fromkeys(r["loss"] for r in data["results"]))
-  print(f"`{data['command'].strip()}` on {data['device']} ({data['elements']}"
-        f" elements; `{path.relative_to(RESULTS.parent.parent)}`), time over "
-        "the baseline's, value / value and gradient:\n")
   print("| loss | baseline | " + " | ".join(
       f"rows of {w}" for w in widths) + " |")
   print("| --- | --- |" + " --- |" * len(widths))
@@ -197,16 +207,11 @@ def narrow_rows(device):
 def row_forms(device):
   """Time over optax's of the form jaxloss picks at each row length, and in
   parentheses the other form's."""
-  data, path = load("row_forms", device)
+  data, widths, rows, names = by_width(
+      "row_forms", device, "optax's of the form taken (short rows: under "
+      "{short_rows}), and of the other form in parentheses")
   if data is None:
     return
-  widths = data["widths"]
-  rows = {(r["loss"], r["width"], r["mode"]): r for r in data["results"]}
-  names = list(dict.fromkeys(r["loss"] for r in data["results"]))
-  print(f"`{data['command'].strip()}` on {data['device']} ({data['elements']}"
-        f" elements; `{path.relative_to(RESULTS.parent.parent)}`), time over "
-        f"optax's of the form taken (short rows: under "
-        f"{data['short_rows']}), and of the other form in parentheses:\n")
   print("| loss | mode | " + " | ".join(f"{w}" for w in widths) + " |")
   print("| --- | --- |" + " --- |" * len(widths))
   for name in names:

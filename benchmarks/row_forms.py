@@ -16,11 +16,9 @@ go to ``results/row_forms-<device>.json``.
   python benchmarks/row_forms.py --widths 8,64 --only cosine_similarity
 """
 
-import argparse
 import statistics
 import sys
 import time
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -59,18 +57,7 @@ def compiled_forms(name, inputs, kw):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--elements", type=int, default=1 << 22)
-  parser.add_argument("--widths", default=",".join(map(str, WIDTHS)))
-  parser.add_argument("--only", default="", help="comma-separated names")
-  parser.add_argument("--rounds", type=int, default=7)
-  parser.add_argument("--seconds", type=float, default=1.0)
-  parser.add_argument("--no-write", action="store_true")
-  args = parser.parse_args()
-  jax.config.update("jax_enable_compilation_cache", False)
-  warnings.filterwarnings("ignore", category=DeprecationWarning)
-  widths = [int(w) for w in args.widths.split(",")]
-  names = [n for n in LOSSES if not args.only or n in args.only.split(",")]
+  args, names, widths = common.width_sweep(__doc__, LOSSES, WIDTHS, 7)
   started = time.perf_counter()
   print(f"device: {common.device_name()}; {args.elements} elements; "
         f"short rows: under {_rows.SHORT_ROWS}", flush=True)

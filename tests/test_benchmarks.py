@@ -187,16 +187,27 @@ def test_page_faults_counts_both_implementations(monkeypatch):
   assert all(float(r[3]) >= 0 for r in rows)
 
 
-def test_row_forms_writes_what_report_prints(tmp_path, monkeypatch):
+def sweep(module, argv, tmp_path, monkeypatch):
+  """Runs a sweep over row lengths into ``tmp_path``: (its JSON, what
+  ``report`` prints of it)."""
   monkeypatch.setattr(common, "RESULTS", tmp_path)
   monkeypatch.setattr(report, "RESULTS", tmp_path)
+  name = module.__name__
   monkeypatch.setattr(sys, "argv", [
-      "row_forms.py", "--elements", "4096", "--rounds", "1", "--seconds",
-      "0", "--widths", "8,64", "--only", "cosine_similarity"])
+      f"{name}.py", "--elements", "4096", "--rounds", "1", "--seconds", "0",
+      *argv])
   with contextlib.redirect_stdout(io.StringIO()):
-    row_forms.main()
-  path, = tmp_path.glob("row_forms-*.json")
-  data = json.loads(path.read_text())
+    module.main()
+  path, = tmp_path.glob(f"{name}-*.json")
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    getattr(report, name)(path.stem.split("-", 1)[1])
+  return json.loads(path.read_text()), out.getvalue()
+
+
+def test_row_forms_writes_what_report_prints(tmp_path, monkeypatch):
+  data, text = sweep(row_forms, ["--widths", "8,64", "--only",
+                                 "cosine_similarity"], tmp_path, monkeypatch)
   assert {(r["loss"], r["width"], r["mode"], r["picked"])
           for r in data["results"]} == {
               ("cosine_similarity", w, mode, picked)
@@ -206,24 +217,14 @@ def test_row_forms_writes_what_report_prints(tmp_path, monkeypatch):
              for form in row_forms.FORMS)
   # The threshold is put back.
   assert row_forms._rows.SHORT_ROWS == data["short_rows"]
-  out = io.StringIO()
-  with contextlib.redirect_stdout(out):
-    report.row_forms(path.stem.split("-", 1)[1])
-  text = out.getvalue()
   assert "| loss | mode | 8 | 64 |" in text
   assert "| `cosine_similarity` | value | " in text
 
 
 def test_narrow_rows_writes_what_report_prints(tmp_path, monkeypatch):
-  monkeypatch.setattr(common, "RESULTS", tmp_path)
-  monkeypatch.setattr(report, "RESULTS", tmp_path)
-  monkeypatch.setattr(sys, "argv", [
-      "narrow_rows.py", "--elements", "4096", "--rounds", "1", "--seconds",
-      "0", "--widths", "1,16", "--only", "huber_loss,mse_loss"])
-  with contextlib.redirect_stdout(io.StringIO()):
-    narrow_rows.main()
-  path, = tmp_path.glob("narrow_rows-*.json")
-  data = json.loads(path.read_text())
+  data, text = sweep(narrow_rows, ["--widths", "1,16", "--only",
+                                   "huber_loss,mse_loss"], tmp_path,
+                     monkeypatch)
   assert {(r["loss"], r["width"], r["mode"], r["baseline"])
           for r in data["results"]} == {
               (name, w, mode, baseline)
@@ -231,10 +232,6 @@ def test_narrow_rows_writes_what_report_prints(tmp_path, monkeypatch):
                                      ("mse_loss", "plain"))
               for w in (1, 16) for mode in ("value", "grad")}
   assert all(r["max_rel_diff"] < 1e-5 for r in data["results"])
-  out = io.StringIO()
-  with contextlib.redirect_stdout(out):
-    report.narrow_rows(path.stem.split("-", 1)[1])
-  text = out.getvalue()
   assert "| loss | baseline | rows of 1 | rows of 16 |" in text
   assert "| `huber_loss` | optax | " in text
   assert "| `mse_loss` | plain | " in text
