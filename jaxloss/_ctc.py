@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from jaxloss import _checks
 from jaxloss import _jit
 from jaxloss import _reduction
+from jaxloss import _value_form
 
 
 def _logaddexp_primal(a, b):
@@ -169,6 +170,27 @@ def _take_labels_jvp(primals, tangents):
   return _take_labels(x, labels), d
 
 
+def _padded_value(pad, state, step):
+  """:func:`_padded`'s value with no select of the states: the larger of
+  the state and the step, the one not taken pushed to ``-inf`` (a
+  log-probability is never ``+inf``; NaN stays NaN)."""
+  off = jnp.where(pad, 0, -jnp.inf).astype(state.dtype)[:, None]
+  on = jnp.where(pad, -jnp.inf, 0).astype(state.dtype)[:, None]
+  return jnp.maximum(state + off, step + on)
+
+
+@_value_form.value_form(_padded_value)
+def _padded(pad, state, step):
+  """The state where the frame is padded (``pad``, [B]), else the step.
+
+  A select of the [B, N] states on the frame's flags took XLA:CPU's loop
+  over the frames 1.6x the time per step on 64 sequences of 8 labels,
+  where the value's form runs in optax's time. Under differentiation the
+  select, whose derivatives keep only the flags.
+  """
+  return jnp.where(pad[:, None], state, step)
+
+
 def _forward(emit, blank, frame_pad, repeat, log_epsilon, every_frame):
   """optax's forward recursion over time, safe for ``log_epsilon = -inf``.
 
@@ -197,9 +219,8 @@ def _forward(emit, blank, frame_pad, repeat, log_epsilon, every_frame):
     phi_eps = with_tail(phi, lab + skip_if_repeat)
     next_lab = _logaddexp(phi_eps[:, :-1] + emit_t, lab + emit_t)
     next_phi = with_tail(phi_eps + blank_t, lab + blank_t + skip_unless_repeat)
-    pad_t = pad_t[:, None]
-    next_phi = jnp.where(pad_t, phi, next_phi)
-    next_lab = jnp.where(pad_t, lab, next_lab)
+    next_phi = _padded(pad_t, phi, next_phi)
+    next_lab = _padded(pad_t, lab, next_lab)
     carry = (next_phi, next_lab)
     return carry, (carry if every_frame else None)
 

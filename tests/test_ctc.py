@@ -409,3 +409,22 @@ def test_loss_alone_keeps_no_forward_probabilities_of_every_frame():
   np.testing.assert_array_equal(
       jax.jit(jaxloss.ctc_loss)(*args),
       jax.jit(jaxloss.ctc_loss_with_forward_probs)(*args)[0])
+
+
+def test_padded_frames_keep_the_state_in_value_and_derivatives():
+  # The value's max form and the select agree on -inf and NaN states, and
+  # the derivatives are the select's (the flags pick whole tangents).
+  from jaxloss._ctc import _padded
+  pad = jnp.array([True, False, True, False])
+  state = jnp.array([[0.0, -jnp.inf], [-1.0, -jnp.inf], [jnp.nan, -2.0],
+                     [-3.0, -4.0]])
+  step = jnp.array([[-5.0, -6.0], [-jnp.inf, -7.0], [-8.0, -9.0],
+                    [jnp.nan, -jnp.inf]])
+  expected = jnp.where(pad[:, None], state, step)
+  np.testing.assert_array_equal(jax.jit(_padded)(pad, state, step), expected)
+  ones, twos = jnp.ones_like(state), 2 * jnp.ones_like(step)
+  out, tangent = jax.jit(lambda s, t: jax.jvp(
+      lambda s, t: _padded(pad, s, t), (s, t), (ones, twos)))(state, step)
+  np.testing.assert_array_equal(out, expected)
+  np.testing.assert_array_equal(
+      tangent, jnp.broadcast_to(jnp.where(pad[:, None], 1.0, 2.0), step.shape))
