@@ -19,11 +19,17 @@ LOSSES = {
 }
 
 
-def forced(monkeypatch, form):
-  """Sets the threshold so that every row takes ``form`` (None: as
-  shipped), with jaxloss's traces dropped."""
-  if form is not None:
-    monkeypatch.setattr(_rows, "SHORT_ROWS", FORMS[form])
+@pytest.fixture
+def forced(monkeypatch):
+  """``forced(form)`` sets the threshold so that every row takes ``form``
+  (None: as shipped), with jaxloss's traces dropped; they are dropped again
+  when the test ends, pass or fail, before the threshold is put back, so
+  that no later test reuses a trace of a forced form."""
+  def force(form):
+    if form is not None:
+      monkeypatch.setattr(_rows, "SHORT_ROWS", FORMS[form])
+    jax.clear_caches()
+  yield force
   jax.clear_caches()
 
 
@@ -43,24 +49,23 @@ def program(name, x, y):
 @pytest.mark.parametrize("width", [4, _rows.SHORT_ROWS - 1, _rows.SHORT_ROWS,
                                    256])
 def test_rows_under_the_threshold_take_the_short_form(name, width,
-                                                      monkeypatch):
+                                                      forced):
+  threshold = _rows.SHORT_ROWS
   x, y = inputs(width)
-  forced(monkeypatch, None)
+  forced(None)
   shipped = program(name, x, y)
   programs = {}
   for form in FORMS:
-    forced(monkeypatch, form)
+    forced(form)
     programs[form] = program(name, x, y)
   assert programs["short"] != programs["long"]
-  assert shipped == programs["short" if width < 32 else "long"]
-  monkeypatch.undo()
-  jax.clear_caches()
+  assert shipped == programs["short" if width < threshold else "long"]
 
 
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("name", LOSSES)
-def test_both_forms_give_the_same_numbers(name, form, monkeypatch):
-  forced(monkeypatch, form)
+def test_both_forms_give_the_same_numbers(name, form, forced):
+  forced(form)
   x, y = inputs(8)
   fn = LOSSES[name]
   value, grad = jax.jit(jax.value_and_grad(
@@ -73,14 +78,13 @@ def test_both_forms_give_the_same_numbers(name, form, monkeypatch):
       *(np.asarray(a, np.float64) for a in (x, y))), rtol=1e-5, atol=1e-6)
   for g, g64 in zip(grad, grad64):
     np.testing.assert_allclose(g, g64, rtol=1e-4, atol=1e-6)
-  jax.clear_caches()
 
 
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("name", ["cosine_similarity", "cosine_distance"])
 def test_both_cosine_forms_give_zero_vectors_a_flat_cosine(name, form,
-                                                           monkeypatch):
-  forced(monkeypatch, form)
+                                                           forced):
+  forced(form)
   x, y = inputs(8, rows=3)
   x = x.at[0].set(0.0)
   y = y.at[1].set(0.0).at[2].multiply(1e30)
@@ -93,16 +97,15 @@ def test_both_cosine_forms_give_zero_vectors_a_flat_cosine(name, form,
                            argnums=(0, 1)))(x, y)
   np.testing.assert_array_equal(grads[0][0], 0)
   np.testing.assert_array_equal(grads[1][1], 0)
-  jax.clear_caches()
 
 
 @pytest.mark.parametrize("form", FORMS)
 def test_both_ranking_forms_cost_minus_inf_logits_by_their_labels(
-    form, monkeypatch):
+    form, forced):
   # A zero label on a -inf logit costs 0, also in a row of -inf logits; a
   # positive one inf, even in a row of -inf logits; a negative one -inf (no
   # check outside jaxloss.checked).
-  forced(monkeypatch, form)
+  forced(form)
   x, y = inputs(8, rows=5)
   x = x.at[0, 1].set(-jnp.inf).at[1, 1].set(-jnp.inf).at[2].set(-jnp.inf)
   x = x.at[3, 2].set(-jnp.inf).at[4].set(-jnp.inf)
@@ -117,4 +120,3 @@ def test_both_ranking_forms_cost_minus_inf_logits_by_their_labels(
   assert np.all(np.isfinite(grad))
   np.testing.assert_array_equal(grad[4], 0)
   np.testing.assert_array_equal(grad[0, 1], 0)
-  jax.clear_caches()
