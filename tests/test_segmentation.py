@@ -292,6 +292,17 @@ def test_empty_class_with_zero_smoothing_is_a_perfect_match():
   assert value == 0 and np.all(np.isfinite(grad))
   np.testing.assert_array_equal(
       jaxloss.tversky_loss(jnp.zeros(3), jnp.zeros(3)), 0.0)
+  # The empty pair's derivatives are 0, eager and jitted; other classes'
+  # values are the plain ratio's, and a NaN stays NaN.
+  for f in (jax.grad(jaxloss.tversky_loss), _jit(jax.grad(
+      lambda p, t: jaxloss.tversky_loss(p, t, alpha=0.3, beta=0.7)))):
+    np.testing.assert_array_equal(f(jnp.zeros(3), jnp.zeros(3)), 0.0)
+  np.testing.assert_allclose(
+      jaxloss.tversky_loss(jnp.array([[0.0, 0.0], [0.5, 0.25]]),
+                           jnp.array([[0.0, 0.0], [1.0, 0.0]]), axis=1),
+      [0.0, 1 - 0.5 / (0.5 + 0.5 * 0.25 + 0.5 * 0.5)], rtol=1e-6)
+  assert np.isnan(jaxloss.tversky_loss(jnp.array([jnp.nan, 0.0]),
+                                       jnp.zeros(2)))
 
 
 def test_generalized_dice_counts_in_float_where_optax_wraps_integers():
