@@ -86,7 +86,10 @@ def elementwise(body=None, *, flat_derivatives=False):
   zero stays a symbolic zero (a zero tangent of the targets times an
   infinite derivative would be NaN). With ``flat_derivatives=True`` they
   are taken flat too: for losses whose derivative is many operations per
-  element, each paying per row, more than the temporary costs.
+  element, each paying per row, more than the temporary costs. An integer
+  takes them flat on rows shorter than it only, and at their own shape
+  (with no temporary) on longer ones, where the rows' overhead no longer
+  outweighs it.
 
   Not under :func:`jaxloss.checked` (its messages index the arguments' own
   shapes), not for other reductions (torch's ``"batchmean"`` reads the
@@ -98,6 +101,8 @@ def elementwise(body=None, *, flat_derivatives=False):
   if body is None:
     return functools.partial(elementwise, flat_derivatives=flat_derivatives)
   signature = inspect.signature(body)
+  flat_below = (NARROW if flat_derivatives is True
+                else int(flat_derivatives or 0))
 
   @functools.wraps(body)
   def run(*args, **kwargs):
@@ -115,7 +120,7 @@ def elementwise(body=None, *, flat_derivatives=False):
       out = body(**values)
       return out.reshape(shape) if values["reduction"] == "none" else out
 
-    if flat_derivatives:
+    if shape[-1] < flat_below:
       return flat(**arguments)
     # The operands, then traced scalars (hyperparameters, which may be
     # differentiated); concrete values keep their trace-time checks.
@@ -146,7 +151,7 @@ def elementwise(body=None, *, flat_derivatives=False):
     return value(*(arguments[n] for n in names))
 
   run.elementwise = True
-  run.flat_derivatives = flat_derivatives
+  run.flat_derivatives = flat_below
   return run
 
 
