@@ -61,7 +61,7 @@ def reduce(fn, loss, reduction, *, denominator=None, keep=None):
   return total / jnp.where(denominator == 0, 1, denominator)
 
 
-def elementwise(body=None, *, flat_derivatives=False):
+def elementwise(body=None, *, flat_derivatives=0):
   """Marks a loss computed element by element, and computes its value on
   narrow rows flat, on CPUs.
 
@@ -84,12 +84,11 @@ def elementwise(body=None, *, flat_derivatives=False):
   ``mse_loss``'s value and gradient took a temporary of their size (16 MiB
   on [1M, 4]; none unflattened), which made them slower. A tangent that is
   zero stays a symbolic zero (a zero tangent of the targets times an
-  infinite derivative would be NaN). With ``flat_derivatives=True`` they
-  are taken flat too: for losses whose derivative is many operations per
-  element, each paying per row, more than the temporary costs. An integer
-  takes them flat on rows shorter than it only, and at their own shape
-  (with no temporary) on longer ones, where the rows' overhead no longer
-  outweighs it.
+  infinite derivative would be NaN). On rows shorter than
+  ``flat_derivatives`` they are taken flat too: for losses whose derivative
+  is many operations per element, each paying per row, more than the
+  temporary costs on the shortest rows (on longer ones, at their own shape,
+  the rows' overhead no longer outweighs it).
 
   Not under :func:`jaxloss.checked` (its messages index the arguments' own
   shapes), not for other reductions (torch's ``"batchmean"`` reads the
@@ -101,8 +100,6 @@ def elementwise(body=None, *, flat_derivatives=False):
   if body is None:
     return functools.partial(elementwise, flat_derivatives=flat_derivatives)
   signature = inspect.signature(body)
-  flat_below = (NARROW if flat_derivatives is True
-                else int(flat_derivatives or 0))
 
   @functools.wraps(body)
   def run(*args, **kwargs):
@@ -120,7 +117,7 @@ def elementwise(body=None, *, flat_derivatives=False):
       out = body(**values)
       return out.reshape(shape) if values["reduction"] == "none" else out
 
-    if shape[-1] < flat_below:
+    if shape[-1] < flat_derivatives:
       return flat(**arguments)
     # The operands, then traced scalars (hyperparameters, which may be
     # differentiated); concrete values keep their trace-time checks.
@@ -151,7 +148,7 @@ def elementwise(body=None, *, flat_derivatives=False):
     return value(*(arguments[n] for n in names))
 
   run.elementwise = True
-  run.flat_derivatives = flat_below
+  run.flat_derivatives = flat_derivatives
   return run
 
 

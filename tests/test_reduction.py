@@ -50,7 +50,7 @@ ELEMENTWISE = {
 
 # Of those, the ones whose derivatives are taken flat too, on rows shorter
 # than this.
-FLAT_DERIVATIVES = {"log_cosh": 16, "poisson_nll_loss": _reduction.NARROW}
+FLAT_DERIVATIVES = {"log_cosh": 16, "poisson_nll_loss": 32}
 
 
 def test_the_elementwise_losses_are_marked():
@@ -132,21 +132,27 @@ def test_checked_messages_index_narrow_rows_in_their_own_shape():
                                               reduction="mean")
 
 
-@pytest.mark.parametrize("width", [8, 15, 16, 64])
-def test_log_cosh_takes_flat_derivatives_on_the_shortest_rows(width):
-  # Flat below 16: the gradient then takes a temporary of its size (the
-  # errors, shared with the value in a shape the gradient's buffer lacks);
-  # from 16 on, none, as at every width above NARROW.
-  x = jnp.linspace(-3, 3, 32 * width).reshape(32, width)
-  y = jnp.full_like(x, 0.5)
-  total = lambda x, y: jaxloss.log_cosh(x, y, reduction="sum")
-  flat = width < 16
-  assert (_flat_barriers(jax.value_and_grad(total), x, y) > 0) == flat
-  assert _flat_barriers(total, x, y) == 2
-  spec = jax.ShapeDtypeStruct((4096, width), jnp.float32)
-  assert (temporaries(jax.value_and_grad(total), spec, spec) > 0) == flat
-  np.testing.assert_allclose(jax.grad(total)(x, y), jnp.tanh(x - y),
-                             rtol=1e-6)
+@pytest.mark.parametrize("name,width", [
+    (name, width) for name, limit in sorted(FLAT_DERIVATIVES.items())
+    for width in (2, limit - 1, limit, 2 * limit)])
+def test_flat_derivatives_end_at_their_width(name, width):
+  # Flat, the gradient takes a temporary of its size (terms it shares with
+  # the value, in a shape the gradient's buffer lacks); at its own shape,
+  # none, as at every width of NARROW or more.
+  fn = catalogue.loss(name)
+  args = [jnp.tile(a, (1, -(-width // a.shape[-1])))[:, :width]
+          for a in catalogue.inputs(name, 64)]
+  total = lambda *a: fn(*a, reduction="sum")
+  flat = width < FLAT_DERIVATIVES[name]
+  if jax.default_backend() == "cpu":
+    assert _flat_barriers(total, *args) == len(args)
+    assert (_flat_barriers(jax.value_and_grad(total), *args) > 0) == flat
+    specs = [jax.ShapeDtypeStruct((4096, width), a.dtype) for a in args]
+    assert (temporaries(jax.value_and_grad(total), *specs) > 0) == flat
+  np.testing.assert_allclose(
+      jax.grad(total)(*args),
+      jax.grad(total)(*[a.reshape(-1) for a in args]).reshape(args[0].shape),
+      rtol=1e-6, atol=1e-7)
 
 
 def test_gradient_of_narrow_rows_writes_no_temporary():
