@@ -8,6 +8,7 @@ from jax import lax
 from jaxloss import _checks
 from jaxloss import _jit
 from jaxloss import _reduction
+from jaxloss import _value_form
 from jaxloss._embedding import _axes
 from jaxloss._regression import not_nan
 
@@ -88,14 +89,30 @@ def _tversky_loss(probs, targets, alpha, beta, smooth, axes):
   if not _jit.is_zero(smooth):
     numerator = numerator + smooth
     denominator = denominator + smooth
-  # 0/0 reads 1/1, with no tangent: ``empty`` is 1 there, 0 wherever the
-  # denominator is not 0 (which leaves the ratio exact), NaN at NaN. Not a
-  # select: on XLA:CPU a select on these sums kept them from fusing with
-  # the softmax, which was then written out (16 MiB of temporaries on
-  # [8192, 16, 16, 2] logits, where optax's has none).
-  empty = lax.stop_gradient(1 - lax.abs(lax.sign(denominator)))
+  return _mismatch(numerator, denominator)
+
+
+def _mismatch_value(numerator, denominator):
+  # 0/0 reads 1/1: ``empty`` is 1 there, 0 wherever the denominator is not 0
+  # (which leaves the ratio exact), NaN at NaN.
+  empty = 1 - lax.abs(lax.sign(denominator))
   kept = 1 - empty
   return 1 - (numerator * kept + empty) / (denominator * kept + empty)
+
+
+@_value_form.value_form(_mismatch_value)
+def _mismatch(numerator, denominator):
+  """``1 - numerator / denominator``, and 0 with zero derivatives where the
+  denominator is 0.
+
+  The value in arithmetic: on XLA:CPU a select on these sums kept them from
+  fusing with the softmax, which was then written out (16 MiB of
+  temporaries on [8192, 16, 16, 2] logits, where optax's has none). The
+  derivatives keep the selects, whose program compiled faster.
+  """
+  empty = denominator == 0
+  ratio = numerator / jnp.where(empty, 1, denominator)
+  return 1 - jnp.where(empty, 1, ratio)
 
 
 def _class_reduce(fn, loss, reduction):

@@ -303,6 +303,12 @@ def test_empty_class_with_zero_smoothing_is_a_perfect_match():
       [0.0, 1 - 0.5 / (0.5 + 0.5 * 0.25 + 0.5 * 0.5)], rtol=1e-6)
   assert np.isnan(jaxloss.tversky_loss(jnp.array([jnp.nan, 0.0]),
                                        jnp.zeros(2)))
+  # The value alone (arithmetic) and the value under differentiation
+  # (selects) agree, empty pairs included.
+  p = jnp.array([[0.0, 0.0], [0.5, 0.25], [0.0, 0.0]])
+  t = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+  total = lambda p: jnp.sum(jaxloss.tversky_loss(p, t, axis=1))
+  np.testing.assert_array_equal(jax.value_and_grad(total)(p)[0], total(p))
 
 
 def test_generalized_dice_counts_in_float_where_optax_wraps_integers():
