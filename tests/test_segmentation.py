@@ -594,3 +594,17 @@ def test_binary_gradient_keeps_no_input_sized_temporary():
     return jnp.mean(jaxloss.binary_dice_loss(x, t))
 
   assert temporaries(jax.value_and_grad(mean), x, x) < x.size * 4 / 8
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's fusion")
+def test_value_keeps_no_more_temporaries_than_optax():
+  # The empty class's 0/0 in arithmetic: a select on the per-class sums kept
+  # XLA:CPU from fusing them with the softmax, which it then wrote out
+  # (4 MiB here, optax's value 8 KiB).
+  x = jax.ShapeDtypeStruct((2048, 16, 16, 2), jnp.float32)
+  for ours, theirs in ((jaxloss.dice_loss, optax.losses.dice_loss),
+                       (jaxloss.multiclass_generalized_dice_loss,
+                        optax.losses.multiclass_generalized_dice_loss)):
+    with jax.numpy_rank_promotion("allow"):   # optax's class weights
+      limit = temporaries(lambda x, t: jnp.mean(theirs(x, t)), x, x)
+    assert temporaries(lambda x, t: jnp.mean(ours(x, t)), x, x) <= limit
