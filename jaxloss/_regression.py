@@ -143,7 +143,7 @@ def _xlogy(y, x):
   ``log 1`` at a zero ``y`` for ``x`` in (-1, 0], and NaN below: a rate out
   of the domain.
   """
-  return y * jnp.log(x + (1 - jnp.abs(jnp.sign(y))))
+  return y * jnp.log(x + _rows.zero_flag(y))
 
 
 def _xlogy_jvp(primals, tangents):

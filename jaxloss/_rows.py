@@ -95,6 +95,17 @@ def short_rows_on_cpu(length):
   return jax.default_backend() == "cpu" and length < SHORT_ROWS
 
 
+def zero_flag(x):
+  """1 where ``x`` is 0, 0 wherever it is not, NaN at NaN: ``1 - |sign x|``.
+
+  Arithmetic rather than a comparison, for the value forms
+  (:mod:`jaxloss._value_form`): XLA:CPU fuses it with a sum, where a select
+  would have the terms written out first. Not for differentiation (its
+  derivative is 0 almost everywhere, as the select's is).
+  """
+  return 1 - lax.abs(lax.sign(x))
+
+
 def cap_unless_zero(c, sign=1, *, nonnegative=False, squared=False):
   """The largest finite number where ``c`` is 0, ``inf`` elsewhere (times
   ``sign``, +1 or -1, folded into the constant: a floor costs no negation

@@ -3,11 +3,11 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from jaxloss import _checks
 from jaxloss import _jit
 from jaxloss import _reduction
+from jaxloss import _rows
 from jaxloss import _value_form
 from jaxloss._embedding import _axes
 from jaxloss._regression import not_nan
@@ -95,7 +95,7 @@ def _tversky_loss(probs, targets, alpha, beta, smooth, axes):
 def _mismatch_value(numerator, denominator):
   # 0/0 reads 1/1: ``empty`` is 1 there, 0 wherever the denominator is not 0
   # (which leaves the ratio exact), NaN at NaN.
-  empty = 1 - lax.abs(lax.sign(denominator))
+  empty = _rows.zero_flag(denominator)
   kept = 1 - empty
   return 1 - (numerator * kept + empty) / (denominator * kept + empty)
 
