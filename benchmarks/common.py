@@ -151,15 +151,20 @@ def write_json(name, payload):
   return path
 
 
-def width_sweep(doc, names, widths, rounds):
+def width_sweep(doc, names, widths, rounds, compile_repeats=None):
   """The command line of a sweep over row lengths (``narrow_rows.py``,
   ``row_forms.py``): ``(args, names, widths)``, the names and widths those
-  asked for, with JAX's persistent compilation cache off."""
+  asked for, with JAX's persistent compilation cache off. With
+  ``compile_repeats``, a ``--compile-repeats`` option defaulting to it."""
   parser = argparse.ArgumentParser(description=doc.split("\n")[0])
   parser.add_argument("--elements", type=int, default=1 << 22)
   parser.add_argument("--widths", default=",".join(map(str, widths)))
   parser.add_argument("--only", default="", help="comma-separated names")
   parser.add_argument("--rounds", type=int, default=rounds)
+  if compile_repeats is not None:
+    parser.add_argument("--compile-repeats", type=int,
+                        default=compile_repeats,
+                        help="cold compilations of each program (median)")
   parser.add_argument("--seconds", type=float, default=1.0)
   parser.add_argument("--no-write", action="store_true")
   args = parser.parse_args()

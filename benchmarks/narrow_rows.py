@@ -7,9 +7,11 @@ loop's overhead per row. jaxloss lays such operands out flat on CPUs (see
 ``benchmarks/suite.py`` run at the shape they are given. For each loss and
 row length this times the mean of ``reduction="none"`` (the optax idiom)
 and that mean with its gradient, jaxloss's against the baseline's
-(optax's, or the suite's plain formula for torch's names), interleaved in
-one process, with the suite's inputs and its timing (``suite.run_one``).
-Results go to ``results/narrow_rows-<device>.json``.
+(optax's, or the suite's plain formula for torch's and Keras's names),
+interleaved in one process, with the suite's inputs and its timing
+(``suite.run_one``), and the compile time of each program from cold caches
+(the median of ``--compile-repeats`` compilations, interleaved, as the
+suite's). Results go to ``results/narrow_rows-<device>.json``.
 
   python benchmarks/narrow_rows.py
   python benchmarks/narrow_rows.py --widths 1,16 --only huber_loss
@@ -27,13 +29,15 @@ import suite
 # Elementwise losses with a builder of [rows, features] operands in the
 # suite: optax's names first, then torch's (plain baselines).
 LOSSES = ("huber_loss", "l2_loss", "log_cosh", "sigmoid_binary_cross_entropy",
-          "hinge_loss", "mse_loss", "smooth_l1_loss", "poisson_nll_loss",
-          "gaussian_nll_loss")
-WIDTHS = (1, 4, 16, 128)
+          "hinge_loss", "mse_loss", "l1_loss", "smooth_l1_loss",
+          "poisson_nll_loss", "gaussian_nll_loss", "hinge_embedding_loss",
+          "soft_margin_loss", "mean_absolute_percentage_error", "poisson")
+WIDTHS = (1, 4, 8, 16, 32, 128)
 
 
 def main():
-  args, names, widths = common.width_sweep(__doc__, LOSSES, WIDTHS, 5)
+  args, names, widths = common.width_sweep(__doc__, LOSSES, WIDTHS, 5,
+                                           compile_repeats=5)
   todo = dict(suite.plan(set(names))[0])
   started = time.perf_counter()
   print(f"device: {common.device_name()}; {args.elements} elements",
@@ -46,20 +50,23 @@ def main():
       inputs, kw = builder(args.elements, shapes, jnp.float32,
                            jax.random.key(i))
       rows = suite.run_one(name, inputs, kw, todo[name], args.rounds,
-                           args.seconds, compile_repeats=1)
+                           args.seconds, args.compile_repeats)
       for row in rows:
         row["width"] = width
         row["shapes"] = " ".join("x".join(map(str, a.shape)) for a in inputs)
         table.append({k: row[k] for k in (
             "loss", "width", "mode", "baseline", "jaxloss_ms", "baseline_ms",
-            "vs_baseline", "max_rel_diff", "shapes")})
+            "vs_baseline", "jaxloss_compile_ms", "baseline_compile_ms",
+            "vs_baseline_compile", "max_rel_diff", "shapes")})
     print(f"  {name}: {time.perf_counter() - started:.0f} s", flush=True)
   print()
   print(common.table(table, ["loss", "width", "mode", "baseline",
-                             "jaxloss_ms", "baseline_ms", "vs_baseline"]))
+                             "jaxloss_ms", "baseline_ms", "vs_baseline",
+                             "vs_baseline_compile"]))
   if not args.no_write:
     path = common.write_json("narrow_rows", {
         "elements": args.elements, "widths": widths,
+        "compile_repeats": args.compile_repeats,
         "seconds": round(time.perf_counter() - started, 1),
         "command": "python benchmarks/narrow_rows.py " + " ".join(
             sys.argv[1:]),

@@ -187,21 +187,30 @@ def by_width(name, device, over):
 
 def narrow_rows(device):
   """Time over the baseline's of the elementwise losses by row length:
-  value (the mean of ``"none"``) / value and gradient."""
+  value (the mean of ``"none"``) / value and gradient; then compile time
+  over the baseline's, the same way (files that have it)."""
   data, widths, rows, names = by_width(
       "narrow_rows", device, "the baseline's, value / value and gradient")
   if data is None:
     return
-  print("| loss | baseline | " + " | ".join(
-      f"rows of {w}" for w in widths) + " |")
-  print("| --- | --- |" + " --- |" * len(widths))
-  for name in names:
-    cells = [f"{fmt(rows[name, w, 'value']['vs_baseline'], 2)} / "
-             f"{fmt(rows[name, w, 'grad']['vs_baseline'], 2)}"
-             for w in widths]
-    print(f"| `{name}` | {rows[name, widths[0], 'value']['baseline']} | "
-          + " | ".join(cells) + " |")
-  print()
+
+  def table(key):
+    print("| loss | baseline | " + " | ".join(
+        f"rows of {w}" for w in widths) + " |")
+    print("| --- | --- |" + " --- |" * len(widths))
+    for name in names:
+      cells = [f"{fmt(rows[name, w, 'value'][key], 2)} / "
+               f"{fmt(rows[name, w, 'grad'][key], 2)}" for w in widths]
+      print(f"| `{name}` | {rows[name, widths[0], 'value']['baseline']} | "
+            + " | ".join(cells) + " |")
+    print()
+
+  table("vs_baseline")
+  if "compile_repeats" in data:
+    print(f"Compile time over the baseline's, value / value and gradient "
+          f"(the median of {data['compile_repeats']} cold compilations "
+          f"each):\n")
+    table("vs_baseline_compile")
 
 
 def row_forms(device):
