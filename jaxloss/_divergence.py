@@ -15,19 +15,22 @@ from jaxloss import _rows
 from jaxloss import _value_form
 
 
-def _inputs(fn, log_predictions, targets, t_name, axis=None, summed=False):
+def _inputs(fn, log_predictions, targets, t_name, axis=None, summed=False,
+            upcast=True):
   """Both arrays checked, ``targets`` conformed to ``log_predictions``.
 
   ``targets`` may broadcast to the shape of ``log_predictions`` but never
   enlarge it; with ``summed``, the axes ``axis`` summed over are class axes,
   which ``targets`` must match exactly. Returns both in float32 (float64 for
-  float64 input) and the summed axes.
+  float64 input; in their own dtypes unless ``upcast``) and the summed axes.
   """
   log_predictions = _checks.floating(fn, "log_predictions", log_predictions)
   targets = _checks.floating(fn, t_name, targets)
   axes = _summed_axes(fn, axis, log_predictions.ndim) if summed else ()
   targets = _checks.conform(fn, t_name, targets, "log_predictions",
                             log_predictions.shape, class_axes=axes)
+  if not upcast:
+    return log_predictions, targets, axes
   dtype = _reduction.stat_dtype(log_predictions.dtype)
   return log_predictions.astype(dtype), targets.astype(dtype), axes
 
@@ -116,24 +119,37 @@ def _kl_log_target_rows(lp, lt, axes):
   Elsewhere the guard costs nothing, and a condition a synchronization.
   Derivatives are the guarded terms' own. A dropped entry, fed ``log p =
   log t = 0``, adds ``1 * (0 - 0)``: no mask on the terms.
+
+  ``lp`` and ``lt`` come in their own dtypes, each form upcasting them to
+  ``lp``'s statistics dtype in its own sums: half-precision operands of the
+  condition upcast before it were written out, two float32 copies (32 MiB
+  of temporaries on bfloat16 [4096, 1024] against optax's none, 4.3x its
+  time).
   """
-  if jax.default_backend() != "cpu":
+  dtype = _reduction.stat_dtype(lp.dtype)
+
+  def up(f):
+    return lambda lp, lt: f(lp.astype(dtype), lt.astype(dtype))
+
+  @up
+  def rows(lp, lt):
     return jnp.sum(_elementwise_kl_log_targets(lp, lt), axis=axes)
 
+  if jax.default_backend() != "cpu":
+    return rows(lp, lt)
+
+  @up
   def plain(lp, lt):
     return jnp.sum(jnp.exp(lt) * (lt - lp), axis=axes)
 
+  @up
   def guarded(lp, lt):
     # The select-free form: the branch compiles in a fraction of the time.
     return jnp.sum(_kl_log_target_terms(lp, lt), axis=axes)
 
-  @_value_form.value_form(
+  return _value_form.value_form(
       lambda lp, lt: _value_form.unless_nan(plain, guarded, lp, lt),
-      differentiated_value=True)
-  def rows(lp, lt):
-    return jnp.sum(_elementwise_kl_log_targets(lp, lt), axis=axes)
-
-  return rows(lp, lt)
+      differentiated_value=True)(rows)(lp, lt)
 
 
 def _target_checks(fn, lp, t, t_name, log_targets):
@@ -152,8 +168,9 @@ def _rowwise(fn, elementwise, log_predictions, targets, t_name, axis, where,
   """Sums ``elementwise`` over ``axis`` where kept, then reduces the rows;
   ``rows(lp, t, axes)`` instead gives the row sums where dropped entries'
   terms (of ``lp = t = 0``) are 0."""
+  # ``rows`` upcasts in its own sums (see _kl_log_target_rows).
   lp, t, axes = _inputs(fn, log_predictions, targets, t_name, axis,
-                        summed=True)
+                        summed=True, upcast=rows is None)
   keep = None
   if where is not None:
     where = _checks.boolean(fn, "where", where)

@@ -447,3 +447,26 @@ def test_kl_log_targets_gradient_takes_its_own_exponential():
       lambda lp, lt: jnp.mean(jaxloss.kl_divergence_with_log_targets(lp, lt)))
   analysis = jax.jit(step).lower(x, x).compile().cost_analysis()
   assert analysis["bytes accessed"] < 7 * x.size * 4
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's fusion")
+def test_kl_log_targets_half_precision_value_writes_no_float32_copy():
+  # Each form of the condition upcasts its operands in its own sums: upcast
+  # before it, they were its operands, two float32 copies written out
+  # (4 MiB here against 2 KiB).
+  x = jax.ShapeDtypeStruct((512, 1024), jnp.bfloat16)
+  value = lambda lp, lt: jnp.mean(jaxloss.kl_divergence_with_log_targets(
+      lp, lt))
+  assert temporaries(value, x, x) < 0.05 * x.size * 4
+  # The numbers are the float32 ones, and NaN input still takes the
+  # guarded sum: a -inf log-target costs 0, also on a -inf log-prediction.
+  lp = jnp.log(jnp.array([[0.25, 0.25, 0.5, 0.0]], jnp.bfloat16))
+  lt = jnp.log(jnp.array([[0.5, 0.5, 0.0, 0.0]], jnp.bfloat16))
+  want = jaxloss.kl_divergence_with_log_targets(lp.astype(jnp.float32),
+                                                lt.astype(jnp.float32))
+  got = jax.jit(jaxloss.kl_divergence_with_log_targets)(lp, lt)
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  lp64, lt64 = np.asarray(lp, np.float64)[0, :2], np.asarray(lt, np.float64)[0, :2]
+  np.testing.assert_allclose(got, [np.sum(np.exp(lt64) * (lt64 - lp64))],
+                             rtol=1e-6)
