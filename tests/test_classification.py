@@ -1076,6 +1076,24 @@ def test_guarded_chain_floors_start_its_reductions():
     np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's fusion")
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_probability_value_is_the_chain_in_every_precision(dtype):
+  # On CPUs the value alone is the chain of plain sums, which XLA:CPU fuses
+  # into one pass (half-precision logits upcast inside it), not the
+  # derivative rule's variadic reduction with its select (3.9x optax's time
+  # on bfloat16 [4096, 1024] inputs, 1.13x as the chain).
+  def variadic(jaxpr):
+    return count_equations(jaxpr, "reduce", min_outputs=2)
+
+  x, y = _arrays((X, PROBS), dtype)
+  for f in (jaxloss.softmax_cross_entropy, jaxloss.poly_loss_cross_entropy):
+    mean = lambda x, y, f=f: jnp.mean(f(x, y))
+    assert variadic(jax.make_jaxpr(mean)(x, y).jaxpr) == 0, f.__name__
+    assert variadic(jax.make_jaxpr(jax.grad(mean))(x, y).jaxpr) > 0, (
+        f.__name__)
+
+
 def test_categorical_focal_at_certainty_second_order_and_in_gamma():
   # Row 0 is certain (p = 1 to float32, cross entropy 0): the derivatives
   # in the logits and in gamma are 0 there, the hessian finite; row 1 is
