@@ -1118,7 +1118,11 @@ def binary_focal_cross_entropy(predictions, targets, *,
     loss = _binary.sigmoid_focal_loss(x, y, alpha=alpha if balance else None,
                                       gamma=gamma)
   else:
-    clipped = jnp.clip(x, _KERAS_EPSILON, 1 - _KERAS_EPSILON)
+    # The clip's own conversion of half-precision predictions: the clamp's
+    # loop and the fused sum of the rest read the predictions apart.
+    clipped = jnp.clip(_reduction.upcast_apart(jnp.asarray(predictions),
+                                               x.dtype),
+                       _KERAS_EPSILON, 1 - _KERAS_EPSILON)
     loss = -(y * jnp.log(clipped) + (1 - y) * jnp.log(1 - clipped))
     if not _jit.is_zero(gamma):
       # y (1 - p) + (1 - y) p is Keras's 1 - p_t, never rounded below 0.

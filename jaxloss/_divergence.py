@@ -168,9 +168,11 @@ def _rowwise(fn, elementwise, log_predictions, targets, t_name, axis, where,
   """Sums ``elementwise`` over ``axis`` where kept, then reduces the rows;
   ``rows(lp, t, axes)`` instead gives the row sums where dropped entries'
   terms (of ``lp = t = 0``) are 0."""
-  # ``rows`` upcasts in its own sums (see _kl_log_target_rows).
+  # ``rows`` upcasts in its own sums (see _kl_log_target_rows), and so
+  # does ``extra``'s sum.
   lp, t, axes = _inputs(fn, log_predictions, targets, t_name, axis,
-                        summed=True, upcast=rows is None)
+                        summed=True, upcast=False)
+  dtype = _reduction.stat_dtype(lp.dtype)
   keep = None
   if where is not None:
     where = _checks.boolean(fn, "where", where)
@@ -187,12 +189,13 @@ def _rowwise(fn, elementwise, log_predictions, targets, t_name, axis, where,
       terms = jnp.where(where, terms, 0)
     return jnp.sum(terms, axis=axes)
 
-  loss = (row_sums(elementwise(lp, t)) if rows is None
-          else rows(lp, t, axes))
+  loss = (row_sums(elementwise(lp.astype(dtype), t.astype(dtype)))
+          if rows is None else rows(lp, t, axes))
   if extra is not None:
     # Summed apart, as optax does: XLA:CPU reduces two simple terms faster
     # than their sum (half the time at [128, 32768] with the gradient).
-    loss = loss + row_sums(extra(lp, t))
+    loss = loss + row_sums(extra(_reduction.upcast_apart(lp, dtype),
+                                 _reduction.upcast_apart(t, dtype)))
   if where is not None:
     keep = jnp.any(where, axis=axes)
   return _reduction.reduce(fn, loss, reduction, keep=keep)

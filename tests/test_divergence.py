@@ -470,3 +470,21 @@ def test_kl_log_targets_half_precision_value_writes_no_float32_copy():
   lp64, lt64 = np.asarray(lp, np.float64)[0, :2], np.asarray(lt, np.float64)[0, :2]
   np.testing.assert_allclose(got, [np.sum(np.exp(lt64) * (lt64 - lp64))],
                              rtol=1e-6)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's fusion")
+@pytest.mark.parametrize("name", ["generalized_kl_divergence",
+                                  "convex_kl_divergence"])
+def test_mass_terms_upcast_half_precision_apart(name):
+  # The mass terms' sum converts bfloat16 operands on its own: sharing the
+  # divergence terms' conversion, XLA:CPU wrote a float32 copy of both
+  # operands out (three copies in all with the terms, as float32 input
+  # keeps one).
+  x = jax.ShapeDtypeStruct((512, 1024), jnp.bfloat16)
+  value = lambda lp, t: jnp.mean(getattr(jaxloss, name)(lp, t))
+  assert temporaries(value, x, x) <= 1.01 * x.size * 4
+  lp = jnp.log(jnp.array([[0.25, 0.25, 0.5]], jnp.bfloat16))
+  t = jnp.array([[0.5, 0.25, 0.25]], jnp.bfloat16)
+  want = getattr(jaxloss, name)(lp.astype(jnp.float32), t.astype(jnp.float32))
+  np.testing.assert_allclose(jax.jit(getattr(jaxloss, name))(lp, t), want,
+                             rtol=1e-6)
