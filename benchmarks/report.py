@@ -367,8 +367,19 @@ def tracing(rows):
   return "; ".join(parts) or "not measured"
 
 
-def suite(device, shapes="default"):
-  stem = "suite" if shapes == "default" else f"suite_{shapes}"
+def suite_stems(device):
+  """The suite's result files for ``device``: its sets of shapes in
+  :data:`SUITE_SHAPES`' order, then any other run (``suite.py --name
+  suite_<what>``, say in bfloat16), by name."""
+  stems = ["suite" if s == "default" else f"suite_{s}" for s in SUITE_SHAPES]
+  others = sorted(p.stem.split("-", 1)[0]
+                  for p in RESULTS.glob(f"suite_*-{device}.json"))
+  return stems + [s for s in others
+                  if s not in stems and not s.startswith("suite_smoke")]
+
+
+def suite(device, shapes="default", stem=None):
+  stem = stem or ("suite" if shapes == "default" else f"suite_{shapes}")
   data, path = load(stem, device)
   if data is None:
     return
@@ -441,8 +452,8 @@ def main():
     sharded(device)
     narrow_rows(device)
     row_forms(device)
-    for shapes in SUITE_SHAPES:
-      suite(device, shapes)
+    for stem in suite_stems(device):
+      suite(device, stem=stem)
 
 
 if __name__ == "__main__":
