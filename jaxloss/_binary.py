@@ -8,6 +8,7 @@ from jax.custom_derivatives import SymbolicZero
 from jaxloss import _checks
 from jaxloss import _jit
 from jaxloss import _reduction
+from jaxloss import _value_form
 
 
 def _prepare(fn, x, x_name, labels, weight, where):
@@ -151,6 +152,22 @@ def _softplus_pair(x):
   element."""
   tail = jnp.log1p(jnp.exp(-jnp.abs(x)))
   return jnp.maximum(x, 0) + tail, jnp.maximum(-x, 0) + tail
+
+
+def _softplus_value(x):
+  return _softplus_pair(x)[0]
+
+
+@_value_form.value_form(_softplus_value)
+def softplus(x):
+  """``jax.nn.softplus``, its value in arithmetic: ``max(x, 0) + log1p(e^-|x|)``
+  (``inf`` at ``inf``, 0 at ``-inf``, NaN at NaN), which XLA:CPU fuses with a
+  sum; ``jax.nn.softplus``'s value ends in a select, whose terms it writes
+  out (``soft_margin_loss``'s mean: 16 MiB of temporaries on 4M elements,
+  and 1.5x the plain formula's time on rows of 4 laid out flat). The
+  derivatives are ``jax.nn.softplus``'s.
+  """
+  return jax.nn.softplus(x)
 
 
 @jax.custom_jvp

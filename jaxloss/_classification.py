@@ -882,7 +882,7 @@ def soft_margin_loss(predictions, targets, *, reduction="none"):
   x, t, _, _ = _pair(fn, "predictions", predictions, "targets", targets)
   not_nan(fn, "predictions", x)
   _checks.values(fn, "targets", (t == 1) | (t == -1), "must be -1 or 1", t)
-  return _reduction.reduce(fn, jax.nn.softplus(-t * x), reduction)
+  return _reduction.reduce(fn, _binary.softplus(-t * x), reduction)
 
 
 @_jit.jit("reduction")

@@ -451,3 +451,21 @@ def test_logit_bce_gradient_writes_only_its_result(fn):
   x = jax.ShapeDtypeStruct((512, 256), jnp.float32)
   step = jax.value_and_grad(lambda x, y: jnp.mean(fn(x, y)))
   assert temporaries(step, x, x) <= 1.01 * x.size * 4
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's fusion")
+def test_soft_margin_value_fuses_with_its_sum():
+  # The value's softplus in arithmetic: jax.nn.softplus ends in a select,
+  # whose terms XLA:CPU wrote out before summing them (one float32 array of
+  # the input's size); the derivatives are jax.nn.softplus's.
+  for shape in ((512, 256), (4096, 4)):
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    mean = lambda x, y: jnp.mean(jaxloss.soft_margin_loss(x, y))
+    assert temporaries(mean, x, x) < 0.01 * x.size * 4
+  x = jnp.array([-jnp.inf, -30.0, -1.0, 0.0, 2.0, 40.0, jnp.inf, jnp.nan])
+  y = jnp.array([-1.0, 1.0, 1.0, -1.0, 1.0, -1.0, -1.0, 1.0])
+  got = jax.jit(jaxloss.soft_margin_loss)(x, y)
+  np.testing.assert_allclose(got, jax.nn.softplus(-y * x), rtol=1e-6)
+  grad = jax.jit(jax.grad(lambda x: jnp.sum(jaxloss.soft_margin_loss(x, y))))
+  want = jax.grad(lambda x: jnp.sum(jax.nn.softplus(-y * x)))(x)
+  np.testing.assert_array_equal(grad(x), want)
