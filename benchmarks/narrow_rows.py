@@ -27,7 +27,7 @@ import common
 import suite
 
 # Elementwise losses with a builder of [rows, features] operands in the
-# suite: optax's names first, then torch's (plain baselines).
+# suite: optax's names first, then torch's and Keras's (plain baselines).
 LOSSES = ("huber_loss", "l2_loss", "log_cosh", "sigmoid_binary_cross_entropy",
           "hinge_loss", "mse_loss", "l1_loss", "smooth_l1_loss",
           "poisson_nll_loss", "gaussian_nll_loss", "hinge_embedding_loss",
