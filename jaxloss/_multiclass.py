@@ -10,6 +10,7 @@ from jaxloss import _jit
 from jaxloss import _parallel
 from jaxloss import _reduction
 from jaxloss import _rows
+from jaxloss import _value_form
 from jaxloss.kernels import cross_entropy as _fast_ce
 
 
@@ -303,6 +304,28 @@ def softmax_cross_entropy(logits, labels, axis=-1, where=None, *, weight=None,
       implementation=implementation)
 
 
+def _smoothed_rows(config, smoothing, x, y, keep, class_keep, weight):
+  """Label-smoothed cross entropies of [R, C] rows from the statistics; on
+  CPUs, for the value alone, the smoothed labels' chain of fused sums
+  (:func:`jaxloss.kernels.cross_entropy.smoothed_chain`) wherever its rows
+  are finite, this where they are not."""
+  def exact(x, y, smoothing, keep, weight):
+    cross, _, _, smooth, count, _ = _fast_ce.label_statistics(
+        config, x, y, keep, class_keep, weight)
+    return (1 - smoothing) * cross + smoothing * smooth / jnp.maximum(count,
+                                                                      1)
+
+  if not config.value_chain or class_keep is not None:
+    return exact(x, y, smoothing, keep, weight)
+
+  def fast(*args):
+    return _value_form.unless_nan(_fast_ce.smoothed_chain, exact, *args,
+                                  finite=True)
+
+  smoothing = jnp.asarray(smoothing, _reduction.stat_dtype(x.dtype))
+  return _value_form.value_form(fast)(exact)(x, y, smoothing, keep, weight)
+
+
 def probability_cross_entropy(fn, logits, labels, *, axis, where, weight,
                               label_smoothing, reduction,
                               implementation="auto", config=None):
@@ -336,13 +359,12 @@ def probability_cross_entropy(fn, logits, labels, *, axis, where, weight,
     def flat(a):
       return _rows.flat_rows(a, batch_shape)
 
-    stats = (s.reshape(batch_shape) for s in _fast_ce.label_statistics(
-        config, flat(x), flat(y), flat(row_keep), flat(class_keep), weight))
-    loss, _, _, *smooth = stats
+    args = (flat(x), flat(y), flat(row_keep), flat(class_keep), weight)
     if smoothed:
-      smooth, count, _ = smooth
-      loss = ((1 - label_smoothing) * loss
-              + label_smoothing * smooth / jnp.maximum(count, 1))
+      loss = _smoothed_rows(config, label_smoothing, *args)
+    else:
+      loss = _fast_ce.label_statistics(config, *args)[0]
+    loss = loss.reshape(batch_shape)
   else:
     x = x.astype(dtype)
     y = y.astype(dtype)

@@ -53,8 +53,9 @@ def value_form(fast, differentiated_value=False):
   return wrap
 
 
-def unless_nan(fast, exact, *args):
-  """``fast(*args)``, or ``exact(*args)`` where that holds a NaN.
+def unless_nan(fast, exact, *args, finite=False):
+  """``fast(*args)``, or ``exact(*args)`` where that holds a NaN (with
+  ``finite``: where it is not finite).
 
   For a guard that only ``0 * inf`` needs: ``fast`` is the plain formula,
   exact wherever it is not NaN; ``exact`` is the guarded one, whose terms
@@ -65,25 +66,43 @@ def unless_nan(fast, exact, *args):
   too: both are NaN there). On XLA:CPU a guard on every term costs its
   fused sum about as much again as the formula's own terms.
 
+  With ``finite`` ``fast`` need be exact only where its sum is finite: a
+  form whose edge case makes a term infinite (a plain sum over classes
+  that should leave some out); an infinite loss then costs both forms.
+
   Under ``jax.vmap`` the condition is taken over the whole batch (a batched
   ``lax.cond`` would run both). Never differentiated itself: for a
   ``custom_jvp``'s primal, or :func:`value_form`'s ``fast``. ``args`` are
-  arrays.
+  arrays or None (passed on as None).
   """
+  if any(a is None for a in args):
+    slots = [a is not None for a in args]
+
+    def bind(fn):
+      def call(*given):
+        it = iter(given)
+        return fn(*(next(it) if s else None for s in slots))
+      return call
+
+    return unless_nan(bind(fast), bind(exact),
+                      *(a for a in args if a is not None), finite=finite)
+
   @jax.custom_batching.custom_vmap
   def pick(*args):
     out = fast(*args)
     # The barrier keeps XLA from folding the sum of row sums into one sum
     # of the terms, which it would then write out.
     probe = jnp.sum(lax.optimization_barrier(jax.tree.leaves(out)[0]))
-    return lax.cond(probe != probe, lambda: exact(*args), lambda: out)
+    odd = ~jnp.isfinite(probe) if finite else probe != probe
+    return lax.cond(odd, lambda: exact(*args), lambda: out)
 
   @pick.def_vmap
   @_jit.inlined
   def rule(axis_size, in_batched, *args):
     del axis_size
     axes = tuple(0 if b else None for b in in_batched)
-    out = unless_nan(jax.vmap(fast, axes), jax.vmap(exact, axes), *args)
+    out = unless_nan(jax.vmap(fast, axes), jax.vmap(exact, axes), *args,
+                     finite=finite)
     return out, jax.tree.map(lambda _: True, out)
 
   return pick(*args)

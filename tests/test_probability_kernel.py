@@ -304,21 +304,88 @@ def test_unless_nan_takes_the_exact_form_only_for_a_nan():
   assert "select_n" not in jaxpr
 
 
+def test_unless_nan_with_finite_takes_the_exact_form_where_not_finite():
+  from jaxloss._value_form import unless_nan
+
+  def fast(a, b):
+    assert b is None
+    return 1 / a
+
+  def exact(a, b):
+    assert b is None
+    return jnp.zeros_like(a)
+
+  def f(a):
+    return unless_nan(fast, exact, a, None, finite=True)
+
+  a = jnp.array([1.0, 2.0])
+  np.testing.assert_array_equal(jax.jit(f)(a), 1 / a)
+  np.testing.assert_array_equal(jax.jit(f)(a.at[0].set(0.0)), [0.0, 0.0])
+  np.testing.assert_array_equal(jax.vmap(f)(jnp.stack([a, a.at[1].set(0)])),
+                                np.zeros((2, 2)))
+  # Without ``finite`` only a NaN takes the exact form.
+  np.testing.assert_array_equal(
+      unless_nan(fast, exact, a.at[0].set(0.0), None), [np.inf, 0.5])
+
+
 @pytest.mark.skipif(jax.default_backend() != "cpu",
                     reason="the value's plain form is XLA:CPU's")
 @pytest.mark.parametrize("batched", [False, True], ids=["jit", "vmap"])
-def test_probability_value_takes_the_plain_sum_unless_it_is_nan(batched):
+@pytest.mark.parametrize("options", ["plain", "smoothing and weights"])
+def test_probability_value_takes_the_plain_sum_unless_it_is_nan(
+    batched, options):
   # The guard against 0 * inf costs XLA:CPU's fused sum about as much as
   # the formula: the value runs the plain sum behind one scalar condition.
+  # With label smoothing the plain sum is over every class, which is the
+  # support wherever it is finite.
   x = jnp.asarray(rng.normal(0, 2, (4, N, C)), jnp.float32)
   y = jax.nn.softmax(jnp.asarray(rng.normal(0, 2, (4, N, C)), jnp.float32))
-  fn = jaxloss.softmax_cross_entropy
-  fn = jax.vmap(fn) if batched else fn
-  hlo = jax.jit(fn).lower(x, y).compile().as_text()
+  kw = ({} if options == "plain" else
+        dict(weight=jnp.asarray(W, jnp.float32), label_smoothing=0.3))
+
+  def fn(x, y, implementation="auto"):
+    return jaxloss.softmax_cross_entropy(x, y, implementation=implementation,
+                                         **kw)
+  run = jax.vmap(fn) if batched else fn
+  hlo = jax.jit(run).lower(x, y).compile().as_text()
   assert hlo.count("conditional(") == 1
+  np.testing.assert_allclose(jax.jit(run)(x, y), fn(x, y, "reference"),
+                             rtol=1e-6)
   x = x.at[0, 1, 2].set(-jnp.inf).at[3, 0, 0].set(-jnp.inf)
   y = y.at[0, 1, 2].set(0.0).at[3, 0, 0].set(0.25)
-  out = jax.jit(fn)(x, y)
+  out = jax.jit(run)(x, y)
   assert out[3, 0] == jnp.inf
-  expected = jaxloss.softmax_cross_entropy(x, y, implementation="reference")
+  expected = fn(x, y, "reference")
   np.testing.assert_allclose(out, expected, rtol=1e-6)
+  assert np.isfinite(out[0, 1])
+  # A row of -inf logits without label mass costs 0; the others alike.
+  x, y = x.at[2, 2].set(-jnp.inf), y.at[2, 2].set(0.0)
+  np.testing.assert_allclose(jax.jit(run)(x, y), fn(x, y, "reference"),
+                             rtol=1e-6)
+  assert jax.jit(run)(x, y)[2, 2] == 0
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu",
+                    reason="the value's plain form is XLA:CPU's")
+def test_smoothed_value_takes_traced_and_batched_smoothing():
+  # The smoothing is an ordinary argument of the fused value: traced,
+  # vmapped, one compile for every value.
+  x = jnp.asarray(X, jnp.float32)
+  y = jnp.asarray(Y, jnp.float32)
+  w = jnp.asarray(W, jnp.float32)
+
+  def fn(s, implementation="auto"):
+    return CE(x, y, weight=w, label_smoothing=s,
+              implementation=implementation)
+  f = jax.jit(fn)
+  smoothing = jnp.asarray([0.05, 0.3, 1.0])
+  np.testing.assert_allclose(
+      jax.vmap(f)(smoothing),
+      np.stack([fn(float(s), "reference") for s in smoothing]), rtol=1e-6)
+  for s in smoothing:
+    np.testing.assert_allclose(f(s), fn(float(s), "reference"), rtol=1e-6)
+  assert f._cache_size() == 1
+  # Linear in the smoothing: its derivative is smooth / C - cross.
+  grad = jax.grad(lambda s: fn(s).sum())(0.3)
+  want = jax.grad(lambda s: fn(s, "reference").sum())(0.3)
+  np.testing.assert_allclose(grad, want, rtol=1e-5)

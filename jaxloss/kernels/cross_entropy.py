@@ -460,22 +460,37 @@ def label_chain(x, y, keep, weight, statistics=False, poly_epsilon=None):
   """
   if poly_epsilon is not None:
     return _chain(x, y, keep, weight, statistics, True, poly_epsilon)[0]
-  present = (keep is not None, weight is not None)
-
   def form(guarded):
-    def chain(x, y, *given):
-      it = iter(given)
-      keep, weight = (next(it) if p else None for p in present)
+    def chain(x, y, keep, weight):
       return _chain(x, y, keep, weight, statistics, guarded)
     return chain
 
-  given = [a for a in (keep, weight) if a is not None]
-  out = _value_form.unless_nan(form(False), form(True), x, y, *given)
+  out = _value_form.unless_nan(form(False), form(True), x, y, keep, weight)
   return out if statistics else out[0]
 
 
-def _chain(x, y, keep, weight, statistics, guarded, poly_epsilon=None):
-  """:func:`label_chain`'s sums, plain or ``guarded``.
+def smoothed_chain(x, y, smoothing, keep, weight):
+  r"""The label-smoothed cross entropy of each row, :math:`\sum_j w_j
+  ((1 - \varepsilon) y_j + \varepsilon / C) (\mathrm{lse} - x_j)`, as
+  :func:`label_chain`'s plain sums (one sum in the last pass), the value
+  only: ``(1 - smoothing) * cross + smoothing * smooth / count`` of
+  :func:`label_statistics` with ``config.smoothing``, wherever it is
+  finite.
+
+  That is wherever every logit of the row is finite: the smoothing mass
+  belongs to the support (the finite logits), which is then every class; a
+  ``-inf`` logit makes its term ``inf`` (or ``0 * inf``), never a finite
+  number, so that a caller takes the exact form where this is not finite
+  (:func:`jaxloss._value_form.unless_nan` with ``finite``). ``smoothing``
+  is a scalar, traced or concrete.
+  """
+  return _chain(x, y, keep, weight, False, False, smoothing=smoothing)[0]
+
+
+def _chain(x, y, keep, weight, statistics, guarded, poly_epsilon=None,
+           smoothing=None):
+  """:func:`label_chain`'s sums, plain or ``guarded``, and
+  :func:`smoothed_chain`'s (plain only).
 
   The plain sums are NaN on a row of ``-inf`` logits (``-inf - -inf``),
   where the guarded ones floor the maximum and the sum of exponentials
@@ -505,7 +520,13 @@ def _chain(x, y, keep, weight, statistics, guarded, poly_epsilon=None):
   sum_exp = (_row_sums((exps,), float(info.tiny))[0] if guarded
              else jnp.sum(exps, axis=-1))
   log_sum = jnp.log(sum_exp)
-  c = _coefficients(y, None, weight, dtype)
+  if smoothing is None:
+    c = _coefficients(y, None, weight, dtype)
+  else:
+    # The smoothed labels, with the class weights: one sum in the last pass.
+    smoothing = jnp.asarray(smoothing, dtype)
+    mixed = y.astype(dtype) * (1 - smoothing) + smoothing / x.shape[-1]
+    c = _coefficients(mixed, None, weight, dtype)
   if poly_epsilon is not None:
     # The last pass takes its own x - m and exponentials: the barrier keeps
     # XLA from sharing them (and the broadcast maximum) with the sum's pass,
