@@ -12,7 +12,9 @@ Compared in one process, on the same inputs:
   ``... all options`` adds ignore_index, class weights, label smoothing and
   z-loss;
 - ``optax``, and ``optax f32 upcast`` (the logits cast to float32 first, as
-  is common practice for half-precision logits);
+  is common practice for half-precision logits); with probability labels
+  ``optax, all options`` too (``optax.smooth_labels`` and the class weights
+  applied to the labels first), the baseline of the rows with options;
 - ``torch`` (``F.cross_entropy``) when torch is installed, on the same device;
 - ``copy``: one read and one write of the logits, the bandwidth yardstick.
 
@@ -24,7 +26,8 @@ runs each row of one mode once, in a shuffled order, so a shared or
 throttled machine slows them all alike; the values' rounds come first, then
 the gradients' (the copy in both), so that no row follows a slower row of
 the other mode (``common.interleaved_ms``). The median over rounds is
-reported, and ``vs optax`` is the median of the per-round ratios. On GPUs a
+reported, and ``vs optax`` is the median of the per-round ratios (to
+``optax, all options`` for the rows with options where it is a row). On GPUs a
 sample is ten calls issued back to back and waited for once (``--inner``),
 so the host's dispatch overlaps the device's work as in a training loop.
 Temporaries are XLA's ``memory_analysis()`` of the compiled function
@@ -105,6 +108,14 @@ def probability_inputs(rows, classes, dtype, seed=0):
   return logits, labels, labels, weight
 
 
+def optax_options(x, y, unused, w):
+  """optax's loss with the options' label smoothing and class weights
+  applied to the labels first (``optax.smooth_labels``)."""
+  del unused
+  y = optax.smooth_labels(y, PROBABILITY_OPTIONS["label_smoothing"]) * w
+  return optax.losses.softmax_cross_entropy(x, y).mean()
+
+
 def probability_losses():
   """name -> loss of (logits, labels, labels, weight), a scalar."""
   def ours(implementation, options=False):
@@ -118,6 +129,7 @@ def probability_losses():
   return {"jaxloss auto": ours("auto"), "jaxloss xla": ours("xla"),
           "jaxloss reference": ours("reference"),
           **optax_losses(optax.losses.softmax_cross_entropy),
+          "optax, all options": optax_options,
           "jaxloss xla, all options": ours("xla", True),
           "jaxloss reference, all options": ours("reference", True)}
 
@@ -344,7 +356,10 @@ def main():
            "ms_all": [round(x, 3) for x in t], **meta[key]}
     row["gbs"] = common.gbs(moved, row["ms"])
     row["of_copy"] = row["gbs"] / copy_gbs
-    base = times.get(("optax", mode))
+    # Rows with options against optax's with the same options where it has
+    # them (probability labels), else against optax's plain loss.
+    base = times.get(("optax, all options" if "options" in name else "optax",
+                      mode), times.get(("optax", mode)))
     if base is not None:
       row["vs_optax"] = statistics.median(a / b for a, b in zip(t, base))
     row["temporaries"] = common.fmt_bytes(row.get("temp_bytes"))
