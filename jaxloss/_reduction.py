@@ -10,6 +10,7 @@ from jax.custom_derivatives import SymbolicZero
 
 from jaxloss import _checks
 from jaxloss import _jit
+from jaxloss import _value_form
 
 # Rows shorter than this are laid out flat for XLA:CPU (see `elementwise`).
 NARROW = 128
@@ -75,6 +76,19 @@ def reduce(fn, loss, reduction, *, denominator=None, keep=None):
   # A zero denominator only happens when every element is dropped, so the
   # total is already zero: dividing by one keeps value and gradient at zero.
   return total / jnp.where(denominator == 0, 1, denominator)
+
+
+def reduce_terms(fn, plain, exact, args, reduction):
+  """:func:`reduce` of ``exact(*args)``, an unmasked elementwise loss,
+  whose sum on CPUs is ``plain``'s unless that is NaN
+  (:func:`jaxloss._value_form.summed`)."""
+  _checks.reduction(fn, reduction)
+  if reduction == "none":
+    return exact(*args)
+  total = _value_form.summed(plain, exact, *args)
+  if reduction == "sum":
+    return total
+  return total / max(jax.eval_shape(exact, *args).size, 1)
 
 
 def elementwise(body=None, *, flat_derivatives=0):

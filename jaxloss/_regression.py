@@ -50,11 +50,12 @@ def _numeric_or_complex(fn, name, x):
   return x
 
 
-def pair(fn, predictions, targets, *, complex_ok=False):
+def pair(fn, predictions, targets, *, complex_ok=False, upcast=True):
   """Checked ``predictions`` and ``targets`` (or None) in the loss dtype.
 
   ``targets`` broadcasts to the shape of ``predictions``, never enlarging
-  it; half precision is computed in float32.
+  it; half precision is computed in float32. ``upcast=False`` leaves both
+  in their own dtypes (for forms that upcast in their own passes).
   """
   if complex_ok:
     predictions = _complex_or_floating(fn, "predictions", predictions)
@@ -69,6 +70,8 @@ def pair(fn, predictions, targets, *, complex_ok=False):
   dtype = _reduction.stat_dtype(jnp.result_type(predictions, targets))
   targets = _checks.conform(fn, "targets", targets, "predictions",
                             predictions.shape)
+  if not upcast:
+    return predictions, targets
   return predictions.astype(dtype), targets.astype(dtype)
 
 
@@ -612,20 +615,38 @@ def poisson_nll_loss(predictions, targets, *, log_input=True, full=False,
   fn = "poisson_nll_loss"
   log_input = _checks.flag(fn, "log_input", log_input)
   full = _checks.flag(fn, "full", full)
-  predictions, targets = pair(fn, predictions, targets)
+  predictions, targets = pair(fn, predictions, targets, upcast=False)
   if not log_input:
     non_negative(fn, "predictions", predictions)
   non_negative(fn, "targets", targets)
+  dtype = _reduction.stat_dtype(jnp.result_type(predictions, targets))
+
+  def form(terms, apart=False):
+    def loss(x, y):
+      # Upcast in each form's own pass (see _value_form.summed); with
+      # ``apart`` behind one barrier, so that the gradient's conversions
+      # are not the value's.
+      if apart:
+        x, y = lax.optimization_barrier((x, y))
+      x, y = x.astype(dtype), y.astype(dtype)
+      out = terms(x, y)
+      if full:
+        big = y > 1
+        y = jnp.where(big, y, 2)
+        stirling = y * jnp.log(y) - y + 0.5 * jnp.log(y) + _HALF_LOG_2PI
+        out = out + jnp.where(big, stirling, 0)
+      return out
+    return loss
+
   if log_input:
-    loss = _poisson_log_terms(predictions, targets)
-  else:
-    loss = predictions - _rate_terms(targets, predictions, eps,
-                                     _jit.known_positive("eps", eps))
-  if full:
-    big = targets > 1
-    y = jnp.where(big, targets, 2)
-    stirling = y * jnp.log(y) - y + 0.5 * jnp.log(y) + _HALF_LOG_2PI
-    loss = loss + jnp.where(big, stirling, 0)
+    # The plain formula is exact unless NaN: 0 * -inf, a zero count at
+    # log-rate -inf, where the exact terms read 0.
+    return _reduction.reduce_terms(
+        fn, form(lambda x, y: jnp.exp(x) - y * x),
+        form(_poisson_log_terms, apart=reduction != "none"),
+        (predictions, targets), reduction)
+  loss = form(lambda rates, y: rates - _rate_terms(
+      y, rates, eps, _jit.known_positive("eps", eps)))(predictions, targets)
   return _reduction.reduce(fn, loss, reduction)
 
 

@@ -575,6 +575,41 @@ def test_poisson_nll_zero_count_at_log_rate_minus_inf_costs_nothing():
   np.testing.assert_array_equal(g, [0.0, np.inf, -0.5])
 
 
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_poisson_nll_reduced_value_is_the_plain_sum_unless_nan(reduction):
+  # On CPUs the reduced value is the plain formula's sum behind one scalar
+  # condition, the guarded sum only where that is NaN; the same numbers,
+  # value and gradient, as the terms' own sum.
+  x = jnp.array([-jnp.inf, 0.3, 0.5, -1.0])
+  y = jnp.array([0.0, 2.0, 0.0, 1.0])
+  def total(x, y):
+    return jaxloss.poisson_nll_loss(x, y, reduction=reduction)
+
+  def want(x, y):
+    return jnp.sum(jaxloss.poisson_nll_loss(x, y)) / (
+        1 if reduction == "sum" else x.size)
+
+  for args in ((x, y), (x[1:], y[1:]), (x, y.at[0].set(1.0))):
+    np.testing.assert_allclose(jax.jit(total)(*args), want(*args),
+                               rtol=1e-6)
+    for f in (total, want):
+      value, grads = jax.jit(jax.value_and_grad(f, (0, 1)))(*args)
+      if f is total:
+        got = (value, grads)
+      else:
+        np.testing.assert_allclose(got[0], value, rtol=1e-6)
+        for g, w in zip(got[1], grads):
+          np.testing.assert_allclose(g, w, rtol=1e-6)
+  if jax.default_backend() == "cpu":
+    hlo = jax.jit(total).lower(x, y).compile().as_text()
+    assert hlo.count("conditional(") == 1
+    # bfloat16 input is upcast in each form's own pass: no float32 copy
+    # written out for the condition.
+    big = jax.ShapeDtypeStruct((512, 256), jnp.bfloat16)
+    for fn in (total, jax.value_and_grad(total)):
+      assert temporaries(fn, big, big) < 512 * 256
+
+
 def test_poisson_is_poisson_nll_on_rates():
   r, y = jnp.asarray(RATE), jnp.asarray(COUNTS)
   np.testing.assert_allclose(
