@@ -66,6 +66,11 @@ PROBED = {
                  "safe_softmax_cross_entropy")
 } if jax.default_backend() == "cpu" else {}
 
+# The integer-label cross entropy with label smoothing: on CPUs its
+# support's sums are the plain sums over every class unless not finite, a
+# condition on the whole batch too (an all-reduce of one scalar).
+SMOOTHING_PROBED = jax.default_backend() == "cpu"
+
 # dice_loss's "mean" and "sum" reduce the class axis only, as optax: the
 # batch stays, sharded, and nothing is communicated.
 CLASS_REDUCTION = {"dice_loss"}
@@ -167,15 +172,18 @@ def assert_replicated(x):
   assert x.sharding.is_fully_replicated, x.sharding
 
 
-def assert_masked_step(out, text, expected, grad_axis=0):
+def assert_masked_step(out, text, expected, grad_axis=0, probed=False):
   """A masked or weighted loss: its mean from one or two all-reduces of
-  scalars, its per-example losses and gradient sharded with no collective,
-  and the unsharded values."""
+  scalars, its per-example losses and gradient sharded with no collective
+  (``probed``: a condition on the whole batch, one all-reduce of scalars
+  more, which the per-example losses read), and the unsharded values."""
   ops = collectives(text)
-  assert 1 <= len(ops) <= 2 and {op for op, _ in ops} == {"all-reduce"}, ops
+  assert 1 <= len(ops) <= 2 + probed, ops
+  assert {op for op, _ in ops} == {"all-reduce"}, ops
   assert all(scalar_only(shape) for _, shape in ops), ops
   (none,) = leaf_indices(out, "none")
-  assert collectives_feeding(text, none) == []
+  assert set(collectives_feeding(text, none)) <= (
+      {"all-reduce"} if probed else set())
   assert_batch_sharded(out["none"])
   assert_batch_sharded(out["grad"], grad_axis)
   assert_replicated(out["mean"])
@@ -384,7 +392,8 @@ def test_masked_and_weighted_means(case):
   out, text, expected = run_sharded(jit(run), (sharded[0], sharded[1:],
                                                placed),
                                     (args[0], args[1:], arrays))
-  assert_masked_step(out, text, expected)
+  assert_masked_step(out, text, expected, probed=SMOOTHING_PROBED and (
+      "label_smoothing" in static))
 
 
 # torch-style classes, "mean" by default: two representative ones, and
@@ -420,7 +429,9 @@ def test_nn_classes(cls):
             "grad": jax.grad(lambda x: loss(x, *rest))(x)}
 
   out, text, expected = run_sharded(jit(run), sharded, args)
-  assert_masked_step(out, text, expected, grad_axis=inputs[0][1])
+  assert_masked_step(out, text, expected, grad_axis=inputs[0][1],
+                     probed=SMOOTHING_PROBED and bool(
+                         getattr(loss, "label_smoothing", 0)))
 
 
 # jax.make_mesh's default axis type is Explicit: shardings are part of the

@@ -525,3 +525,37 @@ def test_statistics_kernel_loops_over_its_blocks_inside_a_loss_body():
   for fn in (stats, _jit.inlined(stats)):
     jaxpr = str(jax.make_jaxpr(fn)(x))
     assert jaxpr.count("scan") + jaxpr.count("while") == 1, fn
+
+
+@pytest.mark.skipif(GPU or jax.default_backend() != "cpu",
+                    reason="the plain support sums are XLA:CPU's")
+@pytest.mark.parametrize("weighted", [False, True])
+def test_smoothing_sums_are_plain_unless_not_finite(weighted):
+  # With label smoothing the support's sums (of w x, w and 1 over the
+  # finite logits) are the plain sums over every class behind one scalar
+  # condition, in the value and in the gradient's forward pass; a -inf
+  # logit (outside the support) takes the support's sums: the same numbers.
+  x = jnp.asarray(X, jnp.float32)
+  labels = jnp.asarray(LABELS)
+  kw = dict(label_smoothing=0.2,
+            weight=jnp.asarray(W, jnp.float32) if weighted else None)
+
+  def f(x, implementation="xla"):
+    return CE(x, labels, implementation=implementation, **kw)
+
+  def total(x, implementation="xla"):
+    return jnp.sum(f(x, implementation))
+
+  for fn in (f, jax.value_and_grad(total)):
+    hlo = jax.jit(fn).lower(x).compile().as_text()
+    assert hlo.count("conditional(") == 1
+  impossible = x.at[2, (LABELS[2] + 1) % C].set(-jnp.inf)
+  for logits in (x, impossible, impossible.at[4].set(jnp.inf)):
+    for fn in (f, jax.value_and_grad(total)):
+      got = jax.jit(fn)(logits)
+      want = jax.jit(fn, static_argnums=1)(logits, "reference")
+      for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(g, w, rtol=2e-5, atol=1e-6)
+  batched = jax.vmap(f)(jnp.stack([x, impossible]))
+  np.testing.assert_allclose(batched[1], f(impossible, "reference"),
+                             rtol=2e-5, atol=1e-6)

@@ -270,9 +270,34 @@ def xla_statistics(x, class_keep, weight, smoothing, dtype):
   lse = jnp.log(jnp.sum(exps, axis=-1)) + shift
   if not smoothing:
     return (lse,), (exps, shift)
-  # The support sums in one variadic reduction, which XLA fuses with the
-  # masking (separate sums each get a masked float32 copy of x on CPUs).
   x = lax.optimization_barrier(x)
+  if (class_keep is not None or x.dtype != dtype
+      or jax.default_backend() != "cpu"):
+    sums = _support_sums(x, weight, dtype)
+  else:
+    # On CPUs the plain sums over every class, which are the support's
+    # wherever they are finite (a -inf logit makes ``sx`` infinite or NaN):
+    # one fused sum, where the support's variadic reduction took XLA:CPU
+    # twice the time of a pass of the library's (the value of the cross
+    # entropy with label smoothing 2.35x optax's, without it 1.12x).
+    # Differentiated (by a derivative of higher order than the first), the
+    # support's sums. Not for half-precision logits: XLA:CPU wrote their
+    # float32 conversion out for the weighted sum (512 MiB at [4096,
+    # 32768]), where the variadic reduction converts as it reads.
+    def fast(x, weight):
+      return _value_form.unless_nan(
+          lambda x, w: _plain_support_sums(x, w, dtype),
+          lambda x, w: _support_sums(x, w, dtype), x, weight, finite=True)
+    sums = _value_form.value_form(fast, differentiated_value=True)(
+        lambda x, w: _support_sums(x, w, dtype))(x, weight)
+  return (lse, *sums), (exps, shift)
+
+
+def _support_sums(x, weight, dtype):
+  """``(sx, wsum, count)``: the row sums of ``w x``, ``w`` and 1 over the
+  support (the classes whose logit is not ``-inf``)."""
+  # One variadic reduction, which XLA fuses with the masking (separate sums
+  # each get a masked float32 copy of x on CPUs).
   support = x > -jnp.inf
   xs = jnp.where(support, x.astype(dtype), 0)
   ones = support.astype(dtype)
@@ -284,7 +309,21 @@ def xla_statistics(x, class_keep, weight, smoothing, dtype):
   sums = _row_sums(terms)
   sx, count = sums[0], sums[-1]
   wsum = sums[-2] if weight is not None else count
-  return (lse, sx, wsum, count), (exps, shift)
+  return sx, wsum, count
+
+
+def _plain_support_sums(x, weight, dtype):
+  """:func:`_support_sums` over every class: the same numbers wherever
+  ``sx`` is finite (every logit finite)."""
+  xf = x.astype(dtype)
+  num_classes = x.shape[-1]
+  if weight is None:
+    sx = jnp.sum(xf, axis=-1)
+    wsum = jnp.full_like(sx, num_classes)
+  else:
+    sx = jnp.sum(xf * weight[None, :], axis=-1)
+    wsum = jnp.broadcast_to(jnp.sum(weight).astype(dtype), sx.shape)
+  return sx, wsum, jnp.full_like(sx, num_classes)
 
 
 def _row_statistics_jvp(config, primals, tangents):
