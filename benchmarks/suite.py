@@ -40,6 +40,13 @@ the largest difference of the per-element losses (``reduction="none"``), for
 ``grad`` of the mean and its gradient, over the baseline's largest
 magnitude; ``torch_rel_diff`` the same for torch's mean.
 
+``--reduction mean`` has jaxloss's losses reduce themselves
+(``reduction="mean"``, torch's default) instead of returning
+``reduction="none"`` for the mean (optax's idiom); the baselines are as
+they were. Only for losses whose ``"mean"`` is the mean of their
+``"none"``: the elementwise ones (marked ``elementwise``), all of them
+without ``--only``; ``--only`` refuses others.
+
 ``--shapes`` picks the set of shapes (:data:`SHAPES`): ``default`` (rows of
 256, 1024 classes, ...), ``wide`` (fewer, longer rows and more classes: rows
 of 8192, 32768 classes, ...) or ``narrow`` (many short rows: 16 features, 10
@@ -699,9 +706,12 @@ def nbytes(tree):
   return sum(a.size * a.dtype.itemsize for a in jax.tree_util.tree_leaves(tree))
 
 
-def scalar_loss(fn, kw):
-  """A new function object on every call: the mean of ``fn``'s output."""
+def scalar_loss(fn, kw, reduction="none"):
+  """A new function object on every call: the mean of ``fn``'s output, or
+  with ``reduction="mean"`` ``fn``'s own."""
   def f(*args):
+    if reduction == "mean":
+      return fn(*args, reduction="mean", **kw)
     out = fn(*args, **kw)
     if isinstance(out, tuple):   # ctc_loss_with_forward_probs
       out = out[0]
@@ -775,14 +785,17 @@ def implementations(name, baseline):
                                   if baseline == "optax" else PLAIN[name])
 
 
-def run_one(name, args, kw, baseline, rounds, seconds, compile_repeats):
-  """Rows (value and grad) for one loss: jaxloss, its baseline and torch."""
+def run_one(name, args, kw, baseline, rounds, seconds, compile_repeats,
+            reduction="none"):
+  """Rows (value and grad) for one loss: jaxloss, its baseline and torch;
+  ``reduction`` is jaxloss's (see ``--reduction``)."""
   ours, theirs = implementations(name, baseline)
   makers = {}
   for impl, fn in (("jaxloss", ours), (baseline, theirs)):
-    makers[impl, "value"] = lambda fn=fn: scalar_loss(fn, kw)
-    makers[impl, "grad"] = lambda fn=fn: jax.value_and_grad(
-        scalar_loss(fn, kw))
+    mode = reduction if impl == "jaxloss" else "none"
+    makers[impl, "value"] = lambda fn=fn, m=mode: scalar_loss(fn, kw, m)
+    makers[impl, "grad"] = lambda fn=fn, m=mode: jax.value_and_grad(
+        scalar_loss(fn, kw, m))
   parts, compiled = compile_interleaved(makers, args, compile_repeats)
 
   calls, temps, outs = {}, {}, {}
@@ -887,6 +900,9 @@ def main():
   parser.add_argument("--compile-repeats", type=int, default=7,
                       help="cold compilations of each function; median")
   parser.add_argument("--only", default="", help="comma-separated names")
+  parser.add_argument("--reduction", choices=("none", "mean"),
+                      default="none",
+                      help="jaxloss's reduction (see the module's doc)")
   parser.add_argument("--name", default="suite", help="results file stem")
   parser.add_argument("--no-write", action="store_true")
   args = parser.parse_args()
@@ -903,6 +919,13 @@ def main():
   unknown = only - set(jaxloss.names())
   if unknown:
     parser.error(f"--only: not a jaxloss loss: {', '.join(sorted(unknown))}")
+  if args.reduction == "mean":
+    elementwise = {n for n in jaxloss.names()
+                   if getattr(jaxloss.get(n), "elementwise", False)}
+    if only - elementwise:
+      parser.error("--reduction mean: only elementwise losses, not "
+                   + ", ".join(sorted(only - elementwise)))
+    only = only or elementwise
 
   started = time.perf_counter()
   todo, skipped = plan(only)
@@ -917,7 +940,7 @@ def main():
     inputs, kw = builder(elements, shapes, dtype, jax.random.key(i))
     try:
       rows = run_one(name, inputs, kw, baseline, rounds, args.seconds,
-                     args.compile_repeats)
+                     args.compile_repeats, args.reduction)
     except Exception as e:  # noqa: BLE001  (one failing loss is reported)
       skipped[name] = f"failed: {type(e).__name__}: {str(e)[:200]}"
       print(f"  {name}: {skipped[name]}", flush=True)
@@ -962,6 +985,7 @@ def main():
     path = common.write_json(results_stem(args.name, args.shapes), {
         "elements": elements, "dtype": dtype.name,
         "shapes": args.shapes, "shape_parameters": shapes._asdict(),
+        "reduction": args.reduction,
         "min_rounds": rounds, "seconds_per_loss": args.seconds,
         "compile_repeats": args.compile_repeats,
         "compile_measures": "jax.jit(f).trace(*args).lower().compile() of a "

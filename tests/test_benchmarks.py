@@ -118,6 +118,33 @@ def test_suite_times_each_mode_apart(monkeypatch):
   assert {m for _, m in keys} == {"value", "grad"}
 
 
+def test_suite_reduction_mean_calls_the_losses_own_mean(monkeypatch):
+  # jaxloss's own reduction="mean" (the baseline's mean of its output as
+  # ever); the same numbers for an elementwise loss.
+  calls = []
+  real = jaxloss.poisson_nll_loss
+
+  def spy(*args, **kwargs):
+    calls.append(kwargs.get("reduction", "none"))
+    return real(*args, **kwargs)
+  monkeypatch.setattr(jaxloss, "poisson_nll_loss", spy)
+  args, kw = suite.BUILDERS["poisson_nll_loss"][0](
+      64, suite.SHAPES["narrow"], jax.numpy.float32, jax.random.key(0))
+  rows = suite.run_one("poisson_nll_loss", args, kw, "plain", 1, 0.0, 1,
+                       reduction="mean")
+  assert "mean" in calls
+  assert rows[1]["max_rel_diff"] < 1e-6
+
+
+def test_suite_reduction_mean_refuses_other_losses(monkeypatch, capsys):
+  monkeypatch.setattr(sys, "argv", [
+      "suite.py", "--reduction", "mean", "--only", "ntxent,huber_loss",
+      "--no-write"])
+  with pytest.raises(SystemExit):
+    suite.main()
+  assert "only elementwise losses, not ntxent" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_suite_writes_what_report_prints(tmp_path, monkeypatch):
   monkeypatch.setattr(common, "RESULTS", tmp_path)
