@@ -322,7 +322,9 @@ def _plain_support_sums(x, weight, dtype):
     wsum = jnp.full_like(sx, num_classes)
   else:
     sx = jnp.sum(xf * weight[None, :], axis=-1)
-    wsum = jnp.broadcast_to(jnp.sum(weight).astype(dtype), sx.shape)
+    # Typed like sx (inside shard_map, varying alike: the condition's two
+    # forms must agree).
+    wsum = jnp.zeros_like(sx) + jnp.sum(weight).astype(dtype)
   return sx, wsum, jnp.full_like(sx, num_classes)
 
 
