@@ -283,8 +283,8 @@ def xla_statistics(x, class_keep, weight, smoothing, dtype):
     # gradient 1.45x, now 1.09x: benchmarks/cross_entropy.py's CPU file).
     # Differentiated (by a derivative of higher order than the first), the
     # support's sums. Not for half-precision logits: XLA:CPU wrote their
-    # float32 conversion out for the weighted sum (512 MiB at [4096,
-    # 32768]), where the variadic reduction converts as it reads.
+    # float32 conversion out for the plain sum, weighted or not (512 MiB
+    # at [4096, 32768]), where the variadic reduction converts as it reads.
     def fast(x, weight):
       return _value_form.unless_nan(
           lambda x, w: _plain_support_sums(x, w, dtype),
