@@ -135,9 +135,6 @@ def _kl_log_target_rows(lp, lt, axes):
   def rows(lp, lt):
     return jnp.sum(_elementwise_kl_log_targets(lp, lt), axis=axes)
 
-  if jax.default_backend() != "cpu":
-    return rows(lp, lt)
-
   @up
   def plain(lp, lt):
     return jnp.sum(jnp.exp(lt) * (lt - lp), axis=axes)
@@ -147,9 +144,7 @@ def _kl_log_target_rows(lp, lt, axes):
     # The select-free form: the branch compiles in a fraction of the time.
     return jnp.sum(_kl_log_target_terms(lp, lt), axis=axes)
 
-  return _value_form.value_form(
-      lambda lp, lt: _value_form.unless_nan(plain, guarded, lp, lt),
-      differentiated_value=True)(rows)(lp, lt)
+  return _value_form.plain_value(plain, rows, lp, lt, guarded=guarded)
 
 
 def _target_checks(fn, lp, t, t_name, log_targets):

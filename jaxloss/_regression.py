@@ -623,7 +623,7 @@ def poisson_nll_loss(predictions, targets, *, log_input=True, full=False,
 
   def form(terms, apart=False):
     def loss(x, y):
-      # Upcast in each form's own pass (see _value_form.summed); with
+      # Upcast in each form's own pass (see _reduction.reduce_terms); with
       # ``apart`` behind one barrier, so that the gradient's conversions
       # are not the value's.
       if apart:

@@ -108,29 +108,21 @@ def unless_nan(fast, exact, *args, finite=False):
   return pick(*args)
 
 
-def summed(plain, exact, *args):
-  """``jnp.sum(exact(*args))``; on CPUs its value, differentiated or not,
-  is the sum of ``plain``'s terms unless that is NaN (:func:`unless_nan`),
-  its derivatives ``exact``'s.
 
-  For an elementwise loss whose guard only keeps ``0 * inf`` out (a clamp
-  or a select on every term): its reduced value costs the plain formula's
-  sum and one scalar condition, and under differentiation the value's pass
-  no longer carries the guard beside the gradient's
-  (``poisson_nll_loss``: 1.2x the plain formula's time, value or value and
-  gradient, with the guard on every term; 1.01x and 0.899x so, in
-  ``benchmarks/suite.py --reduction mean``). ``plain`` and ``exact`` take
-  ``args`` as they come. Half-precision ones are best upcast inside each
-  (the condition's operands are written out), and in ``exact`` behind one
-  barrier over all of them: else XLA:CPU shares the value's conversions
-  (and exponentials) with the gradient's pass and writes them out
-  (bfloat16 ``poisson_nll_loss`` on [512, 256]: three float32 copies;
-  none behind the barrier).
+def plain_value(plain, exact, *args, finite=False, guarded=None):
+  """``exact(*args)``; on CPUs its value, differentiated or not, is
+  ``plain(*args)`` unless that is NaN (with ``finite``: not finite), then
+  ``guarded(*args)`` (``exact`` by default): :func:`unless_nan`, under
+  :func:`value_form` with ``differentiated_value``. The derivatives are
+  ``exact``'s, at every order (a second derivative differentiates
+  ``exact``'s, never the condition, which reverse mode cannot linearize).
+
+  Elsewhere ``exact`` alone: GPUs fuse the guards, and a condition is a
+  synchronization. ``args`` are arrays or None.
   """
-  def total(f):
-    return lambda *a: jnp.sum(f(*a))
-
   if jax.default_backend() != "cpu":
-    return total(exact)(*args)
-  return value_form(lambda *a: unless_nan(total(plain), total(exact), *a),
-                    differentiated_value=True)(total(exact))(*args)
+    return exact(*args)
+  fallback = exact if guarded is None else guarded
+  return value_form(
+      lambda *a: unless_nan(plain, fallback, *a, finite=finite),
+      differentiated_value=True)(exact)(*args)

@@ -271,8 +271,7 @@ def xla_statistics(x, class_keep, weight, smoothing, dtype):
   if not smoothing:
     return (lse,), (exps, shift)
   x = lax.optimization_barrier(x)
-  if (class_keep is not None or x.dtype != dtype
-      or jax.default_backend() != "cpu"):
+  if class_keep is not None or x.dtype != dtype:
     sums = _support_sums(x, weight, dtype)
   else:
     # On CPUs the plain sums over every class, which are the support's
@@ -285,12 +284,9 @@ def xla_statistics(x, class_keep, weight, smoothing, dtype):
     # support's sums. Not for half-precision logits: XLA:CPU wrote their
     # float32 conversion out for the plain sum, weighted or not (512 MiB
     # at [4096, 32768]), where the variadic reduction converts as it reads.
-    def fast(x, weight):
-      return _value_form.unless_nan(
-          lambda x, w: _plain_support_sums(x, w, dtype),
-          lambda x, w: _support_sums(x, w, dtype), x, weight, finite=True)
-    sums = _value_form.value_form(fast, differentiated_value=True)(
-        lambda x, w: _support_sums(x, w, dtype))(x, weight)
+    sums = _value_form.plain_value(
+        lambda x, w: _plain_support_sums(x, w, dtype),
+        lambda x, w: _support_sums(x, w, dtype), x, weight, finite=True)
   return (lse, *sums), (exps, shift)
 
 
