@@ -278,8 +278,8 @@ def xla_statistics(x, class_keep, weight, smoothing, dtype):
     # wherever they are finite (a -inf logit makes ``sx`` infinite or NaN):
     # one fused sum, where the support's variadic reduction took XLA:CPU
     # twice the time of a pass of the library's (with every option the
-    # cross entropy's value 2.25x optax's plain one, now 1.22x, and its
-    # gradient 1.45x, now 1.08x: benchmarks/cross_entropy.py's CPU file).
+    # cross entropy's value 2.25x optax's plain one, now 1.27x, and its
+    # gradient 1.45x, now 1.09x: benchmarks/cross_entropy.py's CPU file).
     # Differentiated (by a derivative of higher order than the first), the
     # support's sums. Not for half-precision logits: XLA:CPU wrote their
     # float32 conversion out for the plain sum, weighted or not (512 MiB
