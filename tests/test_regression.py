@@ -674,6 +674,36 @@ def test_gaussian_nll_negative_variance():
   assert np.isnan(got[1]) and np.all(np.isfinite(got[::2]))
 
 
+@pytest.mark.parametrize("eps", [1e-6, 0.0, 0.5, -1e-3])
+def test_gaussian_nll_negative_variance_under_every_clamp(eps):
+  # The value's flag is the log of the variance itself: NaN below 0 whatever
+  # the clamp (none at eps = 0, a traced one, a negative one that clamps
+  # nothing), through every reduction; elsewhere the value is the exact
+  # form's, which the gradient's evaluation takes.
+  x = jnp.array([0.0, 1.0, 2.0, 0.5, 0.0])
+  y = jnp.array([0.0, 0.0, 1.0, 0.0, 0.0])
+  var = jnp.array([-1.0, 0.25, 2.0, 0.0, -0.0])
+
+  def loss(var, eps, reduction="none"):
+    return jaxloss.gaussian_nll_loss(x, y, var, eps=eps, reduction=reduction)
+
+  got = jax.jit(loss)(var, eps)
+  assert np.isnan(got[0])
+  for reduction in ("mean", "sum"):
+    assert np.isnan(jax.jit(loss, static_argnames="reduction")(
+        var, eps, reduction))
+  clamp = max(eps, 0.0)
+  v = np.maximum(np.asarray(var[1:], np.float64), clamp)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    want = 0.5 * (np.log(v) + np.asarray(x - y)[1:] ** 2 / v)
+  np.testing.assert_allclose(got[1:], want, rtol=1e-6)
+  if eps > 0:
+    # The value under differentiation is the exact form's.
+    value, _ = jax.value_and_grad(lambda v: loss(v, eps)[1:3].sum())(var)
+    np.testing.assert_allclose(value, np.sum(want[:2]), rtol=1e-6)
+    np.testing.assert_allclose(loss(var, eps)[1:], got[1:], rtol=1e-6)
+
+
 def test_l1_loss_of_complex_input_is_the_modulus_as_torch():
   rng_c = np.random.default_rng(11)
   x = rng_c.normal(size=(3, 2)) + 1j * rng_c.normal(size=(3, 2))
