@@ -65,14 +65,22 @@ def reduce(fn, loss, reduction, *, denominator=None, keep=None):
   _checks.reduction(fn, reduction)
   if reduction == "none":
     return loss
-  total = jnp.sum(loss)
+  if denominator is not None:
+    denominator = jnp.sum(denominator, dtype=loss.dtype)
+  return reduce_total(jnp.sum(loss), reduction, loss.size,
+                      denominator=denominator, keep=keep)
+
+
+def reduce_total(total, reduction, size, *, denominator=None, keep=None):
+  """``"sum"`` or ``"mean"`` (checked) of a loss of ``size`` elements
+  whose sum is ``total``: the mean divides by ``denominator`` (a scalar),
+  else by the number of kept elements (``keep``, or all ``size``), as
+  :func:`reduce`."""
   if reduction == "sum":
     return total
   if denominator is None:
-    denominator = (jnp.asarray(loss.size, loss.dtype) if keep is None
-                   else jnp.sum(keep, dtype=loss.dtype))
-  else:
-    denominator = jnp.sum(denominator, dtype=loss.dtype)
+    denominator = (jnp.asarray(size, total.dtype) if keep is None
+                   else jnp.sum(keep, dtype=total.dtype))
   # A zero denominator only happens when every element is dropped, so the
   # total is already zero: dividing by one keeps value and gradient at zero.
   return total / jnp.where(denominator == 0, 1, denominator)

@@ -2,6 +2,7 @@
 
 import contextlib
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -175,3 +176,10 @@ def temporaries(fn, *args):
   or ``jax.ShapeDtypeStruct``s): compiled, not run."""
   return jax.jit(fn).lower(*args).compile().memory_analysis(
       ).temp_size_in_bytes
+
+
+def condition_shapes(hlo):
+  """The result shapes of a compiled program's conditionals (layouts and
+  tuples left out): ``["f32[]"]`` for one scalar condition."""
+  return [re.sub(r"\{[^}]*\}", "", s).strip("()")
+          for s in re.findall(r"= (\S+) conditional\(", hlo)]

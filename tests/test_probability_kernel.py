@@ -15,6 +15,7 @@ import pytest
 
 import jaxloss
 import reference as ref
+from helpers import condition_shapes
 
 CE = jaxloss.softmax_cross_entropy
 rng = np.random.default_rng(11)
@@ -363,6 +364,49 @@ def test_probability_value_takes_the_plain_sum_unless_it_is_nan(
   np.testing.assert_allclose(jax.jit(run)(x, y), fn(x, y, "reference"),
                              rtol=1e-6)
   assert jax.jit(run)(x, y)[2, 2] == 0
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu",
+                    reason="the value's plain form is XLA:CPU's")
+@pytest.mark.parametrize("batched", [False, True], ids=["jit", "vmap"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("options", ["plain", "smoothing and weights"])
+def test_reduced_value_is_one_sum_of_every_term(batched, reduction, options):
+  # Reduced, the value's condition is on the total, not the rows: the last
+  # pass sums every term at once (XLA folds it, as optax's mean of row
+  # sums), and the rows are never written out. The fallbacks and the
+  # derivatives are the rows' own.
+  x = jnp.asarray(rng.normal(0, 2, (4, N, C)), jnp.float32)
+  y = jax.nn.softmax(jnp.asarray(rng.normal(0, 2, (4, N, C)), jnp.float32))
+  kw = ({} if options == "plain" else
+        dict(weight=jnp.asarray(W, jnp.float32), label_smoothing=0.3))
+
+  def fn(x, y, implementation="auto"):
+    return CE(x, y, implementation=implementation, reduction=reduction, **kw)
+
+  def rows(x, y):
+    return getattr(CE(x, y, implementation="reference", **kw), reduction)()
+
+  run, want = (jax.vmap(fn), jax.vmap(rows)) if batched else (fn, rows)
+  hlo = jax.jit(run).lower(x, y).compile().as_text()
+  assert condition_shapes(hlo) == ["f32[4]" if batched else "f32[]"]
+  np.testing.assert_allclose(jax.jit(run)(x, y), want(x, y), rtol=1e-6)
+  grads = jax.grad(lambda x, y: jnp.sum(run(x, y)), (0, 1))(x, y)
+  wants = jax.grad(lambda x, y: jnp.sum(want(x, y)), (0, 1))(x, y)
+  for g, w in zip(grads, wants):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7)
+  # A zero label on a -inf logit (the guarded form's), then mass there.
+  x = x.at[0, 1, 2].set(-jnp.inf).at[2, 2].set(-jnp.inf)
+  y = y.at[0, 1, 2].set(0.0).at[2, 2].set(0.0)
+  out = jax.jit(run)(x, y)
+  np.testing.assert_allclose(out, want(x, y), rtol=1e-6)
+  assert np.all(np.isfinite(out))
+  # Mass on the row of -inf logits costs inf.
+  out = jax.jit(run)(x, y.at[2, 2, 0].set(0.5))
+  if batched:
+    assert out[2] == np.inf and np.all(np.isfinite(np.asarray(out)[[0, 1, 3]]))
+  else:
+    assert out == np.inf
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu",
