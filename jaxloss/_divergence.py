@@ -1,6 +1,7 @@
 """Kullback-Leibler divergences: optax's row-wise ones and torch's ``kl_div``."""
 
 import functools
+import math
 import warnings
 
 import jax
@@ -110,8 +111,12 @@ _elementwise_kl_log_targets.defjvp(
     _jit.inlined(_elementwise_kl_log_targets_jvp), symbolic_zeros=True)
 
 
-def _kl_log_target_rows(lp, lt, axes):
-  """Row sums over ``axes`` of :func:`_elementwise_kl_log_targets`.
+def _kl_log_target_rows(lp, lt, axes, total=False):
+  """Row sums over ``axes`` of :func:`_elementwise_kl_log_targets` (with
+  ``total``, their sum: one sum of every term, which XLA:CPU fuses as it
+  folds optax's mean of row sums, where the condition on the rows kept it
+  from folding them and on short rows their sums written out cost more than
+  the whole sum).
 
   On CPUs the value is the plain sum of ``e^log t (log t - log p)`` unless
   that is NaN (a ``0 * inf`` term, or NaN input), then the guarded one:
@@ -127,6 +132,8 @@ def _kl_log_target_rows(lp, lt, axes):
   time in ``benchmarks/suite.py --dtype bfloat16``; 1.02x now).
   """
   dtype = _reduction.stat_dtype(lp.dtype)
+  if total:
+    axes = None
 
   def up(f):
     return lambda lp, lt: f(lp.astype(dtype), lt.astype(dtype))
@@ -184,6 +191,14 @@ def _rowwise(fn, elementwise, log_predictions, targets, t_name, axis, where,
       terms = jnp.where(where, terms, 0)
     return jnp.sum(terms, axis=axes)
 
+  if where is not None:
+    keep = jnp.any(where, axis=axes)
+  if rows is not None and extra is None and reduction != "none":
+    # The rows' total alone: ``rows`` sums every term at once.
+    _checks.reduction(fn, reduction)
+    return _reduction.reduce_total(rows(lp, t, axes, total=True), reduction,
+                                   math.prod(lp.shape[i] for i in range(
+                                       lp.ndim) if i not in axes), keep=keep)
   loss = (row_sums(elementwise(lp.astype(dtype), t.astype(dtype)))
           if rows is None else rows(lp, t, axes))
   if extra is not None:
@@ -191,8 +206,6 @@ def _rowwise(fn, elementwise, log_predictions, targets, t_name, axis, where,
     # than their sum (half the time at [128, 32768] with the gradient).
     loss = loss + row_sums(extra(_reduction.upcast_apart(lp, dtype),
                                  _reduction.upcast_apart(t, dtype)))
-  if where is not None:
-    keep = jnp.any(where, axis=axes)
   return _reduction.reduce(fn, loss, reduction, keep=keep)
 
 

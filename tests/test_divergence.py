@@ -12,6 +12,7 @@ from jax.test_util import check_grads
 
 import jaxloss
 from derivatives import check_derivatives
+from helpers import condition_shapes
 from helpers import temporaries
 
 rng = np.random.default_rng(11)
@@ -409,8 +410,10 @@ def test_log_target_kl_sums_the_plain_terms_unless_one_is_nan(mode):
     return jaxloss.kl_divergence_with_log_targets(lp, lt, reduction="sum")
 
   g = jax.value_and_grad(f, argnums=(0, 1)) if mode == "grad" else f
-  assert jax.jit(g).lower(lp, lt).compile().as_text().count(
-      "conditional(") == 1
+  # Reduced, the condition is on the total: one sum of every term, never
+  # the rows written out.
+  assert condition_shapes(jax.jit(g).lower(lp, lt).compile().as_text()) == [
+      "f32[]"]
   lt = lt.at[0, 1, 2].set(-jnp.inf).at[2, 0, 1].set(-200.0)
   lp = lp.at[2, 0, 1].set(-jnp.inf)
   out = jax.jit(g)(lp, lt)
@@ -422,6 +425,39 @@ def test_log_target_kl_sums_the_plain_terms_unless_one_is_nan(mode):
   np.testing.assert_allclose(value, terms.sum(), rtol=1e-5)
   if mode == "grad":
     assert all(np.all(np.isfinite(d)) for d in out[1])
+
+
+@pytest.mark.parametrize("axis", [-1, (1, 2)])
+@pytest.mark.parametrize("masked", [False, True], ids=["all", "where"])
+def test_log_target_kl_reductions_are_the_rows_reduced(axis, masked):
+  # "mean" and "sum" take one sum of every term (dropped entries' terms are
+  # 0), the mean over the rows with a kept entry, as the rows reduced.
+  lp = jnp.asarray(np.log(rng.dirichlet(np.ones(C), (4, N))), jnp.float32)
+  lt = jnp.asarray(np.log(rng.dirichlet(np.ones(C), (4, N))), jnp.float32)
+  lt = lt.at[0, 1, 2].set(-jnp.inf)
+  where = None
+  if masked:
+    where = jnp.asarray(rng.uniform(size=(4, N, 1)) > 0.4)
+    where = where.at[1].set(False)
+  kl = jaxloss.kl_divergence_with_log_targets
+
+  def reduced(lp, lt, reduction):
+    return kl(lp, lt, axis=axis, where=where, reduction=reduction)
+
+  rows = kl(lp, lt, axis=axis, where=where)
+  keep = (np.ones(rows.shape, bool) if where is None else
+          np.any(np.broadcast_to(where, lp.shape), axis=axis))
+  for reduction, want in (("sum", np.sum(rows)),
+                          ("mean", np.sum(rows) / keep.sum())):
+    np.testing.assert_allclose(jax.jit(reduced, static_argnums=2)(
+        lp, lt, reduction), want, rtol=1e-6)
+    grads = jax.grad(reduced, (0, 1))(lp, lt, reduction)
+    scale = 1 if reduction == "sum" else 1 / keep.sum()
+    wants = jax.grad(lambda a, b: scale * jnp.sum(kl(a, b, axis=axis,
+                                                     where=where)),
+                     (0, 1))(lp, lt)
+    for g, w in zip(grads, wants):
+      np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-8)
 
 
 @pytest.mark.parametrize("name", ["generalized_kl_divergence",
