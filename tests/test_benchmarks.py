@@ -142,7 +142,22 @@ def test_suite_reduction_mean_refuses_other_losses(monkeypatch, capsys):
       "--no-write"])
   with pytest.raises(SystemExit):
     suite.main()
-  assert "only elementwise losses, not ntxent" in capsys.readouterr().err
+  assert ("only losses with a reduction keyword, not ntxent"
+          in capsys.readouterr().err)
+
+
+def test_suite_reduction_mean_times_only_a_mean_of_the_rows():
+  # A row loss's own mean is timed where it is the mean of its rows; a
+  # weighted one (torch's mean over the labels' weights) is not.
+  x = jax.random.normal(jax.random.key(0), (8, 5))
+  labels = jax.numpy.arange(8) % 5
+  fn = jaxloss.softmax_cross_entropy_with_integer_labels
+  assert suite.mean_differs(fn, (x, labels), {}) is None
+  why = suite.mean_differs(fn, (x, labels),
+                           {"weight": jax.numpy.arange(1.0, 6.0)})
+  assert why.startswith('its "mean"')
+  assert suite.mean_differs(jaxloss.ntxent, (x, labels), {}).startswith(
+      'reduction="mean" fails')
 
 
 @pytest.mark.slow
