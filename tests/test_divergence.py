@@ -458,6 +458,13 @@ def test_log_target_kl_reductions_are_the_rows_reduced(axis, masked):
                      (0, 1))(lp, lt)
     for g, w in zip(grads, wants):
       np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-8)
+    # Forward mode and a second order (Hessian times a vector) alike.
+    v = jnp.asarray(rng.normal(size=lp.shape), jnp.float32)
+    hvps = [jax.jvp(jax.grad(f), (lp,), (v,)) for f in (
+        lambda a: reduced(a, lt, reduction),
+        lambda a: scale * jnp.sum(kl(a, lt, axis=axis, where=where)))]
+    for got, want in zip(*hvps):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("name", ["generalized_kl_divergence",

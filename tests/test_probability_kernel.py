@@ -395,6 +395,12 @@ def test_reduced_value_is_one_sum_of_every_term(batched, reduction, options):
   wants = jax.grad(lambda x, y: jnp.sum(want(x, y)), (0, 1))(x, y)
   for g, w in zip(grads, wants):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7)
+  # Forward mode and a second order (Hessian times a vector) alike.
+  v = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+  hvps = [jax.jvp(jax.grad(lambda x, f=f: jnp.sum(f(x, y))), (x,), (v,))
+          for f in (run, want)]
+  for got, ref_ in zip(*hvps):
+    np.testing.assert_allclose(got, ref_, rtol=1e-4, atol=1e-6)
   # A zero label on a -inf logit (the guarded form's), then mass there.
   x = x.at[0, 1, 2].set(-jnp.inf).at[2, 2].set(-jnp.inf)
   y = y.at[0, 1, 2].set(0.0).at[2, 2].set(0.0)
