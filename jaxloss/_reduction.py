@@ -65,10 +65,11 @@ def reduce(fn, loss, reduction, *, denominator=None, keep=None):
   _checks.reduction(fn, reduction)
   if reduction == "none":
     return loss
-  if denominator is not None:
+  total = jnp.sum(loss)
+  if reduction == "mean" and denominator is not None:
     denominator = jnp.sum(denominator, dtype=loss.dtype)
-  return reduce_total(jnp.sum(loss), reduction, loss.size,
-                      denominator=denominator, keep=keep)
+  return reduce_total(total, reduction, loss.size, denominator=denominator,
+                      keep=keep)
 
 
 def reduce_total(total, reduction, size, *, denominator=None, keep=None):
