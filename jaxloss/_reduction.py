@@ -114,9 +114,7 @@ def reduce_terms(fn, plain, exact, args, reduction):
     return lambda *a: jnp.sum(f(*a))
 
   total = _value_form.plain_value(summed(plain), summed(exact), *args)
-  if reduction == "sum":
-    return total
-  return total / max(jax.eval_shape(exact, *args).size, 1)
+  return reduce_total(total, reduction, jax.eval_shape(exact, *args).size)
 
 
 def elementwise(body=None, *, flat_derivatives=0):
