@@ -196,9 +196,9 @@ def _rowwise(fn, elementwise, log_predictions, targets, t_name, axis, where,
   if rows is not None and extra is None and reduction != "none":
     # The rows' total alone: ``rows`` sums every term at once.
     _checks.reduction(fn, reduction)
+    num_rows = math.prod(n for i, n in enumerate(lp.shape) if i not in axes)
     return _reduction.reduce_total(rows(lp, t, axes, total=True), reduction,
-                                   math.prod(lp.shape[i] for i in range(
-                                       lp.ndim) if i not in axes), keep=keep)
+                                   num_rows, keep=keep)
   loss = (row_sums(elementwise(lp.astype(dtype), t.astype(dtype)))
           if rows is None else rows(lp, t, axes))
   if extra is not None:

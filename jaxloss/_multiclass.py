@@ -305,23 +305,26 @@ def softmax_cross_entropy(logits, labels, axis=-1, where=None, *, weight=None,
       implementation=implementation)
 
 
-def _smoothed_rows(config, smoothing, x, y, keep, class_keep, weight):
-  """Label-smoothed cross entropies of [R, C] rows from the statistics; on
-  CPUs, for the value alone, the smoothed labels' chain of fused sums
-  (:func:`jaxloss.kernels.cross_entropy.smoothed_chain`) wherever its rows
-  are finite, this where they are not."""
+def _smoothed_rows(config, smoothing, x, y, keep, class_keep, weight,
+                   total=False):
+  """Label-smoothed cross entropies of [R, C] rows from the statistics (with
+  ``total``, their sum); on CPUs, for the value alone, the smoothed labels'
+  chain of fused sums (:func:`jaxloss.kernels.cross_entropy.smoothed_chain`)
+  wherever it is finite, this where it is not."""
   def exact(x, y, smoothing, keep, weight):
     cross, _, _, smooth, count, _ = _fast_ce.label_statistics(
         config, x, y, keep, class_keep, weight)
-    return (1 - smoothing) * cross + smoothing * smooth / jnp.maximum(count,
+    rows = (1 - smoothing) * cross + smoothing * smooth / jnp.maximum(count,
                                                                       1)
+    return jnp.sum(rows) if total else rows
 
   if not config.value_chain or class_keep is not None:
     return exact(x, y, smoothing, keep, weight)
 
   def fast(*args):
-    return _value_form.unless_nan(_fast_ce.smoothed_chain, exact, *args,
-                                  finite=True)
+    return _value_form.unless_nan(
+        functools.partial(_fast_ce.smoothed_chain, total=total), exact, *args,
+        finite=True)
 
   smoothing = jnp.asarray(smoothing, _reduction.stat_dtype(x.dtype))
   return _value_form.value_form(fast)(exact)(x, y, smoothing, keep, weight)
@@ -337,27 +340,18 @@ def _total(config, smoothing, x, y, weight):
   unless that is NaN (with ``smoothing``: not finite), then the guarded
   form's; under differentiation the rows' own (the same program as before,
   summed)."""
-  smoothed = smoothing is not None
+  if smoothing is not None:
+    return _smoothed_rows(config, smoothing, x, y, None, None, weight,
+                          total=True)
 
-  def exact(x, y, smoothing, weight):
-    if smoothed:
-      return jnp.sum(_smoothed_rows(config._replace(value_chain=False),
-                                    smoothing, x, y, None, None, weight))
+  def exact(x, y, weight):
     return jnp.sum(_fast_ce.label_statistics(config, x, y, None, None,
                                              weight)[0])
 
-  def fast(x, y, smoothing, weight):
-    if smoothed:
-      return _value_form.unless_nan(
-          functools.partial(_fast_ce.smoothed_chain, total=True),
-          lambda x, y, smoothing, keep, weight: exact(x, y, smoothing,
-                                                      weight),
-          x, y, smoothing, None, weight, finite=True)
+  def fast(x, y, weight):
     return _fast_ce.label_chain(x, y, None, weight, total=True)
 
-  if smoothed:
-    smoothing = jnp.asarray(smoothing, _reduction.stat_dtype(x.dtype))
-  return _value_form.value_form(fast)(exact)(x, y, smoothing, weight)
+  return _value_form.value_form(fast)(exact)(x, y, weight)
 
 
 def probability_cross_entropy(fn, logits, labels, *, axis, where, weight,

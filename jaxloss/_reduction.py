@@ -97,7 +97,7 @@ def reduce_terms(fn, plain, exact, args, reduction):
   condition, and under differentiation the value's pass no longer carries
   the guard beside the gradient's (``poisson_nll_loss``: 1.2x the plain
   formula's time, value or value and gradient, with the guard on every
-  term; 1.01x and 0.899x so, in ``benchmarks/suite.py --reduction
+  term; 0.985x and 0.915x so, in ``benchmarks/suite.py --reduction
   mean``). ``plain`` and ``exact`` take ``args`` as they come.
   Half-precision ones are best upcast inside each (the condition's
   operands are written out), and in ``exact`` behind one barrier over all

@@ -108,7 +108,6 @@ def unless_nan(fast, exact, *args, finite=False):
   return pick(*args)
 
 
-
 def plain_value(plain, exact, *args, finite=False, guarded=None):
   """``exact(*args)``; on CPUs its value, differentiated or not, is
   ``plain(*args)`` unless that is NaN (with ``finite``: not finite), then

@@ -439,3 +439,16 @@ def test_smoothed_value_takes_traced_and_batched_smoothing():
   grad = jax.grad(lambda s: fn(s).sum())(0.3)
   want = jax.grad(lambda s: fn(s, "reference").sum())(0.3)
   np.testing.assert_allclose(grad, want, rtol=1e-5)
+
+
+def test_the_total_refuses_a_row_mask_it_would_drop():
+  # The total is one sum of every term: a row mask would be ignored there,
+  # so it is an error, not a silently wrong number.
+  from jaxloss.kernels import cross_entropy as kernels
+  x = jnp.asarray(X, jnp.float32)
+  y = jnp.asarray(Y, jnp.float32)
+  with pytest.raises(ValueError, match="total takes no keep"):
+    kernels.label_chain(x, y, jnp.asarray(ROWS), None, total=True)
+  np.testing.assert_allclose(
+      kernels.label_chain(x, y, None, None, total=True),
+      np.sum(kernels.label_chain(x, y, None, None)), rtol=1e-6)

@@ -590,6 +590,8 @@ def _chain(x, y, keep, weight, statistics, guarded, poly_epsilon=None,
     # 1 - softmax: exps <= 1 and sum_exp >= its floor, finite throughout.
     terms = terms + poly_epsilon[:, None] * (1 - exps * (1 / sum_exp)[:, None])
   if total:
+    if keep is not None or statistics:
+      raise ValueError("_chain: total takes no keep and no statistics")
     # One sum over every term: XLA:CPU's row sums written out cost more than
     # the whole sum on short rows (1.15x optax's mean at rows of 10).
     return (jnp.sum(c * terms),)
