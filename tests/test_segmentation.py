@@ -608,3 +608,33 @@ def test_value_keeps_no_more_temporaries_than_optax():
     with jax.numpy_rank_promotion("allow"):   # optax's class weights
       limit = temporaries(lambda x, t: jnp.mean(theirs(x, t)), x, x)
     assert temporaries(lambda x, t: jnp.mean(ours(x, t)), x, x) <= limit
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's fusion")
+@pytest.mark.parametrize("dtype, copies", [(jnp.float32, 1), (jnp.bfloat16, 2)])
+def test_softmax_gradient_keeps_one_probability_array(dtype, copies):
+  # The derivatives' own softmax, exp(x - logsumexp(x)), summed over the
+  # image at once: through autodiff of jax.nn.softmax XLA:CPU wrote out the
+  # exponentials, the probabilities and their normalizer broadcast to the
+  # logits' shape (2.4 float32 copies of the logits, 4.3 in bfloat16, where
+  # the targets' conversion is written out too; optax's: 2.4 and 2.2).
+  x = jax.ShapeDtypeStruct((16, 32, 32, 8), dtype)
+  for fn in (jaxloss.dice_loss, jaxloss.multiclass_generalized_dice_loss):
+    step = jax.value_and_grad(lambda x, t, fn=fn: jnp.mean(fn(x, t)))
+    assert temporaries(step, x, x) <= 1.01 * copies * x.size * 4, fn
+
+
+def test_softmax_derivatives_in_the_targets_too():
+  # Soft targets are differentiated through the same rule: forward and
+  # reverse mode against float64 finite differences, with every option.
+  with jax.enable_x64(True):
+    x = jnp.asarray(LOGITS)
+    t = jnp.asarray(np_softmax(LOGITS[::-1] / 2))
+    w = jnp.asarray(CLASS_W)
+
+    def total(x, t):
+      return (jnp.sum(jaxloss.dice_loss(x, t, class_weights=w, smooth=0.3,
+                                        alpha=0.2, beta=0.7))
+              + jaxloss.multiclass_generalized_dice_loss(x, t))
+
+    check_derivatives(total, (x, t))
