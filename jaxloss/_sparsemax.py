@@ -15,14 +15,25 @@ from jaxloss._rows import integer_rows
 from jaxloss._rows import split_where
 
 
-@jax.custom_jvp
-def _sparsemax_rows(z):
-  """Euclidean projection of each row of ``z`` (classes last) on the simplex.
+# Newton steps on the threshold before a row that still needs them is
+# bisected: random scores take about 7, scores built to cross one support
+# point per step would take up to C.
+_NEWTON_STEPS = 32
+# Bisection steps: enough to narrow [tau, 0], at most 1 wide, around a root
+# of magnitude at least 1 / C, down to neighbouring float64 numbers (each
+# step at least halves it: about 53 + log2(C) steps).
+_BISECTION_STEPS = 128
 
-  ``-inf`` entries get probability 0; a row with no finite entry gives 0s.
-  """
+
+def _shift(z):
+  """The rows' maximum where it is finite, else 0: [..., 1]."""
   top = jnp.max(z, axis=-1, keepdims=True)
-  z = z - jnp.where(jnp.isfinite(top), top, 0)
+  return jnp.where(jnp.isfinite(top), top, 0)
+
+
+def _sorted_threshold(z):
+  """Sparsemax's threshold of the rows of ``z`` less their shift
+  (:func:`_shift`), through a sort: exact for any input."""
   ranked = -jnp.sort(-z, axis=-1)
   k = jnp.arange(1, z.shape[-1] + 1, dtype=z.dtype).reshape(
       (1,) * (z.ndim - 1) + (-1,))
@@ -34,8 +45,105 @@ def _sparsemax_rows(z):
   # XLA:CPU would write out as [R, C] arrays. -inf entries give g = -inf;
   # g(1) = -1 at the top (0), which floors a row of -inf entries.
   g = (jnp.cumsum(ranked, axis=-1) - 1) / k
-  tau = jnp.maximum(jnp.max(g, axis=-1, keepdims=True), -1)
-  return jnp.maximum(z - tau, 0)
+  return jnp.maximum(jnp.max(g, axis=-1, keepdims=True), -1)
+
+
+def _excess(z, shift, tau):
+  """``(sum_i (z_i - shift - tau)_+, |{i : z_i - shift > tau}|)`` per row,
+  [..., 1] each: arithmetic that XLA:CPU fuses with the sums (the count as
+  a sum of signs, no comparison), shifted in the pass (no [R, C] copy)."""
+  over = jnp.maximum((z - shift) - tau, 0)
+  return (jnp.sum(over, axis=-1, keepdims=True),
+          jnp.sum(jnp.sign(over), axis=-1, keepdims=True))
+
+
+def _while(cond, body, init):
+  """``lax.while_loop``, staged as a loop inside a body run by
+  :func:`jaxloss._jit.inlined` (see :func:`jaxloss._jit.staged`)."""
+  return _jit.staged(jax.lax.while_loop)(_jit.inlined(cond),
+                                         _jit.inlined(body), init)
+
+
+def _newton_threshold(z, shift):
+  r"""Sparsemax's threshold of the rows of ``z - shift`` (:func:`_shift`:
+  a maximum of 0) without a sort: Newton's method on
+  :math:`f(\tau) = \sum_i (z_i - \tau)_+ - 1` (Michelot's algorithm),
+  bisection where it is slow.
+
+  From :math:`\tau = -1`, below the root, each step
+  :math:`\tau \leftarrow \tau + f(\tau) / |S|`, with
+  :math:`S = \{i : z_i > \tau\}`, is the threshold of the support
+  :math:`S` and never passes the root: the support shrinks until it holds,
+  and the last step is the sorted form's threshold of the same support.
+  A row whose support still shrinks after :data:`_NEWTON_STEPS` steps is
+  bisected between its last step and 0 (its maximum), the Newton step from
+  the midpoint taken where that lies below the root, until no number lies
+  between the two ends; then Newton's steps again from the lower end (a
+  step from a midpoint far below the root rounds more). Each step, of
+  either kind, is one pass over the rows: at most twice
+  :data:`_NEWTON_STEPS` plus about 40 passes (float32) for any row, 7 for
+  random normal scores. A row holding NaN or ``+inf`` gets a NaN threshold
+  (the sort gives ``+inf`` its NaN and 0 to the others).
+  """
+  # Each loop's condition is a count of rows still going, summed in its
+  # body: a reduction in the condition, or a boolean one (jnp.any), took
+  # XLA:CPU about as long again to compile as the whole loop.
+  def newton(state):
+    tau, count, _, _, i = state
+    excess, new_count = _excess(z, shift, tau)
+    # A row of -inf scores has an empty support: no step (its count is 0).
+    tau = tau + (excess - 1) / jnp.maximum(new_count, 1) * jnp.minimum(
+        new_count, 1)
+    shrinking = (new_count < count).astype(z.dtype)
+    return tau, new_count, shrinking, jnp.sum(shrinking), i + 1
+
+  def newton_steps(tau, going):
+    """Newton's steps from ``tau`` while the support of some row shrinks
+    (at most :data:`_NEWTON_STEPS`): tau, and 1 on the rows still shrinking
+    (else 0)."""
+    tau, _, shrinking, _, _ = _while(
+        lambda state: (state[3] > 0) & (state[4] < _NEWTON_STEPS), newton,
+        (tau, jnp.full_like(tau, jnp.inf), jnp.ones_like(tau), going, 0))
+    return tau, shrinking
+
+  def bisect(state):
+    low, high, open_, _, i = state
+    mid = low + (high - low) / 2
+    excess, count = _excess(z, shift, mid)
+    below = excess >= 1
+    low = jnp.where((open_ > 0) & below,
+                    mid + (excess - 1) / jnp.maximum(count, 1), low)
+    high = jnp.where((open_ > 0) & ~below, mid, high)
+    mid = low + (high - low) / 2
+    open_ = open_ * ((low < mid) & (mid < high)).astype(z.dtype)
+    return low, high, open_, jnp.sum(open_), i + 1
+
+  tau, slow = newton_steps(jnp.full_like(shift, -1), 1)
+  # Rows done with Newton's steps take no bisection step, and the loops
+  # below none at all where every row is done. A bisected row ends with
+  # Newton's steps from its lower end (its own support's threshold: a step
+  # from a midpoint far below it rounds more).
+  slow_rows = jnp.sum(slow)
+  tau = _while(
+      lambda state: (state[3] > 0) & (state[4] < _BISECTION_STEPS), bisect,
+      (tau, jnp.zeros_like(tau), slow, slow_rows, 0))[0]
+  return newton_steps(tau, slow_rows)[0]
+
+
+@jax.custom_jvp
+def _sparsemax_rows(z):
+  """Euclidean projection of each row of ``z`` (classes last) on the simplex.
+
+  ``-inf`` entries get probability 0; a row with no finite entry gives 0s.
+  On CPUs the threshold comes from Newton steps (:func:`_newton_threshold`):
+  XLA:CPU's sort of [4096, 1024] scores took about 0.55 s, the steps
+  0.04 s, and the probabilities are computed from the [..., 1] thresholds,
+  fused with what reads them.
+  """
+  shift = _shift(z)
+  tau = (_newton_threshold(z, shift) if jax.default_backend() == "cpu"
+         else _sorted_threshold(z - shift))
+  return jnp.maximum((z - shift) - tau, 0)
 
 
 @_sparsemax_rows.defjvp

@@ -65,6 +65,10 @@ PROBED = {
     for name in ("kl_divergence_with_log_targets", "softmax_cross_entropy",
                  "safe_softmax_cross_entropy")
 } if jax.default_backend() == "cpu" else {}
+if jax.default_backend() == "cpu":
+  PROBED["multiclass_sparsemax_loss"] = (
+      "on CPUs the threshold's Newton steps go on while some row's support "
+      "shrinks: a count over the whole batch, each step")
 
 # The integer-label cross entropy with label smoothing: on CPUs its
 # support's sums are the plain sums over every class unless not finite, a
