@@ -81,9 +81,10 @@ def _tversky_loss(probs, targets, alpha, beta, smooth, axes):
   empty prediction against an empty target with ``smooth=0`` (0/0) is a
   perfect match: loss 0, gradient 0.
   """
+  intersection = jnp.sum(probs * targets, axis=axes)
   predicted = None if _jit.is_zero(alpha) else jnp.sum(probs, axis=axes)
-  return _tversky_ratio(jnp.sum(probs * targets, axis=axes), predicted,
-                        targets, alpha, beta, smooth, axes)
+  return _tversky_ratio(intersection, predicted, targets, alpha, beta, smooth,
+                        axes)
 
 
 def _tversky_ratio(intersection, predicted, targets, alpha, beta, smooth,
