@@ -138,13 +138,18 @@ def table(rows, columns):
   return "\n".join(lines)
 
 
+def results_path(name):
+  """``results/<name>-<device>.json`` for this machine's device."""
+  slug = "".join(ch if ch.isalnum() else "-" for ch in device_name().lower())
+  slug = "-".join(filter(None, slug.split("-")))
+  return RESULTS / f"{name}-{slug}.json"
+
+
 def write_json(name, payload):
   """Writes ``results/<name>-<device>.json`` and returns its path."""
   RESULTS.mkdir(exist_ok=True)
   device = device_name()
-  slug = "".join(ch if ch.isalnum() else "-" for ch in device.lower())
-  slug = "-".join(filter(None, slug.split("-")))
-  path = RESULTS / f"{name}-{slug}.json"
+  path = results_path(name)
   payload = {"device": device, "jax": jax.__version__,
              "backend": jax.default_backend(), **payload}
   path.write_text(json.dumps(payload, indent=2) + "\n")

@@ -427,6 +427,9 @@ def suite(device, shapes="default", stem=None):
                                      for n, why in sorted(not_timed.items())))
   if data.get("seconds"):
     print(f"- the run took {data['seconds'] / 60:.1f} min")
+  for update in data.get("updates", ()):
+    print(f"- rows measured again by `{update['command']}`: "
+          + ", ".join(update["losses"]))
   print()
 
 

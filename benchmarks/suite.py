@@ -55,15 +55,24 @@ classes, ...), all with the same element budget. Results go to
 ``results/suite-<device>.json`` for the default set and
 ``results/suite_<shapes>-<device>.json`` for the others.
 
+``--update`` (with ``--only``) measures the losses named and replaces their
+rows in the existing results file, which must have been written with the
+same settings, keeping every other row: for a change to some losses, the
+file then holds each loss as the code now computes it. The file lists each
+such run (``updates``: its command and losses) and each row it wrote
+carries its command (``measured_by``).
+
   python benchmarks/suite.py                    # sizes for a CPU
   python benchmarks/suite.py --shapes wide      # the second set of shapes
   python benchmarks/suite.py --device gpu       # 16x larger
   python benchmarks/suite.py --only softmax_cross_entropy,mse_loss
+  python benchmarks/suite.py --only dice_loss --update
 """
 
 import argparse
 import gc
 import inspect
+import json
 import os
 import random
 import statistics
@@ -924,6 +933,9 @@ def main():
                       help="jaxloss's reduction (see the module's doc)")
   parser.add_argument("--name", default="suite", help="results file stem")
   parser.add_argument("--no-write", action="store_true")
+  parser.add_argument("--update", action="store_true",
+                      help="replace the --only losses' rows in the "
+                           "existing results file (see the module's doc)")
   args = parser.parse_args()
   # Every compilation measured is a real one.
   jax.config.update("jax_enable_compilation_cache", False)
@@ -938,6 +950,9 @@ def main():
   unknown = only - set(jaxloss.names())
   if unknown:
     parser.error(f"--only: not a jaxloss loss: {', '.join(sorted(unknown))}")
+  if args.update and (not only or args.no_write):
+    parser.error("--update: name the losses to measure again (--only), "
+                 "and write them (no --no-write)")
   if args.reduction == "mean":
     reducing = {n for n in jaxloss.names() if "reduction" in
                 inspect.signature(jaxloss.get(n)).parameters}
@@ -1006,20 +1021,66 @@ def main():
   for n, why in sorted(skipped.items()):
     print(f"- {n}: {why}")
   print(f"{len(todo)} losses in {seconds:.0f} s")
-  if not args.no_write:
-    path = common.write_json(results_stem(args.name, args.shapes), {
-        "elements": elements, "dtype": dtype.name,
-        "shapes": args.shapes, "shape_parameters": shapes._asdict(),
-        "reduction": args.reduction,
-        "min_rounds": rounds, "seconds_per_loss": args.seconds,
-        "compile_repeats": args.compile_repeats,
-        "compile_measures": "jax.jit(f).trace(*args).lower().compile() of a "
-                            "new function f after jax.clear_caches(), "
-                            "persistent cache off; median of repeats",
-        "copy_gbs": copy_gbs, "seconds": round(seconds, 1),
-        "command": "python benchmarks/suite.py " + " ".join(sys.argv[1:]),
-        "results": table, "not_timed": skipped})
-    print(f"wrote {path}")
+  if args.no_write:
+    return
+  command = "python benchmarks/suite.py " + " ".join(sys.argv[1:])
+  payload = {
+      "elements": elements, "dtype": dtype.name,
+      "shapes": args.shapes, "shape_parameters": shapes._asdict(),
+      "reduction": args.reduction,
+      "min_rounds": rounds, "seconds_per_loss": args.seconds,
+      "compile_repeats": args.compile_repeats,
+      "compile_measures": "jax.jit(f).trace(*args).lower().compile() of a "
+                          "new function f after jax.clear_caches(), "
+                          "persistent cache off; median of repeats",
+      "copy_gbs": copy_gbs, "seconds": round(seconds, 1),
+      "command": command, "results": table, "not_timed": skipped}
+  stem = results_stem(args.name, args.shapes)
+  if args.update:
+    payload = updated(common.results_path(stem), payload, only, command)
+  print(f"wrote {common.write_json(stem, payload)}")
+
+
+# The settings an update must share with the file it updates.
+_SETTINGS = ("elements", "dtype", "shapes", "shape_parameters", "reduction",
+             "min_rounds", "seconds_per_loss", "compile_repeats")
+
+
+def updated(path, fresh, names, command):
+  """The results file at ``path`` with the rows of ``names`` replaced by
+  ``fresh``'s (see the module's doc); SystemExit where the file is missing
+  or was written with other settings."""
+  if not path.exists():
+    sys.exit(f"--update: no results file {path} to update")
+  old = json.loads(path.read_text())
+  differ = [k for k in _SETTINGS
+            if old.get(k) != json.loads(json.dumps(fresh[k]))]
+  if differ:
+    sys.exit(f"--update: {path.name} was written with other settings "
+             f"({', '.join(f'{k}: {old.get(k)!r}' for k in differ)}); "
+             "run the whole suite instead")
+  for row in fresh["results"]:
+    row["measured_by"] = command
+  # Each loss's new rows where its old ones were; a loss new to the file at
+  # the end.
+  new = {}
+  for row in fresh["results"]:
+    new.setdefault(row["loss"], []).append(row)
+  rows = []
+  for row in old["results"]:
+    if row["loss"] not in names:
+      rows.append(row)
+    elif row["loss"] in new:
+      rows += new.pop(row["loss"])
+  rows += [r for loss in sorted(new) for r in new[loss]]
+  not_timed = {n: why for n, why in old["not_timed"].items()
+               if n not in names}
+  not_timed.update(fresh["not_timed"])
+  updates = old.get("updates", []) + [
+      {"command": command, "losses": sorted(names),
+       "seconds": fresh["seconds"]}]
+  return {**old, "results": rows, "not_timed": not_timed,
+          "updates": updates}
 
 
 if __name__ == "__main__":

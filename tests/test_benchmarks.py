@@ -195,6 +195,51 @@ def test_suite_writes_what_report_prints(tmp_path, monkeypatch):
     assert f"{what} " in text and f"; {total:.0f} against " in text
 
 
+def test_suite_update_replaces_only_the_losses_it_measures(tmp_path,
+                                                           monkeypatch):
+  monkeypatch.setattr(common, "RESULTS", tmp_path)
+  base = ["suite.py", "--elements", "2048", "--rounds", "1", "--seconds",
+          "0", "--compile-repeats", "1", "--shapes", "narrow"]
+
+  def run(*extra):
+    monkeypatch.setattr(sys, "argv", base + list(extra))
+    with contextlib.redirect_stdout(io.StringIO()):
+      suite.main()
+    path, = tmp_path.glob("suite_narrow-*.json")
+    return json.loads(path.read_text())
+
+  with pytest.raises(SystemExit, match="no results file"):
+    run("--only", "l2_loss", "--update")
+  first = run("--only", "l2_loss,mse_loss,huber_loss")
+  second = run("--only", "mse_loss", "--update")
+  old = {(r["loss"], r["mode"]): r for r in first["results"]}
+  new = {(r["loss"], r["mode"]): r for r in second["results"]}
+  # The same rows in the same order; only mse_loss's measured again, and
+  # marked with the command that did.
+  assert [(r["loss"], r["mode"]) for r in second["results"]] == [
+      (r["loss"], r["mode"]) for r in first["results"]]
+  for key, row in new.items():
+    if key[0] == "mse_loss":
+      assert row["measured_by"].endswith("--only mse_loss --update")
+      assert row["jaxloss_compile_runs_ms"] != old[key][
+          "jaxloss_compile_runs_ms"]
+    else:
+      assert row == old[key]
+  assert second["command"] == first["command"]
+  assert [u["losses"] for u in second["updates"]] == [["mse_loss"]]
+  monkeypatch.setattr(report, "RESULTS", tmp_path)
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    report.suite(next(tmp_path.glob("*.json")).stem.split("-", 1)[1],
+                 "narrow")
+  assert "- rows measured again by `python benchmarks/suite.py " in (
+      out.getvalue())
+  with pytest.raises(SystemExit, match="other settings"):
+    run("--only", "mse_loss", "--update", "--rounds", "2")
+  with pytest.raises(SystemExit):
+    run("--update")
+
+
 def test_tracing_times_every_way_and_restores_the_stack(monkeypatch):
   monkeypatch.setattr(sys, "argv", [
       "tracing.py", "--elements", "4096", "--repeats", "1",
