@@ -1041,9 +1041,11 @@ def main():
   print(f"wrote {common.write_json(stem, payload)}")
 
 
-# The settings an update must share with the file it updates.
+# The settings an update must share with the file it updates, and the value
+# of each in files written before it was recorded.
 _SETTINGS = ("elements", "dtype", "shapes", "shape_parameters", "reduction",
              "min_rounds", "seconds_per_loss", "compile_repeats")
+_RECORDED_LATER = {"reduction": "none"}
 
 
 def updated(path, fresh, names, command):
@@ -1053,11 +1055,14 @@ def updated(path, fresh, names, command):
   if not path.exists():
     sys.exit(f"--update: no results file {path} to update")
   old = json.loads(path.read_text())
+  def setting(k):
+    return old.get(k, _RECORDED_LATER.get(k))
+
   differ = [k for k in _SETTINGS
-            if old.get(k) != json.loads(json.dumps(fresh[k]))]
+            if setting(k) != json.loads(json.dumps(fresh[k]))]
   if differ:
     sys.exit(f"--update: {path.name} was written with other settings "
-             f"({', '.join(f'{k}: {old.get(k)!r}' for k in differ)}); "
+             f"({', '.join(f'{k}: {setting(k)!r}' for k in differ)}); "
              "run the whole suite instead")
   for row in fresh["results"]:
     row["measured_by"] = command

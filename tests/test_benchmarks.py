@@ -236,6 +236,13 @@ def test_suite_update_replaces_only_the_losses_it_measures(tmp_path,
       out.getvalue())
   with pytest.raises(SystemExit, match="other settings"):
     run("--only", "mse_loss", "--update", "--rounds", "2")
+  # A file from before the suite recorded its reduction: "none".
+  path, = tmp_path.glob("suite_narrow-*.json")
+  path.write_text(json.dumps({k: v for k, v in json.loads(
+      path.read_text()).items() if k != "reduction"}))
+  assert len(run("--only", "l2_loss", "--update")["updates"]) == 2
+  with pytest.raises(SystemExit, match="reduction: 'none'"):
+    run("--only", "l2_loss", "--update", "--reduction", "mean")
   with pytest.raises(SystemExit):
     run("--update")
 
