@@ -25,9 +25,8 @@ _NEWTON_STEPS = 32
 _BISECTION_STEPS = 128
 
 
-def _shift(z):
-  """The rows' maximum where it is finite, else 0: [..., 1]."""
-  top = jnp.max(z, axis=-1, keepdims=True)
+def _shift(top):
+  """The rows' maximum ``top`` ([..., 1]) where it is finite, else 0."""
   return jnp.where(jnp.isfinite(top), top, 0)
 
 
@@ -82,8 +81,8 @@ def _newton_threshold(z, shift):
   step from a midpoint far below the root rounds more). Each step, of
   either kind, is one pass over the rows: at most twice
   :data:`_NEWTON_STEPS` plus about 40 passes (float32) for any row, 7 for
-  random normal scores. A row holding NaN or ``+inf`` gets a NaN threshold
-  (the sort gives ``+inf`` its NaN and 0 to the others).
+  random normal scores. A row holding NaN or ``+inf`` gets a NaN
+  threshold.
   """
   # Each loop's condition is a count of rows still going, summed in its
   # body: a reduction in the condition, or a boolean one (jnp.any), took
@@ -140,9 +139,14 @@ def _sparsemax_rows(z):
   0.04 s, and the probabilities are computed from the [..., 1] thresholds,
   fused with what reads them.
   """
-  shift = _shift(z)
-  tau = (_newton_threshold(z, shift) if jax.default_backend() == "cpu"
-         else _sorted_threshold(z - shift))
+  top = jnp.max(z, axis=-1, keepdims=True)
+  shift = _shift(top)
+  if jax.default_backend() == "cpu":
+    # A row with a +inf score: the sort's threshold, +inf (NaN there, 0
+    # elsewhere), where Newton's steps give NaN.
+    tau = jnp.where(top == jnp.inf, jnp.inf, _newton_threshold(z, shift))
+  else:
+    tau = _sorted_threshold(z - shift)
   return jnp.maximum((z - shift) - tau, 0)
 
 

@@ -469,7 +469,7 @@ def test_newton_threshold_is_the_sorted_one(monkeypatch, steps):
       tol = 4 * float(jnp.finfo(dtype).eps)
       for name, z in rows.items():
         z = z.astype(dtype)
-        shift = _sparsemax._shift(z)
+        shift = _sparsemax._shift(jnp.max(z, -1, keepdims=True))
         got = _sparsemax._newton_threshold(z, shift)
         want = _sparsemax._sorted_threshold(z - shift)
         np.testing.assert_allclose(got, want, rtol=0, atol=tol,
@@ -479,3 +479,17 @@ def test_newton_threshold_is_the_sorted_one(monkeypatch, steps):
             sums, jnp.where(jnp.isfinite(shift[..., 0])
                             & jnp.any(z > -jnp.inf, -1), 1, 0),
             rtol=0, atol=tol, err_msg=f"{name} {dtype.__name__}")
+
+
+def test_sparsemax_of_infinite_and_nan_rows_is_the_sorts():
+  # The same probabilities as the sort's threshold gives, on every
+  # backend: a +inf score NaN and the rest 0, NaN everywhere in a row with
+  # a NaN, 0 in a row of -inf.
+  inf, nan = np.inf, np.nan
+  z = jnp.array([[inf, 0.0, 1.0], [0.0, nan, 1.0], [-inf, -inf, -inf],
+                 [inf, inf, 0.0], [0.5, 0.3, -1.0]])
+  top = jnp.max(z, -1, keepdims=True)
+  shift = _sparsemax._shift(top)
+  want = jnp.maximum(z - shift - _sparsemax._sorted_threshold(z - shift), 0)
+  np.testing.assert_array_equal(jaxloss.sparsemax(z), want)
+  np.testing.assert_array_equal(want[0], [nan, 0, 0])
