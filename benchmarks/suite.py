@@ -1055,6 +1055,7 @@ def updated(path, fresh, names, command):
   if not path.exists():
     sys.exit(f"--update: no results file {path} to update")
   old = json.loads(path.read_text())
+
   def setting(k):
     return old.get(k, _RECORDED_LATER.get(k))
 

@@ -11,8 +11,8 @@ from jax.test_util import check_grads
 
 import jaxloss
 from helpers import check_autodiff_modes
-from jaxloss import _sparsemax
 from helpers import temporaries
+from jaxloss import _sparsemax
 
 rng = np.random.default_rng(7)
 X = rng.normal(0, 1.5, (4, 5))
