@@ -63,9 +63,10 @@ def _while(cond, body, init):
                                          _jit.inlined(body), init)
 
 
-def _newton_threshold(z, shift):
-  r"""Sparsemax's threshold of the rows of ``z - shift`` (:func:`_shift`:
-  a maximum of 0) without a sort: Newton's method on
+def _newton_threshold(z, top):
+  r"""Sparsemax's threshold of the rows of ``z`` less their shift
+  (:func:`_shift` of their maximum ``top``), as :func:`_sorted_threshold`
+  gives it, without a sort: Newton's method on
   :math:`f(\tau) = \sum_i (z_i - \tau)_+ - 1` (Michelot's algorithm),
   bisection where it is slow.
 
@@ -81,9 +82,11 @@ def _newton_threshold(z, shift):
   step from a midpoint far below the root rounds more). Each step, of
   either kind, is one pass over the rows: at most twice
   :data:`_NEWTON_STEPS` plus about 40 passes (float32) for any row, 7 for
-  random normal scores. A row holding NaN or ``+inf`` gets a NaN
-  threshold.
+  random normal scores. A row holding NaN gets a NaN threshold, one
+  holding ``+inf`` the sort's, ``+inf`` (its steps would give NaN).
   """
+  shift = _shift(top)
+
   # Each loop's condition is a count of rows still going, summed in its
   # body: a reduction in the condition, or a boolean one (jnp.any), took
   # XLA:CPU about as long again to compile as the whole loop.
@@ -126,7 +129,7 @@ def _newton_threshold(z, shift):
   tau = _while(
       lambda state: (state[3] > 0) & (state[4] < _BISECTION_STEPS), bisect,
       (tau, jnp.zeros_like(tau), slow, slow_rows, 0))[0]
-  return newton_steps(tau, slow_rows)[0]
+  return jnp.where(top == jnp.inf, jnp.inf, newton_steps(tau, slow_rows)[0])
 
 
 @jax.custom_jvp
@@ -141,12 +144,8 @@ def _sparsemax_rows(z):
   """
   top = jnp.max(z, axis=-1, keepdims=True)
   shift = _shift(top)
-  if jax.default_backend() == "cpu":
-    # A row with a +inf score: the sort's threshold, +inf (NaN there, 0
-    # elsewhere), where Newton's steps give NaN.
-    tau = jnp.where(top == jnp.inf, jnp.inf, _newton_threshold(z, shift))
-  else:
-    tau = _sorted_threshold(z - shift)
+  tau = (_newton_threshold(z, top) if jax.default_backend() == "cpu"
+         else _sorted_threshold(z - shift))
   return jnp.maximum((z - shift) - tau, 0)
 
 

@@ -469,8 +469,9 @@ def test_newton_threshold_is_the_sorted_one(monkeypatch, steps):
       tol = 4 * float(jnp.finfo(dtype).eps)
       for name, z in rows.items():
         z = z.astype(dtype)
-        shift = _sparsemax._shift(jnp.max(z, -1, keepdims=True))
-        got = _sparsemax._newton_threshold(z, shift)
+        top = jnp.max(z, -1, keepdims=True)
+        shift = _sparsemax._shift(top)
+        got = _sparsemax._newton_threshold(z, top)
         want = _sparsemax._sorted_threshold(z - shift)
         np.testing.assert_allclose(got, want, rtol=0, atol=tol,
                                    err_msg=f"{name} {dtype.__name__}")
@@ -490,6 +491,8 @@ def test_sparsemax_of_infinite_and_nan_rows_is_the_sorts():
                  [inf, inf, 0.0], [0.5, 0.3, -1.0]])
   top = jnp.max(z, -1, keepdims=True)
   shift = _sparsemax._shift(top)
-  want = jnp.maximum(z - shift - _sparsemax._sorted_threshold(z - shift), 0)
+  tau = _sparsemax._sorted_threshold(z - shift)
+  np.testing.assert_array_equal(_sparsemax._newton_threshold(z, top), tau)
+  want = jnp.maximum(z - shift - tau, 0)
   np.testing.assert_array_equal(jaxloss.sparsemax(z), want)
   np.testing.assert_array_equal(want[0], [nan, 0, 0])
