@@ -755,14 +755,35 @@ def test_categorical_focal_from_logits_target_gradients():
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's fusion")
-def test_binary_focal_clip_upcasts_half_precision_apart():
-  # The clip's loop converts bfloat16 probabilities on its own: sharing the
-  # fused sum's conversion, XLA:CPU wrote a float32 copy out besides the
-  # clipped ones (1.28x the plain formula's time at [16384, 256], 32 MiB of
-  # temporaries; 1.14x and 16 MiB now).
-  x = jax.ShapeDtypeStruct((512, 1024), jnp.bfloat16)
-  value = lambda p, y: jnp.mean(jaxloss.binary_focal_cross_entropy(p, y))
-  assert temporaries(value, x, x) <= 1.01 * x.size * 4
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_focal_values_on_probabilities_fuse_with_their_sum(dtype):
+  # On CPUs the values clip by two maxima (a clamp had XLA:CPU write the
+  # clipped probabilities out, 16 MiB at [4096, 1024]), the categorical
+  # one's row sums in a pass of their own, and half-precision predictions
+  # are converted apart from other passes: no array of the input's size.
+  x = jax.ShapeDtypeStruct((512, 1024), dtype)
+  for fn in (jaxloss.binary_focal_cross_entropy,
+             jaxloss.categorical_focal_cross_entropy):
+    value = lambda p, y, fn=fn: jnp.mean(fn(p, y))
+    assert temporaries(value, x, x) < 0.01 * x.size * 4, fn.__name__
+  # The same numbers as under differentiation (the clamp's form), at and
+  # past the clip's bounds, NaN included, from half precision too.
+  edge = [0.0, 1e-9, EPS, 0.3, 1 - EPS, 1.0, 2.0, 0.01]
+  p = np.tile(np.array(edge, np.float32), (5, 8))        # rows of 64
+  p[1:, 0] = 1e3       # renormalised rows with probabilities under EPS
+  p[0, -1] = np.nan
+  y = np.random.default_rng(0).uniform(size=p.shape).astype(np.float32)
+  p, y = jnp.asarray(p, dtype), jnp.asarray(y, dtype)
+  for fn in (jaxloss.binary_focal_cross_entropy,
+             jaxloss.categorical_focal_cross_entropy):
+    for gamma in (0.0, 2.0):
+      loss = functools.partial(fn, gamma=gamma)
+      value = jax.jit(loss)(p, y)
+      exact, _ = jax.jvp(loss, (p, y), (jnp.zeros_like(p),
+                                        jnp.zeros_like(y)))
+      np.testing.assert_array_equal(value, exact)
+      assert np.isnan(value[0]).any() and np.isfinite(value[1:]).all()
+  # bfloat16 probabilities are converted, not rounded, before the clip.
   p = jnp.array([[0.0, 0.25, 0.5, 1.0]], jnp.bfloat16)
   y = jnp.array([[0.0, 1.0, 0.0, 1.0]], jnp.bfloat16)
   np.testing.assert_allclose(
