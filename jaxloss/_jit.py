@@ -345,6 +345,12 @@ def staged(fn):
   return run
 
 
+def while_loop(cond, body, init):
+  """``lax.while_loop``, staged as a loop inside a body run by
+  :func:`inlined` (see :func:`staged`)."""
+  return staged(jax.lax.while_loop)(inlined(cond), inlined(body), init)
+
+
 def check_traced(fn, name, spec, value):
   """Under :func:`jaxloss.checked`: a traced hyperparameter in its interval.
 

@@ -56,13 +56,6 @@ def _excess(z, shift, tau):
           jnp.sum(jnp.sign(over), axis=-1, keepdims=True))
 
 
-def _while(cond, body, init):
-  """``lax.while_loop``, staged as a loop inside a body run by
-  :func:`jaxloss._jit.inlined` (see :func:`jaxloss._jit.staged`)."""
-  return _jit.staged(jax.lax.while_loop)(_jit.inlined(cond),
-                                         _jit.inlined(body), init)
-
-
 def _newton_threshold(z, top):
   r"""Sparsemax's threshold of the rows of ``z`` less their shift
   (:func:`_shift` of their maximum ``top``), as :func:`_sorted_threshold`
@@ -103,7 +96,7 @@ def _newton_threshold(z, top):
     """Newton's steps from ``tau`` while the support of some row shrinks
     (at most :data:`_NEWTON_STEPS`): tau, and 1 on the rows still shrinking
     (else 0)."""
-    tau, _, shrinking, _, _ = _while(
+    tau, _, shrinking, _, _ = _jit.while_loop(
         lambda state: (state[3] > 0) & (state[4] < _NEWTON_STEPS), newton,
         (tau, jnp.full_like(tau, jnp.inf), jnp.ones_like(tau), going, 0))
     return tau, shrinking
@@ -126,7 +119,7 @@ def _newton_threshold(z, top):
   # Newton's steps from its lower end (its own support's threshold: a step
   # from a midpoint far below it rounds more).
   slow_rows = jnp.sum(slow)
-  tau = _while(
+  tau = _jit.while_loop(
       lambda state: (state[3] > 0) & (state[4] < _BISECTION_STEPS), bisect,
       (tau, jnp.zeros_like(tau), slow, slow_rows, 0))[0]
   return jnp.where(top == jnp.inf, jnp.inf, newton_steps(tau, slow_rows)[0])
