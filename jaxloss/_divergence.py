@@ -423,7 +423,7 @@ _KL_DIV_REDUCTIONS = ("none", "mean", "sum", "batchmean")
 
 
 @_jit.jit("log_target", "reduction")
-@_reduction.elementwise
+@_reduction.elementwise(flat_derivatives=_reduction.FLAT_BELOW)
 def kl_div(log_predictions, targets, *, log_target=False, reduction="none"):
   r"""Pointwise Kullback-Leibler divergence with torch's conventions.
 

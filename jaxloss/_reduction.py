@@ -117,6 +117,18 @@ def reduce_terms(fn, plain, exact, args, reduction):
   return reduce_total(total, reduction, jax.eval_shape(exact, *args).size)
 
 
+# Rows under which the derivatives of `smooth_l1_loss`, `kl_div` and
+# Keras's `poisson` are taken flat (see `elementwise`): `python
+# benchmarks/suite.py --shapes narrow --only kl_div,poisson,smooth_l1_loss
+# --no-write`, three runs each way, measured their gradients on rows of 10
+# (kl_div) and 16 at 0.44x-0.76x, 0.80x-0.88x and 0.67x-0.83x the plain
+# formula's time flat, against 0.70x-0.88x, 1.07x-1.13x and 0.87x-0.94x at
+# their own shape, compiled in 69-77, 79-97 and 81-85 ms against 106-152,
+# 110-162 and 116-162. `huber_loss`, `hinge_embedding_loss` and the squared
+# and absolute errors were slower flat in some runs, or kept a temporary.
+FLAT_BELOW = 32
+
+
 def elementwise(body=None, *, flat_derivatives=0):
   """Marks a loss computed element by element, and computes its value on
   narrow rows flat, on CPUs.

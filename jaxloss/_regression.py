@@ -499,7 +499,7 @@ def mse_loss(predictions, targets, *, weight=None, reduction="none"):
 
 
 @_jit.jit("reduction", beta=_jit.NON_NEGATIVE)
-@_reduction.elementwise
+@_reduction.elementwise(flat_derivatives=_reduction.FLAT_BELOW)
 def smooth_l1_loss(predictions, targets, *, beta=1.0, reduction="none"):
   r"""Smooth L1 loss: quadratic within ``beta`` of the target, L1 beyond.
 
@@ -902,7 +902,7 @@ def mean_squared_logarithmic_error(predictions, targets, *,
 
 
 @_jit.jit("reduction", epsilon=_jit.NON_NEGATIVE)
-@_reduction.elementwise
+@_reduction.elementwise(flat_derivatives=_reduction.FLAT_BELOW)
 def poisson(predictions, targets, *, epsilon=_KERAS_EPSILON,
             reduction="none"):
   r"""Poisson loss on predicted rates, as Keras's ``poisson``.
