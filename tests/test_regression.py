@@ -610,6 +610,28 @@ def test_poisson_nll_reduced_value_is_the_plain_sum_unless_nan(reduction):
       assert temporaries(fn, big, big) < 512 * 256
 
 
+def test_poisson_nll_terms_upcast_half_precision_apart():
+  # Through "none" the value's pass and the gradient's each convert
+  # bfloat16 input on their own: sharing one conversion, XLA:CPU wrote both
+  # inputs and the exponentials out in float32 (48 MiB at [16384, 256]).
+  # The numbers are float32's, in the counts too.
+  big = jax.ShapeDtypeStruct((512, 256), jnp.bfloat16)
+  mean = lambda x, y: jnp.mean(jaxloss.poisson_nll_loss(x, y))
+  if jax.default_backend() == "cpu":
+    for fn in (jax.value_and_grad(mean), jax.value_and_grad(mean, (0, 1))):
+      assert temporaries(fn, big, big) < 512 * 256
+  x = jnp.array([-jnp.inf, 0.3, 0.5, -1.0], jnp.bfloat16)
+  y = jnp.array([0.0, 2.0, 0.0, 3.0], jnp.bfloat16)
+  got = jax.jit(jax.value_and_grad(mean, (0, 1)))(x, y)
+  want = jax.value_and_grad(mean, (0, 1))(x.astype(jnp.float32),
+                                          y.astype(jnp.float32))
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+  for g, w in zip(got[1], want[1]):
+    assert g.dtype == jnp.bfloat16
+    np.testing.assert_allclose(g.astype(jnp.float32),
+                               w.astype(jnp.bfloat16).astype(jnp.float32))
+
+
 def test_poisson_is_poisson_nll_on_rates():
   r, y = jnp.asarray(RATE), jnp.asarray(COUNTS)
   np.testing.assert_allclose(
