@@ -842,15 +842,16 @@ def multilabel_margin_loss(predictions, targets, *, reduction="none"):
   listed = listed & (targets < num_classes)
   safe = jnp.where(listed, targets, 0)
   target_x = jnp.take_along_axis(x, safe, axis=-1, mode="promise_in_bounds")
-  classes = jnp.arange(num_classes).reshape((1,) * targets.ndim + (-1,))
   if _slot_loop(num_classes):
     # Up to the last listed slot of any row, one slot at a time.
-    slots = jnp.max(jnp.where(listed, classes[0] + 1, 0), initial=0)
+    classes = jnp.arange(num_classes).reshape((1,) * (x.ndim - 1) + (-1,))
+    slots = jnp.max(jnp.where(listed, classes + 1, 0), initial=0)
     is_target = _over_slots(slots, lambda s, acc: acc | (
-        _slot(listed, s) & (_slot(safe, s) == classes[0])),
+        _slot(listed, s) & (_slot(safe, s) == classes)),
                             jnp.zeros(x.shape, bool))
     hinges = _slot_hinges
   else:
+    classes = jnp.arange(num_classes).reshape((1,) * x.ndim + (-1,))
     is_target = jnp.any(listed[..., :, None]
                         & (safe[..., :, None] == classes), axis=-2)
     slots = None

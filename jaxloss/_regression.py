@@ -631,8 +631,8 @@ def poisson_nll_loss(predictions, targets, *, log_input=True, full=False,
         x, y = lax.optimization_barrier((x, y))
       out = terms(x, y) if converts else terms(x.astype(dtype),
                                                 y.astype(dtype))
-      y = y.astype(dtype)
       if full:
+        y = y.astype(dtype)
         big = y > 1
         y = jnp.where(big, y, 2)
         stirling = y * jnp.log(y) - y + 0.5 * jnp.log(y) + _HALF_LOG_2PI

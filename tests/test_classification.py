@@ -1427,6 +1427,9 @@ def test_multilabel_margin_slot_loop_against_the_reference(every_slot):
   bad[3, 0] = 40
   got = jaxloss.multilabel_margin_loss(f32(x), jnp.asarray(bad))
   assert np.isnan(got[3]) and np.all(np.isfinite(np.delete(got, 3)))
+  np.testing.assert_allclose(  # one row, torch's (C,) layout
+      jaxloss.multilabel_margin_loss(f32(x[4]), jnp.asarray(t[4])),
+      ref_multilabel_margin(x[4:5], t[4:5])[0], rtol=1e-5)
   x3, t3 = f32(x).reshape(2, 3, 40), jnp.asarray(t).reshape(2, 3, 40)
   np.testing.assert_allclose(jaxloss.multilabel_margin_loss(x3, t3),
                              ref_multilabel_margin(x, t).reshape(2, 3),
