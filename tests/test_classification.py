@@ -12,6 +12,7 @@ from jax.test_util import check_grads
 
 import catalogue
 import jaxloss
+from jaxloss import _classification
 from jaxloss.kernels import cross_entropy as kernel_ce
 from helpers import check_autodiff_modes, count_equations, temporaries
 
@@ -1347,7 +1348,7 @@ def test_multilabel_margin_derivatives_are_autodiffs(c):
   # torch's strict >); a class listed twice counts twice; infinite scores.
   # 40 classes take the loop over target slots (_slot_loop), 5 the pairs
   # of every slot at once.
-  assert _classification_module()._slot_loop(c) == (c == 40)
+  assert _classification._slot_loop(c) == (c == 40)
   rng = np.random.default_rng(3)
   x = rng.integers(-2, 3, (6, c)).astype(np.float32)
   x[0, 1], x[1, 0] = np.inf, -np.inf
@@ -1377,11 +1378,6 @@ def test_multilabel_margin_derivatives_are_autodiffs(c):
       jax.hessian(finite_rows(_autodiff_multilabel_margin))(x[2:]))
 
 
-def _classification_module():
-  import importlib
-  return importlib.import_module("jaxloss._classification")
-
-
 @pytest.mark.parametrize("c", [16, 64])
 def test_multilabel_margin_gradient_keeps_no_pairs_of_its_own(c):
   # On short rows the value writes its [N, C, C] hinges once; autodiff's
@@ -1394,7 +1390,7 @@ def test_multilabel_margin_gradient_keeps_no_pairs_of_its_own(c):
   pairs = n * c * c * 4
   loss = lambda x, t: jaxloss.multilabel_margin_loss(x, t, reduction="sum")
   grad = jax.value_and_grad(loss)
-  if _classification_module()._slot_loop(c):
+  if _classification._slot_loop(c):
     assert temporaries(loss, x, t) < 0.1 * pairs
     assert temporaries(grad, x, t) < 0.1 * pairs
   else:
