@@ -95,7 +95,7 @@ _bce_on_probs.defjvp(_jit.inlined(_bce_on_probs_jvp), symbolic_zeros=True)
 
 
 @_jit.jit("reduction")
-@_reduction.elementwise
+@_reduction.elementwise(derivatives_apart=True)
 def binary_cross_entropy(probs, labels, *, weight=None, where=None,
                          reduction="none"):
   r"""Binary cross entropy on probabilities, with torch's ``BCELoss`` numerics.

@@ -157,7 +157,7 @@ def _one_hot(labels, num_classes):
 
 
 @_jit.jit("reduction")
-@_reduction.elementwise
+@_reduction.elementwise(derivatives_apart=True)
 def hinge_loss(predictor_outputs, targets, *, weight=None, where=None,
                reduction="none"):
   r"""Binary hinge loss on decision values, with targets in {-1, 1}.
@@ -198,7 +198,7 @@ def hinge_loss(predictor_outputs, targets, *, weight=None, where=None,
 
 
 @_jit.jit("reduction")
-@_reduction.elementwise
+@_reduction.elementwise(derivatives_apart=True)
 def perceptron_loss(predictor_outputs, targets, *, weight=None, where=None,
                     reduction="none"):
   r"""Binary perceptron loss on decision values, with targets in {-1, 1}.

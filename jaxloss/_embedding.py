@@ -581,7 +581,7 @@ def triplet_margin_with_distance_loss(anchor, positive, negative, *,
 
 
 @_jit.jit("reduction", margin=_jit.REAL)
-@_reduction.elementwise
+@_reduction.elementwise(derivatives_apart=True)
 def margin_ranking_loss(input1, input2, target, *, margin=0.0,
                         reduction="none"):
   r"""Margin ranking loss: ``input1`` above ``input2`` where the target is 1.
@@ -625,7 +625,7 @@ def margin_ranking_loss(input1, input2, target, *, margin=0.0,
 
 
 @_jit.jit("reduction", margin=_jit.REAL)
-@_reduction.elementwise
+@_reduction.elementwise(derivatives_apart=True)
 def hinge_embedding_loss(predictions, targets, *, margin=1.0,
                          reduction="none"):
   r"""Hinge embedding loss: small for similar pairs, above a margin for others.

@@ -223,7 +223,7 @@ def squared_error(predictions, targets=None, *, reduction="none"):
 
 
 @_jit.jit("reduction")
-@_reduction.elementwise
+@_reduction.elementwise(derivatives_apart=True)
 def l2_loss(predictions, targets=None, *, reduction="none"):
   r"""Half the squared error, :math:`\tfrac12 (\hat y - y)^2`.
 
@@ -284,7 +284,7 @@ _huber_loss.defjvp(_jit.inlined(_huber_loss_jvp), symbolic_zeros=True)
 
 @_jit.jit("reduction", delta=_jit.Hyper(0.0, low_open=True, high_open=True,
                                       array=True))
-@_reduction.elementwise
+@_reduction.elementwise(derivatives_apart=True)
 def huber_loss(predictions, targets=None, *, delta=1.0, reduction="none"):
   r"""Huber loss: quadratic within ``delta`` of the target, linear beyond.
 
@@ -354,7 +354,8 @@ _LOG_COSH_FLAT_BELOW = 16
 
 
 @_jit.jit("reduction")
-@_reduction.elementwise(flat_derivatives=_LOG_COSH_FLAT_BELOW)
+@_reduction.elementwise(flat_derivatives=_LOG_COSH_FLAT_BELOW,
+                        derivatives_apart=True)
 def log_cosh(predictions, targets=None, *, reduction="none"):
   r"""Log of the hyperbolic cosine of the error, accurate at every size.
 
@@ -567,7 +568,8 @@ _POISSON_FLAT_BELOW = 32
 
 
 @_jit.jit("log_input", "full", "reduction", eps=_jit.NON_NEGATIVE)
-@_reduction.elementwise(flat_derivatives=_POISSON_FLAT_BELOW)
+@_reduction.elementwise(flat_derivatives=_POISSON_FLAT_BELOW,
+                        derivatives_apart=True)
 def poisson_nll_loss(predictions, targets, *, log_input=True, full=False,
                      eps=1e-8, reduction="none"):
   r"""Poisson negative log-likelihood, as torch's ``PoissonNLLLoss``.
@@ -819,7 +821,7 @@ _KERAS_EPSILON = 1e-7
 
 
 @_jit.jit("reduction", epsilon=_jit.POSITIVE)
-@_reduction.elementwise
+@_reduction.elementwise(derivatives_apart=True)
 def mean_absolute_percentage_error(predictions, targets, *,
                                    epsilon=_KERAS_EPSILON, reduction="none"):
   r"""Absolute error as a percentage of the target, as Keras's MAPE.

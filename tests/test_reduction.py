@@ -1,3 +1,5 @@
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,12 +56,23 @@ FLAT_DERIVATIVES = {"log_cosh": 16, "poisson_nll_loss": 32, "kl_div": 32,
                     "poisson": 32, "smooth_l1_loss": 32}
 
 
+# Of those, the ones whose derivatives read the operands again, apart from
+# the value and laid out flat, on rows of NARROW or more.
+DERIVATIVES_APART = {
+    "binary_cross_entropy", "hinge_embedding_loss", "hinge_loss",
+    "huber_loss", "l2_loss", "log_cosh", "margin_ranking_loss",
+    "mean_absolute_percentage_error", "perceptron_loss", "poisson_nll_loss",
+}
+
+
 def test_the_elementwise_losses_are_marked():
   marked = {name for name in jaxloss.names()
             if getattr(jaxloss.get(name), "elementwise", False)}
   assert marked == ELEMENTWISE
   assert {name: jaxloss.get(name).flat_derivatives for name in ELEMENTWISE
           if jaxloss.get(name).flat_derivatives} == FLAT_DERIVATIVES
+  assert {name for name in ELEMENTWISE
+          if jaxloss.get(name).derivatives_apart} == DERIVATIVES_APART
 
 
 def _flat_barriers(fn, *args):
@@ -170,3 +183,70 @@ def test_gradient_of_narrow_rows_writes_no_temporary():
   value_and_grad = jax.value_and_grad(
       lambda x, y: jaxloss.mse_loss(x, y, reduction="mean"))
   assert temporaries(value_and_grad, x, x) == 0
+
+
+def _wide(name, batch=3):
+  # Rows of NARROW or more: the loss keeps its operands' shape.
+  return [jnp.tile(a, (1, -(-_reduction.NARROW // a.shape[-1])))
+          for a in catalogue.inputs(name, batch)]
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize("name", sorted(DERIVATIVES_APART))
+def test_derivatives_apart_are_the_derivatives_of_the_loss(name, reduction):
+  # Against autodiff of the function the loss wraps, which takes no rule of
+  # its own: first and second order, on rows and on vectors.
+  fn = catalogue.loss(name)
+  plain = inspect.unwrap(jaxloss.get(name))
+  keywords = catalogue.SPECS[name][1]
+  for args in (_wide(name), [a.reshape(-1) for a in _wide(name)]):
+    rng = np.random.default_rng(1)
+    v = [jnp.asarray(rng.normal(size=a.shape), a.dtype) for a in args]
+
+    def total(f):
+      # Squared: with "none" a cotangent other than ones.
+      return lambda *a: jnp.sum(f(*a, reduction=reduction) ** 2)
+
+    ours, theirs = total(fn), total(lambda *a, **k: plain(*a, **keywords,
+                                                          **k))
+    argnums = tuple(range(len(args)))
+    np.testing.assert_allclose(
+        jax.jvp(ours, args, v)[1], jax.jvp(theirs, args, v)[1], rtol=1e-5)
+    for got, want in zip(jax.grad(ours, argnums)(*args),
+                         jax.grad(theirs, argnums)(*args)):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    hvp = lambda f: jax.jvp(jax.grad(f, argnums), args, v)[1]
+    for got, want in zip(hvp(ours), hvp(theirs)):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(DERIVATIVES_APART))
+def test_derivatives_apart_keep_no_temporary(name):
+  # Sharing the value's terms (or a broadcast constant) with the gradient's
+  # pass, XLA:CPU wrote them out (4 MiB in float32 here, for most of these
+  # losses; in bfloat16 for the rest, their float32 conversions).
+  if jax.default_backend() != "cpu":
+    pytest.skip("XLA:CPU's fusion")
+  fn = catalogue.loss(name)
+  for dtype in (jnp.float32, jnp.bfloat16):
+    specs = [jax.ShapeDtypeStruct((4096, 256), dtype) for _ in
+             catalogue.inputs(name, 2)]
+    for total in (lambda *a: jnp.mean(fn(*a)),
+                  lambda *a: fn(*a, reduction="mean")):
+      assert temporaries(jax.value_and_grad(total), *specs) < 4096 * 256
+
+
+def test_derivatives_apart_take_the_hyperparameters_derivatives():
+  # A traced margin or delta is an operand of the rule: its derivative is
+  # the loss's, and a concrete one keeps its check.
+  x, y = _wide("huber_loss")
+  delta = jnp.float32(0.7)
+  ours = jax.grad(lambda d: jaxloss.huber_loss(x, y, delta=d,
+                                               reduction="sum"))(delta)
+  plain = inspect.unwrap(jaxloss.huber_loss)
+  theirs = jax.grad(lambda d: plain(x, y, delta=d, reduction="sum"))(delta)
+  np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+  assert ours != 0
+  with pytest.raises(ValueError, match="huber_loss: delta"):
+    jax.grad(lambda x: jaxloss.huber_loss(x, y, delta=0.0,
+                                          reduction="sum"))(x)
