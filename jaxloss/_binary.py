@@ -191,18 +191,24 @@ def _logit_bce_jvp(primals, tangents):
   # The derivatives written out: d/dx = neg sigmoid(x) - pos sigmoid(-x) is
   # finite at x = +-inf, where autodiff of the formula meets inf * 0. Symbolic
   # zero tangents keep an infinite d/dneg or d/dpos (the true derivative in the
-  # labels at an infinite logit) away from the logits' gradient. The
-  # sigmoids are XLA's logistic, as exact, rather than divisions of an
-  # exp(-|x|) shared with the value, which XLA writes out for the gradient's
-  # pass, and 1 / (1 + e) with it: twice the temporaries, and pages that
-  # fault on every call past 32 MiB.
+  # labels at an infinite logit) away from the logits' gradient. Both
+  # sigmoids come from one exponential of -|x|, written as a select of -x
+  # and x: not the value's exp(-|x|), which XLA would share and write out
+  # for the gradient's pass (twice the temporaries, and pages that fault on
+  # every call past 32 MiB), and with a derivative of its own at x = 0
+  # (|x|'s is 0 there). One exponential and one division where two
+  # logistics took two of each, each sigmoid to a few ulps as theirs.
   x, neg, pos = primals
   dx, dneg, dpos = tangents
   out = _logit_bce(x, neg, pos)
   tangent = jnp.zeros_like(out)
   if not isinstance(dx, SymbolicZero):
-    tangent = tangent + (neg * jax.nn.sigmoid(x)
-                         - pos * jax.nn.sigmoid(-x)) * dx
+    right = x > 0
+    e = jnp.exp(jnp.where(right, -x, x))
+    r = 1 / (1 + e)
+    er = e * r
+    tangent = tangent + (neg * jnp.where(right, r, er)
+                         - pos * jnp.where(right, er, r)) * dx
   if not (isinstance(dneg, SymbolicZero) and isinstance(dpos, SymbolicZero)):
     softplus_x, softplus_neg_x = _softplus_pair(x)
     if not isinstance(dneg, SymbolicZero):
