@@ -2,12 +2,14 @@
 embedding and contrastive (NT-Xent, circle)."""
 
 from collections.abc import Sequence
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from jaxloss import _checks
 from jaxloss import _jit
@@ -21,12 +23,13 @@ from jaxloss._regression import clamp_min_zero
 from jaxloss._regression import not_nan
 
 
-def _floats(fn, named, check_nan=True, complex_ok=False):
+def _floats(fn, named, check_nan=True, complex_ok=False, upcast=True):
   """Checked floating inputs in the loss dtype, shaped as the first one.
 
   The first input's shape is the element shape: the others may broadcast to
   it, never enlarge it (the shape contract). ``complex_ok`` admits complex
-  vectors too (torch's distances take them).
+  vectors too (torch's distances take them). ``upcast=False`` leaves them
+  in their own dtypes (for :func:`_row_sums`, which upcasts in each pass).
   """
   check = _complex_or_floating if complex_ok else _checks.floating
   arrays = [check(fn, name, x) for name, x in named]
@@ -37,7 +40,7 @@ def _floats(fn, named, check_nan=True, complex_ok=False):
   (first, ref), *rest = zip((name for name, _ in named), arrays)
   out = [ref] + [_checks.conform(fn, name, x, first, ref.shape)
                  for name, x in rest]
-  return [x.astype(dtype) for x in out]
+  return [x.astype(dtype) for x in out] if upcast else out
 
 
 def _axes(fn, axis, ndim, arg):
@@ -176,6 +179,123 @@ def _degree(p, dtype):
 # Similarities and distances.
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _row_sums(a, b, axes):
+  """``sum(a b)``, ``sum(a a)`` and ``sum(b b)`` over ``axes``, in float32
+  (float64 for float64 input) from ``a`` and ``b`` in their own dtypes.
+
+  The derivatives' pass reads half-precision ``a`` and ``b`` converted
+  apart (:func:`jaxloss._reduction.upcast_apart`): sharing the sums'
+  conversions, XLA:CPU wrote a float32 copy of both out for the sums and
+  the gradient's pass (32 MiB of temporaries on bfloat16 [16384, 256], and
+  the cosine's gradient 2.5 times its float32 time). The row algebra after
+  the sums is autodiff's, as before.
+  """
+  dtype = _reduction.stat_dtype(jnp.result_type(a, b))
+  dot = jnp.sum(a.astype(dtype) * b.astype(dtype), axis=axes)
+  if a.dtype != dtype or b.dtype != dtype:
+    # The squares' conversions apart from the product's (XLA:CPU writes a
+    # conversion that two sums read), behind one barrier over both, which
+    # XLA does not merge with the derivatives' barriers of each.
+    a, b = lax.optimization_barrier((a, b))
+  a, b = a.astype(dtype), b.astype(dtype)
+  return dot, jnp.sum(a * a, axis=axes), jnp.sum(b * b, axis=axes)
+
+
+def _row_sums_jvp(axes, primals, tangents):
+  (a, b), (da, db) = primals, tangents
+  out = _row_sums(a, b, axes)
+  dtype = out[0].dtype
+  a, b = (_reduction.upcast_apart(x, dtype) for x in (a, b))
+  d_dot, d_aa, d_bb = (jnp.zeros_like(x) for x in out)
+  if not isinstance(da, SymbolicZero):
+    da = da.astype(dtype)
+    d_dot = d_dot + jnp.sum(da * b, axis=axes)
+    d_aa = 2 * jnp.sum(a * da, axis=axes)
+  if not isinstance(db, SymbolicZero):
+    db = db.astype(dtype)
+    d_dot = d_dot + jnp.sum(a * db, axis=axes)
+    d_bb = 2 * jnp.sum(b * db, axis=axes)
+  return out, (d_dot, d_aa, d_bb)
+
+
+_row_sums.defjvp(_jit.inlined(_row_sums_jvp), symbolic_zeros=True)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _difference_squares(arrays, shift, pairs, axes):
+  """``sum((x_i - x_j + shift)**2)`` over ``axes`` for each ``(i, j)`` of
+  ``pairs``, indices into the real ``arrays`` (``shift`` None or a scalar),
+  in float32 (float64 for float64 input) from the arrays in their own
+  dtypes.
+
+  The derivatives' pass reads the arrays again behind barriers: XLA
+  otherwise shares each difference between its sum and the gradient's pass
+  and writes it out (16 MiB of temporaries on [16384, 256], a float32
+  difference of bfloat16 input too). One call for every pair: an array's
+  tangent is converted once, so that the cotangents of its pairs (the
+  anchor's) add up in float32, not in bfloat16.
+  """
+  half = any(x.dtype != _reduction.stat_dtype(x.dtype) for x in arrays)
+  out = []
+  for i, j in pairs:
+    u, v, s = arrays[i], arrays[j], shift
+    if half:
+      # Each pair its own conversions (XLA:CPU writes a conversion, or a
+      # broadcast shift, that two sums read).
+      u, v, s = lax.optimization_barrier((u, v, s))
+    out.append(jnp.sum(_shifted_difference(u, v, s) ** 2, axis=axes))
+  return tuple(out)
+
+
+def _shifted_difference(u, v, shift):
+  dtype = _reduction.stat_dtype(jnp.result_type(u, v))
+  d = u.astype(dtype) - v.astype(dtype)
+  return d if shift is None else d + shift
+
+
+def _difference_squares_jvp(pairs, axes, primals, tangents):
+  (arrays, shift), (moving, d_shift) = primals, tangents
+  out = _difference_squares(arrays, shift, pairs, axes)
+  # A barrier of each: not the value's over a pair, which XLA would merge;
+  # the shift's too, else its broadcast is the value's, written out.
+  arrays = [lax.optimization_barrier(x) for x in arrays]
+  if shift is not None:
+    shift = lax.optimization_barrier(shift)
+  moving = [None if isinstance(t, SymbolicZero) else t.astype(out[0].dtype)
+            for t in moving]
+  if isinstance(d_shift, SymbolicZero):
+    d_shift = None
+  tangents = []
+  for i, j in pairs:
+    d = _shifted_difference(arrays[i], arrays[j], shift)
+    step = jnp.zeros_like(d)
+    for t, sign in ((moving[i], 1), (moving[j], -1), (d_shift, 1)):
+      if t is not None:
+        step = step + sign * t
+    tangents.append(2 * jnp.sum(d * step, axis=axes))
+  return out, tuple(tangents)
+
+
+_difference_squares.defjvp(_jit.inlined(_difference_squares_jvp),
+                           symbolic_zeros=True)
+
+
+def _euclidean(arrays, pairs, eps, axes, torch, keepdims=False):
+  """For each ``(i, j)`` of ``pairs``, ``_pnorm(x_i - x_j + eps, 2)``
+  (``torch``) or ``_pnorm(x_i - x_j, 2, inner_eps=eps)`` of the real
+  ``arrays``, from :func:`_difference_squares`."""
+  out = []
+  for total in _difference_squares(tuple(arrays), eps if torch else None,
+                                   tuple(pairs), axes):
+    if eps is not None and not torch:
+      total = total + eps
+    if keepdims:
+      total = jnp.expand_dims(total, axes)
+    out.append(_safe_sqrt(total))
+  return out
+
+
 def _unit(x, axis, where, epsilon):
   norm2 = jnp.sum(x * x, axis=axis, where=where, keepdims=True)
   if not _jit.is_zero(epsilon):
@@ -186,7 +306,8 @@ def _unit(x, axis, where, epsilon):
 def _cosine(fn, predictions, targets, epsilon, axis, where):
   predictions, targets = _floats(
       fn, [("predictions", predictions), ("targets", targets)],
-      check_nan=False)
+      check_nan=False, upcast=False)
+  dtype = _reduction.stat_dtype(jnp.result_type(predictions, targets))
   axes = _axes(fn, axis, predictions.ndim, "predictions")
   if where is not None:
     where = _checks.boolean(fn, "where", where)
@@ -200,16 +321,13 @@ def _cosine(fn, predictions, targets, epsilon, axis, where):
     predictions = jnp.where(where, predictions, 0)
     targets = jnp.where(where, targets, 0)
   # Dropped entries are zeros: the sums need no mask.
-  epsilon = (None if _jit.is_zero(epsilon)
-             else _jit.cast(epsilon, _reduction.stat_dtype(predictions.dtype)))
+  epsilon = None if _jit.is_zero(epsilon) else _jit.cast(epsilon, dtype)
 
   def exact(a, b, epsilon):
     # The three sums first, then the row algebra: XLA:CPU fuses each sum
     # with its products, where a select between the sums and the [..., C]
     # products would keep those apart.
-    dot = jnp.sum(a * b, axis=axes)
-    return _exact_cosine_rows(dot, jnp.sum(a * a, axis=axes),
-                              jnp.sum(b * b, axis=axes), epsilon)
+    return _exact_cosine_rows(*_row_sums(a, b, axes), epsilon)
 
   def value(a, b, epsilon):
     # The exact form's value with no select: each squared norm floored at
@@ -218,7 +336,8 @@ def _cosine(fn, predictions, targets, epsilon, axis, where):
     # terms are 0, as is the cosine then. Each vector's scale from its norm,
     # then one sum of a * b * scales: two sums over the rows, and a third
     # that XLA:CPU merges with a mean or sum the caller takes over the rows.
-    floor = jnp.finfo(a.dtype).tiny
+    a, b = a.astype(dtype), b.astype(dtype)
+    floor = jnp.finfo(dtype).tiny
     if epsilon is not None:
       floor = jnp.maximum(epsilon, floor)
     scale_a, scale_b = (
@@ -377,14 +496,22 @@ def pairwise_distance(x1, x2, *, p=2.0, eps=1e-6, keepdim=False):
     ``torch.nn.functional.pairwise_distance`` / ``torch.nn.PairwiseDistance``.
   """
   fn = "pairwise_distance"
-  x1, x2 = _floats(fn, [("x1", x1), ("x2", x2)], complex_ok=True)
-  v = x1 - x2
-  real = _real_dtype(v.dtype)
+  x1, x2 = _floats(fn, [("x1", x1), ("x2", x2)], complex_ok=True,
+                   upcast=False)
+  work = _reduction.stat_dtype(jnp.result_type(x1, x2))
+  real = _real_dtype(work)
+  axis = -1
+  if x1.ndim == 0:
+    x1, x2, axis, keepdim = x1[None], x2[None], 0, False
+  if _jit.concrete(p) == 2 and work == real:
+    (out,) = _euclidean((x1, x2), ((0, 1),), None if _jit.is_zero(eps)
+                        else _jit.cast(eps, real), (axis % x1.ndim,),
+                        torch=True, keepdims=keepdim)
+    return out
+  v = x1.astype(work) - x2.astype(work)
   if not _jit.is_zero(eps):
     v = v + _jit.cast(eps, real)
-  if v.ndim == 0:
-    return _pnorm(v[None], _degree(p, real), 0)
-  return _pnorm(v, _degree(p, real), -1, keepdim)
+  return _pnorm(v, _degree(p, real), axis, keepdim)
 
 
 def _real_dtype(dtype):
@@ -479,29 +606,40 @@ def triplet_margin_loss(anchors, positives, negatives, axis=-1, norm_degree=2,
   swap = _checks.flag(fn, "swap", swap)
   anchors, positives, negatives = _floats(
       fn, [("anchors", anchors), ("positives", positives),
-           ("negatives", negatives)], complex_ok=True)
+           ("negatives", negatives)], complex_ok=True, upcast=False)
   if anchors.ndim == 0 and axis in (-1, 0):
     anchors, positives, negatives = (x[None] for x in
                                      (anchors, positives, negatives))
   _checks.at_least_rank(fn, "anchors", anchors, 1)
   (ax,) = _axes(fn, axis, anchors.ndim, "anchors")
-  dtype = _real_dtype(anchors.dtype)
+  work = _reduction.stat_dtype(jnp.result_type(anchors, positives, negatives))
+  dtype = _real_dtype(work)
   norm_degree = _degree(norm_degree, dtype)
   margin = _jit.cast(margin, dtype)
   if distance == "torch" and not _jit.is_zero(margin):
     _checks.values(fn, "margin", margin > 0, "must be positive with "
                    "distance='torch'", margin)
   eps = None if _jit.is_zero(eps) else _jit.cast(eps, dtype)
+  euclidean = _jit.concrete(norm_degree) == 2 and work == dtype
+  if not euclidean:
+    anchors, positives, negatives = (x.astype(work) for x in
+                                     (anchors, positives, negatives))
 
   def dist(u, v):
     if distance == "torch":
       return _pnorm(u - v if eps is None else u - v + eps, norm_degree, ax)
     return _pnorm(u - v, norm_degree, ax, inner_eps=eps)
 
-  d_pos = dist(anchors, positives)
-  d_neg = dist(anchors, negatives)
+  pairs = ((0, 1), (0, 2), (1, 2))[:3 if swap else 2]
+  arrays = (anchors, positives, negatives)
+  if euclidean:
+    # The distances of every pair from one call (see _difference_squares).
+    d_pos, d_neg, *swapped = _euclidean(arrays, pairs, eps, (ax,),
+                                        torch=distance == "torch")
+  else:
+    d_pos, d_neg, *swapped = (dist(arrays[i], arrays[j]) for i, j in pairs)
   if swap:
-    d_neg = jnp.minimum(d_neg, dist(positives, negatives))
+    d_neg = jnp.minimum(d_neg, swapped[0])
   loss = jnp.maximum(d_pos - d_neg + margin, 0)
   return _reduction.reduce(fn, loss, reduction)
 
@@ -749,15 +887,16 @@ def cosine_embedding_loss(input1, input2, target, *, margin=0.0,
     ``torch.nn.functional.cosine_embedding_loss``.
   """
   fn = "cosine_embedding_loss"
-  input1, input2 = _floats(fn, [("input1", input1), ("input2", input2)])
+  input1, input2 = _floats(fn, [("input1", input1), ("input2", input2)],
+                           upcast=False)
   _checks.at_least_rank(fn, "input1", input1, 1)
   target = _checks.numeric(fn, "target", target)
   _signs(fn, "target", target)
   target = _rows.row_labels(fn, "target", target, "input1", input1.shape,
                            input1.shape[:-1])
-  dot = jnp.sum(input1 * input2, axis=-1)
-  norm1 = jnp.sqrt(jnp.sum(input1 * input1, axis=-1) + _TORCH_COSINE_EPS)
-  norm2 = jnp.sqrt(jnp.sum(input2 * input2, axis=-1) + _TORCH_COSINE_EPS)
+  dot, squared1, squared2 = _row_sums(input1, input2, (-1,))
+  norm1 = jnp.sqrt(squared1 + _TORCH_COSINE_EPS)
+  norm2 = jnp.sqrt(squared2 + _TORCH_COSINE_EPS)
   cos = dot / (norm1 * norm2)
   margin = _jit.cast(margin, cos.dtype)
   # One select in another: XLA:CPU computes the two branches of a sum of

@@ -2,6 +2,7 @@
 against float64 NumPy references, optax, and the edges."""
 
 import inspect
+import functools
 import re
 
 import jax
@@ -892,3 +893,63 @@ def test_norm_and_cosine_gradients_take_no_select():
     jaxpr = jax.make_jaxpr(jax.grad(
         lambda a, b, fn=fn: jnp.mean(fn(a, b)), argnums=(0, 1)))(a, a)
     assert count_equations(jaxpr.jaxpr, "select_n") == 0, fn.__name__
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu",
+                    reason="XLA:CPU's fusion of the conversions")
+@pytest.mark.parametrize("fn,extra", [
+    (jaxloss.cosine_similarity, ()), (jaxloss.cosine_distance, ()),
+    (jaxloss.cosine_embedding_loss, (jnp.ones(512),))])
+def test_half_precision_cosine_gradients_keep_no_float32_copy(fn, extra):
+  # The row sums' derivatives read bfloat16 input converted apart from the
+  # sums' conversions: sharing them, XLA:CPU wrote a float32 copy of both
+  # inputs out for the sums and the gradient's pass.
+  spec = jax.ShapeDtypeStruct((512, 256), jnp.bfloat16)
+  for argnums in (0, (0, 1)):
+    step = jax.value_and_grad(lambda a, b: jnp.mean(fn(a, b, *extra)),
+                              argnums=argnums)
+    assert temporaries(step, spec, spec) < 0.1 * 512 * 256 * 4
+  rng = np.random.default_rng(3)
+  a, b = (jnp.asarray(rng.normal(size=(512, 256)), jnp.bfloat16)
+          for _ in range(2))
+  grad = jax.grad(lambda a, b: jnp.sum(fn(a, b, *extra)), argnums=(0, 1))
+  for got, want in zip(grad(a, b), grad(a.astype(jnp.float32),
+                                        b.astype(jnp.float32))):
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_allclose(got.astype(jnp.float32), want, rtol=1e-2,
+                               atol=1e-5)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu",
+                    reason="XLA:CPU's fusion of the differences")
+@pytest.mark.parametrize("fn,own", [
+    (jaxloss.triplet_margin_loss, True),
+    (functools.partial(jaxloss.triplet_margin_loss, distance="torch",
+                       swap=True), True),
+    (jaxloss.triplet_margin_with_distance_loss, False),
+    (lambda a, p, n: jaxloss.pairwise_distance(a, p)
+     + jaxloss.pairwise_distance(a, n, keepdim=True)[..., 0], False)])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_euclidean_distance_gradients_keep_no_difference(fn, own, dtype):
+  # The squared differences' derivatives read the inputs again behind
+  # barriers: sharing the differences (or, in half precision, the float32
+  # conversions and the shift's broadcast) with the sums, XLA:CPU wrote
+  # them out.
+  spec = jax.ShapeDtypeStruct((512, 256), dtype)
+  step = jax.value_and_grad(lambda a, p, n: jnp.mean(fn(a, p, n)),
+                            argnums=(0, 1, 2))
+  assert temporaries(step, spec, spec, spec) < 0.1 * 512 * 256 * 4
+  rng = np.random.default_rng(4)
+  a, p, n = (jnp.asarray(rng.normal(size=(64, 256)), dtype) for _ in range(3))
+  total = lambda *x: jnp.sum(fn(*x))
+  grads = jax.grad(total, argnums=(0, 1, 2))
+  # A loss's own distances take one derivative rule, whose cotangents of
+  # the anchor add up in float32 before the one conversion to bfloat16;
+  # two calls of pairwise_distance add theirs in the input's dtype (jax's).
+  rtol = 1e-6 if dtype == jnp.float32 else 1e-2
+  atol = 1e-6 if dtype == jnp.float32 or own else 2e-3
+  for got, want in zip(grads(a, p, n),
+                       grads(*(x.astype(jnp.float32) for x in (a, p, n)))):
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got.astype(jnp.float32), want, rtol=rtol,
+                               atol=atol)
