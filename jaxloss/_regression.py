@@ -189,7 +189,7 @@ def _huber(abs_errors, delta):
 
 
 @_jit.jit("reduction")
-@_reduction.elementwise
+@_reduction.elementwise(derivatives_apart="half")
 def squared_error(predictions, targets=None, *, reduction="none"):
   r"""Squared error :math:`(\hat y - y)^2`, element by element.
 
@@ -404,7 +404,7 @@ def log_cosh(predictions, targets=None, *, reduction="none"):
 
 
 @_jit.jit("reduction")
-@_reduction.elementwise
+@_reduction.elementwise(derivatives_apart="half")
 def l1_loss(predictions, targets, *, weight=None, reduction="none"):
   r"""Absolute error, with optional per-element weights, as torch's ``L1Loss``.
 
@@ -456,7 +456,7 @@ def l1_loss(predictions, targets, *, weight=None, reduction="none"):
 
 
 @_jit.jit("reduction")
-@_reduction.elementwise
+@_reduction.elementwise(derivatives_apart="half")
 def mse_loss(predictions, targets, *, weight=None, reduction="none"):
   r"""Squared error, with optional per-element weights, as torch's ``MSELoss``.
 
@@ -912,7 +912,8 @@ def mean_squared_logarithmic_error(predictions, targets, *,
 
 
 @_jit.jit("reduction", epsilon=_jit.NON_NEGATIVE)
-@_reduction.elementwise(flat_derivatives=_reduction.FLAT_BELOW)
+@_reduction.elementwise(flat_derivatives=_reduction.FLAT_BELOW,
+                        derivatives_apart=True)
 def poisson(predictions, targets, *, epsilon=_KERAS_EPSILON,
             reduction="none"):
   r"""Poisson loss on predicted rates, as Keras's ``poisson``.

@@ -57,11 +57,15 @@ FLAT_DERIVATIVES = {"log_cosh": 16, "poisson_nll_loss": 32, "kl_div": 32,
 
 
 # Of those, the ones whose derivatives read the operands again, apart from
-# the value and laid out flat, on rows of NARROW or more.
+# the value and laid out flat, on rows of NARROW or more ("half": for
+# half-precision operands alone).
 DERIVATIVES_APART = {
-    "binary_cross_entropy", "hinge_embedding_loss", "hinge_loss",
-    "huber_loss", "l2_loss", "log_cosh", "margin_ranking_loss",
-    "mean_absolute_percentage_error", "perceptron_loss", "poisson_nll_loss",
+    "binary_cross_entropy": True, "hinge_embedding_loss": True,
+    "hinge_loss": True, "huber_loss": True, "l1_loss": "half",
+    "l2_loss": True, "log_cosh": True, "margin_ranking_loss": True,
+    "mean_absolute_percentage_error": True, "mse_loss": "half",
+    "perceptron_loss": True, "poisson": True, "poisson_nll_loss": True,
+    "squared_error": "half",
 }
 
 
@@ -71,7 +75,7 @@ def test_the_elementwise_losses_are_marked():
   assert marked == ELEMENTWISE
   assert {name: jaxloss.get(name).flat_derivatives for name in ELEMENTWISE
           if jaxloss.get(name).flat_derivatives} == FLAT_DERIVATIVES
-  assert {name for name in ELEMENTWISE
+  assert {name: jaxloss.get(name).derivatives_apart for name in ELEMENTWISE
           if jaxloss.get(name).derivatives_apart} == DERIVATIVES_APART
 
 
@@ -199,7 +203,11 @@ def test_derivatives_apart_are_the_derivatives_of_the_loss(name, reduction):
   fn = catalogue.loss(name)
   plain = inspect.unwrap(jaxloss.get(name))
   keywords = catalogue.SPECS[name][1]
-  for args in (_wide(name), [a.reshape(-1) for a in _wide(name)]):
+  # In the dtype the rule is taken for; both compute in float32.
+  dtype = jnp.bfloat16 if DERIVATIVES_APART[name] == "half" else jnp.float32
+  rtol = 1e-5 if dtype == jnp.float32 else 1e-2
+  wide = [a.astype(dtype) for a in _wide(name)]
+  for args in (wide, [a.reshape(-1) for a in wide]):
     rng = np.random.default_rng(1)
     v = [jnp.asarray(rng.normal(size=a.shape), a.dtype) for a in args]
 
@@ -210,14 +218,16 @@ def test_derivatives_apart_are_the_derivatives_of_the_loss(name, reduction):
     ours, theirs = total(fn), total(lambda *a, **k: plain(*a, **keywords,
                                                           **k))
     argnums = tuple(range(len(args)))
-    np.testing.assert_allclose(
-        jax.jvp(ours, args, v)[1], jax.jvp(theirs, args, v)[1], rtol=1e-5)
+    close = lambda got, want, atol: np.testing.assert_allclose(
+        np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=rtol,
+        atol=atol)
+    close(jax.jvp(ours, args, v)[1], jax.jvp(theirs, args, v)[1], 0)
     for got, want in zip(jax.grad(ours, argnums)(*args),
                          jax.grad(theirs, argnums)(*args)):
-      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+      close(got, want, 1e-7)
     hvp = lambda f: jax.jvp(jax.grad(f, argnums), args, v)[1]
     for got, want in zip(hvp(ours), hvp(theirs)):
-      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+      close(got, want, 1e-6)
 
 
 @pytest.mark.parametrize("name", sorted(DERIVATIVES_APART))
@@ -234,6 +244,19 @@ def test_derivatives_apart_keep_no_temporary(name):
     for total in (lambda *a: jnp.mean(fn(*a)),
                   lambda *a: fn(*a, reduction="mean")):
       assert temporaries(jax.value_and_grad(total), *specs) < 4096 * 256
+
+
+@pytest.mark.parametrize("name", sorted(
+    name for name, how in DERIVATIVES_APART.items() if how == "half"))
+def test_derivatives_apart_for_half_precision_alone(name):
+  # In float32 these losses' programs are the body's own: no barrier.
+  fn = catalogue.loss(name)
+  args = _wide(name)
+  total = lambda *a: jnp.sum(fn(*a, reduction="mean"))
+  for dtype, barriers in ((jnp.float32, 0), (jnp.bfloat16, 1)):
+    jaxpr = jax.make_jaxpr(jax.value_and_grad(total))(
+        *[a.astype(dtype) for a in args]).jaxpr
+    assert count_equations(jaxpr, "optimization_barrier") == barriers
 
 
 def test_derivatives_apart_take_the_hyperparameters_derivatives():
