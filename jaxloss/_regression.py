@@ -223,7 +223,7 @@ def squared_error(predictions, targets=None, *, reduction="none"):
 
 
 @_jit.jit("reduction")
-@_reduction.elementwise(derivatives_apart=True)
+@_reduction.elementwise(derivatives_apart="half")
 def l2_loss(predictions, targets=None, *, reduction="none"):
   r"""Half the squared error, :math:`\tfrac12 (\hat y - y)^2`.
 

@@ -62,7 +62,7 @@ FLAT_DERIVATIVES = {"log_cosh": 16, "poisson_nll_loss": 32, "kl_div": 32,
 DERIVATIVES_APART = {
     "binary_cross_entropy": True, "hinge_embedding_loss": True,
     "hinge_loss": True, "huber_loss": True, "l1_loss": "half",
-    "l2_loss": True, "log_cosh": True, "margin_ranking_loss": True,
+    "l2_loss": "half", "log_cosh": True, "margin_ranking_loss": True,
     "mean_absolute_percentage_error": True, "mse_loss": "half",
     "perceptron_loss": True, "poisson": True, "poisson_nll_loss": True,
     "squared_error": "half",
