@@ -1,8 +1,8 @@
 """Similarities, distances, triplet/ranking/embedding and contrastive losses
 against float64 NumPy references, optax, and the edges."""
 
-import inspect
 import functools
+import inspect
 import re
 
 import jax

@@ -230,13 +230,12 @@ def test_derivatives_apart_are_the_derivatives_of_the_loss(name, reduction):
       close(got, want, 1e-6)
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's fusion")
 @pytest.mark.parametrize("name", sorted(DERIVATIVES_APART))
 def test_derivatives_apart_keep_no_temporary(name):
   # Sharing the value's terms (or a broadcast constant) with the gradient's
   # pass, XLA:CPU wrote them out (4 MiB in float32 here, for most of these
   # losses; in bfloat16 for the rest, their float32 conversions).
-  if jax.default_backend() != "cpu":
-    pytest.skip("XLA:CPU's fusion")
   fn = catalogue.loss(name)
   for dtype in (jnp.float32, jnp.bfloat16):
     specs = [jax.ShapeDtypeStruct((4096, 256), dtype) for _ in
@@ -246,6 +245,8 @@ def test_derivatives_apart_keep_no_temporary(name):
       assert temporaries(jax.value_and_grad(total), *specs) < 4096 * 256
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu",
+                    reason="the rule is taken on CPUs")
 @pytest.mark.parametrize("name", sorted(
     name for name, how in DERIVATIVES_APART.items() if how == "half"))
 def test_derivatives_apart_for_half_precision_alone(name):
@@ -260,8 +261,8 @@ def test_derivatives_apart_for_half_precision_alone(name):
 
 
 def test_derivatives_apart_take_the_hyperparameters_derivatives():
-  # A traced margin or delta is an operand of the rule: its derivative is
-  # the loss's, and a concrete one keeps its check.
+  # A traced delta is an operand of the rule: its derivative is the
+  # loss's, and a concrete one keeps its check.
   x, y = _wide("huber_loss")
   delta = jnp.float32(0.7)
   ours = jax.grad(lambda d: jaxloss.huber_loss(x, y, delta=d,
