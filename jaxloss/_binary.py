@@ -8,7 +8,6 @@ from jax.custom_derivatives import SymbolicZero
 from jaxloss import _checks
 from jaxloss import _jit
 from jaxloss import _reduction
-from jaxloss import _rows
 from jaxloss import _value_form
 
 
@@ -171,16 +170,6 @@ def softplus(x):
   return jax.nn.softplus(x)
 
 
-def _logit_bce_value(x, neg, pos):
-  """``_logit_bce``'s value in arithmetic: each softplus capped at the
-  largest finite number where its weight is 0, so that an infinite logit's
-  term on its own side is 0, not ``0 * inf``."""
-  softplus_x, softplus_neg_x = _softplus_pair(x)
-  return (neg * jnp.minimum(softplus_x, _rows.cap_unless_zero(neg))
-          + pos * jnp.minimum(softplus_neg_x, _rows.cap_unless_zero(pos)))
-
-
-@_value_form.value_form(_logit_bce_value)
 @jax.custom_jvp
 def _logit_bce(x, neg, pos):
   r"""``neg softplus(x) + pos softplus(-x)``, the binary cross entropy on a
@@ -233,7 +222,7 @@ _logit_bce.defjvp(_jit.inlined(_logit_bce_jvp), symbolic_zeros=True)
 
 
 @_jit.jit("reduction", label_smoothing=_jit.UNIT)
-@_reduction.elementwise(derivatives_apart=True)
+@_reduction.elementwise
 def sigmoid_binary_cross_entropy(logits, labels, *, pos_weight=None,
                                  weight=None, label_smoothing=0.0, where=None,
                                  reduction="none"):

@@ -9,7 +9,6 @@ from jax.test_util import check_grads
 
 import jaxloss
 import reference as ref
-from jaxloss import _binary
 from helpers import (FLOATS, MODES, RTOL, assert_finite, check_autodiff_modes,
                      count_equations, dtype_context, rounded, run,
                      temporaries)
@@ -492,35 +491,3 @@ def test_logit_bce_gradient_takes_one_exponential_to_relative_precision():
     sigmoid = lambda t: 1 / (1 + np.exp(-t))
     want = (1 - label) * sigmoid(x64) - label * sigmoid(-x64)
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=0)
-
-
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's fusion")
-@pytest.mark.parametrize("fn", [jaxloss.sigmoid_binary_cross_entropy,
-                                jaxloss.multilabel_soft_margin_loss])
-def test_logit_bce_value_fuses_with_its_sum(fn):
-  # The value's infinite-logit guard is arithmetic (each softplus capped at
-  # the largest number where its weight is 0): selects kept the terms out
-  # of XLA:CPU's fused sum (one float32 array of the input's size), and so
-  # did derivatives that read the value's terms.
-  x = jax.ShapeDtypeStruct((512, 256), jnp.float32)
-  mean = lambda x, y: jnp.mean(fn(x, y))
-  assert temporaries(mean, x, x) < 0.01 * x.size * 4
-  assert temporaries(jax.value_and_grad(mean), x, x) < 0.01 * x.size * 4
-
-
-def test_logit_bce_arithmetic_value_is_the_guarded_one():
-  # The value form against the guarded formula it stands for (the value
-  # under differentiation), at every kind of logit and weight (a weight of
-  # 0 on an infinite logit's side).
-  x = jnp.array([-jnp.inf, -1e4, -30.0, -1.0, 0.0, 2.0, 40.0, 1e4, jnp.inf,
-                 jnp.nan])[:, None]
-  weights = jnp.array([0.0, 0.3, 1.0, 2.5])
-  neg, pos = weights[None, :, None], weights[None, None, :]
-  shape = (x.shape[0], weights.size, weights.size)
-  args = [jnp.broadcast_to(a, shape) for a in (x[..., None], neg, pos)]
-  got = jax.jit(_binary._logit_bce_value)(*args)
-  want = jax.jit(lambda *a: jax.jvp(
-      _binary._logit_bce, a, tuple(jnp.ones_like(b) for b in a))[0])(*args)
-  np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
-  np.testing.assert_array_equal(jnp.isnan(got), jnp.isnan(x[..., None])
-                                & jnp.ones(shape, bool))
