@@ -175,8 +175,9 @@ def elementwise(body=None, *, flat_derivatives=0, derivatives_apart=False):
   the value's sum and the gradient's pass would share (and XLA:CPU write
   out): for losses whose float32 programs keep no temporary as they are
   and run no faster apart (``l2_loss``'s gradient: 1.15x optax's time
-  apart in float32 in ``benchmarks/suite.py --only l2_loss``, 0.99x as it
-  is; in bfloat16 0.65x apart, 16 MiB of temporaries to none).
+  apart in float32 in ``benchmarks/suite.py --only l2_loss`` at commit
+  31a1434, 0.99x as it is; in bfloat16 0.65x apart, 16 MiB of temporaries
+  to none).
 
   Not under :func:`jaxloss.checked` (its messages index the arguments' own
   shapes), not for other reductions (torch's ``"batchmean"`` reads the
@@ -195,15 +196,15 @@ def elementwise(body=None, *, flat_derivatives=0, derivatives_apart=False):
     bound = signature.bind(*args, **kwargs)
     bound.apply_defaults()
     arguments = bound.arguments
-    shape, operands = _narrow_operands(arguments)
+    shape, operands = _same_shape_operands(arguments)
     if shape is None:
-      if derivatives_apart:
-        shape, operands = _same_shape_operands(arguments)
-        if shape is not None and (derivatives_apart is True or any(
-            _half(arguments[n].dtype) for n in operands)):
-          # A layout other than the arguments' (a vector's is [1, N]).
-          layout = (-1,) if len(shape) != 1 else (1, -1)
-          return _differentiated_as(body, body, arguments, operands, layout)
+      return body(**arguments)
+    if not (len(shape) >= 2 and 0 < shape[-1] < NARROW):
+      if derivatives_apart is True or (derivatives_apart and any(
+          _half(arguments[n].dtype) for n in operands)):
+        # A layout other than the arguments' (a vector's is [1, N]).
+        layout = (-1,) if len(shape) != 1 else (1, -1)
+        return _differentiated_as(body, body, arguments, operands, layout)
       return body(**arguments)
 
     def flat(**values):
@@ -281,7 +282,8 @@ def _half(dtype):
 def _same_shape_operands(arguments):
   """The one shape of every array argument and their names, or (None,
   None) where there is no such shape or nothing is to be laid out anew
-  (see :func:`elementwise`)."""
+  (see :func:`elementwise`: flat on narrow rows, the derivatives apart on
+  longer ones)."""
   if (arguments.get("reduction") not in ("none", "mean", "sum")
       or jax.default_backend() != "cpu" or _checks.checking()):
     return None, None
@@ -296,11 +298,3 @@ def _same_shape_operands(arguments):
     return None, None
   return shapes.pop(), names
 
-
-def _narrow_operands(arguments):
-  """The shape to flatten and the names of the arrays to flatten, or
-  (None, None) (see :func:`elementwise`)."""
-  shape, names = _same_shape_operands(arguments)
-  if shape is not None and len(shape) >= 2 and 0 < shape[-1] < NARROW:
-    return shape, names
-  return None, None
