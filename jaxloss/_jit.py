@@ -179,6 +179,23 @@ def known_positive(name, value):
   return name in _POSITIVE.get()
 
 
+def keeps_known(fn):
+  """``fn``, run with the hyperparameters known positive (see
+  :func:`known_positive`) where ``keeps_known`` is called: for a
+  derivative rule defined in a body, which JAX may trace after the body,
+  when the loss went through its own ``jit``."""
+  positive = _POSITIVE.get()
+
+  @functools.wraps(fn)
+  def run(*args, **kwargs):
+    token = _POSITIVE.set(positive)
+    try:
+      return fn(*args, **kwargs)
+    finally:
+      _POSITIVE.reset(token)
+  return run
+
+
 def _hyper_value(fn, name, spec, value):
   """A hyperparameter checked as far as it is known: ``(value, is_zero,
   known_positive)``, the last for a hyperparameter that cannot be negative

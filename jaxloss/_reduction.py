@@ -270,8 +270,9 @@ def _differentiated_as(value_of, body, arguments, operands, layout=None):
     return own, tangent.reshape(own.shape)
 
   # Traced when JAX differentiates, maybe after the body's own tracing:
-  # with jnp's jit wrappers inlined, as the body (see `_jit.inlined`).
-  value.defjvp(_jit.inlined(rule), symbolic_zeros=True)
+  # with jnp's jit wrappers inlined, as the body (see `_jit.inlined`), and
+  # the body's knowledge of its hyperparameters.
+  value.defjvp(_jit.inlined(_jit.keeps_known(rule)), symbolic_zeros=True)
   return value(*(arguments[n] for n in names))
 
 
