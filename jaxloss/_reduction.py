@@ -117,15 +117,16 @@ def reduce_terms(fn, plain, exact, args, reduction):
   return reduce_total(total, reduction, jax.eval_shape(exact, *args).size)
 
 
-# Rows under which the derivatives of `smooth_l1_loss`, `kl_div` and
-# Keras's `poisson` are taken flat (see `elementwise`): `python
-# benchmarks/suite.py --shapes narrow --only kl_div,poisson,smooth_l1_loss
-# --no-write`, three runs each way, measured their gradients on rows of 10
-# (kl_div) and 16 at 0.44x-0.76x, 0.80x-0.88x and 0.67x-0.83x the plain
-# formula's time flat, against 0.70x-0.88x, 1.07x-1.13x and 0.87x-0.94x at
-# their own shape, compiled in 69-77, 79-97 and 81-85 ms against 106-152,
-# 110-162 and 116-162. `huber_loss`, `hinge_embedding_loss` and the squared
-# and absolute errors were slower flat in some runs, or kept a temporary.
+# Rows under which the derivatives of `smooth_l1_loss` and `kl_div` are
+# taken flat (see `elementwise`): `python benchmarks/suite.py --shapes
+# narrow --only kl_div,poisson,smooth_l1_loss --no-write`, three runs each
+# way, measured their gradients on rows of 10 (kl_div) and 16 at
+# 0.44x-0.76x and 0.67x-0.83x the plain formula's time flat, against
+# 0.70x-0.88x and 0.87x-0.94x at their own shape, compiled in 69-77 and
+# 81-85 ms against 106-152 and 116-162 (Keras's `poisson` too, whose
+# derivatives are now read apart instead). `huber_loss`,
+# `hinge_embedding_loss` and the squared and absolute errors were slower
+# flat in some runs, or kept a temporary.
 FLAT_BELOW = 32
 
 
@@ -179,6 +180,21 @@ def elementwise(body=None, *, flat_derivatives=0, derivatives_apart=False):
   31a1434, 0.99x as it is; in bfloat16 0.65x apart, 16 MiB of temporaries
   to none).
 
+  On narrow rows, with ``derivatives_apart``, the value under
+  differentiation is the flat one too, and the derivatives are the body's
+  at the arguments' own shape: laid out apart, the two share nothing, and
+  XLA:CPU fuses the value with its sum there as on longer rows. Taken
+  together at the rows' shape, the value's terms were written out for
+  the gradient's pass (``benchmarks/suite.py --shapes narrow``, rows of
+  16: 16 MiB of temporaries for ``hinge_loss``'s value and gradient, 32
+  MiB for ``hinge_embedding_loss``'s, none now). Such losses take no
+  ``flat_derivatives``: flat, their derivatives took no less time on rows
+  of 1 to 16 than apart at the rows' own shape (Keras's ``poisson``'s
+  more, with a temporary of their size). Losses without ``derivatives_apart`` keep the value taken
+  with the derivatives: flat, ``soft_margin_loss``'s and
+  ``mean_squared_logarithmic_error``'s gradients took longer on some
+  widths.
+
   Not under :func:`jaxloss.checked` (its messages index the arguments' own
   shapes), not for other reductions (torch's ``"batchmean"`` reads the
   batch axis), and not on other backends, whose fused loops don't depend
@@ -189,6 +205,10 @@ def elementwise(body=None, *, flat_derivatives=0, derivatives_apart=False):
   if body is None:
     return functools.partial(elementwise, flat_derivatives=flat_derivatives,
                              derivatives_apart=derivatives_apart)
+  if flat_derivatives and derivatives_apart:
+    raise ValueError("elementwise: derivatives read apart are taken at the "
+                     "rows' own shape; give flat_derivatives or "
+                     "derivatives_apart, not both")
   signature = inspect.signature(body)
 
   @functools.wraps(body)
@@ -199,12 +219,14 @@ def elementwise(body=None, *, flat_derivatives=0, derivatives_apart=False):
     shape, operands = _same_shape_operands(arguments)
     if shape is None:
       return body(**arguments)
+    apart = derivatives_apart is True or (derivatives_apart and any(
+        _half(arguments[n].dtype) for n in operands))
     if not (len(shape) >= 2 and 0 < shape[-1] < NARROW):
-      if derivatives_apart is True or (derivatives_apart and any(
-          _half(arguments[n].dtype) for n in operands)):
+      if apart:
         # A layout other than the arguments' (a vector's is [1, N]).
         layout = (-1,) if len(shape) != 1 else (1, -1)
-        return _differentiated_as(body, body, arguments, operands, layout)
+        return _differentiated_as(body, body, arguments, operands,
+                                  apart=True, layout=layout)
       return body(**arguments)
 
     def flat(**values):
@@ -216,7 +238,7 @@ def elementwise(body=None, *, flat_derivatives=0, derivatives_apart=False):
 
     if shape[-1] < flat_derivatives:
       return flat(**arguments)
-    return _differentiated_as(flat, body, arguments, operands)
+    return _differentiated_as(flat, body, arguments, operands, apart=apart)
 
   run.elementwise = True
   run.flat_derivatives = flat_derivatives
@@ -224,13 +246,15 @@ def elementwise(body=None, *, flat_derivatives=0, derivatives_apart=False):
   return run
 
 
-def _differentiated_as(value_of, body, arguments, operands, layout=None):
+def _differentiated_as(value_of, body, arguments, operands, *, apart=False,
+                       layout=None):
   """``value_of(**arguments)``, differentiated (any order, any mode) as
-  ``body``: at the arguments as they are, or with ``layout``, at the
-  ``operands`` read again in that shape behind one optimization barrier
-  (``derivatives_apart``; the value is then ``value_of``'s own). A tangent
-  that is zero stays a symbolic zero (a zero tangent of the targets times
-  an infinite derivative would be NaN)."""
+  ``body`` at the ``operands`` as they are, or with ``layout``, read again
+  in that shape behind one optimization barrier. Under differentiation the
+  value is ``body``'s, computed with the derivatives, or ``value_of``'s own
+  where ``apart`` (``derivatives_apart``). A tangent that is zero stays a
+  symbolic zero (a zero tangent of the targets times an infinite
+  derivative would be NaN)."""
   # The operands, then traced scalars (hyperparameters, which may be
   # differentiated); concrete values keep their trace-time checks.
   names = operands + [n for n, v in arguments.items()
@@ -246,9 +270,8 @@ def _differentiated_as(value_of, body, arguments, operands, layout=None):
     live = [i for i, t in enumerate(tangents)
             if not isinstance(t, SymbolicZero)]
     moving = [tangents[i] for i in live]
-    own = None
+    own = value(*primals) if apart else None
     if layout is not None:
-      own = value(*primals)
       # After the reshape (else XLA moves it back past the elementwise
       # operations), and over every operand: those with no tangent (the
       # targets) must not be the value's either.

@@ -345,17 +345,8 @@ def _log_cosh_jvp(primals, tangents):
   return _log_cosh(e), jnp.tanh(e) * t
 
 
-# Derivatives flat on rows shorter than this (see `_reduction.elementwise`):
-# `python benchmarks/narrow_rows.py --only log_cosh --widths 2,4,8,16,32,64`
-# measured the gradient flat 0.24x-0.74x optax's time on rows of 2 to 8
-# against 0.83x-1.04x at their own shape, about even at 16 (with a temporary
-# of the gradient's size flat, none otherwise) and slower from 32.
-_LOG_COSH_FLAT_BELOW = 16
-
-
 @_jit.jit("reduction")
-@_reduction.elementwise(flat_derivatives=_LOG_COSH_FLAT_BELOW,
-                        derivatives_apart=True)
+@_reduction.elementwise(derivatives_apart=True)
 def log_cosh(predictions, targets=None, *, reduction="none"):
   r"""Log of the hyperbolic cosine of the error, accurate at every size.
 
@@ -559,17 +550,8 @@ def smooth_l1_loss(predictions, targets, *, beta=1.0, reduction="none"):
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
-# Derivatives flat on rows shorter than this: `python benchmarks/narrow_rows.py
-# --only poisson_nll_loss --widths 4,8,16,32,64`, twice, measured the
-# gradient flat 1.14x and 1.2x the plain formula's time on rows of 16 against
-# 1.77x and 1.69x at their own shape, and 1.42x-1.45x (32), 1.31x-1.33x (64)
-# against 1.14x-1.23x, 1.21x-1.26x.
-_POISSON_FLAT_BELOW = 32
-
-
 @_jit.jit("log_input", "full", "reduction", eps=_jit.NON_NEGATIVE)
-@_reduction.elementwise(flat_derivatives=_POISSON_FLAT_BELOW,
-                        derivatives_apart=True)
+@_reduction.elementwise(derivatives_apart=True)
 def poisson_nll_loss(predictions, targets, *, log_input=True, full=False,
                      eps=1e-8, reduction="none"):
   r"""Poisson negative log-likelihood, as torch's ``PoissonNLLLoss``.
@@ -912,8 +894,7 @@ def mean_squared_logarithmic_error(predictions, targets, *,
 
 
 @_jit.jit("reduction", epsilon=_jit.NON_NEGATIVE)
-@_reduction.elementwise(flat_derivatives=_reduction.FLAT_BELOW,
-                        derivatives_apart=True)
+@_reduction.elementwise(derivatives_apart=True)
 def poisson(predictions, targets, *, epsilon=_KERAS_EPSILON,
             reduction="none"):
   r"""Poisson loss on predicted rates, as Keras's ``poisson``.
