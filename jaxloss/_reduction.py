@@ -148,10 +148,11 @@ def elementwise(body=None, *, flat_derivatives=0, derivatives_apart=False):
   layout).
 
   Derivatives (``grad``, ``jvp``, ...) are the body's at the arguments' own
-  shape, value included: flat, XLA:CPU could not write the gradient into the
-  buffer of the terms it shares with the value (their shapes differ), and
-  ``mse_loss``'s value and gradient took a temporary of their size (16 MiB
-  on [1M, 4]; none unflattened), which made them slower. A tangent that is
+  shape, value included (but with ``derivatives_apart``, below): flat,
+  XLA:CPU could not write the gradient into the buffer of the terms it
+  shares with the value (their shapes differ), and ``mse_loss``'s value
+  and gradient took a temporary of their size (16 MiB on [1M, 4]; none
+  unflattened), which made them slower. A tangent that is
   zero stays a symbolic zero (a zero tangent of the targets times an
   infinite derivative would be NaN). On rows shorter than
   ``flat_derivatives`` they are taken flat too: for losses whose derivative
@@ -190,10 +191,10 @@ def elementwise(body=None, *, flat_derivatives=0, derivatives_apart=False):
   MiB for ``hinge_embedding_loss``'s, none now). Such losses take no
   ``flat_derivatives``: flat, their derivatives took no less time on rows
   of 1 to 16 than apart at the rows' own shape (Keras's ``poisson``'s
-  more, with a temporary of their size). Losses without ``derivatives_apart`` keep the value taken
-  with the derivatives: flat, ``soft_margin_loss``'s and
-  ``mean_squared_logarithmic_error``'s gradients took longer on some
-  widths.
+  more, with a temporary of their size). Losses without
+  ``derivatives_apart`` keep the value taken with the derivatives: flat,
+  ``soft_margin_loss``'s and ``mean_squared_logarithmic_error``'s
+  gradients took longer on some widths.
 
   Not under :func:`jaxloss.checked` (its messages index the arguments' own
   shapes), not for other reductions (torch's ``"batchmean"`` reads the

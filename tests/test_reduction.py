@@ -206,7 +206,8 @@ def _wide(name, batch=3):
 @pytest.mark.parametrize("name", sorted(DERIVATIVES_APART))
 def test_derivatives_apart_are_the_derivatives_of_the_loss(name, reduction):
   # Against autodiff of the function the loss wraps, which takes no rule of
-  # its own: first and second order, on rows and on vectors.
+  # its own: first and second order, on rows, on vectors and on narrow
+  # rows (the value flat).
   fn = catalogue.loss(name)
   plain = inspect.unwrap(jaxloss.get(name))
   keywords = catalogue.SPECS[name][1]
@@ -214,7 +215,8 @@ def test_derivatives_apart_are_the_derivatives_of_the_loss(name, reduction):
   dtype = jnp.bfloat16 if DERIVATIVES_APART[name] == "half" else jnp.float32
   rtol = 1e-5 if dtype == jnp.float32 else 1e-2
   wide = [a.astype(dtype) for a in _wide(name)]
-  for args in (wide, [a.reshape(-1) for a in wide]):
+  narrow = [a.astype(dtype) for a in catalogue.inputs(name, 6)]
+  for args in (wide, [a.reshape(-1) for a in wide], narrow):
     rng = np.random.default_rng(1)
     v = [jnp.asarray(rng.normal(size=a.shape), a.dtype) for a in args]
 
