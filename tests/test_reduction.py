@@ -169,10 +169,9 @@ def test_checked_messages_index_narrow_rows_in_their_own_shape():
     (name, width) for name, limit in sorted(FLAT_DERIVATIVES.items())
     for width in (2, limit - 1, limit, 2 * limit)])
 def test_flat_derivatives_end_at_their_width(name, width):
-  # Flat, the gradient may take a temporary of its size (terms it shares
-  # with the value, in a shape the gradient's buffer lacks); at its own
-  # shape, none but for what these losses' gradients keep at every shape
-  # (their selects' terms, as their plain formulas').
+  # Flat below their width, at their own shape from it; the same
+  # gradient either way. (Their gradients keep their selects' terms at
+  # every shape, as their plain formulas' do: no temporary to compare.)
   fn = catalogue.loss(name)
   args = [jnp.tile(a, (1, -(-width // a.shape[-1])))[:, :width]
           for a in catalogue.inputs(name, 64)]
