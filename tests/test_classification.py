@@ -488,6 +488,14 @@ def test_out_of_range_labels_give_nan():
   np.testing.assert_array_equal(
       np.isnan(jaxloss.multilabel_margin_loss(x, jnp.asarray(bad_multi))),
       [True, True, False, False])
+  # After a row's terminator nothing is read, not even an index out of
+  # range or a second terminator below -1, as torch stops at the first -1.
+  after = jnp.array([[1, -1, -2, C, 0], [0, 2, -1, C, -7]])
+  ours = jaxloss.multilabel_margin_loss(x[:2], after)
+  assert np.all(np.isfinite(ours))
+  np.testing.assert_allclose(
+      ours, jaxloss.multilabel_margin_loss(
+          x[:2], jnp.array([[1, -1, 0, 0, 0], [0, 2, -1, 0, 0]])), rtol=1e-6)
   # Masked rows are dropped before the label is read.
   np.testing.assert_array_equal(
       jaxloss.multiclass_hinge_loss(x, bad, where=jnp.array([1, 0, 0, 1],
