@@ -987,18 +987,20 @@ def ntxent(embeddings, labels, temperature=0.07):
 
 
 def _ntxent_pairs_value(sims, same, positive):
-  # Each row's statistics of its negatives in reductions that read sims
-  # (XLA fuses the selects with them), and the pairs' sum in one more: no
-  # [batch, batch] array besides sims.
-  negative = ~same
-  top = jnp.max(jnp.where(negative, sims, -jnp.inf), axis=1,
-                initial=-jnp.inf)
+  # Each mask is applied once, as a bound: the negatives' similarities with
+  # -inf elsewhere, the positive pairs' with +inf elsewhere, so that the
+  # exponentials' sum and the pairs' softplus(lse - s) read 0 there with
+  # no select, and XLA:CPU fuses both with their sums (selects kept the
+  # exponentials and the pairs' logaddexp in loops of their own: 1.5x to 2x
+  # this form's time on [1024, 16] and [1024, 128] embeddings, 1.16x on
+  # [512, 1024]). A row without negatives has lse = log 0 + 0 = -inf, its
+  # pairs softplus(-inf) = 0.
+  below = jnp.where(same, -jnp.inf, sims)
+  top = jnp.max(below, axis=1, initial=-jnp.inf)
   top = jnp.where(jnp.isfinite(top), top, 0)
-  total = jnp.sum(jnp.where(negative, jnp.exp(sims - top[:, None]), 0),
-                  axis=1)
-  lse_neg = (jnp.log(total) + top)[:, None]     # -inf without negatives
-  pair = jnp.logaddexp(sims, lse_neg) - sims
-  return jnp.sum(jnp.where(positive, pair, 0))
+  lse_neg = jnp.log(jnp.sum(jnp.exp(below - top[:, None]), axis=1)) + top
+  z = lse_neg[:, None] - jnp.where(positive, sims, jnp.inf)
+  return jnp.sum(jnp.maximum(z, 0) + jnp.log1p(jnp.exp(-jnp.abs(z))))
 
 
 @_value_form.value_form(_ntxent_pairs_value)

@@ -479,6 +479,14 @@ def test_ntxent_without_positive_pairs_or_negatives():
   assert np.isnan(theirs)
   assert value == 0 and np.all(grad == 0)
   assert value_same == 0 and np.all(grad_same == 0)
+  # The value alone takes a form of its own: the same zeros.
+  assert _jit(jaxloss.ntxent)(z, distinct) == 0
+  assert _jit(jaxloss.ntxent)(z, same) == 0
+  # A row without negatives in a batch with them: its pairs cost 0.
+  labels = jnp.array([0, 0, 1, 2])
+  alone = _jit(jaxloss.ntxent)(z, labels)
+  np.testing.assert_allclose(alone, jax.value_and_grad(jaxloss.ntxent)(
+      z, labels)[0], rtol=1e-6)
 
 
 def test_circle_loss_is_stable_and_masks_pairs():
