@@ -347,20 +347,6 @@ def multiclass_perceptron_loss(scores, labels, *, axis=-1, where=None,
 # Softmax-based (optax names).
 
 
-def _logsumexp(x):
-  """The log-sum-exp over the last axis, kept, with no select on [..., C]
-  arrays (``jax.nn.logsumexp`` has two), which XLA:CPU fuses with the
-  maximum. A row of ``-inf`` reads the lowest finite number, with zero
-  derivatives: its sum of exponentials, 0, is floored at the smallest normal
-  number (a bare log there had the gradient ``0 * (0 / 0)``, NaN on the
-  whole row even where no label weighs it)."""
-  info = jnp.finfo(x.dtype)
-  top = jax.lax.stop_gradient(
-      jnp.maximum(jnp.max(x, axis=-1, keepdims=True), info.min))
-  total = jnp.sum(jnp.exp(x - top), axis=-1, keepdims=True)
-  return top + jnp.log(jnp.maximum(total, info.tiny))
-
-
 @_jit.jit("axis", "reduction",
           epsilon=_jit.Hyper(low_open=True, high_open=True, array=True))
 def poly_loss_cross_entropy(logits, labels, *, epsilon=2.0, axis=-1,
@@ -633,7 +619,7 @@ def ranking_softmax_loss(logits, labels, *, where=None, weights=None,
     # finite lse, so nothing NaN reaches its masked-out gradient.
     keep = jnp.where(row_keep[..., None], keep, True)
   # Dropped items are out of the softmax: -inf logits.
-  lse = _logsumexp(x if keep is None else jnp.where(keep, x, -jnp.inf))
+  lse = _rows.logsumexp(x if keep is None else jnp.where(keep, x, -jnp.inf))
   loss = _rows.cross_sum(y, lse, x)
   if reduce_fn is None:
     return _reduction.mask(loss, row_keep)

@@ -95,6 +95,20 @@ def short_rows_on_cpu(length):
   return jax.default_backend() == "cpu" and length < SHORT_ROWS
 
 
+def logsumexp(x):
+  """The log-sum-exp over the last axis, kept, with no select on [..., C]
+  arrays (``jax.nn.logsumexp`` has two), which XLA:CPU fuses with the
+  maximum. A row of ``-inf`` reads the lowest finite number, with zero
+  derivatives: its sum of exponentials, 0, is floored at the smallest normal
+  number (a bare log there had the gradient ``0 * (0 / 0)``, NaN on the
+  whole row even where no label weighs it)."""
+  info = jnp.finfo(x.dtype)
+  top = jax.lax.stop_gradient(
+      jnp.maximum(jnp.max(x, axis=-1, keepdims=True), info.min))
+  total = jnp.sum(jnp.exp(x - top), axis=-1, keepdims=True)
+  return top + jnp.log(jnp.maximum(total, info.tiny))
+
+
 def zero_flag(x):
   """1 where ``x`` is 0, 0 wherever it is not, NaN at NaN: ``1 - |sign x|``.
 

@@ -522,6 +522,19 @@ def test_circle_loss_is_stable_and_masks_pairs():
   np.testing.assert_array_equal(masked_grad[0, 1], 0)
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu",
+                    reason="XLA:CPU's buffers")
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_circle_loss_value_writes_no_logits_out(dtype):
+  # Its log-sum-exps have no select on the scores: XLA:CPU fuses them with
+  # their sums, where jax.nn.logsumexp's selects had both sides' logits
+  # written out (4 MiB each here, in float32). XLA:CPU fuses them so from
+  # 4096 rows. Compiled, not run.
+  scores = jax.ShapeDtypeStruct((4096, 256), dtype)
+  assert temporaries(lambda p, n: jaxloss.circle_loss(p, n).mean(),
+                     scores, scores) < 2**20
+
+
 def test_circle_loss_on_a_batch_equals_keras_circle():
   # keras.losses.circle(y_true, y_pred) written out from its source, on unit
   # embeddings, against the recipe in circle_loss's docstring.
