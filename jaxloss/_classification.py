@@ -619,7 +619,7 @@ def ranking_softmax_loss(logits, labels, *, where=None, weights=None,
     # finite lse, so nothing NaN reaches its masked-out gradient.
     keep = jnp.where(row_keep[..., None], keep, True)
   # Dropped items are out of the softmax: -inf logits.
-  lse = _rows.logsumexp(x if keep is None else jnp.where(keep, x, -jnp.inf))
+  lse = _rows.logsumexp(x, keep)
   loss = _rows.cross_sum(y, lse, x)
   if reduce_fn is None:
     return _reduction.mask(loss, row_keep)

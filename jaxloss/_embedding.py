@@ -994,7 +994,9 @@ def _ntxent_pairs_value(sims, same, positive):
   # exponentials and the pairs' logaddexp in loops of their own: 1.5x to 2x
   # this form's time on [1024, 16] and [1024, 128] embeddings, 1.16x on
   # [512, 1024]). A row without negatives has lse = log 0 + 0 = -inf, its
-  # pairs softplus(-inf) = 0.
+  # pairs softplus(-inf) = 0. Not _rows.logsumexp: its floored maximum
+  # kept one more [batch] vector, over optax's temporaries, and it has no
+  # identity for an empty batch.
   below = jnp.where(same, -jnp.inf, sims)
   top = jnp.max(below, axis=1, initial=-jnp.inf)
   top = jnp.where(jnp.isfinite(top), top, 0)
@@ -1035,9 +1037,7 @@ def _circle_form(logsumexp):
 
 
 def _select_free_logsumexp(logits, where):
-  if where is not None:
-    logits = jnp.where(where, logits, -jnp.inf)
-  return _rows.logsumexp(logits)[..., 0]
+  return _rows.logsumexp(logits, where)[..., 0]
 
 
 def _masked_logsumexp(logits, where):

@@ -95,13 +95,16 @@ def short_rows_on_cpu(length):
   return jax.default_backend() == "cpu" and length < SHORT_ROWS
 
 
-def logsumexp(x):
+def logsumexp(x, where=None):
   """The log-sum-exp over the last axis, kept, with no select on [..., C]
   arrays (``jax.nn.logsumexp`` has two), which XLA:CPU fuses with the
-  maximum. A row of ``-inf`` reads the lowest finite number, with zero
-  derivatives: its sum of exponentials, 0, is floored at the smallest normal
-  number (a bare log there had the gradient ``0 * (0 / 0)``, NaN on the
-  whole row even where no label weighs it)."""
+  maximum; ``where`` (optional, boolean) drops entries, applied once as a
+  ``-inf`` bound. A row of ``-inf`` reads the lowest finite number, with
+  zero derivatives: its sum of exponentials, 0, is floored at the smallest
+  normal number (a bare log there had the gradient ``0 * (0 / 0)``, NaN on
+  the whole row even where no label weighs it)."""
+  if where is not None:
+    x = jnp.where(where, x, -jnp.inf)
   info = jnp.finfo(x.dtype)
   top = jax.lax.stop_gradient(
       jnp.maximum(jnp.max(x, axis=-1, keepdims=True), info.min))
