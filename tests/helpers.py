@@ -153,22 +153,26 @@ def check_traced_out_of_range(hypers):
       program(i, jnp.float32(bad))
 
 
+def equations(jaxpr):
+  """Every equation of a jaxpr, those of its sub-jaxprs included."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        inner = getattr(sub, "jaxpr", sub)
+        if isinstance(inner, jax_core.Jaxpr):
+          yield from equations(inner)
+
+
 def count_equations(jaxpr, primitive=None, rank=None, min_outputs=1):
   """Equations of a jaxpr, those of its sub-jaxprs included: all, or those
   of the primitive named ``primitive``; with ``rank``, those whose first
   output has that many dimensions; with ``min_outputs``, those with at
   least that many outputs (a variadic reduction's)."""
-  count = 0
-  for eqn in jaxpr.eqns:
-    count += ((primitive is None or eqn.primitive.name == primitive)
-              and (rank is None or eqn.outvars[0].aval.ndim == rank)
-              and len(eqn.outvars) >= min_outputs)
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, (tuple, list)) else (param,):
-        inner = getattr(sub, "jaxpr", sub)
-        if isinstance(inner, jax_core.Jaxpr):
-          count += count_equations(inner, primitive, rank, min_outputs)
-  return count
+  return sum((primitive is None or eqn.primitive.name == primitive)
+             and (rank is None or eqn.outvars[0].aval.ndim == rank)
+             and len(eqn.outvars) >= min_outputs
+             for eqn in equations(jaxpr))
 
 
 def temporaries(fn, *args):

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 import jaxloss
+from jaxloss import _linear
 from helpers import count_equations
+from helpers import equations
 
 LOSS = jaxloss.linear_distillation_loss
 BATCH, D, D_T, V = (2, 3), 4, 5, 7
@@ -195,6 +197,29 @@ def test_whole_rows_need_no_pass_of_statistics():
   assert grad == chunked_grad - 2
   np.testing.assert_allclose(LOSS(h, w, h_t, w_t), LOSS(
       h, w, h_t, w_t, chunk_size=(n, v // 2)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("n, v, share", [(4096, 1024, 8), (1024, 32768, 2)])
+def test_default_value_chunks_keep_enough_tokens(n, v, share):
+  # The value's default chunk of whole rows gives each of its arrays an
+  # eighth of the cross entropy's budget (1024 tokens of 1024 classes on
+  # CPUs), or a half, both sides' logits alone, where an eighth holds
+  # fewer than 128 tokens (128 tokens of 32768 classes, not 32): each chunk
+  # reads both kernels, and at 32 tokens the value took twice the plain
+  # formula's time on CPUs. Traced, never run.
+  d = 8
+  shape = jax.ShapeDtypeStruct
+  args = (shape((n, d), jnp.float32), shape((d, v), jnp.float32),
+          shape((n, 2 * d), jnp.float32), shape((2 * d, v), jnp.float32))
+  budget = (_linear._CHUNK_BYTES if jax.default_backend() == "cpu"
+            else _linear._CHUNK_BYTES_ACCELERATOR)
+  rows = min(n, budget // (share * 4 * v))
+  for divergence in ("forward_kl", "jsd"):
+    jaxpr = jax.make_jaxpr(lambda *a: LOSS(*a, divergence=divergence))(
+        *args)
+    out = [e.outvars[0].aval.shape for e in equations(jaxpr.jaxpr)
+           if e.primitive.name == "dot_general"]
+    assert out == [(rows, v)] * 2, (divergence, out)
 
 
 def test_value_and_grad_never_hold_the_logits():

@@ -18,7 +18,6 @@ import math
 import re
 
 import jax
-from jax.extend import core as jax_core
 from jax.extend.core import primitives as jax_primitives
 import jax.numpy as jnp
 import numpy as np
@@ -27,6 +26,7 @@ import pytest
 import catalogue
 import jaxloss
 from jaxloss import _jit
+from helpers import equations
 
 NAMES = jaxloss.names()
 B = 3
@@ -136,16 +136,7 @@ def test_traced_inside_a_program_the_loss_is_inlined(name):
   args = _inputs(name, dtype=jnp.float32)
   jaxpr = jax.make_jaxpr(_loss(name))(*args).jaxpr
 
-  def nested(jaxpr):
-    for eqn in jaxpr.eqns:
-      if eqn.params.get("name") == "inner":
-        yield eqn
-      for param in eqn.params.values():
-        inner = getattr(param, "jaxpr", None)
-        if isinstance(inner, jax_core.Jaxpr):
-          yield from nested(inner)
-
-  assert not list(nested(jaxpr))
+  assert not [e for e in equations(jaxpr) if e.params.get("name") == "inner"]
 
 
 def _program(fn, args):
