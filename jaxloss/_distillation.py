@@ -345,7 +345,12 @@ def linear_distillation_loss(
       or ``"none"``.
     chunk_size: optional tokens per chunk (an int) or a pair
       ``(tokens, classes)``; by default chosen as for
-      :func:`linear_softmax_cross_entropy` (see above for whole rows).
+      :func:`linear_softmax_cross_entropy` (see above for whole rows),
+      with each of a chunk's arrays given an eighth of its budget, or a
+      half (both sides' logits alone) where an eighth holds fewer than 128
+      tokens of whole rows and for the KL divergences' derivatives: each
+      chunk reads both kernels, and a chunk of few tokens waits on that
+      reading.
     dtype: optional dtype of the matmuls, as in
       :func:`linear_softmax_cross_entropy`: both sides' hidden states and
       kernels are read in it and the logits rounded to it, while the
