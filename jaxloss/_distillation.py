@@ -1,6 +1,7 @@
 """Distillation of a linear layer's softmax into another's, never holding
 either's logits."""
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -15,19 +16,23 @@ from jaxloss import _reduction
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
 OPEN_UNIT = _jit.Hyper(0.0, 1.0, low_open=True, high_open=True)
-# A chunk holds both sides' logits and, for the JSD, about six more arrays
-# of their size (log-probabilities, probabilities, the mixture): by default
-# a chunk's arrays take an eighth of the cross entropy's budget each, or a
-# half (both sides' logits alone in it) where an eighth holds fewer than
-# _MIN_TOKENS tokens of whole rows: each chunk reads both kernels, and with
-# few tokens the matmuls wait on that reading. On this CPU (N=4096, D=1024
-# and 2048, V=32768) the forward KL's value took 1.93x the plain formula's
-# time at 32 tokens, 0.90x at 128; the JSD's 1.91x and 0.71x; at V=1024,
-# D=256, 1024 tokens (an eighth) took 0.91x and 4096 (a half) 1.17x. The
-# KL divergences' derivatives take the half: the forward KL's gradient
-# took 1.26x at 4096 x 256 and 1.07x at 4096 x 1024, 1.35x and 1.23x at
-# 1024 and 4096 tokens of 1024 classes. The JSD's, holding about twelve
-# arrays, took 1.38x at 4096 x 256 and 1.43x at 4096 x 1024.
+# A chunk holds both sides' logits and, for the JSD, about six more arrays of
+# their size (log-probabilities, probabilities, the mixture): by default a
+# chunk's arrays take an eighth of the cross entropy's budget each, or
+# _MIN_TOKENS tokens of whole rows where an eighth holds fewer and a half (both
+# sides' logits alone in it) holds them: each chunk reads both kernels, and
+# with few tokens the matmuls wait on that reading. On this CPU (N=4096, D=1024
+# and 2048, V=32768) the forward KL's value took 1.93x the plain formula's time
+# at 32 tokens, 0.90x at 128; the JSD's 1.91x and 0.71x; at V=1024, D=256, 1024
+# tokens (an eighth) took 0.91x and 4096 (a half) 1.17x. The KL divergences'
+# derivatives take the half: the forward KL's gradient took 1.26x at 4096 x 256
+# and 1.07x at 4096 x 1024, 1.35x and 1.23x at 1024 and 4096 tokens of 1024
+# classes. The JSD's, holding about twelve arrays, took 1.38x at 4096 x 256 and
+# 1.43x at 4096 x 1024. (Those figures are the per-token tangent's, which
+# "none" keeps.) The mean's and the sum's single pass takes the same shares,
+# the JSD's as the value's: about seven arrays a chunk (28, 56 and 113 MiB of
+# temporaries), its value and gradient took 1.49x the plain formula's time at
+# 32 tokens of 32768 classes, 0.77x at 64 and 0.70x at 128.
 _CHUNK_ARRAYS = 8
 _LOGITS_ARRAYS = 2
 _MIN_TOKENS = 128
@@ -83,6 +88,19 @@ def _terms(divergence, s, t, lse_s, lse_t, beta):
   log_m = _log_mixture(log_p, log_q, p, q, beta)
   return (beta * _relative(p, log_p, log_m)
           + (1 - beta) * _relative(q, log_q, log_m))
+
+
+def _sums(divergence, s, t, lse_s, lse_t, beta):
+  """Each token's divergence from its chunk's logits and log-sum-exps."""
+  return jnp.sum(_terms(divergence, s, t, lse_s, lse_t, beta), axis=1)
+
+
+def _row_lse(x):
+  """The log-sum-exp of whole rows: the statistics pass's numbers (its
+  running sum starts at an exact 0), without its running state."""
+  top = jnp.max(x, axis=1)
+  shift = jnp.where(top == -jnp.inf, 0, top)
+  return shift + jnp.log(jnp.sum(jnp.exp(x - shift[:, None]), axis=1))
 
 
 def _sweep(cfg, student, teacher, keep, part, init, remat):
@@ -144,7 +162,7 @@ def _divergence_fn(cfg, value_cfg, divergence):
   """
 
   def sums(s, t, lse_s, lse_t, beta):
-    return jnp.sum(_terms(divergence, s, t, lse_s, lse_t, beta), axis=1)
+    return _sums(divergence, s, t, lse_s, lse_t, beta)
 
   def lse(side, rows):
     h, w, b = side
@@ -166,15 +184,7 @@ def _divergence_fn(cfg, value_cfg, divergence):
   def chunk_lse(chunk, lses):
     if lses is not None:
       return tuple(_linear._take(x, chunk.start, chunk.n) for x in lses)
-    zero = jnp.zeros((chunk.n,), jnp.int32)
-
-    def one(x):
-      # The statistics pass's own code, on the whole row: the same numbers.
-      return _linear._lse(_linear._update_stats(
-          cfg, _linear._empty_stats(cfg, chunk.n), x, zero, 0, None,
-          chunk.keep))
-
-    return one(chunk.s), one(chunk.t)
+    return _row_lse(chunk.s), _row_lse(chunk.t)
 
   def zeros(count, student, teacher, *refs):
     # Typed as varying over what the inputs vary over (inside shard_map);
@@ -248,6 +258,155 @@ def _divergence_fn(cfg, value_cfg, divergence):
   return per_token
 
 
+def _logit_grads(divergence, s, t, lse_s, lse_t, beta, scale, want):
+  r"""A chunk's per-token divergences, and the derivatives of
+  ``sum(scale * loss)`` in the student's and the teacher's logits and in
+  ``beta``, for the sides ``want`` flags (None for the others).
+
+  Written out rather than by a pullback of :func:`_terms`, whose
+  residuals (the guards' masks and the terms' factors) XLA:CPU wrote out
+  as as many chunk-sized arrays (about twelve for the JSD). With the
+  log-sum-exps fixed, the derivative in a side's logits is a term
+  :math:`g_j` per class: the student's :math:`-P_j` for the forward KL,
+  :math:`Q_j (\log Q_j - \log P_j)` for the reverse KL and
+  :math:`(1 - \beta) Q_j (\log Q_j - \log M_j)` for the JSD, the
+  teacher's by symmetry, each up to a multiple of the side's softmax,
+  which the log-sum-exp's share cancels (the probabilities sum to 1). That
+  share, the log-sum-exp read as :math:`-x` is, is :math:`-\sum_k g_k`,
+  spread over the classes as the softmax: :math:`g_j - Q_j \sum_k g_k`.
+  """
+  log_q, log_p = s - lse_s[:, None], t - lse_t[:, None]
+  q, p = jnp.exp(log_q), jnp.exp(log_p)
+  if divergence == "forward_kl":
+    terms = _relative(p, log_p, log_q)
+    g_s, g_t = -p, terms
+  elif divergence == "reverse_kl":
+    terms = _relative(q, log_q, log_p)
+    g_s, g_t = terms, -q
+  else:
+    log_m = _log_mixture(log_p, log_q, p, q, beta)
+    to_p, to_q = _relative(p, log_p, log_m), _relative(q, log_q, log_m)
+    terms = beta * to_p + (1 - beta) * to_q
+    g_s, g_t = (1 - beta) * to_q, beta * to_p
+  scale = scale[:, None]
+  out = [jnp.sum(terms, axis=1)]
+  for wanted, g, prob in zip(want[:2], (g_s, g_t), (q, p)):
+    out.append(scale * (g - prob * jnp.sum(g, axis=1, keepdims=True))
+               if wanted else None)
+  d_beta = None
+  if want[2]:
+    # KL(P || M) - KL(Q || M); M's own share, -(sum P - sum Q), is 0.
+    d_beta = jnp.sum(scale * (to_p - to_q))
+  return (*out, d_beta)
+
+
+def _single_pass(cfg, divergence, want, student, teacher, keep, beta, scale):
+  """Each token's divergence and the gradients of ``sum(scale * loss)``, in
+  one pass over chunks of whole rows: each side's logits once, then the
+  matmuls of the gradients ``want`` names.
+
+  ``want`` flags the student's hidden states, kernel and bias, the
+  teacher's, and ``beta``. Returns the [N] losses and those seven
+  gradients, None where not wanted. ``scale`` is each token's share of
+  the scalar loss (0 for dropped tokens), so the gradients are final: a
+  chunk's logits are made once, where reverse mode through the per-token
+  losses' tangent made them three times (statistics, loss, gradients).
+  """
+  sides = (student, teacher)
+  take, put = _linear._take, _linear._put
+
+  def token_chunk(start, n, carry):
+    losses, grads = carry
+    keep_c = take(keep, start, n)
+    hs = [take(h, start, n).astype(cfg.compute) for h, _, _ in sides]
+    ws = [w.astype(cfg.compute) for _, w, _ in sides]
+    s, t = (_linear._logits(cfg, h, w, side[2], keep_c)
+            for h, w, side in zip(hs, ws, sides))
+    ls, lt = _row_lse(s), _row_lse(t)
+    value, d_s, d_t, d_beta = _logit_grads(
+        divergence, s, t, ls, lt, beta, take(scale, start, n),
+        (any(want[:3]), any(want[3:6]), want[6]))
+    grads = list(grads)
+    for i, (d, h_c, w_c) in enumerate(zip((d_s, d_t), hs, ws)):
+      if d is None:
+        continue
+      dz = d.astype(cfg.compute)
+      dh, dw, db = grads[3 * i:3 * i + 3]
+      if want[3 * i]:
+        dh = put(dh, _linear._dot(dz, w_c, ((1,), (1,)),
+                                  cfg.stat).astype(dh.dtype), start)
+      if want[3 * i + 1]:
+        dw = _linear._add_outer(dw, h_c, dz, cfg.stat)
+      if want[3 * i + 2]:
+        db = db + jnp.sum(d, axis=0)
+      grads[3 * i:3 * i + 3] = dh, dw, db
+    if want[6]:
+      grads[6] = grads[6] + d_beta
+    return put(losses, value, start), tuple(grads)
+
+  grads = []
+  for (h, w, b), wanted in zip(sides, (want[:3], want[3:6])):
+    grads += [jnp.zeros(h.shape, h.dtype) if wanted[0] else None,
+              jnp.zeros(w.shape, cfg.stat) if wanted[1] else None,
+              jnp.zeros(b.shape, cfg.stat) if wanted[2] else None]
+  grads.append(jnp.zeros((), cfg.stat) if want[6] else None)
+  n_tokens = student[0].shape[0]
+  losses, grads = _linear._chunked(n_tokens, cfg.tokens, token_chunk,
+                                   _linear._varying(
+                                       (jnp.zeros((n_tokens,), cfg.stat),
+                                        tuple(grads)),
+                                       *student[:2], *teacher[:2]))
+  given = (*student, *teacher, beta)
+  return losses, tuple(None if g is None else g.astype(x.dtype)
+                       for g, x in zip(grads, given))
+
+
+def _scalar_fn(cfg, per_token, divergence):
+  """``sum(scale * loss)`` over the tokens, its tangent a dot with the
+  gradients (see :func:`_single_pass`).
+
+  As the cross entropy's scalar loss (``_linear._scalar``): reverse mode
+  transposes the tangent into scaling the gradients, its residuals the
+  gradients themselves, :math:`O(N D + V D)`; the matmuls are the forward
+  pass's, two per side and two per gradient of hidden states and kernel.
+  The value alone is ``per_token``'s.
+  """
+
+  def total_of(losses, scale):
+    return jnp.sum(jnp.where(scale != 0, scale * losses, 0))
+
+  @jax.custom_jvp
+  def total(student, teacher, rows, beta, scale):
+    return total_of(per_token(student, teacher, rows, beta), scale)
+
+  def jvp(primals, tangents):
+    student, teacher, rows, beta, scale = primals
+    d_student, d_teacher, _, d_beta, _ = _linear._tangents(tangents)
+    moving = (*d_student, *d_teacher, d_beta)
+    want = tuple(t is not None for t in moving)
+    if not any(want):
+      out = total(*primals)
+      return out, jnp.zeros_like(out)
+
+    def passes(cfg, student, teacher, keep, beta, scale):
+      return _single_pass(cfg, divergence, want, student, teacher, keep,
+                          beta, scale)
+
+    # Second order reads float32, as the cross entropy's (_linear._scalar).
+    derivative = None
+    if jnp.finfo(cfg.compute).bits < jnp.finfo(cfg.stat).bits:
+      derivative = functools.partial(passes, cfg._replace(compute=cfg.stat))
+    losses, grads = _linear._whole(functools.partial(passes, cfg),
+                                   derivative)(student, teacher, rows.keep,
+                                               beta, scale)
+    tangent = sum(jnp.sum(g.astype(cfg.stat) * t.astype(cfg.stat))
+                  for g, t in zip(grads, moving) if g is not None)
+    return total_of(losses, scale), tangent
+
+  total.defjvp(_jit.inlined(jvp), symbolic_zeros=True)
+  return total
+
+
 def _stat_tangents(cfg, tangents):
   """A side's ``(dh, dw, db)`` read in the statistics' dtype (None for 0)."""
   return tuple(None if x is None else x.astype(cfg.stat) for x in tangents)
@@ -316,9 +475,13 @@ def linear_distillation_loss(
   than one of a chunk's arrays, since whole rows sum it over token
   chunks). Every autodiff mode applies (``jax.grad``, ``jax.jvp``,
   ``jax.jacfwd``, ``jax.hessian``,
-  ...): a custom JVP whose tangent is made in the second pass, linear in
-  the inputs' tangents, each chunk under ``jax.checkpoint``; JAX transposes
-  it for reverse mode, whose residuals are then the inputs and per-token
+  ...). For ``"mean"`` and ``"sum"``, where whole rows fit, the
+  derivatives take one pass, as the cross entropy's: each chunk's logits
+  once, then its gradients (a custom JVP whose tangent is a dot with them;
+  reverse mode scales them, its residuals the gradients themselves). Else
+  a custom JVP whose tangent is made in the second pass, linear in the
+  inputs' tangents, each chunk under ``jax.checkpoint``; JAX transposes it
+  for reverse mode, whose residuals are then the inputs and per-token
   statistics, :math:`O(N D + V D)`, and which computes each chunk's logits
   once more for the gradients. A class whose teacher probability is 0 adds
   0 to the forward KL (one whose student probability is 0, to the reverse
@@ -346,11 +509,11 @@ def linear_distillation_loss(
     chunk_size: optional tokens per chunk (an int) or a pair
       ``(tokens, classes)``; by default chosen as for
       :func:`linear_softmax_cross_entropy` (see above for whole rows),
-      with each of a chunk's arrays given an eighth of its budget, or a
-      half (both sides' logits alone) where an eighth holds fewer than 128
-      tokens of whole rows and for the KL divergences' derivatives: each
-      chunk reads both kernels, and a chunk of few tokens waits on that
-      reading.
+      with each of a chunk's arrays given an eighth of its budget, or 128
+      tokens of whole rows where an eighth holds fewer and a half (both
+      sides' logits alone) holds them, and a half for the KL divergences'
+      derivatives: each chunk reads both kernels, and a chunk of few
+      tokens waits on that reading.
     dtype: optional dtype of the matmuls, as in
       :func:`linear_softmax_cross_entropy`: both sides' hidden states and
       kernels are read in it and the logits rounded to it, while the
@@ -445,17 +608,29 @@ def linear_distillation_loss(
   budget = (_linear._CHUNK_BYTES if jax.default_backend() == "cpu"
             else _linear._CHUNK_BYTES_ACCELERATOR)
 
-  def config(whole_rows, arrays):
-    tokens, classes, _ = _linear._chunk_sizes(
-        chunk_size, n_tokens, width, compute, whole_rows, arrays=arrays)
+  def config_of(tokens, classes):
     return _linear._Config(tokens, classes, False, False, False, stat,
                            compute, True)
 
-  value_cfg = config(True, _CHUNK_ARRAYS)
-  if value_cfg.tokens < min(_MIN_TOKENS, n_tokens):
-    value_cfg = config(True, _LOGITS_ARRAYS)
+  def sizes(whole_rows, arrays):
+    # (tokens, classes, single pass) with ``arrays`` a chunk, or, where
+    # that holds fewer than _MIN_TOKENS tokens of whole rows, _MIN_TOKENS
+    # where the half holds them.
+    tokens, classes, single = _linear._chunk_sizes(
+        chunk_size, n_tokens, width, compute, whole_rows, arrays=arrays)
+    if (chunk_size is None and arrays > _LOGITS_ARRAYS
+        and tokens < min(_MIN_TOKENS, n_tokens)):
+      tokens, classes, single = _linear._chunk_sizes(
+          None, n_tokens, width, compute, whole_rows, arrays=_LOGITS_ARRAYS)
+      if classes == width:
+        tokens = _linear._balanced(n_tokens, min(tokens, _MIN_TOKENS))
+    return tokens, classes, single
+
+  value_cfg = config_of(*sizes(True, _CHUNK_ARRAYS)[:2])
   arrays = _CHUNK_ARRAYS if divergence == "jsd" else _LOGITS_ARRAYS
-  cfg = config(w_s.shape[0] * width * 4 <= budget // arrays, arrays)
+  cfg = config_of(*_linear._chunk_sizes(
+      chunk_size, n_tokens, width, compute,
+      w_s.shape[0] * width * 4 <= budget // arrays, arrays=arrays)[:2])
   flat_keep = (jnp.ones(n_tokens, bool) if keep is None
                else keep.reshape(-1))
 
@@ -471,7 +646,15 @@ def linear_distillation_loss(
              _scaled(None if b_t is None else stop(b_t), temperature))
   rows = _linear._Rows(jnp.zeros(n_tokens, jnp.int32), flat_keep, None)
   beta = jnp.asarray(beta, stat) if divergence == "jsd" else None
-  loss = _divergence_fn(cfg, value_cfg, divergence)(student, teacher, rows,
-                                                    beta)
+  per_token = _divergence_fn(cfg, value_cfg, divergence)
+  tokens, classes, single = sizes(reduction != "none", arrays)
+  if single:
+    # The scalar loss's derivatives in one pass of whole rows.
+    kept = flat_keep.astype(stat)
+    scale = kept if reduction == "sum" else kept / jnp.maximum(
+        jnp.sum(kept), 1)
+    return _scalar_fn(config_of(tokens, classes), per_token, divergence)(
+        student, teacher, rows, beta, scale)
+  loss = per_token(student, teacher, rows, beta)
   loss = _reduction.mask(loss.reshape(batch_shape), keep)
   return _reduction.reduce(fn, loss, reduction, keep=keep)
