@@ -29,10 +29,12 @@ OPEN_UNIT = _jit.Hyper(0.0, 1.0, low_open=True, high_open=True)
 # and 1.07x at 4096 x 1024, 1.35x and 1.23x at 1024 and 4096 tokens of 1024
 # classes. The JSD's, holding about twelve arrays, took 1.38x at 4096 x 256 and
 # 1.43x at 4096 x 1024. (Those figures are the per-token tangent's, which
-# "none" keeps.) The mean's and the sum's single pass takes the same shares,
-# the JSD's as the value's: about seven arrays a chunk (28, 56 and 113 MiB of
-# temporaries), its value and gradient took 1.49x the plain formula's time at
-# 32 tokens of 32768 classes, 0.77x at 64 and 0.70x at 128.
+# "none" keeps.) The mean's and the sum's single pass takes the cross
+# entropy's chunks for the KL divergences (three arrays of their size: its
+# value and gradient took 0.93x the plain formula's time at 128 tokens of
+# 32768 classes, 0.76x at 256, with 49 and 97 MiB of temporaries), and the
+# value's for the JSD: about seven arrays a chunk (28, 56 and 113 MiB), it
+# took 1.49x at 32 tokens, 0.77x at 64 and 0.70x at 128.
 _CHUNK_ARRAYS = 8
 _LOGITS_ARRAYS = 2
 _MIN_TOKENS = 128
@@ -511,9 +513,10 @@ def linear_distillation_loss(
       :func:`linear_softmax_cross_entropy` (see above for whole rows),
       with each of a chunk's arrays given an eighth of its budget, or 128
       tokens of whole rows where an eighth holds fewer and a half (both
-      sides' logits alone) holds them, and a half for the KL divergences'
-      derivatives: each chunk reads both kernels, and a chunk of few
-      tokens waits on that reading.
+      sides' logits alone) holds them; the KL divergences' derivatives
+      take a half, or for ``"mean"`` and ``"sum"`` the whole budget (the
+      cross entropy's chunks): each chunk reads both kernels, and a chunk
+      of few tokens waits on that reading.
     dtype: optional dtype of the matmuls, as in
       :func:`linear_softmax_cross_entropy`: both sides' hidden states and
       kernels are read in it and the logits rounded to it, while the
@@ -647,7 +650,8 @@ def linear_distillation_loss(
   rows = _linear._Rows(jnp.zeros(n_tokens, jnp.int32), flat_keep, None)
   beta = jnp.asarray(beta, stat) if divergence == "jsd" else None
   per_token = _divergence_fn(cfg, value_cfg, divergence)
-  tokens, classes, single = sizes(reduction != "none", arrays)
+  tokens, classes, single = sizes(reduction != "none", _CHUNK_ARRAYS
+                                  if divergence == "jsd" else 1)
   if single:
     # The scalar loss's derivatives in one pass of whole rows.
     kept = flat_keep.astype(stat)
