@@ -604,10 +604,11 @@ def linear_distillation_loss(
 
   # Chunks that span the vocabulary (whole rows, where enough fit, as the
   # cross entropy's single pass) need no pass of statistics. The value takes
-  # them; the derivatives only where their kernel gradient, summed over
-  # token chunks in a [D, V] float32 accumulator, is no larger than one of
-  # a chunk's arrays: at [256, 32768] (32 MiB on CPUs) whole rows took 1.09x
-  # the time of class chunks, and more memory.
+  # them, and so does the single pass of a mean or a sum; the per-token
+  # tangent only where its kernel gradient, summed over token chunks in a
+  # [D, V] float32 accumulator, is no larger than one of a chunk's arrays:
+  # at [256, 32768] (32 MiB on CPUs) whole rows took 1.09x the time of
+  # class chunks, and more memory.
   budget = (_linear._CHUNK_BYTES if jax.default_backend() == "cpu"
             else _linear._CHUNK_BYTES_ACCELERATOR)
 
