@@ -34,7 +34,10 @@ OPEN_UNIT = _jit.Hyper(0.0, 1.0, low_open=True, high_open=True)
 # value and gradient took 0.93x the plain formula's time at 128 tokens of
 # 32768 classes, 0.76x at 256, with 49 and 97 MiB of temporaries), and the
 # value's for the JSD: about seven arrays a chunk (28, 56 and 113 MiB), it
-# took 1.49x at 32 tokens, 0.77x at 64 and 0.70x at 128.
+# took 1.49x at 32 tokens, 0.77x at 64 and 0.70x at 128. It needs
+# _MIN_TOKENS tokens a chunk, else the per-token tangent's class chunks
+# serve: at V=262144 (N=512) the forward KL's single pass of 32 tokens took
+# 2.42x, the class chunks 1.91x.
 _CHUNK_ARRAYS = 8
 _LOGITS_ARRAYS = 2
 _MIN_TOKENS = 128
@@ -477,8 +480,8 @@ def linear_distillation_loss(
   than one of a chunk's arrays, since whole rows sum it over token
   chunks). Every autodiff mode applies (``jax.grad``, ``jax.jvp``,
   ``jax.jacfwd``, ``jax.hessian``,
-  ...). For ``"mean"`` and ``"sum"``, where whole rows fit, the
-  derivatives take one pass, as the cross entropy's: each chunk's logits
+  ...). For ``"mean"`` and ``"sum"``, where whole rows fit (128 tokens
+  a chunk), the derivatives take one pass, as the cross entropy's: each chunk's logits
   once, then its gradients (a custom JVP whose tangent is a dot with them;
   reverse mode scales them, its residuals the gradients themselves). Else
   a custom JVP whose tangent is made in the second pass, linear in the
@@ -515,8 +518,9 @@ def linear_distillation_loss(
       tokens of whole rows where an eighth holds fewer and a half (both
       sides' logits alone) holds them; the KL divergences' derivatives
       take a half, or for ``"mean"`` and ``"sum"`` the whole budget (the
-      cross entropy's chunks): each chunk reads both kernels, and a chunk
-      of few tokens waits on that reading.
+      cross entropy's chunks) where it holds 128 tokens of whole rows:
+      each chunk reads both kernels, and a chunk of few tokens waits on
+      that reading.
     dtype: optional dtype of the matmuls, as in
       :func:`linear_softmax_cross_entropy`: both sides' hidden states and
       kernels are read in it and the logits rounded to it, while the
@@ -653,7 +657,8 @@ def linear_distillation_loss(
   per_token = _divergence_fn(cfg, value_cfg, divergence)
   tokens, classes, single = sizes(reduction != "none", _CHUNK_ARRAYS
                                   if divergence == "jsd" else 1)
-  if single:
+  if single and (chunk_size is not None
+                 or tokens >= min(_MIN_TOKENS, n_tokens)):
     # The scalar loss's derivatives in one pass of whole rows.
     kept = flat_keep.astype(stat)
     scale = kept if reduction == "sum" else kept / jnp.maximum(

@@ -227,7 +227,8 @@ def test_default_value_chunks_keep_enough_tokens(n, v, share):
 
 @pytest.mark.parametrize("divergence, v, rows", [
     ("forward_kl", 1024, 4096), ("jsd", 1024, 1024),
-    ("forward_kl", 16384, 512), ("jsd", 16384, 128)])
+    ("forward_kl", 16384, 512), ("jsd", 16384, 128),
+    ("forward_kl", 262144, None)])
 def test_default_gradient_chunks(divergence, v, rows):
   # The mean's value and gradient take chunks of whole rows: for the KL
   # divergences the cross entropy's (0.76x the plain formula's time at 256
@@ -235,7 +236,9 @@ def test_default_gradient_chunks(divergence, v, rows):
   # chunks hold more arrays, an eighth of its budget per array, or 128
   # tokens where an eighth holds fewer (64 of 16384 classes) and the half
   # holds them: at 32 tokens of 32768 classes the JSD's took 1.49x, at 128
-  # 0.70x. Traced, never run.
+  # 0.70x. Chunks of fewer than 128 whole rows (32 of 262144 classes) leave
+  # the gradients to class chunks: at N=512 the single pass took 2.42x, the
+  # class chunks 1.91x. Traced, never run.
   if jax.default_backend() != "cpu":
     pytest.skip("accelerators have their own budget")
   n, d = 4096, 8
@@ -246,7 +249,8 @@ def test_default_gradient_chunks(divergence, v, rows):
       lambda *a: LOSS(*a, divergence=divergence), (0, 1)))(*args)
   out = {e.outvars[0].aval.shape for e in equations(jaxpr.jaxpr)
          if e.primitive.name == "dot_general"}
-  assert {s for s in out if s[1] == v and s[0] != d} == {(rows, v)}, out
+  whole = {s for s in out if s[1] == v and s[0] != d}
+  assert whole == ({(rows, v)} if rows else set()), out
 
 
 def test_value_and_grad_never_hold_the_logits():
