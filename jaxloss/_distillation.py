@@ -95,11 +95,6 @@ def _terms(divergence, s, t, lse_s, lse_t, beta):
           + (1 - beta) * _relative(q, log_q, log_m))
 
 
-def _sums(divergence, s, t, lse_s, lse_t, beta):
-  """Each token's divergence from its chunk's logits and log-sum-exps."""
-  return jnp.sum(_terms(divergence, s, t, lse_s, lse_t, beta), axis=1)
-
-
 def _row_lse(x):
   """The log-sum-exp of whole rows: the statistics pass's numbers (its
   running sum starts at an exact 0), without its running state."""
@@ -167,7 +162,7 @@ def _divergence_fn(cfg, value_cfg, divergence):
   """
 
   def sums(s, t, lse_s, lse_t, beta):
-    return _sums(divergence, s, t, lse_s, lse_t, beta)
+    return jnp.sum(_terms(divergence, s, t, lse_s, lse_t, beta), axis=1)
 
   def lse(side, rows):
     h, w, b = side
@@ -319,12 +314,12 @@ def _single_pass(cfg, divergence, want, student, teacher, keep, beta, scale):
   """
   sides = (student, teacher)
   take, put = _linear._take, _linear._put
+  ws = [w.astype(cfg.compute) for _, w, _ in sides]
 
   def token_chunk(start, n, carry):
     losses, grads = carry
     keep_c = take(keep, start, n)
     hs = [take(h, start, n).astype(cfg.compute) for h, _, _ in sides]
-    ws = [w.astype(cfg.compute) for _, w, _ in sides]
     s, t = (_linear._logits(cfg, h, w, side[2], keep_c)
             for h, w, side in zip(hs, ws, sides))
     ls, lt = _row_lse(s), _row_lse(t)
